@@ -1,0 +1,192 @@
+//! A role as a set of files in memory, and its content digest.
+//!
+//! The agent reads a role directory into a bundle, the server stores bundles; both
+//! validate the bundle, never the directory, so they agree on what a role is.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// File name of the role manifest inside a bundle.
+pub const MANIFEST: &str = "role.toml";
+
+/// Files of one role, keyed by their `/`-separated path relative to the role root.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoleBundle {
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("could not read role directory {}", .path.display())]
+    Walk {
+        path: PathBuf,
+        #[source]
+        source: walkdir::Error,
+    },
+    #[error("could not read {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: symbolic links are not allowed in a role (copy the file in instead)", .0.display())]
+    Symlink(PathBuf),
+    #[error("{}: not a regular file or directory", .0.display())]
+    Special(PathBuf),
+    #[error("invalid path {0:?} in role: {1}")]
+    BadPath(String, &'static str),
+}
+
+impl RoleBundle {
+    /// Reads every regular file below `dir`. Symbolic links and special files are
+    /// refused rather than followed, so a bundle never reaches outside its role.
+    pub fn from_dir(dir: &Path) -> Result<Self, BundleError> {
+        let mut bundle = RoleBundle::default();
+        for entry in walkdir::WalkDir::new(dir).follow_links(false).sort_by_file_name() {
+            let entry = entry.map_err(|source| BundleError::Walk {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            let ft = entry.file_type();
+            if ft.is_dir() {
+                continue;
+            }
+            if ft.is_symlink() {
+                return Err(BundleError::Symlink(entry.path().to_path_buf()));
+            }
+            if !ft.is_file() {
+                return Err(BundleError::Special(entry.path().to_path_buf()));
+            }
+            let rel = entry
+                .path()
+                .strip_prefix(dir)
+                .expect("walkdir yields paths below its root");
+            let rel = rel
+                .to_str()
+                .ok_or_else(|| BundleError::BadPath(rel.to_string_lossy().into(), "not UTF-8"))?
+                .to_string();
+            let data = std::fs::read(entry.path()).map_err(|source| BundleError::Read {
+                path: entry.path().to_path_buf(),
+                source,
+            })?;
+            bundle.insert(rel, data)?;
+        }
+        Ok(bundle)
+    }
+
+    /// Adds a file. The path must be relative, `/`-separated, without `.` or `..`
+    /// components: what a bundle received over the wire is checked the same way.
+    pub fn insert(&mut self, path: String, data: Vec<u8>) -> Result<(), BundleError> {
+        check_path(&path)?;
+        self.files.insert(path, data);
+        Ok(())
+    }
+
+    pub fn get(&self, path: &str) -> Option<&[u8]> {
+        self.files.get(path).map(Vec::as_slice)
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.files.iter().map(|(p, d)| (p.as_str(), d.as_slice()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    pub fn total_bytes(&self) -> usize {
+        self.files.values().map(Vec::len).sum()
+    }
+
+    /// `sha256:` + hex over the canonical form: a version tag, then for every file
+    /// in path order its path and content, each prefixed by its length. Length
+    /// prefixes make the encoding unambiguous; the order makes it independent of
+    /// how the files were read.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"cairn-role-bundle-v1\n");
+        for (path, data) in &self.files {
+            h.update((path.len() as u64).to_be_bytes());
+            h.update(path.as_bytes());
+            h.update((data.len() as u64).to_be_bytes());
+            h.update(data);
+        }
+        format!("sha256:{}", hex(&h.finalize()))
+    }
+}
+
+fn check_path(path: &str) -> Result<(), BundleError> {
+    let bad = |why| Err(BundleError::BadPath(path.to_string(), why));
+    if path.is_empty() {
+        return bad("empty");
+    }
+    if path.starts_with('/') {
+        return bad("absolute");
+    }
+    if path.contains('\\') || path.contains('\0') {
+        return bad("contains a backslash or NUL");
+    }
+    for part in path.split('/') {
+        match part {
+            "" => return bad("empty component"),
+            "." | ".." => return bad("contains . or .."),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_ignores_read_order_and_sees_every_byte() {
+        let mut a = RoleBundle::default();
+        a.insert("role.toml".into(), b"x".to_vec()).unwrap();
+        a.insert("files/a".into(), b"1".to_vec()).unwrap();
+        let mut b = RoleBundle::default();
+        b.insert("files/a".into(), b"1".to_vec()).unwrap();
+        b.insert("role.toml".into(), b"x".to_vec()).unwrap();
+        assert_eq!(a.digest(), b.digest());
+        b.insert("files/a".into(), b"2".to_vec()).unwrap();
+        assert_ne!(a.digest(), b.digest());
+        // Moving bytes between path and content must change the digest.
+        let mut c = RoleBundle::default();
+        c.insert("ab".into(), b"c".to_vec()).unwrap();
+        let mut d = RoleBundle::default();
+        d.insert("a".into(), b"bc".to_vec()).unwrap();
+        assert_ne!(c.digest(), d.digest());
+    }
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        let mut b = RoleBundle::default();
+        for p in ["../x", "/etc/passwd", "a/../../x", "a//b", "", "./a"] {
+            assert!(b.insert(p.into(), vec![]).is_err(), "{p} accepted");
+        }
+    }
+
+    #[test]
+    fn symlinks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("role.toml"), "x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("leak")).unwrap();
+        let err = RoleBundle::from_dir(dir.path()).unwrap_err();
+        assert!(matches!(err, BundleError::Symlink(_)), "{err}");
+    }
+}

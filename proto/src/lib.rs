@@ -1,0 +1,21 @@
+//! The contract every Cairn party shares.
+//!
+//! - [`role`]: the role format (`role.toml`, `templates/`, `files/`), parsed and
+//!   validated into a [`role::Role`] with precise diagnostics.
+//! - [`bundle`]: a role as an in-memory set of files, and its content digest.
+//! - [`template`]: Handlebars rendering in strict mode, shared by validation and the agent.
+//! - [`facts`]: what the agent knows about its node; templates see it as `facts`.
+//! - [`report`]: the run report, printed by the agent and stored by the server.
+//! - [`pb`]: generated wire types; only this crate and the gRPC edges use them.
+
+pub mod bundle;
+pub mod facts;
+pub mod report;
+pub mod role;
+pub mod template;
+
+/// Generated protobuf types. Convert at the edges with the `From` impls in [`report`].
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/cairn.v1.rs"));
+}

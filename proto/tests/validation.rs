@@ -1,0 +1,330 @@
+//! Every kind of bad input is reported with file, line and field; good roles load.
+
+use cairn_proto::bundle::RoleBundle;
+use cairn_proto::facts::Facts;
+use cairn_proto::role::{self, Diagnostic, Kind, Role, Spec, bundle_from_files};
+
+fn load(files: &[(&str, &str)]) -> Result<Role, Vec<Diagnostic>> {
+    role::load(&bundle_from_files(files.iter().copied()), &Facts::placeholder()).map_err(|d| d.0)
+}
+
+fn errors(files: &[(&str, &str)]) -> Vec<Diagnostic> {
+    match load(files) {
+        Ok(_) => panic!("role was accepted"),
+        Err(d) => d,
+    }
+}
+
+/// The one diagnostic of a role with a single problem.
+fn only_error(toml: &str) -> Diagnostic {
+    let d = errors(&[("role.toml", toml)]);
+    assert_eq!(d.len(), 1, "expected one error, got: {d:#?}");
+    d.into_iter().next().unwrap()
+}
+
+const HEAD: &str = "[role]\nname = \"t\"\n";
+
+#[test]
+fn a_full_role_loads_and_orders_by_type_then_edges() {
+    let toml = format!(
+        "{HEAD}
+[vars]
+port = 8080
+
+[[service]]
+name = \"nginx\"
+running = true
+
+[[file]]
+path = \"/etc/app.conf\"
+template = \"app.conf.hbs\"
+mode = \"0640\"
+owner = \"app\"
+notify = [\"service:nginx\"]
+
+[[package]]
+name = \"nginx\"
+
+[[user]]
+name = \"app\"
+groups = [\"ops\"]
+
+[[group]]
+name = \"ops\"
+
+[[exec]]
+name = \"early\"
+command = \"true\"
+creates = \"/tmp/x\"
+
+[[directory]]
+path = \"/etc\"
+
+[[file]]
+path = \"/etc/motd\"
+content = \"hi\"
+requires = [\"exec:early\"]
+"
+    );
+    let role = load(&[
+        ("role.toml", &toml),
+        ("templates/app.conf.hbs", "port={{vars.port}} host={{facts.hostname}} role={{role.name}}\n"),
+    ])
+    .unwrap();
+    let order: Vec<String> = role.resources.iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(
+        order,
+        [
+            "group:ops",
+            "user:app",
+            "package:nginx",
+            "directory:/etc",
+            "file:/etc/app.conf",
+            "exec:early",
+            "file:/etc/motd",
+            "service:nginx"
+        ]
+    );
+    let Spec::File(f) = &role.get(&"file:/etc/app.conf".parse().unwrap()).unwrap().spec else {
+        panic!()
+    };
+    assert_eq!(f.content.as_deref(), Some(&b"port=8080 host=node role=t\n"[..]));
+    assert_eq!(f.mode, Some(0o640));
+    // Implicit edges: owner user and managed parent directory.
+    let app = role.get(&"file:/etc/app.conf".parse().unwrap()).unwrap();
+    let reqs: Vec<String> = app.requires.iter().map(ToString::to_string).collect();
+    assert_eq!(reqs, ["directory:/etc", "user:app"]);
+    assert_eq!(role.digest.len(), "sha256:".len() + 64);
+}
+
+#[test]
+fn malformed_toml_names_the_line() {
+    let d = only_error("[role]\nname = \"t\"\n\n[[file]]\npath = \"/x\nmode = 1\n");
+    assert_eq!((d.file.as_str(), d.line), ("role.toml", 5), "{d}");
+    assert!(d.message.contains("invalid TOML"), "{d}");
+}
+
+#[test]
+fn unknown_key_is_located_and_gets_a_suggestion() {
+    let d = only_error(&format!("{HEAD}\n[[file]]\npath = \"/x\"\ncontent = \"\"\nownr = \"root\"\n"));
+    assert_eq!(d.line, 7, "{d}");
+    assert_eq!(d.field.as_deref(), Some("ownr"), "{d}");
+    assert_eq!(d.help.as_deref(), Some("did you mean `owner`?"), "{d}");
+    assert!(d.to_string().starts_with("role.toml:7:1: [[file]] #1, field `ownr`: unknown field"), "{d}");
+}
+
+#[test]
+fn unknown_section_gets_a_suggestion() {
+    let d = only_error(&format!("{HEAD}\n[[fiel]]\npath = \"/x\"\n"));
+    assert_eq!((d.line, d.field.as_deref()), (4, Some("fiel")), "{d}");
+    assert_eq!(d.help.as_deref(), Some("did you mean `file`?"));
+}
+
+#[test]
+fn wrong_type_names_the_field() {
+    let d = only_error(&format!("{HEAD}\n[[service]]\nname = \"x\"\nrunning = \"yes\"\n"));
+    assert_eq!((d.line, d.field.as_deref()), (6, Some("running")), "{d}");
+    assert!(d.message.contains("invalid type"), "{d}");
+}
+
+#[test]
+fn bad_enum_value_gets_a_suggestion() {
+    let d = only_error(&format!("{HEAD}\n[[package]]\nname = \"vim\"\nstate = \"instaled\"\n"));
+    assert_eq!(d.line, 6, "{d}");
+    assert_eq!(d.help.as_deref(), Some("did you mean \"installed\"?"), "{d}");
+}
+
+#[test]
+fn bad_modes() {
+    for mode in ["\"0999\"", "\"rwx\"", "\"12345\""] {
+        let d = only_error(&format!("{HEAD}\n[[directory]]\npath = \"/x\"\nmode = {mode}\n"));
+        assert_eq!((d.line, d.field.as_deref()), (6, Some("mode")), "{d}");
+        assert!(d.message.contains("invalid mode"), "{d}");
+    }
+    // A number is a type error, not silently decimal 644.
+    let d = only_error(&format!("{HEAD}\n[[directory]]\npath = \"/x\"\nmode = 644\n"));
+    assert_eq!(d.field.as_deref(), Some("mode"), "{d}");
+}
+
+#[test]
+fn relative_and_unnormalized_paths() {
+    for path in ["etc/motd", "/etc/../motd", "/etc//motd", "/etc/"] {
+        let d = only_error(&format!("{HEAD}\n[[file]]\npath = \"{path}\"\ncontent = \"\"\n"));
+        assert_eq!((d.line, d.field.as_deref()), (5, Some("path")), "{path}: {d}");
+    }
+    let d = only_error(&format!("{HEAD}\n[[exec]]\nname = \"x\"\ncommand = \"true\"\ncreates = \"tmp/x\"\n"));
+    assert_eq!(d.field.as_deref(), Some("creates"), "{d}");
+}
+
+#[test]
+fn duplicate_ids() {
+    let d = only_error(&format!("{HEAD}\n[[package]]\nname = \"vim\"\n\n[[package]]\nname = \"vim\"\n"));
+    assert_eq!(d.line, 7, "{d}");
+    assert!(d.message.contains("duplicate resource package:vim (first declared on line 4)"), "{d}");
+}
+
+#[test]
+fn missing_references_are_reported_with_suggestions() {
+    let d = only_error(&format!(
+        "{HEAD}\n[[service]]\nname = \"nginx\"\n\n[[file]]\npath = \"/x\"\ncontent = \"\"\nnotify = [\"service:ngnix\"]\n"
+    ));
+    assert_eq!((d.line, d.field.as_deref()), (10, Some("notify")), "{d}");
+    assert!(d.message.contains("service:ngnix is not declared"), "{d}");
+    assert_eq!(d.help.as_deref(), Some("did you mean `service:nginx`?"));
+    let d = only_error(&format!("{HEAD}\n[[file]]\npath = \"/x\"\ncontent = \"\"\nrequires = [\"nginx\"]\n"));
+    assert!(d.message.contains("expected TYPE:NAME"), "{d}");
+}
+
+#[test]
+fn only_services_and_execs_can_be_notified() {
+    let d = only_error(&format!(
+        "{HEAD}\n[[package]]\nname = \"vim\"\n\n[[file]]\npath = \"/x\"\ncontent = \"\"\nnotify = [\"package:vim\"]\n"
+    ));
+    assert!(d.message.contains("cannot be notified"), "{d}");
+}
+
+#[test]
+fn dependency_cycles_are_reported_with_the_path() {
+    let d = only_error(&format!(
+        "{HEAD}
+[[exec]]
+name = \"a\"
+command = \"true\"
+requires = [\"exec:b\"]
+
+[[exec]]
+name = \"b\"
+command = \"true\"
+requires = [\"exec:c\"]
+
+[[exec]]
+name = \"c\"
+command = \"true\"
+requires = [\"exec:a\"]
+"
+    ));
+    assert!(d.message.starts_with("dependency cycle: exec:"), "{d}");
+    for n in ["exec:a", "exec:b", "exec:c"] {
+        assert!(d.message.contains(n), "{d}");
+    }
+}
+
+#[test]
+fn templates_and_sources_must_exist_inside_the_role() {
+    for (field, name) in [("template", "../../etc/passwd"), ("source", "/etc/passwd"), ("template", "missing.hbs")] {
+        let d = only_error(&format!("{HEAD}\n[[file]]\npath = \"/x\"\n{field} = \"{name}\"\n"));
+        assert_eq!((d.line, d.field.as_deref()), (6, Some(field)), "{d}");
+    }
+}
+
+#[test]
+fn template_syntax_error_is_located_in_the_template() {
+    let d = errors(&[
+        ("role.toml", &format!("{HEAD}\n[[file]]\npath = \"/x\"\ntemplate = \"a.hbs\"\n")),
+        ("templates/a.hbs", "line one\n{{#if vars.x}}\nno close\n"),
+    ]);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0].file, "templates/a.hbs");
+    assert!(d[0].message.contains("template syntax error"), "{}", d[0]);
+}
+
+#[test]
+fn undefined_template_variable_is_an_error() {
+    let d = errors(&[
+        ("role.toml", &format!("{HEAD}\n[vars]\nport = 1\n\n[[file]]\npath = \"/x\"\ntemplate = \"a.hbs\"\n")),
+        ("templates/a.hbs", "ok {{vars.port}}\nport {{vars.prot}}\nhost {{facts.hostnme}}\n"),
+    ]);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!((d[0].file.as_str(), d[0].line), ("templates/a.hbs", 2), "{}", d[0]);
+    assert!(d[0].message.contains("vars.prot"), "{}", d[0]);
+}
+
+#[test]
+fn content_and_template_both_set() {
+    let d = errors(&[
+        ("role.toml", &format!("{HEAD}\n[[file]]\npath = \"/x\"\ncontent = \"a\"\ntemplate = \"a.hbs\"\n")),
+        ("templates/a.hbs", "a"),
+    ]);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!((d[0].line, d[0].field.as_deref()), (7, Some("template")), "{}", d[0]);
+    assert!(d[0].message.contains("`content` and `template` are both set"), "{}", d[0]);
+    let d = only_error(&format!("{HEAD}\n[[file]]\npath = \"/x\"\n"));
+    assert!(d.message.contains("needs exactly one of"), "{d}");
+    let d = only_error(&format!("{HEAD}\n[[file]]\npath = \"/x\"\nstate = \"absent\"\ncontent = \"a\"\n"));
+    assert_eq!(d.field.as_deref(), Some("content"), "{d}");
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let d = errors(&[(
+        "role.toml",
+        &format!(
+            "{HEAD}
+[[file]]
+path = \"relative\"
+content = \"x\"
+mode = \"999\"
+
+[[user]]
+name = \"Bad Name\"
+
+[[package]]
+name = \"vim\"
+colour = \"red\"
+
+[[service]]
+name = \"x\"
+requires = [\"package:vmi\"]
+"
+        ),
+    )]);
+    let fields: Vec<_> = d.iter().map(|d| (d.line, d.field.clone().unwrap_or_default())).collect();
+    assert_eq!(
+        fields,
+        [
+            (5, "path".to_string()),
+            (7, "mode".into()),
+            (10, "name".into()),
+            (14, "colour".into()),
+            (18, "requires".into())
+        ],
+        "{d:#?}"
+    );
+}
+
+#[test]
+fn role_meta_errors() {
+    let d = only_error("[[package]]\nname = \"vim\"\n");
+    assert!(d.message.contains("[role] table is missing"), "{d}");
+    let d = only_error("[role]\nname = \"Web Server\"\n");
+    assert_eq!((d.line, d.field.as_deref()), (2, Some("name")), "{d}");
+    let d = errors(&[("templates/x.hbs", "")]);
+    assert!(d[0].message.contains("role.toml is missing"));
+    let mut b = RoleBundle::default();
+    b.insert("role.toml".into(), b"[role]\nname = \"\xff\"\n".to_vec()).unwrap();
+    let d = role::load(&b, &Facts::placeholder()).unwrap_err().0;
+    assert_eq!(d[0].line, 2);
+}
+
+#[test]
+fn kinds_round_trip_through_ids() {
+    for k in Kind::ALL {
+        let id: role::ResourceId = format!("{}:x", k.as_str()).parse().unwrap();
+        assert_eq!(id.kind, k);
+    }
+}
+
+#[test]
+fn recipes_in_the_repo_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bundle = RoleBundle::from_dir(&path).unwrap();
+        if let Err(d) = role::load(&bundle, &Facts::placeholder()) {
+            panic!("{}:\n{d}", path.display());
+        }
+        n += 1;
+    }
+    assert!(n >= 1);
+}
