@@ -1,0 +1,162 @@
+//! The command line: `apply`, `validate`, `facts`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use cairn_proto::bundle::RoleBundle;
+use cairn_proto::facts::Facts;
+use cairn_proto::report::RunReport;
+use cairn_proto::role::{self, Diagnostics, Role, Spec};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::engine::{self, RunOptions};
+use crate::providers::Host;
+use crate::state::{self, StateDir};
+use crate::{facts, output};
+
+#[derive(Parser)]
+#[command(name = "cairn-agent", version, about = "Converge this machine to a Cairn role")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Converge this machine to the role in ROLE_DIR.
+    Apply {
+        role_dir: PathBuf,
+        /// Check and report what would change; change nothing.
+        #[arg(long)]
+        noop: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        /// Exit 0 when nothing changed, 2 on changes, 4 on failures, 6 on both.
+        #[arg(long)]
+        detailed_exitcodes: bool,
+        /// Where the agent keeps its lock and pending refreshes.
+        #[arg(long, env = "CAIRN_STATE_DIR", default_value = state::DEFAULT_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Check a role for errors without touching this machine; lists every error.
+    Validate {
+        role_dir: PathBuf,
+    },
+    /// Print the facts this machine presents to templates, as JSON.
+    Facts,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+/// Exit code when the run could not happen at all.
+const COULD_NOT_RUN: u8 = 1;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            print_error(&e);
+            ExitCode::from(COULD_NOT_RUN)
+        }
+    }
+}
+
+fn print_error(e: &anyhow::Error) {
+    // Role diagnostics are already one per line and complete.
+    if let Some(d) = e.downcast_ref::<Diagnostics>() {
+        let n = d.0.len();
+        eprintln!("{d}");
+        eprintln!("error: the role has {n} problem{}", if n == 1 { "" } else { "s" });
+        return;
+    }
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Facts => {
+            let facts = facts::gather()?;
+            println!("{}", serde_json::to_string_pretty(&facts)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { role_dir } => {
+            let role = load(&role_dir, &Facts::placeholder())?;
+            println!(
+                "role {} is valid: {} resources, digest {}",
+                role.name,
+                role.resources.len(),
+                role.digest
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply {
+            role_dir,
+            noop,
+            format,
+            detailed_exitcodes,
+            state_dir,
+        } => {
+            let facts = facts::gather()?;
+            let role = load(&role_dir, &facts)?;
+            let state = StateDir::new(state_dir);
+            let _lock = state.lock()?;
+            let services = role
+                .resources
+                .iter()
+                .filter_map(|r| match &r.spec {
+                    Spec::Service(s) => Some(s.name.clone()),
+                    _ => None,
+                })
+                .collect();
+            let host = Host::new(facts, services);
+            let report = engine::run(&role, &host, &state, RunOptions { noop })?;
+            let mut stdout = std::io::stdout().lock();
+            match format {
+                Format::Human => stdout.write_all(output::human(&report).as_bytes())?,
+                Format::Json => {
+                    serde_json::to_writer_pretty(&mut stdout, &report)?;
+                    writeln!(stdout)?;
+                }
+            }
+            Ok(exit_code(&report, detailed_exitcodes))
+        }
+    }
+}
+
+/// Reads and validates a role directory; nothing on the host is touched.
+pub fn load(dir: &Path, facts: &Facts) -> Result<Role> {
+    let bundle = RoleBundle::from_dir(dir).with_context(|| format!("could not read role {}", dir.display()))?;
+    role::load(&bundle, facts).map_err(|d| {
+        anyhow::Error::new(prefix_dir(d, dir))
+    })
+}
+
+/// Makes diagnostic file names point into the directory the user named.
+fn prefix_dir(mut d: Diagnostics, dir: &Path) -> Diagnostics {
+    for diag in &mut d.0 {
+        diag.file = dir.join(&diag.file).display().to_string();
+    }
+    d
+}
+
+/// Puppet's convention: plain mode says only success (0) or not (1); detailed
+/// mode adds 2 for changes (or pending changes in noop) and 4 for failures.
+pub fn exit_code(report: &RunReport, detailed: bool) -> ExitCode {
+    let s = &report.summary;
+    let failed = s.failed + s.skipped > 0;
+    if !detailed {
+        return ExitCode::from(if failed { 1 } else { 0 });
+    }
+    let changed = s.changed + s.would_change > 0;
+    ExitCode::from(if changed { 2 } else { 0 } | if failed { 4 } else { 0 })
+}

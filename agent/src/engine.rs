@@ -1,0 +1,207 @@
+//! The engine: the only place that decides. For each resource, in the role's
+//! order: skip it if something it depends on failed; `check`; in noop mode,
+//! report; otherwise `apply`, `verify` (leftover drift is a failure), then do
+//! the refresh it owes. Refreshes owed are written to disk as soon as they are
+//! owed and removed once done, so a failed or interrupted run keeps them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use anyhow::{Result, anyhow};
+use cairn_proto::report::{PropertyChange, ResourceReport, ResourceStatus, RunReport, RunSummary};
+use cairn_proto::role::{ResourceId, Role};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::providers::Host;
+use crate::resources::{self, Drift};
+use crate::state::StateDir;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Check only: report what would change, change nothing.
+    pub noop: bool,
+}
+
+/// Converges `host` to `role`. Fails only when the run cannot start (its state
+/// cannot be read); a failing resource is a result in the report.
+pub fn run(role: &Role, host: &Host, state: &StateDir, opts: RunOptions) -> Result<RunReport> {
+    let started_at = now();
+    let mut pending: BTreeSet<String> = state.load_pending()?;
+    // A refresh owed to a resource the role no longer has cannot be done.
+    pending.retain(|id| role.resources.iter().any(|r| r.id.to_string() == *id));
+    let mut notifiers: HashMap<&ResourceId, Vec<&ResourceId>> = HashMap::new();
+    for r in &role.resources {
+        for target in &r.notify {
+            notifiers.entry(target).or_default().push(&r.id);
+        }
+    }
+    let mut status: HashMap<&ResourceId, ResourceStatus> = HashMap::new();
+    let mut reports = Vec::with_capacity(role.resources.len());
+
+    for r in &role.resources {
+        let t0 = Instant::now();
+        let id = r.id.to_string();
+        let blocker = r
+            .requires
+            .iter()
+            .chain(notifiers.get(&r.id).into_iter().flatten().copied())
+            .find(|d| matches!(status.get(d), Some(ResourceStatus::Failed | ResourceStatus::Skipped)));
+        let outcome = match blocker {
+            Some(dep) => Outcome::skipped(format!(
+                "skipped because {dep} {}",
+                if status[dep] == ResourceStatus::Failed { "failed" } else { "was skipped" }
+            )),
+            None => converge(r, host, state, opts, &mut pending),
+        };
+        status.insert(&r.id, outcome.status);
+        reports.push(ResourceReport {
+            id,
+            status: outcome.status,
+            changes: outcome.changes,
+            diff: outcome.diff,
+            duration_us: t0.elapsed().as_micros() as u64,
+            error: outcome.error,
+        });
+    }
+
+    Ok(RunReport {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        node: host.facts.fqdn.clone(),
+        role: role.name.clone(),
+        role_digest: role.digest.clone(),
+        noop: opts.noop,
+        started_at,
+        finished_at: now(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        summary: RunSummary::of(&reports),
+        resources: reports,
+    })
+}
+
+struct Outcome {
+    status: ResourceStatus,
+    changes: Vec<PropertyChange>,
+    diff: Option<String>,
+    error: Option<String>,
+}
+
+impl Outcome {
+    fn skipped(why: String) -> Self {
+        Outcome {
+            status: ResourceStatus::Skipped,
+            changes: Vec::new(),
+            diff: None,
+            error: Some(why),
+        }
+    }
+
+    fn failed(drift: Drift, err: anyhow::Error) -> Self {
+        Outcome {
+            status: ResourceStatus::Failed,
+            changes: drift.changes,
+            diff: drift.diff,
+            error: Some(format!("{err:#}")),
+        }
+    }
+}
+
+fn converge(
+    r: &cairn_proto::role::Resource,
+    host: &Host,
+    state: &StateDir,
+    opts: RunOptions,
+    pending: &mut BTreeSet<String>,
+) -> Outcome {
+    let res = resources::for_spec(&r.spec);
+    let id = r.id.to_string();
+    let drift = match res.check(host) {
+        Ok(d) => d,
+        Err(e) => return Outcome::failed(Drift::default(), e.context(format!("could not check {id}"))),
+    };
+    let owes_refresh = pending.contains(&id);
+
+    if opts.noop {
+        let mut drift = drift;
+        if owes_refresh && let Some(change) = res.refresh_preview() {
+            drift.changes.push(change);
+        }
+        if drift.is_empty() {
+            return Outcome {
+                status: ResourceStatus::Unchanged,
+                changes: Vec::new(),
+                diff: None,
+                error: None,
+            };
+        }
+        // What this would notify owes a refresh for the rest of this noop run
+        // only; nothing is written.
+        pending.extend(r.notify.iter().map(ToString::to_string));
+        return Outcome {
+            status: ResourceStatus::WouldChange,
+            changes: drift.changes,
+            diff: drift.diff,
+            error: None,
+        };
+    }
+
+    let mut applied = Drift::default();
+    if !drift.is_empty() {
+        if let Err(e) = res.apply(host, &drift) {
+            return Outcome::failed(drift, e.context(format!("could not apply {id}")));
+        }
+        match res.verify(host) {
+            Ok(left) if left.is_empty() => {}
+            Ok(left) => {
+                let props: Vec<String> = left
+                    .changes
+                    .iter()
+                    .map(|c| format!("{} ({} → {})", c.property, c.before, c.after))
+                    .collect();
+                let err = anyhow!("{id} still differs after apply: {}", props.join(", "));
+                return Outcome::failed(drift, err);
+            }
+            Err(e) => return Outcome::failed(drift, e.context(format!("could not verify {id}"))),
+        }
+        applied = drift;
+        if !r.notify.is_empty() {
+            let before = pending.len();
+            pending.extend(r.notify.iter().map(ToString::to_string));
+            if pending.len() != before
+                && let Err(e) = state.save_pending(pending)
+            {
+                return Outcome::failed(applied, e);
+            }
+        }
+    }
+
+    if owes_refresh {
+        match res.refresh(host, &applied) {
+            Ok(change) => {
+                pending.remove(&id);
+                if let Err(e) = state.save_pending(pending) {
+                    return Outcome::failed(applied, e);
+                }
+                applied.changes.extend(change);
+            }
+            Err(e) => return Outcome::failed(applied, e.context(format!("could not refresh {id}"))),
+        }
+    }
+
+    Outcome {
+        status: if applied.is_empty() {
+            ResourceStatus::Unchanged
+        } else {
+            ResourceStatus::Changed
+        },
+        changes: applied.changes,
+        diff: applied.diff,
+        error: None,
+    }
+}
+
+fn now() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .expect("RFC 3339 can format any UTC time")
+}

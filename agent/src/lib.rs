@@ -1,0 +1,18 @@
+//! `cairn-agent`: converges the machine it runs on to a role.
+//!
+//! - [`facts`]: what the node is (OS, addresses, cloud), gathered once per run.
+//! - [`engine`]: decides: order, skip, check → apply → verify, refresh, report.
+//! - [`resources`]: one type per resource kind; each owns its properties.
+//! - [`providers`]: the only code that touches the host (apt, systemd, shadow, files, processes).
+//! - [`state`]: the run lock and refreshes owed, under `/var/lib/cairn/`.
+//! - [`cli`]: the command line; `main` only calls it.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod engine;
+pub mod facts;
+pub mod output;
+pub mod providers;
+pub mod resources;
+pub mod state;

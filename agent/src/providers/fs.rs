@@ -1,0 +1,187 @@
+//! Files and directories, through POSIX calls. Writes are atomic: a temporary
+//! file in the same directory gets its content, owner and mode, is synced, and
+//! is renamed over the target, so a crash never leaves a torn file.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+use nix::unistd::{Gid, Group, Uid, User};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Directory,
+    Symlink,
+    Other,
+}
+
+impl FileKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::File => "file",
+            FileKind::Directory => "directory",
+            FileKind::Symlink => "link",
+            FileKind::Other => "special file",
+        }
+    }
+}
+
+/// What `lstat` says about a path (links are not followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: FileKind,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits, including setuid, setgid and sticky (`0o7777`).
+    pub mode: u32,
+}
+
+pub fn stat(path: &Path) -> Result<Option<Meta>> {
+    let m = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("could not stat {}", path.display())),
+    };
+    let ft = m.file_type();
+    let kind = if ft.is_file() {
+        FileKind::File
+    } else if ft.is_dir() {
+        FileKind::Directory
+    } else if ft.is_symlink() {
+        FileKind::Symlink
+    } else {
+        FileKind::Other
+    };
+    Ok(Some(Meta {
+        kind,
+        uid: m.uid(),
+        gid: m.gid(),
+        mode: m.mode() & 0o7777,
+    }))
+}
+
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).with_context(|| format!("could not read {}", path.display()))
+}
+
+/// Ownership and permissions for something being created or changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ownership {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// Replaces `path` with `data` atomically, with `own` set before the rename.
+pub fn write_atomic(path: &Path, data: &[u8], own: Ownership) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
+    let write = || -> Result<()> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".cairn-")
+            .tempfile_in(dir)
+            .with_context(|| format!("could not create a temporary file in {}", dir.display()))?;
+        tmp.write_all(data).context("could not write the temporary file")?;
+        let f = tmp.as_file();
+        std::os::unix::fs::fchown(f, Some(own.uid), Some(own.gid)).context("could not set owner")?;
+        f.set_permissions(fs::Permissions::from_mode(own.mode))
+            .context("could not set mode")?;
+        f.sync_all().context("could not sync")?;
+        tmp.persist(path).map_err(|e| e.error).context("could not rename into place")?;
+        sync_dir(dir)
+    };
+    write().with_context(|| format!("could not write {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("could not sync directory {}", dir.display()))
+}
+
+pub fn create_dir(path: &Path, own: Ownership) -> Result<()> {
+    let create = || -> Result<()> {
+        fs::create_dir(path)?;
+        std::os::unix::fs::lchown(path, Some(own.uid), Some(own.gid))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(own.mode))?;
+        Ok(())
+    };
+    create().with_context(|| format!("could not create directory {}", path.display()))
+}
+
+pub fn set_owner(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .with_context(|| format!("could not change owner of {}", path.display()))
+}
+
+pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("could not change mode of {}", path.display()))
+}
+
+pub fn remove_file(path: &Path) -> Result<()> {
+    fs::remove_file(path).with_context(|| format!("could not remove {}", path.display()))
+}
+
+pub fn remove_dir_all(path: &Path) -> Result<()> {
+    fs::remove_dir_all(path).with_context(|| format!("could not remove directory {}", path.display()))
+}
+
+pub fn uid_of(user: &str) -> Result<u32> {
+    User::from_name(user)
+        .with_context(|| format!("could not look up user {user}"))?
+        .map(|u| u.uid.as_raw())
+        .ok_or_else(|| anyhow!("user {user} does not exist"))
+}
+
+pub fn gid_of(group: &str) -> Result<u32> {
+    Group::from_name(group)
+        .with_context(|| format!("could not look up group {group}"))?
+        .map(|g| g.gid.as_raw())
+        .ok_or_else(|| anyhow!("group {group} does not exist"))
+}
+
+/// The user name owning `uid`, or the number when no user has it.
+pub fn user_name(uid: u32) -> String {
+    match User::from_uid(Uid::from_raw(uid)) {
+        Ok(Some(u)) => u.name,
+        _ => uid.to_string(),
+    }
+}
+
+/// The group name of `gid`, or the number when no group has it.
+pub fn group_name(gid: u32) -> String {
+    match Group::from_gid(Gid::from_raw(gid)) {
+        Ok(Some(g)) => g.name,
+        _ => gid.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_sets_mode_before_rename_and_replaces_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("f");
+        std::os::unix::fs::symlink("/etc/hostname", &target).unwrap();
+        let own = Ownership {
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            mode: 0o600,
+        };
+        write_atomic(&target, b"hello", own).unwrap();
+        let m = stat(&target).unwrap().unwrap();
+        assert_eq!((m.kind, m.mode), (FileKind::File, 0o600));
+        assert_eq!(read(&target).unwrap(), b"hello");
+        // The link target was not written through.
+        assert_ne!(read(Path::new("/etc/hostname")).unwrap(), b"hello");
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

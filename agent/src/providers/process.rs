@@ -1,0 +1,117 @@
+//! Running programs: the one place the agent spawns processes, so every command
+//! gets the same error reporting and environment.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// The result of a command that ran to completion.
+#[derive(Debug)]
+pub struct Ran {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Ran {
+    fn from(o: Output) -> Self {
+        Ran {
+            success: o.status.success(),
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Ran {
+    /// `exit status N` (or the signal), then the last lines of stderr.
+    pub fn describe(&self) -> String {
+        let status = match self.code {
+            Some(c) => format!("exit status {c}"),
+            None => "killed by a signal".to_string(),
+        };
+        let tail: Vec<&str> = self.stderr.trim_end().lines().rev().take(10).collect();
+        if tail.is_empty() {
+            status
+        } else {
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            format!("{status}: {}", tail.join("\n"))
+        }
+    }
+}
+
+/// Runs `program args…` with stdin closed and output captured. Fails only when
+/// the program cannot be started; a non-zero exit is in [`Ran::success`].
+pub fn run<I, S>(program: &str, args: I, env: &[(&str, &str)]) -> Result<Ran>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_in(program, args, env, None)
+}
+
+pub fn run_in<I, S>(program: &str, args: I, env: &[(&str, &str)], cwd: Option<&Path>) -> Result<Ran>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().with_context(|| format!("could not start {program}"))?;
+    Ok(out.into())
+}
+
+/// Runs a command that must succeed; the error carries its exit status and stderr.
+pub fn run_ok<I, S>(program: &str, args: I, env: &[(&str, &str)]) -> Result<Ran>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<S> = args.into_iter().collect();
+    let shown: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+    let ran = run(program, &args, env)?;
+    if !ran.success {
+        bail!("`{program} {}` failed with {}", shown.join(" "), ran.describe());
+    }
+    Ok(ran)
+}
+
+/// Runs `command` with `/bin/sh -c`, as execs and their guards do.
+pub fn shell(command: &str, cwd: Option<&Path>) -> Result<Ran> {
+    run_in("/bin/sh", ["-c", command], &[], cwd)
+}
+
+/// Looks `program` up in `PATH` (or the standard system directories when
+/// `PATH` is unset, as under a minimal init).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_carry_status_and_stderr() {
+        let err = run_ok("/bin/sh", ["-c", "echo boom >&2; exit 3"], &[]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("exit status 3") && msg.contains("boom"), "{msg}");
+        assert!(run("/nonexistent/program", ["x"], &[]).is_err());
+        let ran = shell("pwd", Some(Path::new("/tmp"))).unwrap();
+        assert_eq!(ran.stdout.trim(), "/tmp");
+        assert!(find_program("sh").is_some());
+    }
+}

@@ -1,0 +1,90 @@
+//! Resources: each owns its properties and knows how to compare them with the
+//! host (`check`) and how to change the host (`apply`), always through a
+//! provider. Resources never decide whether to act; the engine does.
+
+use anyhow::Result;
+use cairn_proto::report::PropertyChange;
+use cairn_proto::role::Spec;
+
+use crate::providers::Host;
+
+mod directory;
+mod exec;
+mod file;
+mod group;
+mod package;
+mod service;
+mod user;
+
+/// How the host differs from what the resource wants. Empty means converged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Drift {
+    pub changes: Vec<PropertyChange>,
+    /// Unified diff of file content, when content differs.
+    pub diff: Option<String>,
+}
+
+impl Drift {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    pub fn push(&mut self, property: &str, before: impl Into<String>, after: impl Into<String>) {
+        self.changes.push(PropertyChange::new(property, before, after));
+    }
+
+    pub fn has(&self, property: &str) -> bool {
+        self.changes.iter().any(|c| c.property == property)
+    }
+}
+
+/// The lifecycle every resource type implements. The engine calls, in order:
+/// `check`; if there is drift and the run is not a noop, `apply(drift)`; then
+/// `verify`, whose drift must be empty. `refresh` runs when a resource this one
+/// is notified by changed.
+pub trait Resource {
+    /// Observes the host and returns how it differs. Never changes the host.
+    fn check(&self, host: &Host) -> Result<Drift>;
+
+    /// Changes the host so that `drift` (what `check` just returned) disappears.
+    fn apply(&self, host: &Host, drift: &Drift) -> Result<()>;
+
+    /// Checks again after `apply`. Leftover drift is an error, so a resource
+    /// converges in one run or fails loudly.
+    fn verify(&self, host: &Host) -> Result<Drift> {
+        self.check(host)
+    }
+
+    /// Reacts to a notification: restart a service, run an exec. `applied` is
+    /// what this run already changed on the resource itself (a service that was
+    /// just started needs no restart). Returns the change made, if any.
+    /// Only kinds that [`Kind::refreshable`](cairn_proto::role::Kind::refreshable)
+    /// are ever notified; validation guarantees it.
+    fn refresh(&self, host: &Host, applied: &Drift) -> Result<Option<PropertyChange>> {
+        let _ = (host, applied);
+        Ok(None)
+    }
+
+    /// What `refresh` would do, for noop reports.
+    fn refresh_preview(&self) -> Option<PropertyChange> {
+        None
+    }
+}
+
+/// The resource implementation for a declared spec.
+pub fn for_spec(spec: &Spec) -> Box<dyn Resource + '_> {
+    match spec {
+        Spec::Group(s) => Box::new(group::GroupResource(s)),
+        Spec::User(s) => Box::new(user::UserResource(s)),
+        Spec::Package(s) => Box::new(package::PackageResource(s)),
+        Spec::Directory(s) => Box::new(directory::DirectoryResource(s)),
+        Spec::File(s) => Box::new(file::FileResource(s)),
+        Spec::Exec(s) => Box::new(exec::ExecResource(s)),
+        Spec::Service(s) => Box::new(service::ServiceResource(s)),
+    }
+}
+
+/// Formats a permission mode the way roles write it.
+pub(crate) fn mode_str(mode: u32) -> String {
+    format!("{mode:04o}")
+}

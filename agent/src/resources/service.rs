@@ -1,0 +1,79 @@
+//! `[[service]]`: running and enabled state. Notified, it restarts, unless this
+//! run just started it.
+
+use anyhow::{Result, bail};
+use cairn_proto::report::PropertyChange;
+use cairn_proto::role;
+
+use super::{Drift, Resource};
+use crate::providers::Host;
+
+pub struct ServiceResource<'a>(pub &'a role::Service);
+
+fn on_off(b: bool, on: &str, off: &str) -> String {
+    if b { on } else { off }.to_string()
+}
+
+impl Resource for ServiceResource<'_> {
+    fn check(&self, host: &Host) -> Result<Drift> {
+        let s = self.0;
+        let mut drift = Drift::default();
+        if s.running.is_none() && s.enabled.is_none() {
+            return Ok(drift);
+        }
+        let status = host.services()?.status(&s.name)?;
+        if !status.exists {
+            bail!("service {} is not known to the service manager (is its package installed?)", s.name);
+        }
+        if let Some(want) = s.running
+            && status.running != want
+        {
+            drift.push("running", on_off(status.running, "true", "false"), on_off(want, "true", "false"));
+        }
+        if let Some(want) = s.enabled {
+            match status.enabled {
+                Some(cur) if cur != want => drift.push("enabled", cur.to_string(), want.to_string()),
+                Some(_) => {}
+                None => bail!("service {} cannot be enabled or disabled (it is a static unit)", s.name),
+            }
+        }
+        Ok(drift)
+    }
+
+    fn apply(&self, host: &Host, drift: &Drift) -> Result<()> {
+        let s = self.0;
+        let services = host.services()?;
+        // Enable first, so a service that fails to start is still enabled
+        // for the next boot, as declared.
+        match s.enabled {
+            Some(true) if drift.has("enabled") => services.enable(&s.name)?,
+            Some(false) if drift.has("enabled") => services.disable(&s.name)?,
+            _ => {}
+        }
+        match s.running {
+            Some(true) if drift.has("running") => services.start(&s.name)?,
+            Some(false) if drift.has("running") => services.stop(&s.name)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn refresh(&self, host: &Host, applied: &Drift) -> Result<Option<PropertyChange>> {
+        let s = self.0;
+        // A service declared stopped stays stopped; one just started already
+        // runs the new configuration.
+        if s.running == Some(false) || applied.has("running") {
+            return Ok(None);
+        }
+        let services = host.services()?;
+        if s.running.is_none() && !services.status(&s.name)?.running {
+            return Ok(None);
+        }
+        services.restart(&s.name)?;
+        Ok(Some(PropertyChange::new("refresh", "", "restarted")))
+    }
+
+    fn refresh_preview(&self) -> Option<PropertyChange> {
+        (self.0.running != Some(false)).then(|| PropertyChange::new("refresh", "", "would restart"))
+    }
+}

@@ -1,0 +1,323 @@
+//! The real `cairn-agent` binary against real files and commands in a temporary
+//! directory: resource timelines (apply → changed, again → unchanged, drift →
+//! noop reports and touches nothing, apply restores), ordering, failure
+//! isolation, refreshes and exit codes.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_proto::report::{ResourceStatus, RunReport};
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+struct Run {
+    code: i32,
+    report: RunReport,
+    stderr: String,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A path under the sandbox, as a string for role files.
+    fn p(&self, rel: &str) -> String {
+        self.dir.path().join(rel).display().to_string()
+    }
+
+    fn role(&self, toml: &str) -> PathBuf {
+        let role = self.dir.path().join("role");
+        fs::create_dir_all(role.join("templates")).unwrap();
+        fs::write(role.join("role.toml"), format!("[role]\nname = \"t\"\n\n{toml}")).unwrap();
+        role
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-agent"));
+        cmd.args(args).env("CAIRN_STATE_DIR", self.dir.path().join("state"));
+        cmd
+    }
+
+    fn apply(&self, extra: &[&str]) -> Run {
+        let role = self.dir.path().join("role");
+        let mut args = vec!["apply", role.to_str().unwrap(), "--format", "json", "--detailed-exitcodes"];
+        args.extend_from_slice(extra);
+        let out = self.cmd(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("no JSON report ({e}); stdout: {}\nstderr: {stderr}", String::from_utf8_lossy(&out.stdout))
+        });
+        Run {
+            code: out.status.code().unwrap(),
+            report,
+            stderr,
+        }
+    }
+}
+
+impl Run {
+    fn status(&self, id: &str) -> ResourceStatus {
+        self.resource(id).status
+    }
+
+    fn resource(&self, id: &str) -> &cairn_proto::report::ResourceReport {
+        self.report
+            .resources
+            .iter()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("{id} not in report: {:#?}", self.report))
+    }
+
+    fn changed(&self) -> Vec<&str> {
+        self.report
+            .resources
+            .iter()
+            .filter(|r| r.status != ResourceStatus::Unchanged)
+            .map(|r| r.id.as_str())
+            .collect()
+    }
+}
+
+fn mode(path: &str) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn file_timeline() {
+    let sb = Sandbox::new();
+    let path = sb.p("motd");
+    sb.role(&format!("[vars]\nwho = \"world\"\n\n[[file]]\npath = \"{path}\"\ntemplate = \"motd.hbs\"\nmode = \"0600\"\n"));
+    fs::write(sb.dir.path().join("role/templates/motd.hbs"), "hello {{vars.who}}\n").unwrap();
+    let id = format!("file:{path}");
+
+    // Noop on a missing file: would change, nothing written.
+    let run = sb.apply(&["--noop"]);
+    assert_eq!((run.code, run.status(&id)), (2, ResourceStatus::WouldChange));
+    assert!(!Path::new(&path).exists());
+
+    let run = sb.apply(&[]);
+    assert_eq!((run.code, run.status(&id)), (2, ResourceStatus::Changed), "{}", run.stderr);
+    assert_eq!(fs::read_to_string(&path).unwrap(), "hello world\n");
+    assert_eq!(mode(&path), 0o600);
+
+    let run = sb.apply(&[]);
+    assert_eq!((run.code, run.status(&id)), (0, ResourceStatus::Unchanged));
+
+    // Drift in content and mode: noop shows both and a diff, touches nothing.
+    fs::write(&path, "hello tampered\n").unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let run = sb.apply(&["--noop"]);
+    assert_eq!(run.code, 2);
+    let r = run.resource(&id);
+    assert_eq!(r.status, ResourceStatus::WouldChange);
+    let props: Vec<_> = r.changes.iter().map(|c| c.property.as_str()).collect();
+    assert_eq!(props, ["content", "mode"]);
+    let diff = r.diff.as_deref().unwrap();
+    assert!(diff.contains("-hello tampered") && diff.contains("+hello world"), "{diff}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), "hello tampered\n");
+    assert_eq!(mode(&path), 0o644);
+
+    let run = sb.apply(&[]);
+    assert_eq!((run.code, run.status(&id)), (2, ResourceStatus::Changed));
+    assert_eq!(fs::read_to_string(&path).unwrap(), "hello world\n");
+    assert_eq!(mode(&path), 0o600);
+
+    // Mode drift alone is fixed in place.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+    let run = sb.apply(&[]);
+    let props: Vec<_> = run.resource(&id).changes.iter().map(|c| (c.property.as_str(), c.before.as_str(), c.after.as_str())).collect();
+    assert_eq!(props, [("mode", "0640", "0600")]);
+    assert!(run.resource(&id).diff.is_none());
+}
+
+#[test]
+fn absent_file_and_directory_timeline() {
+    let sb = Sandbox::new();
+    let dir = sb.p("d");
+    let gone = sb.p("gone");
+    fs::write(&gone, "x").unwrap();
+    sb.role(&format!(
+        "[[directory]]\npath = \"{dir}\"\nmode = \"0750\"\n\n[[file]]\npath = \"{gone}\"\nstate = \"absent\"\n"
+    ));
+    let run = sb.apply(&["--noop"]);
+    assert_eq!(run.changed(), [format!("directory:{dir}"), format!("file:{gone}")]);
+    assert!(Path::new(&gone).exists() && !Path::new(&dir).exists());
+
+    let run = sb.apply(&[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(!Path::new(&gone).exists());
+    assert_eq!(mode(&dir), 0o750);
+    assert_eq!(sb.apply(&[]).code, 0);
+
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let run = sb.apply(&["--noop"]);
+    assert_eq!(run.changed(), [format!("directory:{dir}")]);
+    assert_eq!(mode(&dir), 0o777);
+    sb.apply(&[]);
+    assert_eq!(mode(&dir), 0o750);
+
+    // Absent directory: removed with its content.
+    fs::write(Path::new(&dir).join("inner"), "x").unwrap();
+    sb.role(&format!("[[directory]]\npath = \"{dir}\"\nstate = \"absent\"\n"));
+    assert_eq!(sb.apply(&[]).code, 2);
+    assert!(!Path::new(&dir).exists());
+    assert_eq!(sb.apply(&[]).code, 0);
+}
+
+#[test]
+fn exec_timeline_with_guards() {
+    let sb = Sandbox::new();
+    let marker = sb.p("marker");
+    let count = sb.p("count");
+    sb.role(&format!(
+        "[[exec]]\nname = \"make-marker\"\ncommand = \"echo run >> {count} && touch {marker}\"\ncreates = \"{marker}\"\n\n\
+         [[exec]]\nname = \"unless-ok\"\ncommand = \"echo unless >> {count}\"\nunless = \"true\"\n\n\
+         [[exec]]\nname = \"onlyif-no\"\ncommand = \"echo onlyif >> {count}\"\nonlyif = \"false\"\n"
+    ));
+    let run = sb.apply(&["--noop"]);
+    assert_eq!(run.changed(), ["exec:make-marker"]);
+    assert!(!Path::new(&count).exists());
+
+    let run = sb.apply(&[]);
+    assert_eq!((run.code, run.changed()), (2, vec!["exec:make-marker"]));
+    assert_eq!(sb.apply(&[]).code, 0);
+    assert_eq!(fs::read_to_string(&count).unwrap(), "run\n");
+
+    // A command that does not satisfy its own guard is a failure, not a silent success.
+    sb.role(&format!("[[exec]]\nname = \"liar\"\ncommand = \"true\"\ncreates = \"{}\"\n", sb.p("never")));
+    let run = sb.apply(&[]);
+    assert_eq!(run.code, 4);
+    assert!(run.resource("exec:liar").error.as_deref().unwrap().contains("guard still asks"), "{:?}", run.report);
+}
+
+#[test]
+fn failure_skips_dependents_and_the_rest_goes_on() {
+    let sb = Sandbox::new();
+    let after = sb.p("after");
+    let unrelated = sb.p("unrelated");
+    sb.role(&format!(
+        "[[exec]]\nname = \"boom\"\ncommand = \"echo exploding >&2; exit 3\"\n\n\
+         [[file]]\npath = \"{after}\"\ncontent = \"x\"\nrequires = [\"exec:boom\"]\n\n\
+         [[file]]\npath = \"{unrelated}\"\ncontent = \"y\"\n\n\
+         [[exec]]\nname = \"later\"\ncommand = \"true\"\nrequires = [\"file:{after}\"]\n"
+    ));
+    let run = sb.apply(&[]);
+    assert_eq!(run.code, 6, "changes and failures");
+    assert_eq!(run.status("exec:boom"), ResourceStatus::Failed);
+    let err = run.resource("exec:boom").error.clone().unwrap();
+    assert!(err.contains("exit status 3") && err.contains("exploding"), "{err}");
+    assert_eq!(run.status(&format!("file:{after}")), ResourceStatus::Skipped);
+    assert_eq!(run.status("exec:later"), ResourceStatus::Skipped);
+    assert_eq!(run.status(&format!("file:{unrelated}")), ResourceStatus::Changed);
+    assert!(!Path::new(&after).exists());
+
+    // Without --detailed-exitcodes a failed run is exit 1, a good one 0.
+    let role = sb.dir.path().join("role");
+    let out = sb.cmd(&["apply", role.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(human.contains("FAILED       exec:boom") && human.contains("1 failed, 2 skipped"), "{human}");
+}
+
+#[test]
+fn notify_refreshes_once_after_all_notifiers_and_only_on_change() {
+    let sb = Sandbox::new();
+    let (a, b, log) = (sb.p("a"), sb.p("b"), sb.p("log"));
+    sb.role(&format!(
+        "[[exec]]\nname = \"reload\"\ncommand = \"cat {a} {b} >> {log}\"\nrefresh_only = true\n\n\
+         [[file]]\npath = \"{a}\"\ncontent = \"a1\\n\"\nnotify = [\"exec:reload\"]\n\n\
+         [[file]]\npath = \"{b}\"\ncontent = \"b1\\n\"\nnotify = [\"exec:reload\"]\n"
+    ));
+    let run = sb.apply(&["--noop"]);
+    let reload = run.resource("exec:reload");
+    assert_eq!(reload.status, ResourceStatus::WouldChange);
+    assert_eq!(reload.changes[0].after, "would execute");
+    assert!(!Path::new(&log).exists());
+
+    let run = sb.apply(&[]);
+    // Ran once, after both files were written: it saw both new contents.
+    assert_eq!(fs::read_to_string(&log).unwrap(), "a1\nb1\n");
+    let order: Vec<_> = run.report.resources.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(order.last().unwrap(), "exec:reload");
+    assert_eq!(run.resource("exec:reload").changes[0].after, "executed");
+
+    // No change, no refresh.
+    assert_eq!(sb.apply(&[]).code, 0);
+    assert_eq!(fs::read_to_string(&log).unwrap(), "a1\nb1\n");
+}
+
+#[test]
+fn a_refresh_lost_to_a_failure_is_done_next_run() {
+    let sb = Sandbox::new();
+    let (conf, log, gate) = (sb.p("conf"), sb.p("log"), sb.p("gate"));
+    fs::write(&gate, "").unwrap();
+    sb.role(&format!(
+        "[[exec]]\nname = \"gate\"\ncommand = \"test ! -e {gate}\"\n\n\
+         [[exec]]\nname = \"restart\"\ncommand = \"echo restarted >> {log}\"\nrefresh_only = true\nrequires = [\"exec:gate\"]\n\n\
+         [[file]]\npath = \"{conf}\"\ncontent = \"v2\\n\"\nnotify = [\"exec:restart\"]\n"
+    ));
+    let run = sb.apply(&[]);
+    assert_eq!(run.code, 6);
+    assert_eq!(run.status(&format!("file:{conf}")), ResourceStatus::Changed);
+    assert_eq!(run.status("exec:restart"), ResourceStatus::Skipped);
+    assert!(!Path::new(&log).exists());
+
+    fs::remove_file(&gate).unwrap();
+    // Noop sees the owed refresh and still does not do it.
+    let run = sb.apply(&["--noop"]);
+    assert_eq!(run.status("exec:restart"), ResourceStatus::WouldChange);
+    assert!(!Path::new(&log).exists());
+
+    let run = sb.apply(&[]);
+    assert_eq!(run.status(&format!("file:{conf}")), ResourceStatus::Unchanged);
+    assert_eq!(run.status("exec:restart"), ResourceStatus::Changed);
+    assert_eq!(fs::read_to_string(&log).unwrap(), "restarted\n");
+
+    let run = sb.apply(&[]);
+    assert_eq!(run.status("exec:restart"), ResourceStatus::Unchanged);
+    assert_eq!(fs::read_to_string(&log).unwrap(), "restarted\n");
+}
+
+#[test]
+fn invalid_role_changes_nothing_and_exits_1() {
+    let sb = Sandbox::new();
+    let path = sb.p("never-written");
+    sb.role(&format!("[[file]]\npath = \"{path}\"\ncontent = \"x\"\n\n[[file]]\npath = \"relative\"\ncontent = \"y\"\n"));
+    let role = sb.dir.path().join("role");
+    let out = sb.cmd(&["apply", role.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("role.toml:9:8: [[file]] \"relative\", field `path`"), "{stderr}");
+    assert!(!Path::new(&path).exists());
+
+    let out = sb.cmd(&["validate", role.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn a_second_run_is_refused_while_one_holds_the_lock() {
+    let sb = Sandbox::new();
+    let gate = sb.p("release");
+    let started = sb.p("started");
+    sb.role(&format!(
+        "[[exec]]\nname = \"slow\"\ncommand = \"touch {started}; while [ ! -e {gate} ]; do sleep 0.05; done\"\n"
+    ));
+    let role = sb.dir.path().join("role");
+    let mut first = sb.cmd(&["apply", role.to_str().unwrap()]).spawn().unwrap();
+    while !Path::new(&started).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = sb.cmd(&["apply", role.to_str().unwrap()]).output().unwrap();
+    fs::write(&gate, "").unwrap();
+    first.wait().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another cairn-agent run is in progress"), "{stderr}");
+}
