@@ -52,7 +52,29 @@ pub fn run(role: &Role, host: &Host, state: &StateDir, opts: RunOptions) -> Resu
                 "skipped because {dep} {}",
                 if status[dep] == ResourceStatus::Failed { "failed" } else { "was skipped" }
             )),
-            None => converge(r, host, state, opts, &mut pending),
+            None => {
+                let outcome = converge(r, host, state, opts, &mut pending);
+                // In noop, a check can fail only because a dependency has not
+                // been applied yet (a service whose package would be
+                // installed): that is a pending change, not a failure.
+                let waiting_on = r
+                    .requires
+                    .iter()
+                    .chain(notifiers.get(&r.id).into_iter().flatten().copied())
+                    .find(|d| status.get(d) == Some(&ResourceStatus::WouldChange));
+                match waiting_on {
+                    Some(dep) if opts.noop && outcome.status == ResourceStatus::Failed => Outcome {
+                        status: ResourceStatus::WouldChange,
+                        changes: Vec::new(),
+                        diff: None,
+                        error: Some(format!(
+                            "not checked until {dep} is applied ({})",
+                            outcome.error.unwrap_or_default()
+                        )),
+                    },
+                    _ => outcome,
+                }
+            }
         };
         status.insert(&r.id, outcome.status);
         reports.push(ResourceReport {

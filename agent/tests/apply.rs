@@ -321,3 +321,21 @@ fn a_second_run_is_refused_while_one_holds_the_lock() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another cairn-agent run is in progress"), "{stderr}");
 }
+
+#[test]
+fn noop_does_not_fail_what_waits_on_a_pending_change() {
+    let sb = Sandbox::new();
+    let dir = sb.p("later");
+    let file = sb.p("later/f");
+    // The exec's guard cannot run before the directory exists (cwd).
+    sb.role(&format!(
+        "[[directory]]\npath = \"{dir}\"\n\n[[file]]\npath = \"{file}\"\ncontent = \"x\"\n\n\
+         [[exec]]\nname = \"in-dir\"\ncommand = \"true\"\ncwd = \"{dir}\"\nunless = \"test -e f.done\"\nrequires = [\"directory:{dir}\"]\n"
+    ));
+    let run = sb.apply(&["--noop"]);
+    assert_eq!(run.code, 2, "pending changes, no failures: {:#?}", run.report);
+    let exec = run.resource("exec:in-dir");
+    assert_eq!(exec.status, ResourceStatus::WouldChange);
+    assert!(exec.error.as_deref().unwrap().starts_with(&format!("not checked until directory:{dir} is applied")));
+    assert!(!Path::new(&dir).exists());
+}
