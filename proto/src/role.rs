@@ -596,7 +596,7 @@ impl<'a> Parser<'a> {
                 k => match k.parse::<Kind>() {
                     Ok(kind) => self.parse_section(kind, value, &mut decls),
                     Err(()) => {
-                        let help = suggest(k, &TOP_LEVEL_KEYS)
+                        let help = suggest(k, TOP_LEVEL_KEYS)
                             .map(|s| format!("did you mean `{s}`?"))
                             .or_else(|| Some(format!("known sections: {}", TOP_LEVEL_KEYS.join(", "))));
                         self.error(key_span, None, Some(k), format!("unknown section `{k}`"), help);

@@ -72,7 +72,7 @@ mod tests {
         let err = t.render("b", &json!({"vars": {"port": 80}})).unwrap_err();
         assert_eq!(err.line, 2, "{err:?}");
         assert!(err.message.contains("vars.prot"), "{err:?}");
-        assert_eq!(t.render("c", &json!({})).is_err(), true);
+        assert!(t.render("c", &json!({})).is_err());
         let err = t.add("d", "a\n{{#if x}}").unwrap_err();
         assert_eq!(err.line, 2, "{err:?}");
     }

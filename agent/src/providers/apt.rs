@@ -1,23 +1,617 @@
-//! PLACEHOLDER: being written (apt/dpkg package provider).
-use anyhow::{Result, bail};
+//! Debian and Ubuntu packages: dpkg says what is installed, apt-get changes it.
+//!
+//! What is installed comes from reading dpkg's status file once per run (under a
+//! millisecond for the whole database) rather than spawning `dpkg-query` per
+//! package (several milliseconds each), so a converged run costs almost nothing.
+//! Changes go through `apt-get`, which resolves dependencies and refreshes the
+//! package lists only when they are missing, stale, or do not know a package.
 
-pub struct Apt;
-impl Apt {
-    pub fn new() -> Self {
-        Apt
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, anyhow};
+
+use super::fs;
+use super::process::{self, Ran};
+
+const DPKG_STATUS: &str = "/var/lib/dpkg/status";
+const APT_LISTS: &str = "/var/lib/apt/lists";
+
+/// Package lists older than this are refreshed before installing.
+pub const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long to wait for another apt or dpkg (cloud-init, unattended-upgrades)
+/// to release its locks on first boot.
+const LOCK_WAIT: Duration = Duration::from_secs(300);
+const LOCK_TIMEOUT_OPT: &str = "DPkg::Lock::Timeout=300";
+const LOCK_RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// Every apt-get call: no debconf prompts; English messages, because we match
+/// apt's errors (maintainer scripts must work in any locale, and run under C in
+/// cloud-init and containers anyway).
+const ENV: &[(&str, &str)] = &[("DEBIAN_FRONTEND", "noninteractive"), ("LC_ALL", "C.UTF-8")];
+
+/// Options of every apt-get call. Changed configuration files are kept as the
+/// operator (or a Cairn file resource) left them, new defaults are taken where
+/// nothing was changed: never a prompt. Recommends follow the host's own
+/// `APT::Install-Recommends`, as with an interactive `apt-get install`, so an
+/// operator who disables them system-wide gets the same from Cairn.
+const COMMON_ARGS: &[&str] = &[
+    "-q",
+    "-y",
+    "-o",
+    LOCK_TIMEOUT_OPT,
+    "-o",
+    "Dpkg::Options::=--force-confdef",
+    "-o",
+    "Dpkg::Options::=--force-confold",
+];
+
+pub struct Apt {
+    status_path: PathBuf,
+    lists_dir: PathBuf,
+    /// The dpkg database as last read; `None` until first asked and after every
+    /// change, so a read after install or remove sees the new state.
+    db: RefCell<Option<Installed>>,
+    /// `apt-get update` already ran for this provider (one per run at most).
+    updated: Cell<bool>,
+}
+
+impl Default for Apt {
+    fn default() -> Self {
+        Self::new()
     }
 }
+
+impl Apt {
+    pub fn new() -> Self {
+        Apt {
+            status_path: PathBuf::from(DPKG_STATUS),
+            lists_dir: PathBuf::from(APT_LISTS),
+            db: RefCell::new(None),
+            updated: Cell::new(false),
+        }
+    }
+
+    fn invalidate(&self) {
+        self.db.replace(None);
+    }
+
+    /// Runs `apt-get COMMON_ARGS args…`. dpkg's lock is waited for by apt itself
+    /// (`DPkg::Lock::Timeout`); apt 2.6 has no such wait for the lists and
+    /// archives locks, so a "Could not get lock" failure is retried here until
+    /// `LOCK_WAIT` has passed.
+    fn apt_get(&self, args: &[&str]) -> Result<Ran> {
+        let all: Vec<&str> = COMMON_ARGS.iter().chain(args).copied().collect();
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            let ran = process::run("apt-get", &all, ENV)?;
+            if ran.success
+                || !ran.stderr.contains("Could not get lock")
+                || Instant::now() >= deadline
+            {
+                return Ok(ran);
+            }
+            std::thread::sleep(LOCK_RETRY_PAUSE);
+        }
+    }
+
+    fn update(&self) -> Result<()> {
+        self.updated.set(true);
+        let ran = self.apt_get(&["update"])?;
+        if !ran.success {
+            return Err(failed(&["update"], &ran).context("could not refresh the package lists"));
+        }
+        Ok(())
+    }
+
+    /// Runs one `apt-get install`; the caller judges its outcome.
+    fn try_install(&self, args: &[&str]) -> Result<Ran> {
+        let ran = self.apt_get(args);
+        // Even a failed apt-get may have changed packages.
+        self.invalidate();
+        ran
+    }
+
+    fn install_inner(&self, package: &str, version: Option<&str>) -> Result<()> {
+        // Lists that are missing or old would install an outdated version or
+        // nothing at all. A failed refresh of merely old lists is not fatal: the
+        // old lists may do, and an install that still fails says why below.
+        let mut update_error = None;
+        if !self.updated.get() {
+            let lists = scan_lists(&self.lists_dir)?;
+            if lists_stale(&lists, SystemTime::now())
+                && let Err(e) = self.update()
+            {
+                if !lists.has_packages {
+                    return Err(e);
+                }
+                update_error = Some(e);
+            }
+        }
+        let target = match version {
+            Some(v) => format!("{package}={v}"),
+            None => package.to_string(),
+        };
+        let mut args = vec!["install"];
+        // A pinned version is exactly what the role asks for, even when it is
+        // older than the installed one.
+        if version.is_some() {
+            args.push("--allow-downgrades");
+        }
+        args.push(&target);
+        let mut ran = self.try_install(&args)?;
+        if !ran.success && !self.updated.get() && missing_from_lists(&ran.stderr) {
+            // The lists may predate the package or version: refresh once, retry.
+            self.update()?;
+            ran = self.try_install(&args)?;
+        }
+        if ran.success {
+            return Ok(());
+        }
+        let err = failed(&args, &ran);
+        Err(match update_error {
+            Some(u) => err.context(format!(
+                "the package lists are stale and refreshing them failed: {u:#}"
+            )),
+            None => err,
+        })
+    }
+}
+
+fn failed(args: &[&str], ran: &Ran) -> anyhow::Error {
+    anyhow!(
+        "`apt-get {}` failed with {}",
+        args.join(" "),
+        ran.describe()
+    )
+}
+
 impl super::PackageProvider for Apt {
     fn name(&self) -> &'static str {
         "apt"
     }
-    fn installed(&self, _: &str) -> Result<Option<String>> {
-        bail!("placeholder")
+
+    fn installed(&self, package: &str) -> Result<Option<String>> {
+        let mut slot = self.db.borrow_mut();
+        let db = match slot.take() {
+            Some(db) => db,
+            None => {
+                let raw = fs::read(&self.status_path).with_context(|| {
+                    format!("could not look up package {package} in the dpkg database")
+                })?;
+                Installed::parse(&String::from_utf8_lossy(&raw))
+            }
+        };
+        let version = db.version(package).map(str::to_owned);
+        *slot = Some(db);
+        Ok(version)
     }
-    fn install(&self, _: &str, _: Option<&str>) -> Result<()> {
-        bail!("placeholder")
+
+    fn install(&self, package: &str, version: Option<&str>) -> Result<()> {
+        self.install_inner(package, version)
+            .with_context(|| match version {
+                Some(v) => format!("could not install package {package} version {v}"),
+                None => format!("could not install package {package}"),
+            })
     }
-    fn remove(&self, _: &str) -> Result<()> {
-        bail!("placeholder")
+
+    /// `remove`, not `purge`: configuration files stay, as with Puppet's and
+    /// Chef's default, so removing a package by mistake loses no local changes
+    /// (dpkg then reports it as `config-files`, which counts as absent). As with
+    /// `apt-get remove -y` by hand, packages that depend on it go too; apt
+    /// refuses to remove essential packages under `-y`.
+    fn remove(&self, package: &str) -> Result<()> {
+        let args = ["remove", package];
+        let ran = self.apt_get(&args);
+        self.invalidate();
+        let ran = ran.with_context(|| format!("could not remove package {package}"))?;
+        if !ran.success {
+            return Err(failed(&args, &ran).context(format!("could not remove package {package}")));
+        }
+        Ok(())
+    }
+}
+
+/// Whether apt-get failed because its lists do not know the package or version,
+/// which an `apt-get update` may fix.
+pub(crate) fn missing_from_lists(stderr: &str) -> bool {
+    stderr.contains("Unable to locate package")
+        || stderr.contains("has no installation candidate")
+        || (stderr.contains("Version '") && stderr.contains("was not found"))
+}
+
+/// The installed packages of a dpkg status file.
+#[derive(Debug, Default)]
+pub(crate) struct Installed {
+    /// dpkg's own architecture, which is the native one; `None` when the file
+    /// has no `dpkg` entry (then any architecture counts).
+    native: Option<String>,
+    /// Package name → (architecture, version) of each installed instance: a
+    /// `Multi-Arch: same` package appears once per architecture.
+    packages: HashMap<String, Vec<(String, String)>>,
+}
+
+impl Installed {
+    /// One pass over the lines, looking only at the four fields it needs: the
+    /// file is large (mostly descriptions) and read on every run.
+    pub(crate) fn parse(text: &str) -> Installed {
+        let mut db = Installed::default();
+        let (mut name, mut status, mut arch, mut version) = ("", "", "", "");
+        // A final empty line closes the last stanza.
+        for line in text.lines().chain([""]) {
+            if line.is_empty() {
+                if !name.is_empty() && is_installed(status) {
+                    db.add(name, arch, version);
+                }
+                (name, status, arch, version) = ("", "", "", "");
+            } else if let Some(v) = line.strip_prefix("Package:") {
+                name = v.trim();
+            } else if let Some(v) = line.strip_prefix("Status:") {
+                status = v.trim();
+            } else if let Some(v) = line.strip_prefix("Architecture:") {
+                arch = v.trim();
+            } else if let Some(v) = line.strip_prefix("Version:") {
+                version = v.trim();
+            }
+            // Other fields and continuation lines (which start with a blank) are
+            // not needed.
+        }
+        db
+    }
+
+    fn add(&mut self, name: &str, arch: &str, version: &str) {
+        if name == "dpkg" {
+            self.native = Some(arch.to_string());
+        }
+        self.packages
+            .entry(name.to_string())
+            .or_default()
+            .push((arch.to_string(), version.to_string()));
+    }
+
+    /// The installed version of `name` for the native architecture or `all`,
+    /// as `apt-get install name` would install it.
+    pub(crate) fn version(&self, name: &str) -> Option<&str> {
+        let instances = self.packages.get(name)?;
+        instances
+            .iter()
+            .find(|(arch, _)| arch == "all" || self.native.as_deref().is_none_or(|n| n == arch))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Whether a `Status:` value (`want error-flag state`) means the package is on
+/// disk and configured. The want flag is only a selection (`hold`, `deinstall`
+/// still have the package installed); pending triggers do not make a package
+/// absent, and apt-get would not change them, so counting them as absent would
+/// never converge. `config-files`, `half-installed` and the like are absent.
+fn is_installed(status: &str) -> bool {
+    let mut words = status.split_ascii_whitespace();
+    let (_want, flag, state) = (words.next(), words.next(), words.next());
+    flag == Some("ok")
+        && matches!(
+            state,
+            Some("installed" | "triggers-pending" | "triggers-awaited")
+        )
+}
+
+/// What the package lists directory holds, for the staleness rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lists {
+    /// At least one `*_Packages` index (possibly compressed) is present.
+    pub has_packages: bool,
+    /// The newest time an update left on the directory, if any.
+    pub newest: Option<SystemTime>,
+}
+
+/// Reads the lists directory. List files keep the server's Last-Modified time,
+/// so a mirror that rarely changes would look stale forever; `partial/` is
+/// written by every `apt-get update`, so its time counts as well.
+pub(crate) fn scan_lists(dir: &Path) -> Result<Lists> {
+    let mut lists = Lists {
+        has_packages: false,
+        newest: None,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(lists),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("could not list the apt package lists in {}", dir.display())
+            });
+        }
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| {
+            format!("could not list the apt package lists in {}", dir.display())
+        })?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_packages = name.contains("_Packages");
+        if !(is_packages || name.ends_with("Release") || name == "partial") {
+            continue;
+        }
+        let meta = entry
+            .metadata()
+            .with_context(|| format!("could not stat {}", entry.path().display()))?;
+        has_mtime(&mut lists, meta.modified().ok());
+        lists.has_packages |= is_packages && meta.is_file();
+    }
+    Ok(lists)
+}
+
+fn has_mtime(lists: &mut Lists, t: Option<SystemTime>) {
+    if let Some(t) = t {
+        lists.newest = Some(lists.newest.map_or(t, |n| n.max(t)));
+    }
+}
+
+/// Whether the lists must be refreshed before installing: none at all, or none
+/// touched within [`LISTS_MAX_AGE`]. A time in the future (the clock was set
+/// back) counts as fresh rather than forcing an update on every run.
+pub(crate) fn lists_stale(lists: &Lists, now: SystemTime) -> bool {
+    if !lists.has_packages {
+        return true;
+    }
+    match lists.newest {
+        None => true,
+        Some(t) => now.duration_since(t).is_ok_and(|age| age > LISTS_MAX_AGE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::PackageProvider;
+
+    const SAMPLE: &str = "\
+Package: dpkg
+Essential: yes
+Status: install ok installed
+Priority: required
+Architecture: amd64
+Version: 1.21.22
+Description: Debian package management system
+ This package provides the low-level infrastructure for handling the
+ installation and removal of Debian software packages.
+
+Package: nginx-common
+Status: deinstall ok config-files
+Architecture: all
+Version: 1.22.1-9
+Conffiles:
+ /etc/nginx/nginx.conf 0123456789abcdef0123456789abcdef
+
+Package: libfoo1
+Status: install ok installed
+Multi-Arch: same
+Architecture: i386
+Version: 2.0-1
+
+Package: libfoo1
+Status: install ok installed
+Multi-Arch: same
+Architecture: amd64
+Version: 2.0-2
+
+Package: libbar1
+Status: install ok installed
+Multi-Arch: same
+Architecture: i386
+Version: 3.1-1
+
+Package: tzdata
+Status: hold ok installed
+Architecture: all
+Version: 2024a-0+deb12u1
+
+Package: broken
+Status: install reinstreq half-installed
+Architecture: amd64
+Version: 0.1-1
+
+Package: man-db
+Status: install ok triggers-pending
+Architecture: amd64
+Version: 2.11.2-2
+Triggers-Pending: /usr/share/man
+
+Package: unpacked
+Status: install ok unpacked
+Architecture: amd64
+Version: 1.0-1
+";
+
+    #[test]
+    fn dpkg_status_parser_keeps_installed_packages_only() {
+        let db = Installed::parse(SAMPLE);
+        assert_eq!(db.native.as_deref(), Some("amd64"));
+        assert_eq!(db.version("dpkg"), Some("1.21.22"));
+        // Removed but not purged: only configuration files are left.
+        assert_eq!(db.version("nginx-common"), None);
+        assert_eq!(db.version("broken"), None);
+        assert_eq!(db.version("unpacked"), None);
+        // A hold is a selection; the package is installed.
+        assert_eq!(db.version("tzdata"), Some("2024a-0+deb12u1"));
+        assert_eq!(db.version("man-db"), Some("2.11.2-2"));
+        assert_eq!(db.version("not-there"), None);
+    }
+
+    #[test]
+    fn dpkg_status_parser_picks_the_native_architecture() {
+        let db = Installed::parse(SAMPLE);
+        // The amd64 instance, whichever comes first in the file.
+        assert_eq!(db.version("libfoo1"), Some("2.0-2"));
+        // Only a foreign instance: `apt-get install libbar1` would still install it.
+        assert_eq!(db.version("libbar1"), None);
+        assert_eq!(db.packages["libfoo1"].len(), 2);
+    }
+
+    #[test]
+    fn dpkg_status_parser_without_dpkg_entry_accepts_any_architecture() {
+        let db = Installed::parse(
+            "Package: x\nStatus: install ok installed\nArchitecture: arm64\nVersion: 1\n",
+        );
+        assert_eq!(db.native, None);
+        assert_eq!(db.version("x"), Some("1"));
+    }
+
+    #[test]
+    fn dpkg_status_parser_matches_dpkg_query_on_this_host() {
+        let ran = process::run_ok(
+            "dpkg-query",
+            [
+                "-W",
+                "-f",
+                "${Package}\t${db:Status-Status}\t${Version}\t${Architecture}\n",
+            ],
+            &[],
+        )
+        .unwrap();
+        let native = process::run_ok("dpkg", ["--print-architecture"], &[]).unwrap();
+        let native = native.stdout.trim();
+        let db = Installed::parse(&std::fs::read_to_string(DPKG_STATUS).unwrap());
+        assert_eq!(db.native.as_deref(), Some(native));
+        let mut checked = 0;
+        for line in ran.stdout.lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            let (name, state, version, arch) = (f[0], f[1], f[2], f[3]);
+            if arch != native && arch != "all" {
+                continue;
+            }
+            let want = (state == "installed").then_some(version);
+            assert_eq!(db.version(name), want, "{line}");
+            checked += 1;
+        }
+        assert!(checked > 50, "only {checked} packages compared");
+    }
+
+    fn lists(has_packages: bool, age_secs: Option<u64>, now: SystemTime) -> Lists {
+        Lists {
+            has_packages,
+            newest: age_secs.map(|s| now - Duration::from_secs(s)),
+        }
+    }
+
+    #[test]
+    fn apt_lists_staleness_rule() {
+        let now = SystemTime::now();
+        let hour = 3600;
+        assert!(
+            lists_stale(&lists(false, None, now), now),
+            "no lists at all"
+        );
+        assert!(
+            lists_stale(&lists(false, Some(60), now), now),
+            "only Release files, no Packages"
+        );
+        assert!(!lists_stale(&lists(true, Some(hour), now), now));
+        assert!(!lists_stale(&lists(true, Some(23 * hour), now), now));
+        assert!(lists_stale(&lists(true, Some(25 * hour), now), now));
+        // Clock set back: the lists look newer than now; do not update every run.
+        let future = Lists {
+            has_packages: true,
+            newest: Some(now + Duration::from_secs(hour)),
+        };
+        assert!(!lists_stale(&future, now));
+    }
+
+    fn touch(path: &Path, t: SystemTime) {
+        let f = std::fs::File::create(path).unwrap();
+        f.set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn apt_lists_scan_takes_the_newest_update_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let now = SystemTime::now();
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(
+            scan_lists(&d.join("missing")).unwrap(),
+            Lists {
+                has_packages: false,
+                newest: None
+            }
+        );
+        // An unrelated, newer file does not make old lists fresh.
+        touch(&d.join("lock"), now);
+        touch(
+            &d.join("deb.example.org_debian_dists_bookworm_InRelease"),
+            now - 3 * day,
+        );
+        let l = scan_lists(d).unwrap();
+        assert!(!l.has_packages);
+        assert!(lists_stale(&l, now));
+        touch(
+            &d.join("deb.example.org_debian_dists_bookworm_main_binary-amd64_Packages.lz4"),
+            now - 2 * day,
+        );
+        let l = scan_lists(d).unwrap();
+        assert!(l.has_packages);
+        assert_eq!(l.newest, Some(now - 2 * day));
+        assert!(lists_stale(&l, now));
+        // An update that found nothing new still writes partial/.
+        std::fs::create_dir(d.join("partial")).unwrap();
+        std::fs::File::open(d.join("partial"))
+            .unwrap()
+            .set_modified(now - Duration::from_secs(60))
+            .unwrap();
+        assert!(!lists_stale(&scan_lists(d).unwrap(), now));
+    }
+
+    #[test]
+    fn apt_errors_that_an_update_may_fix() {
+        assert!(missing_from_lists("E: Unable to locate package cairn-x\n"));
+        assert!(missing_from_lists(
+            "E: Package 'nginx' has no installation candidate\n"
+        ));
+        assert!(missing_from_lists(
+            "E: Version '9.9' for 'figlet' was not found\n"
+        ));
+        assert!(!missing_from_lists(
+            "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 42 (apt-get)\n"
+        ));
+        assert!(!missing_from_lists(
+            "E: Sub-process /usr/bin/dpkg returned an error code (1)\n"
+        ));
+    }
+
+    /// Real apt on this host: the lists do not know the package, so the provider
+    /// refreshes them once, retries, and fails naming the package.
+    #[test]
+    fn apt_unknown_package_updates_once_then_fails_naming_it() {
+        let apt = Apt::new();
+        let err = apt.install("cairn-no-such-package-x", None).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("could not install package cairn-no-such-package-x"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("Unable to locate package cairn-no-such-package-x"),
+            "{msg}"
+        );
+        assert!(
+            apt.updated.get(),
+            "the lists were not refreshed before giving up"
+        );
+        assert_eq!(apt.installed("cairn-no-such-package-x").unwrap(), None);
+    }
+
+    #[test]
+    fn apt_installed_reads_the_database_once() {
+        let apt = Apt::new();
+        assert!(apt.installed("dpkg").unwrap().is_some());
+        assert!(apt.db.borrow().is_some());
+        let t = Instant::now();
+        for i in 0..100 {
+            apt.installed(&format!("cairn-absent-{i}")).unwrap();
+        }
+        // One read, then map lookups: far below one process spawn per package.
+        assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
     }
 }
