@@ -17,7 +17,11 @@ use crate::state::{self, StateDir};
 use crate::{facts, output};
 
 #[derive(Parser)]
-#[command(name = "cairn-agent", version, about = "Converge this machine to a Cairn role")]
+#[command(
+    name = "cairn-agent",
+    version,
+    about = "Converge this machine to a Cairn role"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,9 +45,7 @@ enum Command {
         state_dir: PathBuf,
     },
     /// Check a role for errors without touching this machine; lists every error.
-    Validate {
-        role_dir: PathBuf,
-    },
+    Validate { role_dir: PathBuf },
     /// Print the facts this machine presents to templates, as JSON.
     Facts,
 }
@@ -73,7 +75,10 @@ fn print_error(e: &anyhow::Error) {
     if let Some(d) = e.downcast_ref::<Diagnostics>() {
         let n = d.0.len();
         eprintln!("{d}");
-        eprintln!("error: the role has {n} problem{}", if n == 1 { "" } else { "s" });
+        eprintln!(
+            "error: the role has {n} problem{}",
+            if n == 1 { "" } else { "s" }
+        );
         return;
     }
     eprintln!("error: {e}");
@@ -135,10 +140,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Reads and validates a role directory; nothing on the host is touched.
 pub fn load(dir: &Path, facts: &Facts) -> Result<Role> {
-    let bundle = RoleBundle::from_dir(dir).with_context(|| format!("could not read role {}", dir.display()))?;
-    role::load(&bundle, facts).map_err(|d| {
-        anyhow::Error::new(prefix_dir(d, dir))
-    })
+    let bundle = RoleBundle::from_dir(dir)
+        .with_context(|| format!("could not read role {}", dir.display()))?;
+    role::load(&bundle, facts).map_err(|d| anyhow::Error::new(prefix_dir(d, dir)))
 }
 
 /// Makes diagnostic file names point into the directory the user named.

@@ -46,11 +46,20 @@ pub fn run(role: &Role, host: &Host, state: &StateDir, opts: RunOptions) -> Resu
             .requires
             .iter()
             .chain(notifiers.get(&r.id).into_iter().flatten().copied())
-            .find(|d| matches!(status.get(d), Some(ResourceStatus::Failed | ResourceStatus::Skipped)));
+            .find(|d| {
+                matches!(
+                    status.get(d),
+                    Some(ResourceStatus::Failed | ResourceStatus::Skipped)
+                )
+            });
         let outcome = match blocker {
             Some(dep) => Outcome::skipped(format!(
                 "skipped because {dep} {}",
-                if status[dep] == ResourceStatus::Failed { "failed" } else { "was skipped" }
+                if status[dep] == ResourceStatus::Failed {
+                    "failed"
+                } else {
+                    "was skipped"
+                }
             )),
             None => {
                 let outcome = converge(r, host, state, opts, &mut pending);
@@ -139,13 +148,15 @@ fn converge(
     let id = r.id.to_string();
     let drift = match res.check(host) {
         Ok(d) => d,
-        Err(e) => return Outcome::failed(Drift::default(), e.context(format!("could not check {id}"))),
+        Err(e) => {
+            return Outcome::failed(Drift::default(), e.context(format!("could not check {id}")));
+        }
     };
     let owes_refresh = pending.contains(&id);
 
     if opts.noop {
         let mut drift = drift;
-        if owes_refresh && let Some(change) = res.refresh_preview() {
+        if owes_refresh && let Some(change) = res.refresh_preview(&drift) {
             drift.changes.push(change);
         }
         if drift.is_empty() {
@@ -206,7 +217,9 @@ fn converge(
                 }
                 applied.changes.extend(change);
             }
-            Err(e) => return Outcome::failed(applied, e.context(format!("could not refresh {id}"))),
+            Err(e) => {
+                return Outcome::failed(applied, e.context(format!("could not refresh {id}")));
+            }
         }
     }
 

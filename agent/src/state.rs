@@ -79,8 +79,12 @@ impl StateDir {
     pub fn load_pending(&self) -> Result<BTreeSet<String>> {
         let path = self.root.join(PENDING_FILE);
         match fs::read(&path) {
-            Ok(data) => serde_json::from_slice(&data)
-                .with_context(|| format!("could not parse {} (delete it to drop pending refreshes)", path.display())),
+            Ok(data) => serde_json::from_slice(&data).with_context(|| {
+                format!(
+                    "could not parse {} (delete it to drop pending refreshes)",
+                    path.display()
+                )
+            }),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(BTreeSet::new()),
             Err(e) => Err(e).with_context(|| format!("could not read {}", path.display())),
         }
@@ -120,7 +124,10 @@ mod tests {
         let state = StateDir::new(dir.path().join("state"));
         let held = state.lock().unwrap();
         let err = state.lock().unwrap_err().to_string();
-        assert!(err.contains("in progress") && err.contains(&std::process::id().to_string()), "{err}");
+        assert!(
+            err.contains("in progress") && err.contains(&std::process::id().to_string()),
+            "{err}"
+        );
         drop(held);
         state.lock().unwrap();
     }

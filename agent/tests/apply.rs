@@ -35,24 +35,38 @@ impl Sandbox {
     fn role(&self, toml: &str) -> PathBuf {
         let role = self.dir.path().join("role");
         fs::create_dir_all(role.join("templates")).unwrap();
-        fs::write(role.join("role.toml"), format!("[role]\nname = \"t\"\n\n{toml}")).unwrap();
+        fs::write(
+            role.join("role.toml"),
+            format!("[role]\nname = \"t\"\n\n{toml}"),
+        )
+        .unwrap();
         role
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-agent"));
-        cmd.args(args).env("CAIRN_STATE_DIR", self.dir.path().join("state"));
+        cmd.args(args)
+            .env("CAIRN_STATE_DIR", self.dir.path().join("state"));
         cmd
     }
 
     fn apply(&self, extra: &[&str]) -> Run {
         let role = self.dir.path().join("role");
-        let mut args = vec!["apply", role.to_str().unwrap(), "--format", "json", "--detailed-exitcodes"];
+        let mut args = vec![
+            "apply",
+            role.to_str().unwrap(),
+            "--format",
+            "json",
+            "--detailed-exitcodes",
+        ];
         args.extend_from_slice(extra);
         let out = self.cmd(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("no JSON report ({e}); stdout: {}\nstderr: {stderr}", String::from_utf8_lossy(&out.stdout))
+            panic!(
+                "no JSON report ({e}); stdout: {}\nstderr: {stderr}",
+                String::from_utf8_lossy(&out.stdout)
+            )
         });
         Run {
             code: out.status.code().unwrap(),
@@ -94,16 +108,28 @@ fn file_timeline() {
     let sb = Sandbox::new();
     let path = sb.p("motd");
     sb.role(&format!("[vars]\nwho = \"world\"\n\n[[file]]\npath = \"{path}\"\ntemplate = \"motd.hbs\"\nmode = \"0600\"\n"));
-    fs::write(sb.dir.path().join("role/templates/motd.hbs"), "hello {{vars.who}}\n").unwrap();
+    fs::write(
+        sb.dir.path().join("role/templates/motd.hbs"),
+        "hello {{vars.who}}\n",
+    )
+    .unwrap();
     let id = format!("file:{path}");
 
     // Noop on a missing file: would change, nothing written.
     let run = sb.apply(&["--noop"]);
-    assert_eq!((run.code, run.status(&id)), (2, ResourceStatus::WouldChange));
+    assert_eq!(
+        (run.code, run.status(&id)),
+        (2, ResourceStatus::WouldChange)
+    );
     assert!(!Path::new(&path).exists());
 
     let run = sb.apply(&[]);
-    assert_eq!((run.code, run.status(&id)), (2, ResourceStatus::Changed), "{}", run.stderr);
+    assert_eq!(
+        (run.code, run.status(&id)),
+        (2, ResourceStatus::Changed),
+        "{}",
+        run.stderr
+    );
     assert_eq!(fs::read_to_string(&path).unwrap(), "hello world\n");
     assert_eq!(mode(&path), 0o600);
 
@@ -120,7 +146,10 @@ fn file_timeline() {
     let props: Vec<_> = r.changes.iter().map(|c| c.property.as_str()).collect();
     assert_eq!(props, ["content", "mode"]);
     let diff = r.diff.as_deref().unwrap();
-    assert!(diff.contains("-hello tampered") && diff.contains("+hello world"), "{diff}");
+    assert!(
+        diff.contains("-hello tampered") && diff.contains("+hello world"),
+        "{diff}"
+    );
     assert_eq!(fs::read_to_string(&path).unwrap(), "hello tampered\n");
     assert_eq!(mode(&path), 0o644);
 
@@ -132,7 +161,12 @@ fn file_timeline() {
     // Mode drift alone is fixed in place.
     fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
     let run = sb.apply(&[]);
-    let props: Vec<_> = run.resource(&id).changes.iter().map(|c| (c.property.as_str(), c.before.as_str(), c.after.as_str())).collect();
+    let props: Vec<_> = run
+        .resource(&id)
+        .changes
+        .iter()
+        .map(|c| (c.property.as_str(), c.before.as_str(), c.after.as_str()))
+        .collect();
     assert_eq!(props, [("mode", "0640", "0600")]);
     assert!(run.resource(&id).diff.is_none());
 }
@@ -147,7 +181,10 @@ fn absent_file_and_directory_timeline() {
         "[[directory]]\npath = \"{dir}\"\nmode = \"0750\"\n\n[[file]]\npath = \"{gone}\"\nstate = \"absent\"\n"
     ));
     let run = sb.apply(&["--noop"]);
-    assert_eq!(run.changed(), [format!("directory:{dir}"), format!("file:{gone}")]);
+    assert_eq!(
+        run.changed(),
+        [format!("directory:{dir}"), format!("file:{gone}")]
+    );
     assert!(Path::new(&gone).exists() && !Path::new(&dir).exists());
 
     let run = sb.apply(&[]);
@@ -165,7 +202,9 @@ fn absent_file_and_directory_timeline() {
 
     // Absent directory: removed with its content.
     fs::write(Path::new(&dir).join("inner"), "x").unwrap();
-    sb.role(&format!("[[directory]]\npath = \"{dir}\"\nstate = \"absent\"\n"));
+    sb.role(&format!(
+        "[[directory]]\npath = \"{dir}\"\nstate = \"absent\"\n"
+    ));
     assert_eq!(sb.apply(&[]).code, 2);
     assert!(!Path::new(&dir).exists());
     assert_eq!(sb.apply(&[]).code, 0);
@@ -191,10 +230,21 @@ fn exec_timeline_with_guards() {
     assert_eq!(fs::read_to_string(&count).unwrap(), "run\n");
 
     // A command that does not satisfy its own guard is a failure, not a silent success.
-    sb.role(&format!("[[exec]]\nname = \"liar\"\ncommand = \"true\"\ncreates = \"{}\"\n", sb.p("never")));
+    sb.role(&format!(
+        "[[exec]]\nname = \"liar\"\ncommand = \"true\"\ncreates = \"{}\"\n",
+        sb.p("never")
+    ));
     let run = sb.apply(&[]);
     assert_eq!(run.code, 4);
-    assert!(run.resource("exec:liar").error.as_deref().unwrap().contains("guard still asks"), "{:?}", run.report);
+    assert!(
+        run.resource("exec:liar")
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("guard still asks"),
+        "{:?}",
+        run.report
+    );
 }
 
 #[test]
@@ -212,10 +262,19 @@ fn failure_skips_dependents_and_the_rest_goes_on() {
     assert_eq!(run.code, 6, "changes and failures");
     assert_eq!(run.status("exec:boom"), ResourceStatus::Failed);
     let err = run.resource("exec:boom").error.clone().unwrap();
-    assert!(err.contains("exit status 3") && err.contains("exploding"), "{err}");
-    assert_eq!(run.status(&format!("file:{after}")), ResourceStatus::Skipped);
+    assert!(
+        err.contains("exit status 3") && err.contains("exploding"),
+        "{err}"
+    );
+    assert_eq!(
+        run.status(&format!("file:{after}")),
+        ResourceStatus::Skipped
+    );
     assert_eq!(run.status("exec:later"), ResourceStatus::Skipped);
-    assert_eq!(run.status(&format!("file:{unrelated}")), ResourceStatus::Changed);
+    assert_eq!(
+        run.status(&format!("file:{unrelated}")),
+        ResourceStatus::Changed
+    );
     assert!(!Path::new(&after).exists());
 
     // Without --detailed-exitcodes a failed run is exit 1, a good one 0.
@@ -223,7 +282,10 @@ fn failure_skips_dependents_and_the_rest_goes_on() {
     let out = sb.cmd(&["apply", role.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let human = String::from_utf8_lossy(&out.stdout);
-    assert!(human.contains("FAILED       exec:boom") && human.contains("1 failed, 2 skipped"), "{human}");
+    assert!(
+        human.contains("FAILED       exec:boom") && human.contains("1 failed, 2 skipped"),
+        "{human}"
+    );
 }
 
 #[test]
@@ -276,7 +338,10 @@ fn a_refresh_lost_to_a_failure_is_done_next_run() {
     assert!(!Path::new(&log).exists());
 
     let run = sb.apply(&[]);
-    assert_eq!(run.status(&format!("file:{conf}")), ResourceStatus::Unchanged);
+    assert_eq!(
+        run.status(&format!("file:{conf}")),
+        ResourceStatus::Unchanged
+    );
     assert_eq!(run.status("exec:restart"), ResourceStatus::Changed);
     assert_eq!(fs::read_to_string(&log).unwrap(), "restarted\n");
 
@@ -294,10 +359,16 @@ fn invalid_role_changes_nothing_and_exits_1() {
     let out = sb.cmd(&["apply", role.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("role.toml:9:8: [[file]] \"relative\", field `path`"), "{stderr}");
+    assert!(
+        stderr.contains("role.toml:9:8: [[file]] \"relative\", field `path`"),
+        "{stderr}"
+    );
     assert!(!Path::new(&path).exists());
 
-    let out = sb.cmd(&["validate", role.to_str().unwrap()]).output().unwrap();
+    let out = sb
+        .cmd(&["validate", role.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -319,7 +390,10 @@ fn a_second_run_is_refused_while_one_holds_the_lock() {
     first.wait().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("another cairn-agent run is in progress"), "{stderr}");
+    assert!(
+        stderr.contains("another cairn-agent run is in progress"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -333,9 +407,18 @@ fn noop_does_not_fail_what_waits_on_a_pending_change() {
          [[exec]]\nname = \"in-dir\"\ncommand = \"true\"\ncwd = \"{dir}\"\nunless = \"test -e f.done\"\nrequires = [\"directory:{dir}\"]\n"
     ));
     let run = sb.apply(&["--noop"]);
-    assert_eq!(run.code, 2, "pending changes, no failures: {:#?}", run.report);
+    assert_eq!(
+        run.code, 2,
+        "pending changes, no failures: {:#?}",
+        run.report
+    );
     let exec = run.resource("exec:in-dir");
     assert_eq!(exec.status, ResourceStatus::WouldChange);
-    assert!(exec.error.as_deref().unwrap().starts_with(&format!("not checked until directory:{dir} is applied")));
+    assert!(
+        exec.error
+            .as_deref()
+            .unwrap()
+            .starts_with(&format!("not checked until directory:{dir} is applied"))
+    );
     assert!(!Path::new(&dir).exists());
 }

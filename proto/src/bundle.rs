@@ -44,7 +44,10 @@ impl RoleBundle {
     /// refused rather than followed, so a bundle never reaches outside its role.
     pub fn from_dir(dir: &Path) -> Result<Self, BundleError> {
         let mut bundle = RoleBundle::default();
-        for entry in walkdir::WalkDir::new(dir).follow_links(false).sort_by_file_name() {
+        for entry in walkdir::WalkDir::new(dir)
+            .follow_links(false)
+            .sort_by_file_name()
+        {
             let entry = entry.map_err(|source| BundleError::Walk {
                 path: dir.to_path_buf(),
                 source,
@@ -144,10 +147,12 @@ fn check_path(path: &str) -> Result<(), BundleError> {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]

@@ -17,5 +17,5 @@ pub mod template;
 /// Generated protobuf types. Convert at the edges with the `From` impls in [`report`].
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
-    include!(concat!(env!("OUT_DIR"), "/cairn.v1.rs"));
+    tonic::include_proto!("cairn.v1");
 }

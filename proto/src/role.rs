@@ -88,12 +88,15 @@ impl fmt::Display for ResourceId {
 impl FromStr for ResourceId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, name) = s
-            .split_once(':')
-            .ok_or_else(|| format!("{s:?} is not a resource id (expected TYPE:NAME, like service:nginx)"))?;
+        let (kind, name) = s.split_once(':').ok_or_else(|| {
+            format!("{s:?} is not a resource id (expected TYPE:NAME, like service:nginx)")
+        })?;
         let kind = kind.parse::<Kind>().map_err(|()| {
             let kinds: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-            format!("{s:?} has unknown resource type {kind:?} (one of {})", kinds.join(", "))
+            format!(
+                "{s:?} has unknown resource type {kind:?} (one of {})",
+                kinds.join(", ")
+            )
         })?;
         if name.is_empty() {
             return Err(format!("{s:?} has an empty name"));
@@ -472,7 +475,8 @@ pub fn load(bundle: &RoleBundle, facts: &Facts) -> Result<Role, Diagnostics> {
     let resources = p.resolve(bundle, facts, &meta, &vars, decls);
     if !p.diags.is_empty() {
         // Reading order, whatever order the checks ran in.
-        p.diags.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        p.diags
+            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         return Err(Diagnostics(p.diags));
     }
     Ok(Role {
@@ -557,7 +561,13 @@ impl<'a> Parser<'a> {
             Ok(doc) => doc,
             Err(e) => {
                 let span = e.span().unwrap_or(0..0);
-                self.error(span, None, None, format!("invalid TOML: {}", e.message()), None);
+                self.error(
+                    span,
+                    None,
+                    None,
+                    format!("invalid TOML: {}", e.message()),
+                    None,
+                );
                 return None;
             }
         };
@@ -598,14 +608,26 @@ impl<'a> Parser<'a> {
                     Err(()) => {
                         let help = suggest(k, TOP_LEVEL_KEYS)
                             .map(|s| format!("did you mean `{s}`?"))
-                            .or_else(|| Some(format!("known sections: {}", TOP_LEVEL_KEYS.join(", "))));
-                        self.error(key_span, None, Some(k), format!("unknown section `{k}`"), help);
+                            .or_else(|| {
+                                Some(format!("known sections: {}", TOP_LEVEL_KEYS.join(", ")))
+                            });
+                        self.error(
+                            key_span,
+                            None,
+                            Some(k),
+                            format!("unknown section `{k}`"),
+                            help,
+                        );
                     }
                 },
             }
         }
         let Some(meta) = meta else {
-            if !self.diags.iter().any(|d| d.context.as_deref() == Some("[role]")) {
+            if !self
+                .diags
+                .iter()
+                .any(|d| d.context.as_deref() == Some("[role]"))
+            {
                 self.error(
                     doc_span.start..doc_span.start,
                     None,
@@ -620,7 +642,11 @@ impl<'a> Parser<'a> {
     }
 
     /// Deserializes one table, turning serde's error into a located diagnostic.
-    fn deserialize<T: DeserializeOwned>(&mut self, value: Spanned<DeValue<'_>>, context: &str) -> Option<T> {
+    fn deserialize<T: DeserializeOwned>(
+        &mut self,
+        value: Spanned<DeValue<'_>>,
+        context: &str,
+    ) -> Option<T> {
         let span = value.span();
         let fields: Vec<(String, Range<usize>)> = match value.get_ref() {
             DeValue::Table(t) => t
@@ -642,7 +668,9 @@ impl<'a> Parser<'a> {
                 let field = field.or_else(|| {
                     fields
                         .iter()
-                        .find(|(_, r)| r.start <= err_span.start && err_span.end <= r.end && err_span != span)
+                        .find(|(_, r)| {
+                            r.start <= err_span.start && err_span.end <= r.end && err_span != span
+                        })
                         .map(|(k, _)| k.clone())
                 });
                 self.error(err_span, Some(context), field.as_deref(), message, help);
@@ -667,13 +695,21 @@ impl<'a> Parser<'a> {
             let span = item.span();
             let context = format!("[[{}]] #{}", kind.as_str(), i + 1);
             let decl = match kind {
-                Kind::Group => self.deserialize(item, &context).map(|r| self.group(r, span)),
+                Kind::Group => self
+                    .deserialize(item, &context)
+                    .map(|r| self.group(r, span)),
                 Kind::User => self.deserialize(item, &context).map(|r| self.user(r, span)),
-                Kind::Package => self.deserialize(item, &context).map(|r| self.package(r, span)),
-                Kind::Directory => self.deserialize(item, &context).map(|r| self.directory(r, span)),
+                Kind::Package => self
+                    .deserialize(item, &context)
+                    .map(|r| self.package(r, span)),
+                Kind::Directory => self
+                    .deserialize(item, &context)
+                    .map(|r| self.directory(r, span)),
                 Kind::File => self.deserialize(item, &context).map(|r| self.file(r, span)),
                 Kind::Exec => self.deserialize(item, &context).map(|r| self.exec(r, span)),
-                Kind::Service => self.deserialize(item, &context).map(|r| self.service(r, span)),
+                Kind::Service => self
+                    .deserialize(item, &context)
+                    .map(|r| self.service(r, span)),
             };
             if let Some(d) = decl {
                 decls.push(d);
@@ -688,7 +724,10 @@ impl<'a> Parser<'a> {
                 Some("[role]"),
                 Some("name"),
                 format!("invalid role name {:?}", m.name.get_ref()),
-                Some("use lowercase letters, digits and dashes, starting with a letter or digit".into()),
+                Some(
+                    "use lowercase letters, digits and dashes, starting with a letter or digit"
+                        .into(),
+                ),
             );
         }
         Meta {
@@ -723,7 +762,14 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn check_name(&mut self, name: &S<String>, context: &str, field: &str, valid: fn(&str) -> bool, rule: &str) -> bool {
+    fn check_name(
+        &mut self,
+        name: &S<String>,
+        context: &str,
+        field: &str,
+        valid: fn(&str) -> bool,
+        rule: &str,
+    ) -> bool {
         if valid(name.get_ref()) {
             return true;
         }
@@ -785,7 +831,15 @@ impl<'a> Parser<'a> {
             system: r.system,
             state: r.state.unwrap_or(Presence::Present),
         });
-        self.decl(Kind::Group, r.name, spec, r.requires, r.notify, context, span)
+        self.decl(
+            Kind::Group,
+            r.name,
+            spec,
+            r.requires,
+            r.notify,
+            context,
+            span,
+        )
     }
 
     fn user(&mut self, r: RawUser, span: Range<usize>) -> Decl {
@@ -810,7 +864,15 @@ impl<'a> Parser<'a> {
             system: r.system,
             state: r.state.unwrap_or(Presence::Present),
         });
-        self.decl(Kind::User, r.name, spec, r.requires, r.notify, context, span)
+        self.decl(
+            Kind::User,
+            r.name,
+            spec,
+            r.requires,
+            r.notify,
+            context,
+            span,
+        )
     }
 
     fn package(&mut self, r: RawPackage, span: Range<usize>) -> Decl {
@@ -825,9 +887,21 @@ impl<'a> Parser<'a> {
         let state = r.state.unwrap_or(PackageState::Installed);
         if let Some(v) = &r.version {
             if state == PackageState::Absent {
-                self.error(v.span(), Some(context), Some("version"), "a version makes no sense with state = \"absent\"", None);
+                self.error(
+                    v.span(),
+                    Some(context),
+                    Some("version"),
+                    "a version makes no sense with state = \"absent\"",
+                    None,
+                );
             } else if v.get_ref().is_empty() || v.get_ref().contains(char::is_whitespace) {
-                self.error(v.span(), Some(context), Some("version"), format!("invalid version {:?}", v.get_ref()), None);
+                self.error(
+                    v.span(),
+                    Some(context),
+                    Some("version"),
+                    format!("invalid version {:?}", v.get_ref()),
+                    None,
+                );
             }
         }
         let spec = Spec::Package(Package {
@@ -835,7 +909,15 @@ impl<'a> Parser<'a> {
             version: r.version.map(Spanned::into_inner),
             state,
         });
-        self.decl(Kind::Package, r.name, spec, r.requires, r.notify, context, span)
+        self.decl(
+            Kind::Package,
+            r.name,
+            spec,
+            r.requires,
+            r.notify,
+            context,
+            span,
+        )
     }
 
     fn directory(&mut self, r: RawDirectory, span: Range<usize>) -> Decl {
@@ -848,7 +930,15 @@ impl<'a> Parser<'a> {
             mode: self.mode(r.mode, context),
             state: r.state.unwrap_or(Presence::Present),
         });
-        self.decl(Kind::Directory, r.path, spec, r.requires, r.notify, context, span)
+        self.decl(
+            Kind::Directory,
+            r.path,
+            spec,
+            r.requires,
+            r.notify,
+            context,
+            span,
+        )
     }
 
     fn file(&mut self, r: RawFile, span: Range<usize>) -> Decl {
@@ -887,7 +977,10 @@ impl<'a> Parser<'a> {
                 given[1].1.clone(),
                 Some(context),
                 Some(given[1].0),
-                format!("{} are both set; a file takes exactly one", names.join(" and ")),
+                format!(
+                    "{} are both set; a file takes exactly one",
+                    names.join(" and ")
+                ),
                 Some("keep one of them".into()),
             );
         }
@@ -899,7 +992,11 @@ impl<'a> Parser<'a> {
         let content = if absent {
             None
         } else {
-            Some(r.content.map(|c| c.into_inner().into_bytes()).unwrap_or_default())
+            Some(
+                r.content
+                    .map(|c| c.into_inner().into_bytes())
+                    .unwrap_or_default(),
+            )
         };
         let spec = Spec::File(File {
             path: r.path.get_ref().clone(),
@@ -908,7 +1005,15 @@ impl<'a> Parser<'a> {
             group: self.owner(r.group, context, "group"),
             mode: self.mode(r.mode, context),
         });
-        let mut d = self.decl(Kind::File, r.path, spec, r.requires, r.notify, context, span);
+        let mut d = self.decl(
+            Kind::File,
+            r.path,
+            spec,
+            r.requires,
+            r.notify,
+            context,
+            span,
+        );
         d.pending_content = pending.filter(|_| !absent);
         d
     }
@@ -923,7 +1028,13 @@ impl<'a> Parser<'a> {
             "an exec name is one non-empty line",
         );
         if r.command.get_ref().trim().is_empty() {
-            self.error(r.command.span(), Some(context), Some("command"), "the command is empty", None);
+            self.error(
+                r.command.span(),
+                Some(context),
+                Some("command"),
+                "the command is empty",
+                None,
+            );
         }
         if let Some(c) = &r.creates {
             self.check_abs_path(c, context, "creates");
@@ -940,7 +1051,15 @@ impl<'a> Parser<'a> {
             cwd: r.cwd.map(Spanned::into_inner),
             refresh_only: r.refresh_only,
         });
-        self.decl(Kind::Exec, r.name, spec, r.requires, r.notify, context, span)
+        self.decl(
+            Kind::Exec,
+            r.name,
+            spec,
+            r.requires,
+            r.notify,
+            context,
+            span,
+        )
     }
 
     fn service(&mut self, r: RawService, span: Range<usize>) -> Decl {
@@ -949,7 +1068,11 @@ impl<'a> Parser<'a> {
             &r.name,
             context,
             "name",
-            |n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || ":_.@-\\".contains(c)),
+            |n| {
+                !n.is_empty()
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ":_.@-\\".contains(c))
+            },
             "a systemd unit name: letters, digits and : _ . @ - \\",
         );
         let spec = Spec::Service(Service {
@@ -957,7 +1080,15 @@ impl<'a> Parser<'a> {
             running: r.running,
             enabled: r.enabled,
         });
-        self.decl(Kind::Service, r.name, spec, r.requires, r.notify, context, span)
+        self.decl(
+            Kind::Service,
+            r.name,
+            spec,
+            r.requires,
+            r.notify,
+            context,
+            span,
+        )
     }
 
     /// Cross-resource checks, content resolution and ordering.
@@ -974,7 +1105,11 @@ impl<'a> Parser<'a> {
         for i in 0..decls.len() {
             if let Some(&first) = seen.get(&decls[i].id) {
                 let (line, _) = self.line_col(decls[first].span.start);
-                let (span, ctx, id) = (decls[i].span.clone(), decls[i].context.clone(), decls[i].id.to_string());
+                let (span, ctx, id) = (
+                    decls[i].span.clone(),
+                    decls[i].context.clone(),
+                    decls[i].id.to_string(),
+                );
                 self.error(
                     span,
                     Some(&ctx),
@@ -992,7 +1127,9 @@ impl<'a> Parser<'a> {
         let mut templates = Templates::new();
         let mut compiled = HashSet::new();
         for (path, data) in bundle.files() {
-            let Some(name) = path.strip_prefix("templates/") else { continue };
+            let Some(name) = path.strip_prefix("templates/") else {
+                continue;
+            };
             match std::str::from_utf8(data) {
                 Ok(text) => match templates.add(name, text) {
                     Ok(()) => {
@@ -1025,7 +1162,9 @@ impl<'a> Parser<'a> {
             "role": { "name": meta.name, "description": meta.description },
         });
         for d in &mut decls {
-            let Some((from, name)) = d.pending_content.take() else { continue };
+            let Some((from, name)) = d.pending_content.take() else {
+                continue;
+            };
             let field = match from {
                 ContentFrom::Template => "template",
                 ContentFrom::Source => "source",
@@ -1038,12 +1177,24 @@ impl<'a> Parser<'a> {
             if let Err(why) = check_rel_path(name.get_ref()) {
                 let msg = format!("{field} {:?} {why}", name.get_ref());
                 let ctx = d.context.clone();
-                self.error(name.span(), Some(&ctx), Some(field), msg, Some(format!("name a file inside the role's {dir}/ directory")));
+                self.error(
+                    name.span(),
+                    Some(&ctx),
+                    Some(field),
+                    msg,
+                    Some(format!("name a file inside the role's {dir}/ directory")),
+                );
                 continue;
             }
             let Some(bytes) = bundle.get(&path) else {
                 let ctx = d.context.clone();
-                self.error(name.span(), Some(&ctx), Some(field), format!("{path} does not exist in the role"), None);
+                self.error(
+                    name.span(),
+                    Some(&ctx),
+                    Some(field),
+                    format!("{path} does not exist in the role"),
+                    None,
+                );
                 continue;
             };
             let content = match from {
@@ -1071,11 +1222,18 @@ impl<'a> Parser<'a> {
         }
 
         // References, then implicit edges.
-        let ids: HashMap<ResourceId, usize> = decls.iter().enumerate().map(|(i, d)| (d.id.clone(), i)).collect();
+        let ids: HashMap<ResourceId, usize> = decls
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.clone(), i))
+            .collect();
         let mut requires: Vec<Vec<ResourceId>> = vec![Vec::new(); decls.len()];
         let mut notify: Vec<Vec<ResourceId>> = vec![Vec::new(); decls.len()];
         for (i, d) in decls.iter().enumerate() {
-            for (field, refs, out) in [("requires", &d.requires, &mut requires[i]), ("notify", &d.notify, &mut notify[i])] {
+            for (field, refs, out) in [
+                ("requires", &d.requires, &mut requires[i]),
+                ("notify", &d.notify, &mut notify[i]),
+            ] {
                 for r in refs {
                     let (line, column) = self.line_col(r.span().start);
                     let mut push = |message: String, help: Option<String>| {
@@ -1108,7 +1266,9 @@ impl<'a> Parser<'a> {
                     }
                     if field == "notify" && !id.kind.refreshable() {
                         push(
-                            format!("{id} cannot be notified: only services and execs react to a refresh"),
+                            format!(
+                                "{id} cannot be notified: only services and execs react to a refresh"
+                            ),
                             None,
                         );
                         continue;
@@ -1169,7 +1329,10 @@ impl<'a> Parser<'a> {
                 Some(&ctx),
                 None,
                 format!("dependency cycle: {} → {}", names.join(" → "), names[0]),
-                Some("`requires` and `notify` both order resources; remove one edge of the cycle".into()),
+                Some(
+                    "`requires` and `notify` both order resources; remove one edge of the cycle"
+                        .into(),
+                ),
             );
             return Vec::new();
         }
@@ -1178,7 +1341,9 @@ impl<'a> Parser<'a> {
         order
             .into_iter()
             .map(|i| {
-                let d = slots[i].take().expect("each index appears once in a topological order");
+                let d = slots[i]
+                    .take()
+                    .expect("each index appears once in a topological order");
                 Resource {
                     location: Location {
                         line: self.line_col(d.span.start).0,
@@ -1360,7 +1525,12 @@ where
 {
     candidates
         .into_iter()
-        .map(|c| (strsim::damerau_levenshtein(got, c.as_ref()), c.as_ref().to_string()))
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(got, c.as_ref()),
+                c.as_ref().to_string(),
+            )
+        })
         .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d > 0)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -1369,7 +1539,12 @@ where
 fn line_col_bytes(raw: &[u8], offset: usize) -> (usize, usize) {
     let before = &raw[..offset];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let col = offset - before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) + 1;
+    let col = offset
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
     (line, col)
 }
 

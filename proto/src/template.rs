@@ -32,16 +32,14 @@ impl Templates {
 
     /// Parses and registers a template under `name`.
     pub fn add(&mut self, name: &str, source: &str) -> Result<(), TemplateError> {
-        self.hb
-            .register_template_string(name, source)
-            .map_err(|e| {
-                let (line, column) = e.pos().unwrap_or((1, 1));
-                TemplateError {
-                    line,
-                    column,
-                    message: e.reason().to_string(),
-                }
-            })
+        self.hb.register_template_string(name, source).map_err(|e| {
+            let (line, column) = e.pos().unwrap_or((1, 1));
+            TemplateError {
+                line,
+                column,
+                message: e.reason().to_string(),
+            }
+        })
     }
 
     pub fn render(&self, name: &str, data: &impl Serialize) -> Result<String, TemplateError> {
@@ -49,7 +47,9 @@ impl Templates {
             line: e.line_no.unwrap_or(1),
             column: e.column_no.unwrap_or(1),
             message: match e.reason() {
-                RenderErrorReason::MissingVariable(Some(path)) => format!("undefined variable `{path}`"),
+                RenderErrorReason::MissingVariable(Some(path)) => {
+                    format!("undefined variable `{path}`")
+                }
                 RenderErrorReason::MissingVariable(None) => "undefined variable".to_string(),
                 other => other.to_string(),
             },

@@ -5,7 +5,11 @@ use cairn_proto::facts::Facts;
 use cairn_proto::role::{self, Diagnostic, Kind, Role, Spec, bundle_from_files};
 
 fn load(files: &[(&str, &str)]) -> Result<Role, Vec<Diagnostic>> {
-    role::load(&bundle_from_files(files.iter().copied()), &Facts::placeholder()).map_err(|d| d.0)
+    role::load(
+        &bundle_from_files(files.iter().copied()),
+        &Facts::placeholder(),
+    )
+    .map_err(|d| d.0)
 }
 
 fn errors(files: &[(&str, &str)]) -> Vec<Diagnostic> {
@@ -68,7 +72,10 @@ requires = [\"exec:early\"]
     );
     let role = load(&[
         ("role.toml", &toml),
-        ("templates/app.conf.hbs", "port={{vars.port}} host={{facts.hostname}} role={{role.name}}\n"),
+        (
+            "templates/app.conf.hbs",
+            "port={{vars.port}} host={{facts.hostname}} role={{role.name}}\n",
+        ),
     ])
     .unwrap();
     let order: Vec<String> = role.resources.iter().map(|r| r.id.to_string()).collect();
@@ -85,10 +92,17 @@ requires = [\"exec:early\"]
             "service:nginx"
         ]
     );
-    let Spec::File(f) = &role.get(&"file:/etc/app.conf".parse().unwrap()).unwrap().spec else {
+    let Spec::File(f) = &role
+        .get(&"file:/etc/app.conf".parse().unwrap())
+        .unwrap()
+        .spec
+    else {
         panic!()
     };
-    assert_eq!(f.content.as_deref(), Some(&b"port=8080 host=node role=t\n"[..]));
+    assert_eq!(
+        f.content.as_deref(),
+        Some(&b"port=8080 host=node role=t\n"[..])
+    );
     assert_eq!(f.mode, Some(0o640));
     // Implicit edges: owner user and managed parent directory.
     let app = role.get(&"file:/etc/app.conf".parse().unwrap()).unwrap();
@@ -106,11 +120,17 @@ fn malformed_toml_names_the_line() {
 
 #[test]
 fn unknown_key_is_located_and_gets_a_suggestion() {
-    let d = only_error(&format!("{HEAD}\n[[file]]\npath = \"/x\"\ncontent = \"\"\nownr = \"root\"\n"));
+    let d = only_error(&format!(
+        "{HEAD}\n[[file]]\npath = \"/x\"\ncontent = \"\"\nownr = \"root\"\n"
+    ));
     assert_eq!(d.line, 7, "{d}");
     assert_eq!(d.field.as_deref(), Some("ownr"), "{d}");
     assert_eq!(d.help.as_deref(), Some("did you mean `owner`?"), "{d}");
-    assert!(d.to_string().starts_with("role.toml:7:1: [[file]] #1, field `ownr`: unknown field"), "{d}");
+    assert!(
+        d.to_string()
+            .starts_with("role.toml:7:1: [[file]] #1, field `ownr`: unknown field"),
+        "{d}"
+    );
 }
 
 #[test]
@@ -122,45 +142,71 @@ fn unknown_section_gets_a_suggestion() {
 
 #[test]
 fn wrong_type_names_the_field() {
-    let d = only_error(&format!("{HEAD}\n[[service]]\nname = \"x\"\nrunning = \"yes\"\n"));
+    let d = only_error(&format!(
+        "{HEAD}\n[[service]]\nname = \"x\"\nrunning = \"yes\"\n"
+    ));
     assert_eq!((d.line, d.field.as_deref()), (6, Some("running")), "{d}");
     assert!(d.message.contains("invalid type"), "{d}");
 }
 
 #[test]
 fn bad_enum_value_gets_a_suggestion() {
-    let d = only_error(&format!("{HEAD}\n[[package]]\nname = \"vim\"\nstate = \"instaled\"\n"));
+    let d = only_error(&format!(
+        "{HEAD}\n[[package]]\nname = \"vim\"\nstate = \"instaled\"\n"
+    ));
     assert_eq!(d.line, 6, "{d}");
-    assert_eq!(d.help.as_deref(), Some("did you mean \"installed\"?"), "{d}");
+    assert_eq!(
+        d.help.as_deref(),
+        Some("did you mean \"installed\"?"),
+        "{d}"
+    );
 }
 
 #[test]
 fn bad_modes() {
     for mode in ["\"0999\"", "\"rwx\"", "\"12345\""] {
-        let d = only_error(&format!("{HEAD}\n[[directory]]\npath = \"/x\"\nmode = {mode}\n"));
+        let d = only_error(&format!(
+            "{HEAD}\n[[directory]]\npath = \"/x\"\nmode = {mode}\n"
+        ));
         assert_eq!((d.line, d.field.as_deref()), (6, Some("mode")), "{d}");
         assert!(d.message.contains("invalid mode"), "{d}");
     }
     // A number is a type error, not silently decimal 644.
-    let d = only_error(&format!("{HEAD}\n[[directory]]\npath = \"/x\"\nmode = 644\n"));
+    let d = only_error(&format!(
+        "{HEAD}\n[[directory]]\npath = \"/x\"\nmode = 644\n"
+    ));
     assert_eq!(d.field.as_deref(), Some("mode"), "{d}");
 }
 
 #[test]
 fn relative_and_unnormalized_paths() {
     for path in ["etc/motd", "/etc/../motd", "/etc//motd", "/etc/"] {
-        let d = only_error(&format!("{HEAD}\n[[file]]\npath = \"{path}\"\ncontent = \"\"\n"));
-        assert_eq!((d.line, d.field.as_deref()), (5, Some("path")), "{path}: {d}");
+        let d = only_error(&format!(
+            "{HEAD}\n[[file]]\npath = \"{path}\"\ncontent = \"\"\n"
+        ));
+        assert_eq!(
+            (d.line, d.field.as_deref()),
+            (5, Some("path")),
+            "{path}: {d}"
+        );
     }
-    let d = only_error(&format!("{HEAD}\n[[exec]]\nname = \"x\"\ncommand = \"true\"\ncreates = \"tmp/x\"\n"));
+    let d = only_error(&format!(
+        "{HEAD}\n[[exec]]\nname = \"x\"\ncommand = \"true\"\ncreates = \"tmp/x\"\n"
+    ));
     assert_eq!(d.field.as_deref(), Some("creates"), "{d}");
 }
 
 #[test]
 fn duplicate_ids() {
-    let d = only_error(&format!("{HEAD}\n[[package]]\nname = \"vim\"\n\n[[package]]\nname = \"vim\"\n"));
+    let d = only_error(&format!(
+        "{HEAD}\n[[package]]\nname = \"vim\"\n\n[[package]]\nname = \"vim\"\n"
+    ));
     assert_eq!(d.line, 7, "{d}");
-    assert!(d.message.contains("duplicate resource package:vim (first declared on line 4)"), "{d}");
+    assert!(
+        d.message
+            .contains("duplicate resource package:vim (first declared on line 4)"),
+        "{d}"
+    );
 }
 
 #[test]
@@ -171,7 +217,9 @@ fn missing_references_are_reported_with_suggestions() {
     assert_eq!((d.line, d.field.as_deref()), (10, Some("notify")), "{d}");
     assert!(d.message.contains("service:ngnix is not declared"), "{d}");
     assert_eq!(d.help.as_deref(), Some("did you mean `service:nginx`?"));
-    let d = only_error(&format!("{HEAD}\n[[file]]\npath = \"/x\"\ncontent = \"\"\nrequires = [\"nginx\"]\n"));
+    let d = only_error(&format!(
+        "{HEAD}\n[[file]]\npath = \"/x\"\ncontent = \"\"\nrequires = [\"nginx\"]\n"
+    ));
     assert!(d.message.contains("expected TYPE:NAME"), "{d}");
 }
 
@@ -211,8 +259,14 @@ requires = [\"exec:a\"]
 
 #[test]
 fn templates_and_sources_must_exist_inside_the_role() {
-    for (field, name) in [("template", "../../etc/passwd"), ("source", "/etc/passwd"), ("template", "missing.hbs")] {
-        let d = only_error(&format!("{HEAD}\n[[file]]\npath = \"/x\"\n{field} = \"{name}\"\n"));
+    for (field, name) in [
+        ("template", "../../etc/passwd"),
+        ("source", "/etc/passwd"),
+        ("template", "missing.hbs"),
+    ] {
+        let d = only_error(&format!(
+            "{HEAD}\n[[file]]\npath = \"/x\"\n{field} = \"{name}\"\n"
+        ));
         assert_eq!((d.line, d.field.as_deref()), (6, Some(field)), "{d}");
     }
 }
@@ -220,7 +274,10 @@ fn templates_and_sources_must_exist_inside_the_role() {
 #[test]
 fn template_syntax_error_is_located_in_the_template() {
     let d = errors(&[
-        ("role.toml", &format!("{HEAD}\n[[file]]\npath = \"/x\"\ntemplate = \"a.hbs\"\n")),
+        (
+            "role.toml",
+            &format!("{HEAD}\n[[file]]\npath = \"/x\"\ntemplate = \"a.hbs\"\n"),
+        ),
         ("templates/a.hbs", "line one\n{{#if vars.x}}\nno close\n"),
     ]);
     assert_eq!(d.len(), 1, "{d:#?}");
@@ -231,26 +288,52 @@ fn template_syntax_error_is_located_in_the_template() {
 #[test]
 fn undefined_template_variable_is_an_error() {
     let d = errors(&[
-        ("role.toml", &format!("{HEAD}\n[vars]\nport = 1\n\n[[file]]\npath = \"/x\"\ntemplate = \"a.hbs\"\n")),
-        ("templates/a.hbs", "ok {{vars.port}}\nport {{vars.prot}}\nhost {{facts.hostnme}}\n"),
+        (
+            "role.toml",
+            &format!("{HEAD}\n[vars]\nport = 1\n\n[[file]]\npath = \"/x\"\ntemplate = \"a.hbs\"\n"),
+        ),
+        (
+            "templates/a.hbs",
+            "ok {{vars.port}}\nport {{vars.prot}}\nhost {{facts.hostnme}}\n",
+        ),
     ]);
     assert_eq!(d.len(), 1, "{d:#?}");
-    assert_eq!((d[0].file.as_str(), d[0].line), ("templates/a.hbs", 2), "{}", d[0]);
+    assert_eq!(
+        (d[0].file.as_str(), d[0].line),
+        ("templates/a.hbs", 2),
+        "{}",
+        d[0]
+    );
     assert!(d[0].message.contains("vars.prot"), "{}", d[0]);
 }
 
 #[test]
 fn content_and_template_both_set() {
     let d = errors(&[
-        ("role.toml", &format!("{HEAD}\n[[file]]\npath = \"/x\"\ncontent = \"a\"\ntemplate = \"a.hbs\"\n")),
+        (
+            "role.toml",
+            &format!("{HEAD}\n[[file]]\npath = \"/x\"\ncontent = \"a\"\ntemplate = \"a.hbs\"\n"),
+        ),
         ("templates/a.hbs", "a"),
     ]);
     assert_eq!(d.len(), 1, "{d:#?}");
-    assert_eq!((d[0].line, d[0].field.as_deref()), (7, Some("template")), "{}", d[0]);
-    assert!(d[0].message.contains("`content` and `template` are both set"), "{}", d[0]);
+    assert_eq!(
+        (d[0].line, d[0].field.as_deref()),
+        (7, Some("template")),
+        "{}",
+        d[0]
+    );
+    assert!(
+        d[0].message
+            .contains("`content` and `template` are both set"),
+        "{}",
+        d[0]
+    );
     let d = only_error(&format!("{HEAD}\n[[file]]\npath = \"/x\"\n"));
     assert!(d.message.contains("needs exactly one of"), "{d}");
-    let d = only_error(&format!("{HEAD}\n[[file]]\npath = \"/x\"\nstate = \"absent\"\ncontent = \"a\"\n"));
+    let d = only_error(&format!(
+        "{HEAD}\n[[file]]\npath = \"/x\"\nstate = \"absent\"\ncontent = \"a\"\n"
+    ));
     assert_eq!(d.field.as_deref(), Some("content"), "{d}");
 }
 
@@ -278,7 +361,10 @@ requires = [\"package:vmi\"]
 "
         ),
     )]);
-    let fields: Vec<_> = d.iter().map(|d| (d.line, d.field.clone().unwrap_or_default())).collect();
+    let fields: Vec<_> = d
+        .iter()
+        .map(|d| (d.line, d.field.clone().unwrap_or_default()))
+        .collect();
     assert_eq!(
         fields,
         [
@@ -301,7 +387,8 @@ fn role_meta_errors() {
     let d = errors(&[("templates/x.hbs", "")]);
     assert!(d[0].message.contains("role.toml is missing"));
     let mut b = RoleBundle::default();
-    b.insert("role.toml".into(), b"[role]\nname = \"\xff\"\n".to_vec()).unwrap();
+    b.insert("role.toml".into(), b"[role]\nname = \"\xff\"\n".to_vec())
+        .unwrap();
     let d = role::load(&b, &Facts::placeholder()).unwrap_err().0;
     assert_eq!(d[0].line, 2);
 }

@@ -85,13 +85,17 @@ pub fn write_atomic(path: &Path, data: &[u8], own: Ownership) -> Result<()> {
             .prefix(".cairn-")
             .tempfile_in(dir)
             .with_context(|| format!("could not create a temporary file in {}", dir.display()))?;
-        tmp.write_all(data).context("could not write the temporary file")?;
+        tmp.write_all(data)
+            .context("could not write the temporary file")?;
         let f = tmp.as_file();
-        std::os::unix::fs::fchown(f, Some(own.uid), Some(own.gid)).context("could not set owner")?;
+        std::os::unix::fs::fchown(f, Some(own.uid), Some(own.gid))
+            .context("could not set owner")?;
         f.set_permissions(fs::Permissions::from_mode(own.mode))
             .context("could not set mode")?;
         f.sync_all().context("could not sync")?;
-        tmp.persist(path).map_err(|e| e.error).context("could not rename into place")?;
+        tmp.persist(path)
+            .map_err(|e| e.error)
+            .context("could not rename into place")?;
         sync_dir(dir)
     };
     write().with_context(|| format!("could not write {}", path.display()))
@@ -128,7 +132,8 @@ pub fn remove_file(path: &Path) -> Result<()> {
 }
 
 pub fn remove_dir_all(path: &Path) -> Result<()> {
-    fs::remove_dir_all(path).with_context(|| format!("could not remove directory {}", path.display()))
+    fs::remove_dir_all(path)
+        .with_context(|| format!("could not remove directory {}", path.display()))
 }
 
 pub fn uid_of(user: &str) -> Result<u32> {

@@ -148,7 +148,9 @@ fn select_services(names: &[String]) -> Result<Box<dyn ServiceProvider>> {
     if std::path::Path::new("/run/systemd/system").is_dir() {
         return Ok(Box::new(systemd::Systemd::new(names)));
     }
-    bail!("no service provider: systemd is not running on this host (/run/systemd/system is missing)")
+    bail!(
+        "no service provider: systemd is not running on this host (/run/systemd/system is missing)"
+    )
 }
 
 fn select_accounts() -> Result<Box<dyn AccountProvider>> {

@@ -67,7 +67,9 @@ where
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    let out = cmd.output().with_context(|| format!("could not start {program}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start {program}"))?;
     Ok(out.into())
 }
 
@@ -78,10 +80,17 @@ where
     S: AsRef<OsStr>,
 {
     let args: Vec<S> = args.into_iter().collect();
-    let shown: Vec<String> = args.iter().map(|a| a.as_ref().to_string_lossy().into_owned()).collect();
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| a.as_ref().to_string_lossy().into_owned())
+        .collect();
     let ran = run(program, &args, env)?;
     if !ran.success {
-        bail!("`{program} {}` failed with {}", shown.join(" "), ran.describe());
+        bail!(
+            "`{program} {}` failed with {}",
+            shown.join(" "),
+            ran.describe()
+        );
     }
     Ok(ran)
 }
@@ -94,7 +103,8 @@ pub fn shell(command: &str, cwd: Option<&Path>) -> Result<Ran> {
 /// Looks `program` up in `PATH` (or the standard system directories when
 /// `PATH` is unset, as under a minimal init).
 pub fn find_program(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
@@ -108,7 +118,10 @@ mod tests {
     fn failures_carry_status_and_stderr() {
         let err = run_ok("/bin/sh", ["-c", "echo boom >&2; exit 3"], &[]).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(msg.contains("exit status 3") && msg.contains("boom"), "{msg}");
+        assert!(
+            msg.contains("exit status 3") && msg.contains("boom"),
+            "{msg}"
+        );
         assert!(run("/nonexistent/program", ["x"], &[]).is_err());
         let ran = shell("pwd", Some(Path::new("/tmp"))).unwrap();
         assert_eq!(ran.stdout.trim(), "/tmp");

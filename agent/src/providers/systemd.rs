@@ -18,7 +18,17 @@ pub struct Systemd {
 /// `nginx` → `nginx.service`; names with a unit suffix stay as they are.
 pub fn unit_name(service: &str) -> String {
     const SUFFIXES: [&str; 11] = [
-        ".service", ".socket", ".target", ".timer", ".path", ".mount", ".automount", ".swap", ".slice", ".scope", ".device",
+        ".service",
+        ".socket",
+        ".target",
+        ".timer",
+        ".path",
+        ".mount",
+        ".automount",
+        ".swap",
+        ".slice",
+        ".scope",
+        ".device",
     ];
     if SUFFIXES.iter().any(|s| service.ends_with(s)) {
         service.to_string()
@@ -37,7 +47,10 @@ impl Systemd {
 
     /// Reads the status of `units` in one `systemctl show` call.
     fn load(&self, units: &[String]) -> Result<()> {
-        let mut args = vec!["show".to_string(), "--property=Id,LoadState,ActiveState,UnitFileState".into()];
+        let mut args = vec![
+            "show".to_string(),
+            "--property=Id,LoadState,ActiveState,UnitFileState".into(),
+        ];
         args.extend(units.iter().cloned());
         let ran = process::run_ok("systemctl", &args, &[])?;
         let mut cache = self.cache.borrow_mut();
@@ -55,7 +68,9 @@ impl Systemd {
             let file_state = prop("UnitFileState");
             let enabled = match file_state {
                 "enabled" | "enabled-runtime" | "alias" => Some(true),
-                "disabled" | "masked" | "masked-runtime" | "linked" | "linked-runtime" => Some(false),
+                "disabled" | "masked" | "masked-runtime" | "linked" | "linked-runtime" => {
+                    Some(false)
+                }
                 // static, indirect, generated, transient, bad, empty: cannot be toggled.
                 _ => None,
             };
@@ -95,7 +110,8 @@ impl ServiceProvider for Systemd {
         } else {
             vec![unit.clone()]
         };
-        self.load(&batch).with_context(|| format!("could not read the state of {unit}"))?;
+        self.load(&batch)
+            .with_context(|| format!("could not read the state of {unit}"))?;
         match self.cache.borrow().get(&unit) {
             Some(s) => Ok(*s),
             None => bail!("systemctl show printed nothing for {unit}"),

@@ -26,12 +26,20 @@ impl Resource for DirectoryResource<'_> {
                 drift.push("ensure", "directory", "absent")
             }
             (Presence::Absent, Some(m)) => {
-                bail!("{} is a {}, not a directory; refusing to remove it", d.path, m.kind.as_str())
+                bail!(
+                    "{} is a {}, not a directory; refusing to remove it",
+                    d.path,
+                    m.kind.as_str()
+                )
             }
             (Presence::Present, None) => drift.push("ensure", "absent", "directory"),
-            (Presence::Present, Some(m)) if m.kind == FileKind::Directory => {
-                owner_drift(&mut drift, &m, d.owner.as_deref(), d.group.as_deref(), d.mode)
-            }
+            (Presence::Present, Some(m)) if m.kind == FileKind::Directory => owner_drift(
+                &mut drift,
+                &m,
+                d.owner.as_deref(),
+                d.group.as_deref(),
+                d.mode,
+            ),
             (Presence::Present, Some(m)) => {
                 bail!("{} is a {}, not a directory", d.path, m.kind.as_str())
             }
@@ -45,10 +53,18 @@ impl Resource for DirectoryResource<'_> {
         match d.state {
             Presence::Absent => fs::remove_dir_all(path),
             Presence::Present if drift.has("ensure") => {
-                let own = ownership(d.owner.as_deref(), d.group.as_deref(), d.mode, None, DEFAULT_MODE)?;
+                let own = ownership(
+                    d.owner.as_deref(),
+                    d.group.as_deref(),
+                    d.mode,
+                    None,
+                    DEFAULT_MODE,
+                )?;
                 fs::create_dir(path, own)
             }
-            Presence::Present => apply_owner(path, drift, d.owner.as_deref(), d.group.as_deref(), d.mode),
+            Presence::Present => {
+                apply_owner(path, drift, d.owner.as_deref(), d.group.as_deref(), d.mode)
+            }
         }
     }
 }

@@ -67,7 +67,9 @@ impl Resource for ExecResource<'_> {
         if self.0.has_guard() {
             let drift = self.check(host)?;
             if !drift.is_empty() {
-                bail!("the command succeeded but its guard still asks for it to run (check creates/unless/onlyif)");
+                bail!(
+                    "the command succeeded but its guard still asks for it to run (check creates/unless/onlyif)"
+                );
             }
             return Ok(drift);
         }
@@ -83,7 +85,9 @@ impl Resource for ExecResource<'_> {
         Ok(Some(PropertyChange::new("refresh", "", "executed")))
     }
 
-    fn refresh_preview(&self) -> Option<PropertyChange> {
-        Some(PropertyChange::new("refresh", "", "would execute"))
+    fn refresh_preview(&self, drift: &Drift) -> Option<PropertyChange> {
+        drift
+            .is_empty()
+            .then(|| PropertyChange::new("refresh", "", "would execute"))
     }
 }

@@ -29,8 +29,14 @@ impl Resource for FileResource<'_> {
         let Some(want) = &f.content else {
             match meta {
                 None => {}
-                Some(Meta { kind: FileKind::Directory, .. }) => {
-                    bail!("{} is a directory; a [[file]] with state = \"absent\" will not remove it", f.path)
+                Some(Meta {
+                    kind: FileKind::Directory,
+                    ..
+                }) => {
+                    bail!(
+                        "{} is a directory; a [[file]] with state = \"absent\" will not remove it",
+                        f.path
+                    )
                 }
                 Some(m) => drift.push("ensure", m.kind.as_str(), "absent"),
             }
@@ -55,7 +61,13 @@ impl Resource for FileResource<'_> {
             drift.diff = Some(unified_diff(&f.path, &current, want));
         }
         if let Some(m) = meta {
-            owner_drift(&mut drift, &m, f.owner.as_deref(), f.group.as_deref(), f.mode);
+            owner_drift(
+                &mut drift,
+                &m,
+                f.owner.as_deref(),
+                f.group.as_deref(),
+                f.mode,
+            );
         }
         Ok(drift)
     }
@@ -69,7 +81,13 @@ impl Resource for FileResource<'_> {
         if drift.has("ensure") || drift.has("content") {
             // Keep what the role leaves unmanaged from the file being replaced.
             let old = fs::stat(path)?.filter(|m| m.kind == FileKind::File);
-            let own = ownership(f.owner.as_deref(), f.group.as_deref(), f.mode, old, DEFAULT_MODE)?;
+            let own = ownership(
+                f.owner.as_deref(),
+                f.group.as_deref(),
+                f.mode,
+                old,
+                DEFAULT_MODE,
+            )?;
             return fs::write_atomic(path, want, own);
         }
         apply_owner(path, drift, f.owner.as_deref(), f.group.as_deref(), f.mode)
@@ -77,7 +95,13 @@ impl Resource for FileResource<'_> {
 }
 
 /// Adds owner, group and mode drift of an existing path.
-pub(super) fn owner_drift(drift: &mut Drift, m: &Meta, owner: Option<&str>, group: Option<&str>, mode: Option<u32>) {
+pub(super) fn owner_drift(
+    drift: &mut Drift,
+    m: &Meta,
+    owner: Option<&str>,
+    group: Option<&str>,
+    mode: Option<u32>,
+) {
     if let Some(owner) = owner {
         let current = fs::user_name(m.uid);
         if current != owner {
@@ -98,7 +122,13 @@ pub(super) fn owner_drift(drift: &mut Drift, m: &Meta, owner: Option<&str>, grou
 }
 
 /// Fixes owner, group and mode in place, as `owner_drift` found them.
-pub(super) fn apply_owner(path: &Path, drift: &Drift, owner: Option<&str>, group: Option<&str>, mode: Option<u32>) -> Result<()> {
+pub(super) fn apply_owner(
+    path: &Path,
+    drift: &Drift,
+    owner: Option<&str>,
+    group: Option<&str>,
+    mode: Option<u32>,
+) -> Result<()> {
     if drift.has("owner") || drift.has("group") {
         let m = fs::stat(path)?.ok_or_else(|| anyhow::anyhow!("{} disappeared", path.display()))?;
         let uid = owner.map(fs::uid_of).transpose()?.unwrap_or(m.uid);
@@ -152,6 +182,10 @@ pub fn unified_diff(path: &str, old: &[u8], new: &[u8]) -> String {
             .context_radius(3)
             .header(path, path)
             .to_string(),
-        _ => format!("Binary content of {path} differs ({} → {} bytes)\n", old.len(), new.len()),
+        _ => format!(
+            "Binary content of {path} differs ({} → {} bytes)\n",
+            old.len(),
+            new.len()
+        ),
     }
 }

@@ -30,7 +30,8 @@ impl Drift {
     }
 
     pub fn push(&mut self, property: &str, before: impl Into<String>, after: impl Into<String>) {
-        self.changes.push(PropertyChange::new(property, before, after));
+        self.changes
+            .push(PropertyChange::new(property, before, after));
     }
 
     pub fn has(&self, property: &str) -> bool {
@@ -65,8 +66,10 @@ pub trait Resource {
         Ok(None)
     }
 
-    /// What `refresh` would do, for noop reports.
-    fn refresh_preview(&self) -> Option<PropertyChange> {
+    /// What `refresh` would do after the changes in `drift`, for noop
+    /// reports; the same rules as `refresh`.
+    fn refresh_preview(&self, drift: &Drift) -> Option<PropertyChange> {
+        let _ = drift;
         None
     }
 }

@@ -23,18 +23,30 @@ impl Resource for ServiceResource<'_> {
         }
         let status = host.services()?.status(&s.name)?;
         if !status.exists {
-            bail!("service {} is not known to the service manager (is its package installed?)", s.name);
+            bail!(
+                "service {} is not known to the service manager (is its package installed?)",
+                s.name
+            );
         }
         if let Some(want) = s.running
             && status.running != want
         {
-            drift.push("running", on_off(status.running, "true", "false"), on_off(want, "true", "false"));
+            drift.push(
+                "running",
+                on_off(status.running, "true", "false"),
+                on_off(want, "true", "false"),
+            );
         }
         if let Some(want) = s.enabled {
             match status.enabled {
-                Some(cur) if cur != want => drift.push("enabled", cur.to_string(), want.to_string()),
+                Some(cur) if cur != want => {
+                    drift.push("enabled", cur.to_string(), want.to_string())
+                }
                 Some(_) => {}
-                None => bail!("service {} cannot be enabled or disabled (it is a static unit)", s.name),
+                None => bail!(
+                    "service {} cannot be enabled or disabled (it is a static unit)",
+                    s.name
+                ),
             }
         }
         Ok(drift)
@@ -73,7 +85,8 @@ impl Resource for ServiceResource<'_> {
         Ok(Some(PropertyChange::new("refresh", "", "restarted")))
     }
 
-    fn refresh_preview(&self) -> Option<PropertyChange> {
-        (self.0.running != Some(false)).then(|| PropertyChange::new("refresh", "", "would restart"))
+    fn refresh_preview(&self, drift: &Drift) -> Option<PropertyChange> {
+        (self.0.running != Some(false) && !drift.has("running"))
+            .then(|| PropertyChange::new("refresh", "", "would restart"))
     }
 }
