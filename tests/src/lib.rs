@@ -1,0 +1,616 @@
+//! The end-to-end harness: real Debian machines, booted with systemd-nspawn,
+//! that the real `cairn-agent` binary converges.
+//!
+//! - [`Machine::boot`] boots the cached image (built by
+//!   `tests/machine/build-image.sh`) under a private writable overlay, with
+//!   systemd as PID 1; binds the agent at `/usr/local/bin/cairn-agent` and the
+//!   repository's `recipes/` at `/srv/recipes`; and waits until systemd says
+//!   the system is up.
+//! - [`Machine::sh`], [`Machine::agent`], [`Machine::apply_json`] run commands
+//!   inside, entering the machine's namespaces with `nsenter`.
+//! - Dropping a [`Machine`] halts it, waits for it, and removes its layer.
+//!
+//! Machines share the host's network: two machines that serve the same port
+//! must not run at the same time. The nextest configuration runs the tests of
+//! this crate one at a time for that reason.
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use cairn_proto::report::{ResourceReport, ResourceStatus, RunReport};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Where the image is when `CAIRN_TEST_IMAGE` does not say.
+pub const DEFAULT_IMAGE: &str = "/var/cache/cairn-test/bookworm";
+/// Where the agent is inside a machine.
+pub const GUEST_AGENT: &str = "/usr/local/bin/cairn-agent";
+/// Where the repository's `recipes/` is inside a machine (read-only).
+pub const GUEST_RECIPES: &str = "/srv/recipes";
+
+/// How long a machine may take to boot before the test gives up.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a machine may take to halt before it is killed.
+const HALT_TIMEOUT: Duration = Duration::from_secs(20);
+/// The environment commands run with inside: nothing of the test's own.
+const GUEST_ENV: [(&str, &str); 3] = [
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/root"),
+    ("LANG", "C.UTF-8"),
+];
+
+/// The repository root: this crate lives in `tests/`.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the e2e crate lives in a directory of the workspace")
+        .to_path_buf()
+}
+
+/// The names of the directories under the repository's `recipes/`, sorted.
+pub fn recipe_names() -> Vec<String> {
+    let dir = workspace_root().join("recipes");
+    let entries =
+        fs::read_dir(&dir).unwrap_or_else(|e| panic!("could not list {}: {e}", dir.display()));
+    let mut names: Vec<String> = entries
+        .map(|e| e.unwrap_or_else(|e| panic!("could not list {}: {e}", dir.display())))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn image_dir() -> PathBuf {
+    let image = std::env::var_os("CAIRN_TEST_IMAGE")
+        .map_or_else(|| PathBuf::from(DEFAULT_IMAGE), PathBuf::from);
+    if !image.join(".complete").is_file() {
+        panic!(
+            "no machine image at {img} (or it is incomplete)\n\
+             help: build it once with `sudo tests/machine/build-image.sh {img}` \
+             (or point CAIRN_TEST_IMAGE at an image it built)",
+            img = image.display()
+        );
+    }
+    image
+}
+
+/// The agent binary the machines run: `CAIRN_AGENT_BIN`, else the workspace's
+/// debug build. Warns when a source file is newer than the binary, since the
+/// tests would then exercise old code.
+pub fn agent_binary() -> PathBuf {
+    let bin = match std::env::var_os("CAIRN_AGENT_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+            target.join("debug").join("cairn-agent")
+        }
+    };
+    let Ok(meta) = fs::metadata(&bin) else {
+        panic!(
+            "the agent binary {} does not exist\n\
+             help: run `cargo build --bins` first (or set CAIRN_AGENT_BIN)",
+            bin.display()
+        );
+    };
+    if std::env::var_os("CAIRN_AGENT_BIN").is_none()
+        && let (Ok(built), Some(newest)) = (meta.modified(), newest_source())
+        && newest.1 > built
+    {
+        eprintln!(
+            "warning: {} is newer than {}; run `cargo build --bins` to test the current code",
+            newest.0.display(),
+            bin.display()
+        );
+    }
+    bin
+}
+
+/// The most recently modified Rust source of the agent and the proto crate.
+fn newest_source() -> Option<(PathBuf, std::time::SystemTime)> {
+    let root = workspace_root();
+    let mut newest: Option<(PathBuf, std::time::SystemTime)> = None;
+    let mut stack = vec![root.join("agent/src"), root.join("proto/src")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).ok()?.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if let Ok(m) = meta.modified()
+                && newest.as_ref().is_none_or(|(_, t)| m > *t)
+            {
+                newest = Some((path, m));
+            }
+        }
+    }
+    newest
+}
+
+/// A machine name that is a valid hostname and unique on this host:
+/// `NAME-PID-N`, lowercased, at most 63 characters.
+fn unique_name(name: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let suffix = format!("-{:x}-{n}", std::process::id());
+    let mut base: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    base.truncate(63 - suffix.len());
+    let base = base.trim_matches('-');
+    format!("{}{suffix}", if base.is_empty() { "machine" } else { base })
+}
+
+/// A booted machine. Dropping it halts it and removes its files.
+pub struct Machine {
+    name: String,
+    /// Holds the machine's writable layer (`upper/`, `work/`), the mount point
+    /// of its root, and the console log; removed on drop, once it is down.
+    dir: Option<tempfile::TempDir>,
+    /// The `systemd-nspawn` process; `None` once it has been waited for.
+    nspawn: Option<Child>,
+    /// The machine's systemd (PID 1 inside), as a host PID; 0 until found.
+    init: u32,
+}
+
+impl Machine {
+    /// Boots the image under a fresh writable layer and waits until systemd
+    /// reports the system `running` or `degraded`. Panics, with the console
+    /// output, when it does not come up within a minute. The machine halts
+    /// when the thread that booted it ends, so keep it in that thread.
+    pub fn boot(name: &str) -> Machine {
+        let t0 = Instant::now();
+        let image = image_dir();
+        let agent = agent_binary();
+        let recipes = workspace_root().join("recipes");
+        let name = unique_name(name);
+
+        // The machine's root is an overlay: the image below, its own writable
+        // layer above. Mounted in a mount namespace of its own, which lives as
+        // long as nspawn does, so nothing is ever left mounted on the host,
+        // however the test ends; and nothing is copied.
+        let machines = image.parent().unwrap_or(Path::new("/")).join("machines");
+        fs::create_dir_all(&machines)
+            .unwrap_or_else(|e| panic!("could not create {}: {e}", machines.display()));
+        sweep(&machines);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{name}."))
+            .tempdir_in(&machines)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "could not create a directory in {}: {e}",
+                    machines.display()
+                )
+            });
+        let owner = dir.path().join(OWNER_FILE);
+        fs::write(&owner, std::process::id().to_string())
+            .unwrap_or_else(|e| panic!("could not write {}: {e}", owner.display()));
+        let layers = ["upper", "work", "root"].map(|d| dir.path().join(d));
+        for layer in &layers {
+            fs::create_dir(layer)
+                .unwrap_or_else(|e| panic!("could not create {}: {e}", layer.display()));
+        }
+        for path in [image.as_path(), dir.path()] {
+            let p = path.to_string_lossy();
+            assert!(
+                !p.contains([',', ':']),
+                "{p}: overlayfs cannot take a path with ',' or ':'; help: set CAIRN_TEST_IMAGE to another path"
+            );
+        }
+
+        let console = dir.path().join("console.log");
+        let log = File::create(&console)
+            .unwrap_or_else(|e| panic!("could not create {}: {e}", console.display()));
+        let log2 = log
+            .try_clone()
+            .expect("could not duplicate the console log handle");
+        // `setpriv`, `unshare` and `sh` exec, so the child is nspawn itself.
+        // nspawn halts the machine on SIGTERM, which it gets when the thread
+        // that booted the machine dies (`--pdeathsig`), and when the test
+        // runner terminates the test's process group, which nspawn stays in.
+        let nspawn = Command::new("setpriv")
+            .args(["--pdeathsig", "TERM", "--", "unshare"])
+            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(r#"mount -t overlay cairn-machine -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" && root=$4 && shift 4 && exec systemd-nspawn -D "$root" "$@""#)
+            .arg("sh")
+            .arg(&image)
+            .args(&layers)
+            .args(["--quiet", "-M", &name, "--boot", "--register=no", "--keep-unit", "--console=pipe"])
+            .arg(format!("--bind-ro={}:{GUEST_AGENT}", agent.display()))
+            .arg(format!("--bind-ro={}:{GUEST_RECIPES}", recipes.display()))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("could not start setpriv (util-linux) for systemd-nspawn: {e}")
+            });
+
+        let mut machine = Machine {
+            name,
+            dir: Some(dir),
+            nspawn: Some(nspawn),
+            init: 0,
+        };
+        // From here on a panic drops `machine`, which halts and removes it.
+        machine.init = machine.find_init();
+        machine.wait_until_up();
+        eprintln!(
+            "machine {} up in {:.2} s",
+            machine.name,
+            t0.elapsed().as_secs_f64()
+        );
+        machine
+    }
+
+    /// The machine's name, which is also its hostname.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn console_log(&self) -> String {
+        let path = self.dir.as_ref().map(|d| d.path().join("console.log"));
+        path.and_then(|p| fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// Panics, with what nspawn printed, if nspawn has exited.
+    fn assert_nspawn_alive(&mut self, doing: &str) {
+        let child = self.nspawn.as_mut().expect("nspawn was started");
+        if let Ok(Some(status)) = child.try_wait() {
+            self.nspawn = None;
+            panic!(
+                "machine {} exited ({status}) while {doing}; its console said:\n{}",
+                self.name,
+                self.console_log()
+            );
+        }
+    }
+
+    /// Finds the machine's systemd: the child of nspawn that is PID 1 in its
+    /// own PID namespace.
+    fn find_init(&mut self) -> u32 {
+        let nspawn = self.nspawn.as_ref().expect("nspawn was started").id();
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        loop {
+            self.assert_nspawn_alive("starting");
+            if let Some(pid) = child_init(nspawn) {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "machine {}: nspawn (pid {nspawn}) started no init within {BOOT_TIMEOUT:?}; console:\n{}",
+                self.name,
+                self.console_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_until_up(&mut self) {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let mut last = String::new();
+        loop {
+            self.assert_nspawn_alive("booting");
+            if let Ok(out) = self.try_sh("systemctl is-system-running") {
+                last = format!("{}{}", stdout(&out).trim(), stderr(&out).trim());
+                match stdout(&out).trim() {
+                    "running" => return,
+                    "degraded" => {
+                        let failed = self.sh("systemctl --failed --no-pager --plain");
+                        eprintln!("machine {} is degraded:\n{}", self.name, stdout(&failed));
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            if Instant::now() > deadline {
+                let jobs = self
+                    .try_sh("systemctl list-jobs --no-pager")
+                    .map(|o| stdout(&o))
+                    .unwrap_or_default();
+                panic!(
+                    "machine {} did not finish booting within {BOOT_TIMEOUT:?}: \
+                     `systemctl is-system-running` said {last:?}\njobs:\n{jobs}\nconsole:\n{}",
+                    self.name,
+                    self.console_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `nsenter` into the machine: mount, UTS, IPC, network and PID namespaces
+    /// of its systemd, with a clean environment.
+    fn enter(&self) -> Command {
+        assert!(self.init != 0, "machine {} has no init yet", self.name);
+        let mut cmd = Command::new("nsenter");
+        cmd.args([
+            "-t",
+            &self.init.to_string(),
+            "-m",
+            "-u",
+            "-i",
+            "-n",
+            "-p",
+            "--",
+        ])
+        .env_clear()
+        .envs(GUEST_ENV)
+        .stdin(Stdio::null());
+        cmd
+    }
+
+    fn try_sh(&self, script: &str) -> std::io::Result<Output> {
+        self.enter().args(["/bin/sh", "-c", script]).output()
+    }
+
+    /// Runs `script` with `/bin/sh -c` inside the machine, as root.
+    pub fn sh(&self, script: &str) -> Output {
+        self.try_sh(script)
+            .unwrap_or_else(|e| panic!("could not run nsenter: {e}"))
+    }
+
+    /// Runs `script` inside; panics with its output unless it succeeds.
+    /// Returns its standard output.
+    pub fn sh_ok(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            out.status.success(),
+            "`{script}` failed in {} ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.name,
+            out.status,
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
+    }
+
+    /// Writes `contents` to `guest_path` inside the machine, creating its
+    /// parent directories.
+    pub fn write_file(&self, guest_path: &str, contents: impl AsRef<[u8]>) {
+        let mut child = self
+            .enter()
+            .args([
+                "/bin/sh",
+                "-c",
+                r#"mkdir -p -- "$(dirname -- "$1")" && cat > "$1""#,
+                "sh",
+                guest_path,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not run nsenter: {e}"));
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(contents.as_ref())
+            .unwrap_or_else(|e| panic!("could not write {guest_path} in {}: {e}", self.name));
+        let out = child
+            .wait_with_output()
+            .expect("could not wait for nsenter");
+        assert!(
+            out.status.success(),
+            "could not write {guest_path} in {}: {}",
+            self.name,
+            stderr(&out)
+        );
+    }
+
+    /// Runs `cairn-agent ARGS…` inside; returns its exit code, stdout, stderr.
+    pub fn agent(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self
+            .enter()
+            .arg(GUEST_AGENT)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("could not run nsenter: {e}"));
+        let code = out.status.code().unwrap_or_else(|| {
+            panic!(
+                "cairn-agent {args:?} was killed ({}); stderr:\n{}",
+                out.status,
+                stderr(&out)
+            )
+        });
+        (code, stdout(&out), stderr(&out))
+    }
+
+    /// `cairn-agent apply ROLE_DIR --format json EXTRA…`, its report parsed.
+    /// Panics when the agent could not run at all (no report).
+    pub fn apply_json(&self, role_dir: &str, extra: &[&str]) -> Run {
+        let mut args = vec!["apply", role_dir, "--format", "json"];
+        args.extend_from_slice(extra);
+        let t0 = Instant::now();
+        let (code, out, err) = self.agent(&args);
+        let elapsed = t0.elapsed();
+        let report: RunReport = serde_json::from_str(&out).unwrap_or_else(|e| {
+            panic!("cairn-agent {args:?} printed no report ({e}); exit code {code}\nstdout:\n{out}\nstderr:\n{err}")
+        });
+        eprintln!(
+            "agent {args:?}: exit {code} in {:.2} s, {:?}",
+            elapsed.as_secs_f64(),
+            report.summary
+        );
+        Run {
+            code,
+            report,
+            stderr: err,
+        }
+    }
+
+    /// `systemctl show -p PROPERTY --value UNIT`.
+    pub fn unit_property(&self, unit: &str, property: &str) -> String {
+        self.sh_ok(&format!(
+            "systemctl show --property={property} --value {unit}"
+        ))
+        .trim()
+        .to_string()
+    }
+
+    /// Halts the machine (nspawn's SIGTERM handling asks its systemd to halt),
+    /// kills it if it takes too long, and waits for it.
+    fn shut_down(&mut self) {
+        let Some(mut child) = self.nspawn.take() else {
+            return;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + HALT_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "machine {} did not halt within {HALT_TIMEOUT:?}; killing it",
+            self.name
+        );
+        if self.init != 0 {
+            // PID 1 of a PID namespace: the kernel kills everything inside.
+            let _ = kill(Pid::from_raw(self.init as i32), Signal::SIGKILL);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let t0 = Instant::now();
+        self.shut_down();
+        if let Some(dir) = self.dir.take() {
+            let path = dir.path().to_path_buf();
+            if let Err(e) = dir.close() {
+                eprintln!("warning: could not remove {}: {e}", path.display());
+            }
+        }
+        eprintln!(
+            "machine {} down in {:.2} s",
+            self.name,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Names the test process that owns a machine's directory.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Removes the directories of machines whose test process is gone: killed
+/// before it could drop its machine (which then halted, see `--pdeathsig`).
+fn sweep(machines: &Path) {
+    let Ok(entries) = fs::read_dir(machines) else {
+        return;
+    };
+    for dir in entries.flatten().map(|e| e.path()) {
+        let owner = fs::read_to_string(dir.join(OWNER_FILE)).ok();
+        let Some(pid) = owner.and_then(|o| o.trim().parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            eprintln!("removing {}, left behind by process {pid}", dir.display());
+            if let Err(e) = fs::remove_dir_all(&dir) {
+                eprintln!("warning: could not remove {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// The child of `parent` that is PID 1 of its own PID namespace.
+fn child_init(parent: u32) -> Option<u32> {
+    let children = fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .is_some_and(|ids| {
+                        ids.split_whitespace().last() == Some("1")
+                            && ids.split_whitespace().count() > 1
+                    })
+            })
+        })
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One `cairn-agent apply --format json` run. Its `Display` is what a person
+/// would have seen (the human rendering and stderr), for assertion messages.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub report: RunReport,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The report of resource `id`; panics, showing the run, if absent.
+    pub fn resource(&self, id: &str) -> &ResourceReport {
+        self.report
+            .resources
+            .iter()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("the report has no {id}:\n{self}"))
+    }
+
+    /// The ids of the resources with `status`, in report order.
+    pub fn ids(&self, status: ResourceStatus) -> Vec<&str> {
+        self.report
+            .resources
+            .iter()
+            .filter(|r| r.status == status)
+            .map(|r| r.id.as_str())
+            .collect()
+    }
+
+    /// Whether resource `id` reports a change of `property` from `before` to `after`.
+    pub fn has_change(&self, id: &str, property: &str, before: &str, after: &str) -> bool {
+        self.resource(id)
+            .changes
+            .iter()
+            .any(|c| c.property == property && c.before == before && c.after == after)
+    }
+}
+
+impl fmt::Display for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "exit code {}", self.code)?;
+        f.write_str(&cairn_agent::output::human(&self.report))?;
+        if !self.stderr.trim().is_empty() {
+            writeln!(f, "stderr:\n{}", self.stderr.trim_end())?;
+        }
+        Ok(())
+    }
+}

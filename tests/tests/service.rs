@@ -1,0 +1,147 @@
+//! The `service` resource against a real systemd: the two-pass timeline
+//! (changed, then unchanged), drift seen by `--noop` without touching the unit,
+//! repair, and a unit systemd does not know.
+
+use cairn_e2e::Machine;
+use cairn_proto::report::ResourceStatus::{Changed, Failed, Unchanged, WouldChange};
+
+const UNIT: &str = "cairn-sleeper.service";
+
+const UNIT_FILE: &str = "\
+[Unit]
+Description=Cairn test service that sleeps
+
+[Service]
+ExecStart=/bin/sleep infinity
+
+[Install]
+WantedBy=multi-user.target
+";
+
+const ROLE: &str = r#"
+[role]
+name = "sleeper"
+
+[[service]]
+name = "cairn-sleeper"
+running = true
+enabled = true
+"#;
+
+fn state(m: &Machine) -> (String, String) {
+    // Both commands exit non-zero for inactive/disabled; only the words matter.
+    let active = m.sh(&format!("systemctl is-active {UNIT}"));
+    let enabled = m.sh(&format!("systemctl is-enabled {UNIT}"));
+    (
+        String::from_utf8_lossy(&active.stdout).trim().to_string(),
+        String::from_utf8_lossy(&enabled.stdout).trim().to_string(),
+    )
+}
+
+#[test]
+fn service_timeline_against_systemd() {
+    let m = Machine::boot("service");
+    m.write_file(&format!("/etc/systemd/system/{UNIT}"), UNIT_FILE);
+    m.sh_ok("systemctl daemon-reload");
+    m.write_file("/root/roles/sleeper/role.toml", ROLE);
+    assert_eq!(state(&m), ("inactive".into(), "disabled".into()));
+
+    // First run: started and enabled.
+    let run = m.apply_json("/root/roles/sleeper", &["--detailed-exitcodes"]);
+    assert_eq!(run.code, 2, "{run}");
+    assert_eq!(run.ids(Changed), ["service:cairn-sleeper"], "{run}");
+    assert!(
+        run.has_change("service:cairn-sleeper", "running", "false", "true"),
+        "{run}"
+    );
+    assert!(
+        run.has_change("service:cairn-sleeper", "enabled", "false", "true"),
+        "{run}"
+    );
+    assert_eq!(state(&m), ("active".into(), "enabled".into()));
+    let pid = m.unit_property(UNIT, "MainPID");
+    assert_ne!(pid, "0");
+
+    // Second run: nothing to do, and the process was left alone.
+    let run = m.apply_json("/root/roles/sleeper", &["--detailed-exitcodes"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.ids(Unchanged), ["service:cairn-sleeper"], "{run}");
+    assert_eq!(run.report.summary.changed, 0, "{run}");
+    assert_eq!(m.unit_property(UNIT, "MainPID"), pid);
+
+    // Drift by hand; noop reports it and changes nothing.
+    m.sh_ok(&format!("systemctl disable --now {UNIT}"));
+    assert_eq!(state(&m), ("inactive".into(), "disabled".into()));
+    let run = m.apply_json("/root/roles/sleeper", &["--noop", "--detailed-exitcodes"]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.report.noop);
+    assert_eq!(run.ids(WouldChange), ["service:cairn-sleeper"], "{run}");
+    assert!(
+        run.has_change("service:cairn-sleeper", "running", "false", "true"),
+        "{run}"
+    );
+    assert!(
+        run.has_change("service:cairn-sleeper", "enabled", "false", "true"),
+        "{run}"
+    );
+    assert_eq!(
+        state(&m),
+        ("inactive".into(), "disabled".into()),
+        "--noop changed the unit"
+    );
+
+    // A real run repairs it, and then the machine is converged again.
+    let run = m.apply_json("/root/roles/sleeper", &["--detailed-exitcodes"]);
+    assert_eq!(run.code, 2, "{run}");
+    assert_eq!(run.ids(Changed), ["service:cairn-sleeper"], "{run}");
+    assert_eq!(state(&m), ("active".into(), "enabled".into()));
+    let run = m.apply_json("/root/roles/sleeper", &["--detailed-exitcodes"]);
+    assert_eq!(run.code, 0, "{run}");
+}
+
+#[test]
+fn unknown_service_fails_naming_it() {
+    let m = Machine::boot("service-unknown");
+    m.write_file(
+        "/root/roles/ghost/role.toml",
+        r#"
+[role]
+name = "ghost"
+
+[[service]]
+name = "cairn-no-such-unit"
+running = true
+
+[[file]]
+path = "/etc/cairn-ghost-independent"
+content = "converged despite the failing service\n"
+"#,
+    );
+    let run = m.apply_json("/root/roles/ghost", &["--detailed-exitcodes"]);
+    assert_eq!(run.code, 6, "a failure and an unrelated change: {run}");
+    assert_eq!(run.ids(Failed), ["service:cairn-no-such-unit"], "{run}");
+    let error = run
+        .resource("service:cairn-no-such-unit")
+        .error
+        .as_deref()
+        .unwrap_or("");
+    assert!(
+        error.contains("cairn-no-such-unit"),
+        "the error does not name the service: {error:?}\n{run}"
+    );
+    // The failure is data in the report: the rest of the run went on.
+    assert_eq!(
+        run.ids(Changed),
+        ["file:/etc/cairn-ghost-independent"],
+        "{run}"
+    );
+    assert_eq!(
+        m.sh_ok("cat /etc/cairn-ghost-independent"),
+        "converged despite the failing service\n"
+    );
+
+    // Without --detailed-exitcodes a failed run exits 1.
+    let run = m.apply_json("/root/roles/ghost", &[]);
+    assert_eq!(run.code, 1, "{run}");
+    assert_eq!(run.ids(Failed), ["service:cairn-no-such-unit"], "{run}");
+}
