@@ -1,0 +1,140 @@
+//! Who is calling, and what they may do.
+//!
+//! Operators authenticate with a client certificate issued by the server's CA
+//! (checked by the TLS handshake); its CN is the operator's name and its OU the
+//! operator's role. Every gRPC handler asks [`authorize`] first.
+
+use std::fmt;
+use std::str::FromStr;
+
+use tonic::{Request, Status};
+use x509_parser::prelude::*;
+
+use crate::store::Actor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OperatorRole {
+    /// Reads roles, versions, channels and the audit log.
+    Auditor,
+    /// Also pushes, promotes and rolls back.
+    Publisher,
+    /// Everything.
+    Admin,
+}
+
+impl OperatorRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorRole::Auditor => "auditor",
+            OperatorRole::Publisher => "publisher",
+            OperatorRole::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for OperatorRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OperatorRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auditor" => Ok(OperatorRole::Auditor),
+            "publisher" => Ok(OperatorRole::Publisher),
+            "admin" => Ok(OperatorRole::Admin),
+            _ => Err(format!(
+                "unknown operator role {s:?} (admin, publisher or auditor)"
+            )),
+        }
+    }
+}
+
+/// What a call needs; each role allows its own level and those below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    Read,
+    Publish,
+    Admin,
+}
+
+impl Permission {
+    fn least_role(self) -> OperatorRole {
+        match self {
+            Permission::Read => OperatorRole::Auditor,
+            Permission::Publish => OperatorRole::Publisher,
+            Permission::Admin => OperatorRole::Admin,
+        }
+    }
+}
+
+/// The operator name and role in a client certificate (DER).
+pub fn operator_of(der: &[u8]) -> Result<(String, OperatorRole), String> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| format!("unreadable client certificate: {e}"))?;
+    let subject = cert.subject();
+    let first = |attrs: Option<&AttributeTypeAndValue>| {
+        attrs.and_then(|a| a.as_str().ok()).map(str::to_string)
+    };
+    let name =
+        first(subject.iter_common_name().next()).ok_or("client certificate has no common name")?;
+    let role = first(subject.iter_organizational_unit().next())
+        .ok_or("client certificate names no operator role")?
+        .parse()?;
+    Ok((name, role))
+}
+
+/// A refusal: the status to return and the actor to record it against.
+pub struct Denied {
+    pub actor: Actor,
+    pub status: Status,
+}
+
+/// Identifies the caller and checks it may do `what` (for messages, e.g.
+/// "push roles").
+pub fn authorize<T>(req: &Request<T>, need: Permission, what: &str) -> Result<Actor, Box<Denied>> {
+    let peer = req
+        .remote_addr()
+        .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+    let anonymous = |status| {
+        Box::new(Denied {
+            actor: Actor {
+                name: "anonymous".into(),
+                role: "none".into(),
+                peer: peer.clone(),
+            },
+            status,
+        })
+    };
+    let Some(certs) = req.peer_certs() else {
+        return Err(anonymous(Status::unauthenticated(
+            "no client certificate: connect with an operator credential from `cairn-server operator add`",
+        )));
+    };
+    let Some(cert) = certs.first() else {
+        return Err(anonymous(Status::unauthenticated("no client certificate")));
+    };
+    let (name, role) =
+        operator_of(cert.as_ref()).map_err(|e| anonymous(Status::unauthenticated(e)))?;
+    let actor = Actor {
+        name,
+        role: role.as_str().into(),
+        peer,
+    };
+    if role < need.least_role() {
+        let status = Status::permission_denied(format!(
+            "operator {} is {} {role} and may not {what}; that needs the {} role or above",
+            actor.name,
+            if role == OperatorRole::Admin || role == OperatorRole::Auditor {
+                "an"
+            } else {
+                "a"
+            },
+            need.least_role()
+        ));
+        return Err(Box::new(Denied { actor, status }));
+    }
+    Ok(actor)
+}

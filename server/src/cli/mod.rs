@@ -1,0 +1,572 @@
+//! `cairn`, the operator CLI: pushes roles to cairn-server, inspects and
+//! compares their versions, moves channels and reads the audit log.
+//!
+//! - [`connect`]: which server and credential, and the mutual-TLS channel.
+//! - [`output`]: what each command prints, as a table for people or one JSON
+//!   document for scripts.
+//! - [`diff`]: unified diff of two role bundles.
+//! - [`error`]: turns a refusal from the server into a message that says what to do.
+//!
+//! The command line is a contract scripts rely on: rename nothing.
+
+pub mod connect;
+pub mod diff;
+pub mod error;
+pub mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use cairn_proto::bundle::RoleBundle;
+use cairn_proto::facts::Facts;
+use cairn_proto::pb;
+use cairn_proto::role;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use self::connect::Server;
+use self::error::RpcResult;
+use self::output::Render;
+
+/// Channel used by `promote` and `rollback` when none is given.
+pub const DEFAULT_CHANNEL: &str = "production";
+
+/// Most audit entries one `cairn audit` asks for.
+pub const AUDIT_LIMIT: u32 = 1000;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Operate a Cairn server: push, inspect and promote roles"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Operator credential file written by `cairn-server operator add`
+    /// [default: $HOME/.config/cairn/credentials.toml]
+    #[arg(long, env = "CAIRN_CREDENTIALS", global = true, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// Server URL, https://HOST:PORT; overrides the credential file's `server`.
+    #[arg(long, env = "CAIRN_SERVER", global = true, value_name = "URL")]
+    pub server: Option<String>,
+    /// `table` for people, `json` for scripts (one document per command).
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Roles and their versions and channels.
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// The audit log: who did what, and whether it was allowed.
+    Audit {
+        /// Only entries younger than this (e.g. 1h, 2days) or after this RFC 3339 time.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<Since>,
+        /// At most this many entries, oldest first.
+        #[arg(long, default_value_t = AUDIT_LIMIT)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    /// Upload the role in DIR as a new version (nothing is stored when it is unchanged).
+    Push {
+        dir: PathBuf,
+        /// Why this version exists; shown by `cairn role versions`.
+        #[arg(short, long, default_value = "")]
+        message: String,
+        /// Also point this channel at the pushed version.
+        #[arg(long, value_name = "CHANNEL")]
+        promote: Option<String>,
+    },
+    /// Every role with its latest version and channels.
+    List,
+    /// Every version of a role, oldest first.
+    Versions { name: String },
+    /// One version's metadata, files and resources (NAME or NAME@VERSION; latest by default).
+    Show {
+        #[arg(value_parser = parse_role_ref, value_name = "NAME[@VERSION]")]
+        role: RoleRef,
+    },
+    /// Unified diff of the files that differ between versions A and B.
+    Diff { name: String, a: u64, b: u64 },
+    /// Point a channel at a version.
+    Promote {
+        name: String,
+        version: u64,
+        #[arg(long, default_value = DEFAULT_CHANNEL)]
+        channel: String,
+    },
+    /// Undo the channel's newest promotion.
+    Rollback {
+        name: String,
+        #[arg(long, default_value = DEFAULT_CHANNEL)]
+        channel: String,
+    },
+    /// Where each channel of a role points, and how it got there.
+    Channels { name: String },
+}
+
+/// `NAME` or `NAME@VERSION`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleRef {
+    pub name: String,
+    /// `None`: the latest.
+    pub version: Option<u64>,
+}
+
+fn parse_role_ref(s: &str) -> Result<RoleRef, String> {
+    let (name, version) = match s.split_once('@') {
+        None => (s, None),
+        Some((name, v)) => {
+            let v: u64 = v.parse().map_err(|_| {
+                format!("version {v:?} in {s:?} is not a number (NAME@VERSION, e.g. web@3)")
+            })?;
+            if v == 0 {
+                return Err(format!("versions count from 1; {s:?} names version 0"));
+            }
+            (name, Some(v))
+        }
+    };
+    if name.is_empty() {
+        return Err(format!("{s:?} names no role (NAME or NAME@VERSION)"));
+    }
+    Ok(RoleRef {
+        name: name.to_string(),
+        version,
+    })
+}
+
+/// The `--since` of `cairn audit`: an age or a point in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    Ago(Duration),
+    At(OffsetDateTime),
+}
+
+impl Since {
+    /// The RFC 3339 time sent as `AuditRequest.since`.
+    pub fn to_rfc3339(&self, now: OffsetDateTime) -> Result<String> {
+        let at = match self {
+            Since::At(t) => *t,
+            Since::Ago(d) => {
+                let d = time::Duration::try_from(*d).context("--since duration is too long")?;
+                now.checked_sub(d)
+                    .context("--since reaches before the year -9999")?
+            }
+        };
+        at.format(&Rfc3339)
+            .context("could not format the --since time")
+    }
+}
+
+fn parse_since(s: &str) -> Result<Since, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) => Ok(Since::Ago(d)),
+        Err(dur_err) => OffsetDateTime::parse(s, &Rfc3339).map(Since::At).map_err(|_| {
+            format!("{s:?} is neither a duration ({dur_err}; e.g. 90m, 1h, 2days) nor an RFC 3339 time")
+        }),
+    }
+}
+
+/// Entry point of the `cairn` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error::print(&anyhow::Error::new(e).context("could not start the async runtime"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error::print(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command, printing its result to stdout.
+pub async fn run(cli: Cli) -> Result<()> {
+    let server = Server::resolve(
+        cli.global.credentials.as_deref(),
+        cli.global.server.as_deref(),
+    )?;
+    let fmt = cli.global.output;
+    match cli.command {
+        Command::Role(cmd) => role(&server, cmd, fmt).await,
+        Command::Audit { since, limit } => {
+            let since = match &since {
+                Some(s) => s.to_rfc3339(OffsetDateTime::now_utc())?,
+                None => String::new(),
+            };
+            let mut client = server.audit().await?;
+            let resp = client
+                .list(pb::AuditRequest {
+                    since: since.clone(),
+                    limit,
+                })
+                .await
+                .rpc(&server, || "could not read the audit log".to_string())?;
+            emit(&output::AuditOut::new(resp), fmt)
+        }
+    }
+}
+
+async fn role(server: &Server, cmd: RoleCommand, fmt: Output) -> Result<()> {
+    match cmd {
+        RoleCommand::Push {
+            dir,
+            message,
+            promote,
+        } => {
+            let bundle = RoleBundle::from_dir(&dir)
+                .with_context(|| format!("could not read role {}", dir.display()))?;
+            if bundle.is_empty() {
+                bail!("role directory {} has no files", dir.display());
+            }
+            let mut client = server.roles().await?;
+            let resp = client
+                .push(pb::PushRequest {
+                    bundle: Some(to_pb(&bundle)),
+                    message,
+                    promote_to: promote.unwrap_or_default(),
+                })
+                .await
+                .rpc(server, || format!("could not push role {}", dir.display()))?;
+            emit(&output::PushOut::new(resp)?, fmt)
+        }
+        RoleCommand::List => {
+            let mut client = server.roles().await?;
+            let resp = client
+                .list(pb::ListRolesRequest {})
+                .await
+                .rpc(server, || "could not list roles".to_string())?;
+            emit(&output::ListOut::new(resp), fmt)
+        }
+        RoleCommand::Versions { name } => {
+            let mut client = server.roles().await?;
+            let resp = client
+                .versions(pb::VersionsRequest { role: name.clone() })
+                .await
+                .rpc(server, || {
+                    format!("could not list the versions of role {name}")
+                })?;
+            emit(&output::VersionsOut::new(name, resp), fmt)
+        }
+        RoleCommand::Show { role } => {
+            let (info, bundle) = fetch(server, &role.name, role.version).await?;
+            let resources = role::load(&bundle, &Facts::placeholder());
+            emit(&output::ShowOut::new(info, &bundle, resources), fmt)
+        }
+        RoleCommand::Diff { name, a, b } => {
+            for v in [a, b] {
+                if v == 0 {
+                    bail!("versions count from 1; cannot diff version 0 of role {name}");
+                }
+            }
+            let (_, old) = fetch(server, &name, Some(a)).await?;
+            let (_, new) = fetch(server, &name, Some(b)).await?;
+            let files = diff::bundles(&old, &new);
+            emit(
+                &output::DiffOut {
+                    role: name,
+                    from: a,
+                    to: b,
+                    files,
+                },
+                fmt,
+            )
+        }
+        RoleCommand::Promote {
+            name,
+            version,
+            channel,
+        } => {
+            if version == 0 {
+                bail!("versions count from 1; cannot promote version 0 of role {name}");
+            }
+            let mut client = server.roles().await?;
+            let resp = client
+                .promote(pb::PromoteRequest {
+                    role: name.clone(),
+                    version,
+                    channel: channel.clone(),
+                })
+                .await
+                .rpc(server, || {
+                    format!("could not promote role {name} version {version} to {channel}")
+                })?;
+            emit(&output::ChannelMoveOut::new("promote", resp)?, fmt)
+        }
+        RoleCommand::Rollback { name, channel } => {
+            let mut client = server.roles().await?;
+            let resp = client
+                .rollback(pb::RollbackRequest {
+                    role: name.clone(),
+                    channel: channel.clone(),
+                })
+                .await
+                .rpc(server, || {
+                    format!("could not roll back channel {channel} of role {name}")
+                })?;
+            emit(&output::ChannelMoveOut::new("rollback", resp)?, fmt)
+        }
+        RoleCommand::Channels { name } => {
+            let mut client = server.roles().await?;
+            let resp = client
+                .channels(pb::ChannelsRequest { role: name.clone() })
+                .await
+                .rpc(server, || {
+                    format!("could not read the channels of role {name}")
+                })?;
+            emit(&output::ChannelsOut::new(name, resp), fmt)
+        }
+    }
+}
+
+/// One version of a role (the latest for `None`) and its files.
+async fn fetch(
+    server: &Server,
+    name: &str,
+    version: Option<u64>,
+) -> Result<(pb::VersionInfo, RoleBundle)> {
+    let what = || match version {
+        Some(v) => format!("version {v} of role {name}"),
+        None => format!("the latest version of role {name}"),
+    };
+    let mut client = server.roles().await?;
+    let resp = client
+        .get(pb::GetRoleRequest {
+            role: name.to_string(),
+            version: version.unwrap_or(0),
+        })
+        .await
+        .rpc(server, || format!("could not fetch {}", what()))?;
+    let info = resp
+        .version
+        .with_context(|| format!("the server sent {} without its version information", what()))?;
+    let bundle = from_pb(resp.bundle.unwrap_or_default())
+        .with_context(|| format!("the server sent an unusable bundle for {}", what()))?;
+    Ok((info, bundle))
+}
+
+fn emit<T: Render>(out: &T, fmt: Output) -> Result<()> {
+    use std::io::Write;
+    let text = match fmt {
+        Output::Table => out.human(),
+        Output::Json => {
+            let mut s =
+                serde_json::to_string_pretty(out).context("could not encode the output as JSON")?;
+            s.push('\n');
+            s
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("could not write to standard output")
+}
+
+/// A bundle on the wire.
+pub fn to_pb(bundle: &RoleBundle) -> pb::Bundle {
+    pb::Bundle {
+        files: bundle
+            .files()
+            .map(|(path, data)| pb::BundleFile {
+                path: path.as_bytes().to_vec(),
+                content: data.to_vec(),
+            })
+            .collect(),
+    }
+}
+
+/// A bundle from the wire, with every path checked as if read from a directory.
+pub fn from_pb(bundle: pb::Bundle) -> Result<RoleBundle> {
+    let mut out = RoleBundle::default();
+    for f in bundle.files {
+        let path = String::from_utf8(f.path).map_err(|e| {
+            anyhow::anyhow!(
+                "file path {:?} is not UTF-8",
+                String::from_utf8_lossy(e.as_bytes())
+            )
+        })?;
+        out.insert(path, f.content)?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cairn").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_are_accepted_after_the_subcommand() {
+        let cli = parse(&[
+            "role",
+            "list",
+            "--output",
+            "json",
+            "--server",
+            "https://h:1",
+            "--credentials",
+            "c.toml",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.output, Output::Json);
+        assert_eq!(cli.global.server.as_deref(), Some("https://h:1"));
+        assert_eq!(cli.global.credentials, Some(PathBuf::from("c.toml")));
+        assert!(matches!(cli.command, Command::Role(RoleCommand::List)));
+        let cli = parse(&["--output", "json", "audit"]).unwrap();
+        assert_eq!(cli.global.output, Output::Json);
+        assert!(parse(&["role", "list", "--output", "yaml"]).is_err());
+    }
+
+    #[test]
+    fn push_takes_message_and_promotion() {
+        let cli = parse(&[
+            "role",
+            "push",
+            "recipes/web",
+            "-m",
+            "bump port",
+            "--promote",
+            "staging",
+        ])
+        .unwrap();
+        let Command::Role(RoleCommand::Push {
+            dir,
+            message,
+            promote,
+        }) = cli.command
+        else {
+            panic!("not push: {cli:?}");
+        };
+        assert_eq!(dir, PathBuf::from("recipes/web"));
+        assert_eq!(message, "bump port");
+        assert_eq!(promote.as_deref(), Some("staging"));
+        let cli = parse(&["role", "push", "d"]).unwrap();
+        let Command::Role(RoleCommand::Push {
+            message, promote, ..
+        }) = cli.command
+        else {
+            panic!("not push");
+        };
+        assert_eq!((message.as_str(), promote), ("", None));
+        assert!(parse(&["role", "push"]).is_err(), "DIR is required");
+    }
+
+    #[test]
+    fn channel_defaults_to_production() {
+        let cli = parse(&["role", "promote", "web", "3"]).unwrap();
+        let Command::Role(RoleCommand::Promote {
+            name,
+            version,
+            channel,
+        }) = cli.command
+        else {
+            panic!("not promote");
+        };
+        assert_eq!(
+            (name.as_str(), version, channel.as_str()),
+            ("web", 3, "production")
+        );
+        let cli = parse(&["role", "rollback", "web", "--channel", "staging"]).unwrap();
+        let Command::Role(RoleCommand::Rollback { channel, .. }) = cli.command else {
+            panic!("not rollback");
+        };
+        assert_eq!(channel, "staging");
+        assert!(parse(&["role", "promote", "web", "three"]).is_err());
+    }
+
+    #[test]
+    fn role_refs() {
+        assert_eq!(
+            parse_role_ref("web").unwrap(),
+            RoleRef {
+                name: "web".into(),
+                version: None
+            }
+        );
+        assert_eq!(parse_role_ref("web@12").unwrap().version, Some(12));
+        for bad in ["web@", "web@x", "@3", "web@0", "web@-1"] {
+            let err = parse_role_ref(bad).unwrap_err();
+            assert!(err.contains(bad), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn since_accepts_durations_and_times() {
+        let now = OffsetDateTime::parse("2025-03-01T12:00:00Z", &Rfc3339).unwrap();
+        let since = parse_since("90m").unwrap();
+        assert_eq!(since.to_rfc3339(now).unwrap(), "2025-03-01T10:30:00Z");
+        let since = parse_since("2025-02-01T00:00:00+01:00").unwrap();
+        assert_eq!(since.to_rfc3339(now).unwrap(), "2025-02-01T00:00:00+01:00");
+        let err = parse_since("yesterday").unwrap_err();
+        assert!(err.contains("\"yesterday\""), "{err}");
+        assert!(parse(&["audit", "--since", "1h"]).is_ok());
+        assert!(parse(&["audit", "--since", "soon"]).is_err());
+    }
+
+    #[test]
+    fn bundles_survive_the_wire_and_bad_paths_do_not() {
+        let mut b = RoleBundle::default();
+        b.insert("role.toml".into(), b"[role]\n".to_vec()).unwrap();
+        b.insert("files/bin".into(), vec![0, 159, 146, 150])
+            .unwrap();
+        let back = from_pb(to_pb(&b)).unwrap();
+        assert_eq!(back, b);
+        assert_eq!(back.digest(), b.digest());
+
+        let evil = pb::Bundle {
+            files: vec![pb::BundleFile {
+                path: b"../etc/passwd".to_vec(),
+                content: vec![],
+            }],
+        };
+        assert!(from_pb(evil).is_err());
+        let not_utf8 = pb::Bundle {
+            files: vec![pb::BundleFile {
+                path: vec![0xff, b'a'],
+                content: vec![],
+            }],
+        };
+        let err = from_pb(not_utf8).unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+    }
+}

@@ -1,0 +1,197 @@
+//! The `cairn-server` command line: `serve` and `operator add`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::auth::OperatorRole;
+use crate::credentials::Credentials;
+use crate::pki::Pki;
+use crate::serve::{self, DB_FILE, ServeConfig};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Actor, Store};
+
+const DEFAULT_DATA_DIR: &str = "/var/lib/cairn-server";
+const DEFAULT_PORT: u16 = 7443;
+
+#[derive(Parser)]
+#[command(
+    name = "cairn-server",
+    version,
+    about = "Cairn's server: versioned roles over gRPC with TLS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gRPC API (TLS) and the metrics/health listener.
+    Serve {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// gRPC address.
+        #[arg(long, default_value = "0.0.0.0:7443")]
+        listen: SocketAddr,
+        /// HTTP address for /metrics, /healthz and /readyz.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        http: SocketAddr,
+        /// A DNS name or IP address clients use to reach this server (repeatable);
+        /// the server certificate is issued for these.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// Manage operators.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Issue a credential file for a new operator.
+    Add {
+        name: String,
+        #[arg(long)]
+        role: OperatorRole,
+        /// Where to write the credential file (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Server URL written into the credential file
+        /// (default: https://<first name of the server certificate>:7443).
+        #[arg(long)]
+        server: Option<String>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            listen,
+            http,
+            mut names,
+        } => {
+            if names.is_empty() {
+                names = default_names();
+            }
+            serve::run(
+                ServeConfig {
+                    data_dir,
+                    listen,
+                    http,
+                    names,
+                },
+                serve::signal(),
+            )
+            .await
+        }
+        Command::Operator {
+            command:
+                OperatorCommand::Add {
+                    name,
+                    role,
+                    out,
+                    data_dir,
+                    server,
+                },
+        } => {
+            if !is_operator_name(&name) {
+                anyhow::bail!(
+                    "invalid operator name {name:?}: use letters, digits, '.', '_', '@' and '-'"
+                );
+            }
+            let pki = Pki::init_or_load(&data_dir)?;
+            let server = match server {
+                Some(s) => s,
+                None => format!("https://{}:{DEFAULT_PORT}", default_names()[0]),
+            };
+            let id = pki.issue_operator(&name, role)?;
+            Credentials {
+                server,
+                operator: name.clone(),
+                role: role.to_string(),
+                ca: pki.ca_pem.clone(),
+                cert: id.cert_pem,
+                key: id.key_pem,
+            }
+            .save(&out)?;
+            let store = SqliteStore::open(&data_dir.join(DB_FILE))
+                .await
+                .context("could not open the database to record the new operator")?;
+            let local = Actor {
+                name: whoami(),
+                role: "local".into(),
+                peer: "local".into(),
+            };
+            store
+                .audit(&local, "operator add", &name, &format!("role {role}"), "ok")
+                .await
+                .context("could not record the new operator in the audit log")?;
+            println!("wrote credentials for {name} ({role}) to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn is_operator_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c))
+}
+
+/// Names for the server certificate when none are given: how a client on this
+/// machine, or on the network by host name, reaches it.
+fn default_names() -> Vec<String> {
+    let mut names = Vec::new();
+    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        let h = h.trim();
+        if !h.is_empty() {
+            names.push(h.to_string());
+        }
+    }
+    names.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    names
+}
+
+fn whoami() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "root".into())
+}

@@ -1,0 +1,479 @@
+//! The gRPC services. Each handler authorizes the caller, checks its input,
+//! calls the store, and converts the result; [`store_status`] is the one place
+//! storage errors become statuses.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_proto::bundle::RoleBundle;
+use cairn_proto::facts::Facts;
+use cairn_proto::pb;
+use cairn_proto::role;
+use prost::Message;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tonic::{Code, Request, Response, Status};
+use tracing::{error, info, warn};
+
+use crate::auth::{self, Permission};
+use crate::metrics::Metrics;
+use crate::store::{self, Actor, Micros, Store, StoreError};
+
+/// At most this many files in one role.
+pub const MAX_BUNDLE_FILES: usize = 1_000;
+/// At most this many bytes of file content in one role.
+pub const MAX_BUNDLE_BYTES: usize = 16 << 20;
+/// Larger gRPC messages are refused before they are decoded.
+pub const MAX_MESSAGE_BYTES: usize = MAX_BUNDLE_BYTES + (4 << 20);
+/// Channel used when a request names none.
+pub const DEFAULT_CHANNEL: &str = "production";
+
+pub struct Api<S> {
+    store: Arc<S>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Clone for Api<S> {
+    fn clone(&self) -> Self {
+        Api {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+pub fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
+        StoreError::Conflict(msg) => Status::failed_precondition(msg),
+        e => {
+            error!(error = %anyhow::Error::from(e), "storage failure");
+            Status::internal("the server could not reach its storage; see its log")
+        }
+    }
+}
+
+pub fn rfc3339(micros: Micros) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn version_info(v: store::VersionMeta) -> pb::VersionInfo {
+    pb::VersionInfo {
+        role: v.role,
+        version: v.version,
+        digest: v.digest,
+        author: v.author,
+        message: v.message,
+        created_at: rfc3339(v.created_at),
+    }
+}
+
+fn channel_info(c: store::Channel) -> pb::ChannelInfo {
+    pb::ChannelInfo {
+        role: c.role,
+        channel: c.channel,
+        version: c.version,
+        updated_at: rfc3339(c.updated_at),
+        updated_by: c.updated_by,
+    }
+}
+
+fn check_channel(channel: &str) -> Result<String, Status> {
+    let channel = if channel.is_empty() {
+        DEFAULT_CHANNEL
+    } else {
+        channel
+    };
+    let mut chars = channel.chars();
+    let ok = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && channel.len() <= 63;
+    if !ok {
+        return Err(Status::invalid_argument(format!(
+            "invalid channel name {channel:?}: use lowercase letters, digits and dashes"
+        )));
+    }
+    Ok(channel.to_string())
+}
+
+fn check_role_name(role: &str) -> Result<(), Status> {
+    if role.is_empty() {
+        return Err(Status::invalid_argument("no role name given"));
+    }
+    Ok(())
+}
+
+/// Turns a received bundle into a [`RoleBundle`], refusing anything that is
+/// not a plain set of files inside the role, or that is too large.
+pub fn bundle_from_wire(b: pb::Bundle) -> Result<RoleBundle, Status> {
+    if b.files.len() > MAX_BUNDLE_FILES {
+        return Err(Status::invalid_argument(format!(
+            "the role has {} files; at most {MAX_BUNDLE_FILES} are accepted",
+            b.files.len()
+        )));
+    }
+    let total: usize = b.files.iter().map(|f| f.content.len()).sum();
+    if total > MAX_BUNDLE_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "the role's files hold {total} bytes; at most {MAX_BUNDLE_BYTES} are accepted"
+        )));
+    }
+    let mut bundle = RoleBundle::default();
+    for (i, f) in b.files.into_iter().enumerate() {
+        let path = String::from_utf8(f.path).map_err(|e| {
+            Status::invalid_argument(format!(
+                "file #{}: its path is not valid UTF-8 ({:?})",
+                i + 1,
+                String::from_utf8_lossy(e.as_bytes())
+            ))
+        })?;
+        if bundle.get(&path).is_some() {
+            return Err(Status::invalid_argument(format!(
+                "file {path:?} appears twice in the role"
+            )));
+        }
+        bundle.insert(path, f.content).map_err(|e| {
+            Status::invalid_argument(format!("{e}; a role holds only files inside its directory"))
+        })?;
+    }
+    Ok(bundle)
+}
+
+/// The canonical wire form of a bundle: files in path order.
+pub fn bundle_to_wire(b: &RoleBundle) -> pb::Bundle {
+    pb::Bundle {
+        files: b
+            .files()
+            .map(|(p, c)| pb::BundleFile {
+                path: p.as_bytes().to_vec(),
+                content: c.to_vec(),
+            })
+            .collect(),
+    }
+}
+
+impl<S: Store> Api<S> {
+    pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Self {
+        Api { store, metrics }
+    }
+
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        f: impl Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = f.await;
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.metrics
+            .observe(method, code, started.elapsed().as_secs_f64());
+        result.map(Response::new)
+    }
+
+    /// Authorizes the caller; a refusal is logged and audited.
+    async fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        need: Permission,
+        action: &str,
+        target: &str,
+        what: &str,
+    ) -> Result<Actor, Status> {
+        match auth::authorize(req, need, what) {
+            Ok(actor) => Ok(actor),
+            Err(denied) => {
+                let auth::Denied { actor, status } = *denied;
+                warn!(actor = %actor.name, role = %actor.role, peer = %actor.peer, action, target, reason = status.message(), "request refused");
+                let outcome = format!("denied: {}", status.message());
+                if let Err(e) = self.store.audit(&actor, action, target, "", &outcome).await {
+                    return Err(store_status(e));
+                }
+                Err(status)
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> pb::roles_server::Roles for Api<S> {
+    async fn push(
+        &self,
+        req: Request<pb::PushRequest>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        self.observed("push", async {
+            let actor = self.authorize(&req, Permission::Publish, "push", "", "push roles").await?;
+            let promote_to = req.get_ref().promote_to.clone();
+            let promote_to = if promote_to.is_empty() { None } else { Some(check_channel(&promote_to)?) };
+            let pb::PushRequest { bundle, message, .. } = req.into_inner();
+            let bundle = bundle_from_wire(bundle.unwrap_or_default())?;
+            let role = match role::load(&bundle, &Facts::placeholder()) {
+                Ok(r) => r,
+                Err(diags) => {
+                    let n = diags.0.len();
+                    let target = diags_role_name(&bundle);
+                    let outcome = format!("rejected: {n} problem{} in the role", if n == 1 { "" } else { "s" });
+                    self.store
+                        .audit(&actor, "push", &target, "", &outcome)
+                        .await
+                        .map_err(store_status)?;
+                    return Err(Status::invalid_argument(format!("the role is invalid; nothing was stored:\n{diags}")));
+                }
+            };
+            let outcome = self
+                .store
+                .push(
+                    store::NewVersion {
+                        role: role.name.clone(),
+                        digest: role.digest.clone(),
+                        message,
+                        bundle: bundle_to_wire(&bundle).encode_to_vec(),
+                    },
+                    &actor,
+                )
+                .await
+                .map_err(store_status)?;
+            if outcome.created {
+                self.metrics.versions_created.inc();
+                info!(role = %role.name, version = outcome.version.version, digest = %role.digest, actor = %actor.name, "version stored");
+            }
+            let channel = match promote_to {
+                Some(ch) => Some(
+                    self.store
+                        .promote(&role.name, &ch, outcome.version.version, &actor)
+                        .await
+                        .map_err(store_status)?,
+                ),
+                None => None,
+            };
+            Ok(pb::PushResponse {
+                version: Some(version_info(outcome.version)),
+                created: outcome.created,
+                channel: channel.map(|m| channel_info(m.channel)),
+            })
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListRolesRequest>,
+    ) -> Result<Response<pb::ListRolesResponse>, Status> {
+        self.observed("list", async {
+            self.authorize(&req, Permission::Read, "list", "", "list roles")
+                .await?;
+            let roles = self.store.roles().await.map_err(store_status)?;
+            Ok(pb::ListRolesResponse {
+                roles: roles
+                    .into_iter()
+                    .map(|r| pb::RoleSummary {
+                        name: r.latest.role.clone(),
+                        latest: Some(version_info(r.latest)),
+                        channels: r.channels.into_iter().map(channel_info).collect(),
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn versions(
+        &self,
+        req: Request<pb::VersionsRequest>,
+    ) -> Result<Response<pb::VersionsResponse>, Status> {
+        self.observed("versions", async {
+            let role = req.get_ref().role.clone();
+            check_role_name(&role)?;
+            self.authorize(&req, Permission::Read, "versions", &role, "read roles")
+                .await?;
+            let versions = self.store.versions(&role).await.map_err(store_status)?;
+            Ok(pb::VersionsResponse {
+                versions: versions.into_iter().map(version_info).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        req: Request<pb::GetRoleRequest>,
+    ) -> Result<Response<pb::GetRoleResponse>, Status> {
+        self.observed("get", async {
+            let pb::GetRoleRequest { role, version } = req.get_ref().clone();
+            check_role_name(&role)?;
+            self.authorize(&req, Permission::Read, "get", &role, "read roles")
+                .await?;
+            let (meta, bytes) = self
+                .store
+                .get(&role, (version > 0).then_some(version))
+                .await
+                .map_err(store_status)?;
+            let bundle = pb::Bundle::decode(bytes.as_slice()).map_err(|e| {
+                error!(role, version = meta.version, error = %e, "stored bundle does not decode");
+                Status::data_loss(format!(
+                    "version {} of role {role} is unreadable in storage",
+                    meta.version
+                ))
+            })?;
+            Ok(pb::GetRoleResponse {
+                version: Some(version_info(meta)),
+                bundle: Some(bundle),
+            })
+        })
+        .await
+    }
+
+    async fn promote(
+        &self,
+        req: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::ChannelResponse>, Status> {
+        self.observed("promote", async {
+            let pb::PromoteRequest {
+                role,
+                version,
+                channel,
+            } = req.get_ref().clone();
+            check_role_name(&role)?;
+            let channel = check_channel(&channel)?;
+            let actor = self
+                .authorize(&req, Permission::Publish, "promote", &role, "promote roles")
+                .await?;
+            if version == 0 {
+                return Err(Status::invalid_argument(
+                    "no version given (versions start at 1)",
+                ));
+            }
+            let moved = self
+                .store
+                .promote(&role, &channel, version, &actor)
+                .await
+                .map_err(store_status)?;
+            info!(role, channel, version, actor = %actor.name, "promoted");
+            Ok(pb::ChannelResponse {
+                previous_version: moved.previous.unwrap_or(0),
+                channel: Some(channel_info(moved.channel)),
+            })
+        })
+        .await
+    }
+
+    async fn rollback(
+        &self,
+        req: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::ChannelResponse>, Status> {
+        self.observed("rollback", async {
+            let pb::RollbackRequest { role, channel } = req.get_ref().clone();
+            check_role_name(&role)?;
+            let channel = check_channel(&channel)?;
+            let actor = self
+                .authorize(&req, Permission::Publish, "rollback", &role, "roll back roles")
+                .await?;
+            let moved = self.store.rollback(&role, &channel, &actor).await.map_err(store_status)?;
+            info!(role, channel, version = moved.channel.version, actor = %actor.name, "rolled back");
+            Ok(pb::ChannelResponse {
+                previous_version: moved.previous.unwrap_or(0),
+                channel: Some(channel_info(moved.channel)),
+            })
+        })
+        .await
+    }
+
+    async fn channels(
+        &self,
+        req: Request<pb::ChannelsRequest>,
+    ) -> Result<Response<pb::ChannelsResponse>, Status> {
+        self.observed("channels", async {
+            let role = req.get_ref().role.clone();
+            check_role_name(&role)?;
+            self.authorize(&req, Permission::Read, "channels", &role, "read channels")
+                .await?;
+            let (channels, history) = self.store.channels(&role).await.map_err(store_status)?;
+            Ok(pb::ChannelsResponse {
+                channels: channels.into_iter().map(channel_info).collect(),
+                history: history
+                    .into_iter()
+                    .map(|e| pb::ChannelEvent {
+                        channel: e.channel,
+                        action: e.action,
+                        from_version: e.from_version.unwrap_or(0),
+                        to_version: e.to_version,
+                        actor: e.actor,
+                        at: rfc3339(e.at),
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+}
+
+/// The role name a rejected push claimed, for the audit entry; may be empty.
+fn diags_role_name(bundle: &RoleBundle) -> String {
+    let text = bundle
+        .get(cairn_proto::bundle::MANIFEST)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("");
+    #[derive(serde::Deserialize)]
+    struct Head {
+        role: Option<Name>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Name {
+        name: Option<String>,
+    }
+    toml::from_str::<Head>(text)
+        .ok()
+        .and_then(|h| h.role)
+        .and_then(|r| r.name)
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl<S: Store> pb::audit_server::Audit for Api<S> {
+    async fn list(
+        &self,
+        req: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditResponse>, Status> {
+        self.observed("audit", async {
+            self.authorize(&req, Permission::Read, "audit", "", "read the audit log")
+                .await?;
+            let pb::AuditRequest { since, limit } = req.get_ref().clone();
+            let since = if since.is_empty() {
+                None
+            } else {
+                let t = OffsetDateTime::parse(&since, &Rfc3339).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "`since` must be an RFC 3339 time like 2026-01-31T12:00:00Z: {e}"
+                    ))
+                })?;
+                Some((t.unix_timestamp_nanos() / 1000) as Micros)
+            };
+            let limit = if limit == 0 { 1000 } else { limit.min(10_000) };
+            let entries = self
+                .store
+                .audit_log(since, limit)
+                .await
+                .map_err(store_status)?;
+            Ok(pb::AuditResponse {
+                entries: entries
+                    .into_iter()
+                    .map(|e| pb::AuditEntry {
+                        id: e.id,
+                        at: rfc3339(e.at),
+                        actor: e.actor,
+                        actor_role: e.actor_role,
+                        action: e.action,
+                        target: e.target,
+                        detail: e.detail,
+                        peer: e.peer,
+                        outcome: e.outcome,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+}

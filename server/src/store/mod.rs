@@ -1,0 +1,362 @@
+//! Storage: versioned roles, channels and the audit log, behind one interface
+//! so that every backend passes the same test suite ([`tests::suite`]).
+//!
+//! Every mutation writes its audit entry in the same transaction, so an action
+//! is never stored without its record, nor recorded without being stored.
+
+use std::future::Future;
+
+pub mod sqlite;
+
+/// Microseconds since the Unix epoch, UTC.
+pub type Micros = i64;
+
+pub fn now_micros() -> Micros {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as Micros
+}
+
+/// Who did something, and from where: what every audit entry names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    /// `admin`, `publisher`, `auditor`, or `local` for actions taken on the
+    /// server machine itself (`cairn-server operator add`).
+    pub role: String,
+    pub peer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionMeta {
+    pub role: String,
+    pub version: u64,
+    pub digest: String,
+    pub author: String,
+    pub message: String,
+    pub created_at: Micros,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewVersion {
+    pub role: String,
+    pub digest: String,
+    pub message: String,
+    /// Encoded bundle, stored as is.
+    pub bundle: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushOutcome {
+    pub version: VersionMeta,
+    /// False when the content equals the latest version, which is returned.
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channel {
+    pub role: String,
+    pub channel: String,
+    pub version: u64,
+    pub updated_at: Micros,
+    pub updated_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelEvent {
+    pub channel: String,
+    pub action: String,
+    pub from_version: Option<u64>,
+    pub to_version: u64,
+    pub actor: String,
+    pub at: Micros,
+}
+
+/// A channel pointer after it moved, and where it pointed before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelMove {
+    pub channel: Channel,
+    pub previous: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSummary {
+    pub latest: VersionMeta,
+    pub channels: Vec<Channel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: u64,
+    pub at: Micros,
+    pub actor: String,
+    pub actor_role: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+    pub peer: String,
+    pub outcome: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error during {op}")]
+    Db {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("could not apply database migrations")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Db { op, source }
+}
+
+/// The storage interface. Futures are `Send` so handlers can await them on any
+/// worker thread.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new version numbered after the latest, unless its digest equals
+    /// the latest's. Concurrent pushes to one role get distinct consecutive
+    /// numbers. Audited as `push`.
+    fn push(
+        &self,
+        new: NewVersion,
+        actor: &Actor,
+    ) -> impl Future<Output = Result<PushOutcome>> + Send;
+
+    /// The latest version of every role, with its channels, by name.
+    fn roles(&self) -> impl Future<Output = Result<Vec<RoleSummary>>> + Send;
+
+    /// Every version of `role`, oldest first; `NotFound` for an unknown role.
+    fn versions(&self, role: &str) -> impl Future<Output = Result<Vec<VersionMeta>>> + Send;
+
+    /// One version (the latest when `version` is `None`) and its encoded bundle.
+    fn get(
+        &self,
+        role: &str,
+        version: Option<u64>,
+    ) -> impl Future<Output = Result<(VersionMeta, Vec<u8>)>> + Send;
+
+    /// Points `channel` of `role` at `version`. Audited as `promote`.
+    fn promote(
+        &self,
+        role: &str,
+        channel: &str,
+        version: u64,
+        actor: &Actor,
+    ) -> impl Future<Output = Result<ChannelMove>> + Send;
+
+    /// Undoes the newest promote of the channel not yet undone. Audited as `rollback`.
+    fn rollback(
+        &self,
+        role: &str,
+        channel: &str,
+        actor: &Actor,
+    ) -> impl Future<Output = Result<ChannelMove>> + Send;
+
+    /// The channels of `role` and their history, newest first.
+    fn channels(
+        &self,
+        role: &str,
+    ) -> impl Future<Output = Result<(Vec<Channel>, Vec<ChannelEvent>)>> + Send;
+
+    /// Appends an entry for an action that changes nothing else (a denied
+    /// request, an operator added).
+    fn audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        detail: &str,
+        outcome: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Audit entries at or after `since`, oldest first, at most `limit`.
+    fn audit_log(
+        &self,
+        since: Option<Micros>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
+
+    /// Whether the database answers.
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The suite every backend must pass.
+
+    use super::*;
+
+    fn actor(name: &str) -> Actor {
+        Actor {
+            name: name.into(),
+            role: "publisher".into(),
+            peer: "127.0.0.1:1".into(),
+        }
+    }
+
+    fn new(role: &str, digest: &str) -> NewVersion {
+        NewVersion {
+            role: role.into(),
+            digest: digest.into(),
+            message: format!("push {digest}"),
+            bundle: digest.as_bytes().to_vec(),
+        }
+    }
+
+    pub async fn suite<S: Store>(store: S) {
+        let store = std::sync::Arc::new(store);
+        let alice = actor("alice");
+
+        // Versions number from 1; identical content creates nothing.
+        let v1 = store.push(new("web", "d1"), &alice).await.unwrap();
+        assert!(v1.created);
+        assert_eq!(v1.version.version, 1);
+        let again = store.push(new("web", "d1"), &alice).await.unwrap();
+        assert!(!again.created);
+        assert_eq!(again.version, v1.version);
+        let v2 = store.push(new("web", "d2"), &alice).await.unwrap();
+        assert_eq!((v2.version.version, v2.created), (2, true));
+        // Going back to old content is a new version: only the latest counts.
+        let v3 = store.push(new("web", "d1"), &alice).await.unwrap();
+        assert_eq!((v3.version.version, v3.created), (3, true));
+        store.push(new("db", "x1"), &alice).await.unwrap();
+
+        let (meta, bundle) = store.get("web", Some(2)).await.unwrap();
+        assert_eq!(
+            (meta.digest.as_str(), bundle.as_slice()),
+            ("d2", &b"d2"[..])
+        );
+        let (latest, _) = store.get("web", None).await.unwrap();
+        assert_eq!(latest.version, 3);
+        assert!(matches!(
+            store.get("web", Some(9)).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.get("nope", None).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.versions("nope").await,
+            Err(StoreError::NotFound(_))
+        ));
+        let versions: Vec<u64> = store
+            .versions("web")
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| v.version)
+            .collect();
+        assert_eq!(versions, [1, 2, 3]);
+
+        // Concurrent pushes get distinct consecutive numbers.
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .push(new("busy", &format!("c{i}")), &actor("bob"))
+                    .await
+                    .unwrap()
+                    .version
+                    .version
+            }));
+        }
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.unwrap());
+        }
+        got.sort();
+        assert_eq!(got, (1..=16).collect::<Vec<u64>>());
+
+        // Channels: promote, promote, rollback, rollback walk back through history.
+        let m = store.promote("web", "production", 1, &alice).await.unwrap();
+        assert_eq!((m.channel.version, m.previous), (1, None));
+        let m = store.promote("web", "production", 2, &alice).await.unwrap();
+        assert_eq!((m.channel.version, m.previous), (2, Some(1)));
+        store.promote("web", "production", 3, &alice).await.unwrap();
+        store.promote("web", "staging", 3, &alice).await.unwrap();
+        let m = store.rollback("web", "production", &alice).await.unwrap();
+        assert_eq!((m.channel.version, m.previous), (2, Some(3)));
+        let m = store.rollback("web", "production", &alice).await.unwrap();
+        assert_eq!(m.channel.version, 1);
+        assert!(matches!(
+            store.rollback("web", "production", &alice).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.promote("web", "production", 7, &alice).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.rollback("web", "nope", &alice).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let (channels, history) = store.channels("web").await.unwrap();
+        let pointers: Vec<(&str, u64)> = channels
+            .iter()
+            .map(|c| (c.channel.as_str(), c.version))
+            .collect();
+        assert_eq!(pointers, [("production", 1), ("staging", 3)]);
+        let actions: Vec<(&str, Option<u64>, u64)> = history
+            .iter()
+            .filter(|e| e.channel == "production")
+            .map(|e| (e.action.as_str(), e.from_version, e.to_version))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("rollback", Some(2), 1),
+                ("rollback", Some(3), 2),
+                ("promote", Some(2), 3),
+                ("promote", Some(1), 2),
+                ("promote", None, 1)
+            ]
+        );
+
+        let roles = store.roles().await.unwrap();
+        let names: Vec<(&str, u64)> = roles
+            .iter()
+            .map(|r| (r.latest.role.as_str(), r.latest.version))
+            .collect();
+        assert_eq!(names, [("busy", 16), ("db", 1), ("web", 3)]);
+        assert_eq!(roles[2].channels.len(), 2);
+
+        // Every mutation was audited, in order, with its actor.
+        store
+            .audit(&actor("eve"), "push", "web", "", "denied")
+            .await
+            .unwrap();
+        let log = store.audit_log(None, 1000).await.unwrap();
+        let pushes: Vec<&str> = log
+            .iter()
+            .filter(|e| e.action == "push" && e.outcome == "ok")
+            .map(|e| e.detail.as_str())
+            .collect();
+        assert_eq!(pushes.len(), 5 + 16, "{pushes:?}");
+        assert_eq!(pushes[1], "identical to version 1; nothing stored");
+        assert_eq!(log.iter().filter(|e| e.action == "promote").count(), 4);
+        assert_eq!(log.iter().filter(|e| e.action == "rollback").count(), 2);
+        let last = log.last().unwrap();
+        assert_eq!(
+            (last.actor.as_str(), last.outcome.as_str()),
+            ("eve", "denied")
+        );
+        assert!(
+            log.windows(2)
+                .all(|w| w[0].id < w[1].id && w[0].at <= w[1].at)
+        );
+        let recent = store.audit_log(Some(last.at), 1000).await.unwrap();
+        assert!(recent.iter().all(|e| e.at >= last.at) && !recent.is_empty());
+        assert_eq!(store.audit_log(None, 2).await.unwrap().len(), 2);
+        store.ping().await.unwrap();
+    }
+}

@@ -1,0 +1,288 @@
+//! The real server over real TLS: bad input at the wire, authentication,
+//! durability under SIGKILL, graceful shutdown, health and metrics.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cairn_proto::pb;
+use common::*;
+use tonic::Code;
+
+fn manifest(name: &str) -> pb::BundleFile {
+    file(
+        b"role.toml",
+        format!("[role]\nname = \"{name}\"\n").as_bytes(),
+    )
+}
+
+async fn push(
+    client: &mut pb::roles_client::RolesClient<tonic::transport::Channel>,
+    files: Vec<pb::BundleFile>,
+) -> Result<pb::PushResponse, tonic::Status> {
+    client
+        .push(pb::PushRequest {
+            bundle: Some(pb::Bundle { files }),
+            message: "test".into(),
+            promote_to: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn malformed_bundles_are_refused_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let creds = server.operator("pat", "publisher");
+    let mut client = roles(channel(&creds).await);
+
+    let cases: Vec<(&str, Vec<pb::BundleFile>, &str)> = vec![
+        (
+            "dot-dot",
+            vec![manifest("x"), file(b"files/../../etc/passwd", b"x")],
+            "contains . or ..",
+        ),
+        (
+            "absolute",
+            vec![manifest("x"), file(b"/etc/passwd", b"x")],
+            "absolute",
+        ),
+        (
+            "not utf-8",
+            vec![manifest("x"), file(b"files/\xff\xfe", b"x")],
+            "not valid UTF-8",
+        ),
+        (
+            "duplicate",
+            vec![manifest("x"), manifest("x")],
+            "appears twice",
+        ),
+        (
+            "no manifest",
+            vec![file(b"files/a", b"x")],
+            "role.toml is missing",
+        ),
+        (
+            "invalid role",
+            vec![file(
+                b"role.toml",
+                b"[role]\nname = \"x\"\n\n[[file]]\npath = \"rel\"\ncontent = \"\"\n",
+            )],
+            "role.toml:5:8",
+        ),
+    ];
+    for (what, files, expect) in cases {
+        let err = push(&mut client, files).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains(expect), "{what}: {}", err.message());
+    }
+    let too_many: Vec<_> = (0..1001)
+        .map(|i| file(format!("files/{i}").as_bytes(), b""))
+        .collect();
+    let err = push(&mut client, too_many).await.unwrap_err();
+    assert!(err.message().contains("at most 1000"), "{err:?}");
+    let big = vec![manifest("x"), file(b"files/big", &vec![0u8; 17 << 20])];
+    let err = push(&mut client, big).await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange
+        ),
+        "{err:?}"
+    );
+
+    // Nothing was stored, and the server still serves.
+    let roles_now = client
+        .list(pb::ListRolesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(roles_now.roles.is_empty(), "{roles_now:?}");
+    let ok = push(&mut client, bundle_of(&recipes().join("web")).files)
+        .await
+        .unwrap();
+    assert_eq!(ok.version.unwrap().version, 1);
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_certificate_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let creds = server.operator("ann", "admin");
+    let ca = cairn_server::credentials::Credentials::load(&creds)
+        .unwrap()
+        .ca;
+
+    // No client certificate: TLS works, the call is refused with a clear status.
+    let mut anon = roles(channel_with(&server.url(), &ca, None).await);
+    let err = anon.list(pb::ListRolesRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("operator add"), "{err:?}");
+
+    // A certificate from another CA is refused by the handshake.
+    let other = Server::start(&dir.path().join("other"));
+    let foreign =
+        cairn_server::credentials::Credentials::load(&other.operator("mallory", "admin")).unwrap();
+    let ch = tonic::transport::Channel::from_shared(server.url())
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+                .identity(tonic::transport::Identity::from_pem(
+                    &foreign.cert,
+                    &foreign.key,
+                )),
+        )
+        .unwrap();
+    let refused = match ch.connect().await {
+        Err(_) => true,
+        Ok(ch) => roles(ch).list(pb::ListRolesRequest {}).await.is_err(),
+    };
+    assert!(refused, "a foreign certificate was accepted");
+
+    // Refusals are audited.
+    let mut audit = pb::audit_client::AuditClient::new(channel(&creds).await);
+    let log = audit
+        .list(pb::AuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(
+        log.iter()
+            .any(|e| e.actor == "anonymous" && e.outcome.starts_with("denied")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_push_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data);
+    let creds = server.operator("pat", "publisher");
+    let mut client = roles(channel(&creds).await);
+
+    // Push distinct versions in a loop; kill the server mid-stream.
+    let pusher = tokio::spawn(async move {
+        let mut acked = BTreeMap::new();
+        for i in 0.. {
+            let files = vec![
+                manifest("crash"),
+                file(b"files/n", format!("{i}").as_bytes()),
+            ];
+            match push(&mut client, files).await {
+                Ok(r) => {
+                    let v = r.version.unwrap();
+                    acked.insert(v.version, (i, v.digest));
+                }
+                Err(_) => break,
+            }
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.kill();
+    let acked = pusher.await.unwrap();
+    assert!(acked.len() > 5, "only {} pushes acknowledged", acked.len());
+
+    let server = Server::start(&data);
+    let mut client = roles(
+        channel_with(
+            &server.url(),
+            &cairn_server::credentials::Credentials::load(&creds)
+                .unwrap()
+                .ca,
+            Some((
+                &cairn_server::credentials::Credentials::load(&creds)
+                    .unwrap()
+                    .cert,
+                &cairn_server::credentials::Credentials::load(&creds)
+                    .unwrap()
+                    .key,
+            )),
+        )
+        .await,
+    );
+    for (version, (i, digest)) in &acked {
+        let got = client
+            .get(pb::GetRoleRequest {
+                role: "crash".into(),
+                version: *version,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged version {version} lost: {e:?}"))
+            .into_inner();
+        assert_eq!(&got.version.unwrap().digest, digest);
+        let content = got
+            .bundle
+            .unwrap()
+            .files
+            .into_iter()
+            .find(|f| f.path == b"files/n")
+            .unwrap()
+            .content;
+        assert_eq!(content, i.to_string().as_bytes());
+    }
+    // Numbers stay consecutive: nothing half-written took a number.
+    let versions: Vec<u64> = client
+        .versions(pb::VersionsRequest {
+            role: "crash".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+    assert!(versions.len() >= acked.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_graceful_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"));
+    let creds = server.operator("pat", "publisher");
+    let mut client = roles(channel(&creds).await);
+    push(&mut client, bundle_of(&recipes().join("web")).files)
+        .await
+        .unwrap();
+
+    let get = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{}{path}", server.http),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(get("/healthz").ends_with("200"));
+    assert!(get("/readyz").ends_with("200"));
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("cairn_role_versions_created_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cairn_grpc_requests_total{method=\"push\",code=\"Ok\"} 1"),
+        "{metrics}"
+    );
+
+    // SIGTERM with a client still connected: the server drains and exits 0.
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM should stop the server cleanly: {status:?}"
+    );
+    drop(client);
+}
