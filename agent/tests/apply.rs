@@ -422,3 +422,22 @@ fn noop_does_not_fail_what_waits_on_a_pending_change() {
     );
     assert!(!Path::new(&dir).exists());
 }
+
+#[test]
+fn services_need_systemd_but_the_rest_of_the_role_does_not() {
+    // This host (a container or image build) has no running systemd: the service
+    // fails with a clear error, the file converges anyway.
+    if Path::new("/run/systemd/system").exists() {
+        panic!(
+            "this test expects a host where systemd is not running (CI and development containers)"
+        );
+    }
+    let sb = Sandbox::new();
+    let path = sb.p("f");
+    sb.role(&format!("[[file]]\npath = \"{path}\"\ncontent = \"x\"\n\n[[service]]\nname = \"nginx\"\nrunning = true\n"));
+    let run = sb.apply(&[]);
+    assert_eq!(run.code, 6);
+    assert_eq!(run.status(&format!("file:{path}")), ResourceStatus::Changed);
+    let err = run.resource("service:nginx").error.clone().unwrap();
+    assert!(err.contains("systemd is not running"), "{err}");
+}

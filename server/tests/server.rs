@@ -286,3 +286,83 @@ async fn health_metrics_and_graceful_shutdown() {
     );
     drop(client);
 }
+
+/// Sends arbitrary bytes as a gRPC message, so a test can send what no
+/// well-behaved client would.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut out = vec![0; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+#[tokio::test]
+async fn garbage_messages_are_refused_with_a_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let creds = server.operator("pat", "publisher");
+    let ch = channel(&creds).await;
+    let mut raw = tonic::client::Grpc::new(ch.clone());
+    for garbage in [
+        vec![0xff; 64],
+        b"\x0a\xff\xff\xff\xff\x0f".to_vec(),
+        vec![0x12, 0x05, b'a'],
+    ] {
+        raw.ready().await.unwrap();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/cairn.v1.Roles/Push");
+        let err = raw
+            .unary(tonic::Request::new(garbage.clone()), path, RawCodec)
+            .await
+            .expect_err("garbage was accepted");
+        assert!(
+            matches!(err.code(), Code::Internal | Code::InvalidArgument),
+            "{garbage:?}: {err:?}"
+        );
+    }
+    // The server keeps serving well-formed requests on the same connection.
+    let mut client = roles(ch);
+    let ok = push(&mut client, bundle_of(&recipes().join("web")).files)
+        .await
+        .unwrap();
+    assert!(ok.created);
+}

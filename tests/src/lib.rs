@@ -85,6 +85,20 @@ fn image_dir() -> PathBuf {
     image
 }
 
+/// A binary of the workspace's debug build (`cargo build --bins`), such as
+/// `cairn-server` or `cairn`.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let bin = target.join("debug").join(name);
+    assert!(
+        bin.is_file(),
+        "{} does not exist\nhelp: run `cargo build --bins` first",
+        bin.display()
+    );
+    bin
+}
+
 /// The agent binary the machines run: `CAIRN_AGENT_BIN`, else the workspace's
 /// debug build. Warns when a source file is newer than the binary, since the
 /// tests would then exercise old code.
@@ -177,6 +191,12 @@ impl Machine {
     /// output, when it does not come up within a minute. The machine halts
     /// when the thread that booted it ends, so keep it in that thread.
     pub fn boot(name: &str) -> Machine {
+        Self::boot_with(name, &[])
+    }
+
+    /// Like [`Machine::boot`], with more host paths bound read-only into the
+    /// machine: `(host path, guest path)`.
+    pub fn boot_with(name: &str, binds: &[(&Path, &str)]) -> Machine {
         let t0 = Instant::now();
         let image = image_dir();
         let agent = agent_binary();
@@ -236,6 +256,11 @@ impl Machine {
             .args(["--quiet", "-M", &name, "--boot", "--register=no", "--keep-unit", "--console=pipe"])
             .arg(format!("--bind-ro={}:{GUEST_AGENT}", agent.display()))
             .arg(format!("--bind-ro={}:{GUEST_RECIPES}", recipes.display()))
+            .args(
+                binds
+                    .iter()
+                    .map(|(host, guest)| format!("--bind-ro={}:{guest}", host.display())),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
