@@ -1,124 +1,18 @@
 //! The operator CLI end to end: the real `cairn` binary against the real
 //! `cairn-server` on loopback, with real mutual TLS and the repository's recipes.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Command, Output};
 
 use cairn_proto::bundle::RoleBundle;
 use cairn_proto::facts::Facts;
 use cairn_server::credentials::Credentials;
+use common::{Server, add_operator};
 use serde_json::Value;
-use tempfile::TempDir;
 
 const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
-const CAIRN_SERVER: &str = env!("CARGO_BIN_EXE_cairn-server");
-
-/// A running `cairn-server serve` in its own data directory.
-struct Server {
-    child: Child,
-    data_dir: PathBuf,
-    /// Credential files and role copies go here.
-    work: PathBuf,
-    grpc: String,
-    _tmp: TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let tmp = tempfile::tempdir().unwrap();
-        let data_dir = tmp.path().join("data");
-        let work = tmp.path().join("work");
-        std::fs::create_dir(&work).unwrap();
-        let log = std::fs::File::create(tmp.path().join("server.log")).unwrap();
-        let mut child = Command::new(CAIRN_SERVER)
-            .args(["serve", "--data-dir"])
-            .arg(&data_dir)
-            .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .args(["--name", "127.0.0.1", "--name", "localhost"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("could not start cairn-server");
-        // The first line says where it listens; give up rather than hang.
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("cairn-server did not say where it listens within 60 s")
-            });
-        let grpc = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("grpc="))
-            .unwrap_or_else(|| {
-                let log =
-                    std::fs::read_to_string(tmp.path().join("server.log")).unwrap_or_default();
-                panic!("no grpc= in {line:?}; server log:\n{log}")
-            })
-            .to_string();
-        Server {
-            child,
-            data_dir,
-            work,
-            grpc,
-            _tmp: tmp,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://{}", self.grpc)
-    }
-
-    /// `cairn-server operator add`; returns the credential file.
-    fn operator(&self, name: &str, role: &str) -> PathBuf {
-        add_operator(&self.data_dir, &self.work, name, role, &self.url())
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn add_operator(data_dir: &Path, work: &Path, name: &str, role: &str, url: &str) -> PathBuf {
-    let out = work.join(format!("{name}.toml"));
-    let o = Command::new(CAIRN_SERVER)
-        .args(["operator", "add", name, "--role", role, "--out"])
-        .arg(&out)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--server", url])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "operator add {name}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
-}
 
 /// Runs `cairn` with only this credential (no ambient CAIRN_* settings).
 fn cairn(creds: &Path, args: &[&str]) -> Output {

@@ -33,8 +33,7 @@ async fn push(
 
 #[tokio::test]
 async fn malformed_bundles_are_refused_and_the_server_keeps_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
+    let server = Server::start();
     let creds = server.operator("pat", "publisher");
     let mut client = roles(channel(&creds).await);
 
@@ -108,8 +107,7 @@ async fn malformed_bundles_are_refused_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn requests_without_a_valid_certificate_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
+    let server = Server::start();
     let creds = server.operator("ann", "admin");
     let ca = cairn_server::credentials::Credentials::load(&creds)
         .unwrap()
@@ -122,7 +120,7 @@ async fn requests_without_a_valid_certificate_are_refused() {
     assert!(err.message().contains("operator add"), "{err:?}");
 
     // A certificate from another CA is refused by the handshake.
-    let other = Server::start(&dir.path().join("other"));
+    let other = Server::start();
     let foreign =
         cairn_server::credentials::Credentials::load(&other.operator("mallory", "admin")).unwrap();
     let ch = tonic::transport::Channel::from_shared(server.url())
@@ -161,7 +159,7 @@ async fn requests_without_a_valid_certificate_are_refused() {
 async fn every_acknowledged_push_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = Server::start(&data);
+    let mut server = Server::start_in(&data);
     let creds = server.operator("pat", "publisher");
     let mut client = roles(channel(&creds).await);
 
@@ -188,24 +186,10 @@ async fn every_acknowledged_push_survives_sigkill() {
     let acked = pusher.await.unwrap();
     assert!(acked.len() > 5, "only {} pushes acknowledged", acked.len());
 
-    let server = Server::start(&data);
-    let mut client = roles(
-        channel_with(
-            &server.url(),
-            &cairn_server::credentials::Credentials::load(&creds)
-                .unwrap()
-                .ca,
-            Some((
-                &cairn_server::credentials::Credentials::load(&creds)
-                    .unwrap()
-                    .cert,
-                &cairn_server::credentials::Credentials::load(&creds)
-                    .unwrap()
-                    .key,
-            )),
-        )
-        .await,
-    );
+    let server = Server::start_in(&data);
+    // The restarted server listens on another port than the credential says.
+    let c = cairn_server::credentials::Credentials::load(&creds).unwrap();
+    let mut client = roles(channel_with(&server.url(), &c.ca, Some((&c.cert, &c.key))).await);
     for (version, (i, digest)) in &acked {
         let got = client
             .get(pb::GetRoleRequest {
@@ -244,8 +228,7 @@ async fn every_acknowledged_push_survives_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_graceful_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(&dir.path().join("data"));
+    let mut server = Server::start();
     let creds = server.operator("pat", "publisher");
     let mut client = roles(channel(&creds).await);
     push(&mut client, bundle_of(&recipes().join("web")).files)
@@ -338,8 +321,7 @@ impl tonic::codec::Decoder for RawDecoder {
 
 #[tokio::test]
 async fn garbage_messages_are_refused_with_a_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
+    let server = Server::start();
     let creds = server.operator("pat", "publisher");
     let ch = channel(&creds).await;
     let mut raw = tonic::client::Grpc::new(ch.clone());
