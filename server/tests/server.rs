@@ -164,6 +164,8 @@ async fn every_acknowledged_push_survives_sigkill() {
     let mut client = roles(channel(&creds).await);
 
     // Push distinct versions in a loop; kill the server mid-stream.
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
     let pusher = tokio::spawn(async move {
         let mut acked = BTreeMap::new();
         for i in 0.. {
@@ -175,13 +177,20 @@ async fn every_acknowledged_push_survives_sigkill() {
                 Ok(r) => {
                     let v = r.version.unwrap();
                     acked.insert(v.version, (i, v.digest));
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Err(_) => break,
             }
         }
         acked
     });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Kill it mid-stream, once pushes are flowing (however slow this machine is).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count.load(std::sync::atomic::Ordering::Relaxed) < 20
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.kill();
     let acked = pusher.await.unwrap();
     assert!(acked.len() > 5, "only {} pushes acknowledged", acked.len());
