@@ -125,7 +125,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .collect();
             let host = Host::new(facts, services);
             let report = engine::run(&role, &host, &state, RunOptions { noop })?;
-            let mut stdout = std::io::stdout().lock();
+            // One write for the whole report, not one per line.
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
             match format {
                 Format::Human => stdout.write_all(output::human(&report).as_bytes())?,
                 Format::Json => {
@@ -133,6 +134,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     writeln!(stdout)?;
                 }
             }
+            stdout.flush()?;
             Ok(exit_code(&report, detailed_exitcodes))
         }
     }

@@ -145,3 +145,30 @@ content = "converged despite the failing service\n"
     assert_eq!(run.code, 1, "{run}");
     assert_eq!(run.ids(Failed), ["service:cairn-no-such-unit"], "{run}");
 }
+
+#[test]
+fn a_converged_run_reads_service_states_without_spawning_systemctl() {
+    let m = Machine::boot("service-dbus");
+    m.write_file(&format!("/etc/systemd/system/{UNIT}"), UNIT_FILE);
+    m.sh_ok("systemctl daemon-reload");
+    m.write_file("/root/roles/sleeper/role.toml", ROLE);
+    // A systemctl earlier in PATH that logs each call, then does the real work.
+    m.write_file(
+        "/usr/local/sbin/systemctl",
+        "#!/bin/sh\necho \"$*\" >> /run/systemctl-calls\nexec /usr/bin/systemctl \"$@\"\n",
+    );
+    m.sh_ok("chmod 755 /usr/local/sbin/systemctl");
+
+    let run = m.apply_json("/root/roles/sleeper", &["--detailed-exitcodes"]);
+    assert_eq!(run.code, 2, "{run}");
+    // Changes go through systemctl, which waits for the job to finish.
+    let calls = m.sh_ok("cat /run/systemctl-calls");
+    assert_eq!(calls, format!("enable {UNIT}\nstart {UNIT}\n"));
+
+    m.sh_ok("rm /run/systemctl-calls");
+    let run = m.apply_json("/root/roles/sleeper", &["--detailed-exitcodes"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.ids(Unchanged), ["service:cairn-sleeper"], "{run}");
+    // State was read over D-Bus: no process at all.
+    assert_eq!(m.sh("test -e /run/systemctl-calls").status.code(), Some(1));
+}

@@ -2,10 +2,13 @@
 //! file in the same directory gets its content, owner and mode, is synced, and
 //! is renamed over the target, so a crash never leaves a torn file.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs;
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::thread::LocalKey;
 
 use anyhow::{Context, Result, anyhow};
 use nix::unistd::{Gid, Group, Uid, User};
@@ -150,20 +153,62 @@ pub fn gid_of(group: &str) -> Result<u32> {
         .ok_or_else(|| anyhow!("group {group} does not exist"))
 }
 
+/// Names already looked up, valid while the account file is unchanged. glibc
+/// rereads `/etc/passwd` or `/etc/group` on every lookup; a converged run asks
+/// for the same few owners of every file.
+#[derive(Default)]
+struct NameCache {
+    stamp: Option<(u64, i64, i64, u64)>,
+    names: HashMap<u32, String>,
+}
+
+thread_local! {
+    static USER_NAMES: RefCell<NameCache> = RefCell::default();
+    static GROUP_NAMES: RefCell<NameCache> = RefCell::default();
+}
+
+fn cached_name(
+    cache: &'static LocalKey<RefCell<NameCache>>,
+    file: &str,
+    id: u32,
+    lookup: impl FnOnce(u32) -> Option<String>,
+) -> String {
+    // Inode, mtime and size: a user added during the run (even by a rename
+    // over the file) makes the cache start again.
+    let stamp = fs::metadata(file)
+        .ok()
+        .map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.size()));
+    cache.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.stamp != stamp {
+            c.names.clear();
+            c.stamp = stamp;
+        }
+        c.names
+            .entry(id)
+            .or_insert_with(|| lookup(id).unwrap_or_else(|| id.to_string()))
+            .clone()
+    })
+}
+
 /// The user name owning `uid`, or the number when no user has it.
 pub fn user_name(uid: u32) -> String {
-    match User::from_uid(Uid::from_raw(uid)) {
-        Ok(Some(u)) => u.name,
-        _ => uid.to_string(),
-    }
+    cached_name(&USER_NAMES, "/etc/passwd", uid, |uid| {
+        User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    })
 }
 
 /// The group name of `gid`, or the number when no group has it.
 pub fn group_name(gid: u32) -> String {
-    match Group::from_gid(Gid::from_raw(gid)) {
-        Ok(Some(g)) => g.name,
-        _ => gid.to_string(),
-    }
+    cached_name(&GROUP_NAMES, "/etc/group", gid, |gid| {
+        Group::from_gid(Gid::from_raw(gid))
+            .ok()
+            .flatten()
+            .map(|g| g.name)
+    })
 }
 
 #[cfg(test)]

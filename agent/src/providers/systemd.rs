@@ -1,6 +1,8 @@
-//! systemd, through `systemctl`. Status for every service the run names is read
-//! with one `systemctl show` call and cached, so a converged run costs one
-//! process however many services the role has; actions drop the cached entry.
+//! systemd. Status for every service the run names is read in one go over
+//! D-Bus (or, without a system bus, one `systemctl show`) and cached, so a
+//! converged run spawns no process however many services the role has.
+//! Actions go through `systemctl`, which waits for the job to finish; they drop
+//! the cached entry.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -45,28 +47,17 @@ impl Systemd {
         }
     }
 
-    /// Reads the status of `units` in one `systemctl show` call.
+    /// Reads the status of `units` in one go and caches it.
     fn load(&self, units: &[String]) -> Result<()> {
-        let mut args = vec![
-            "show".to_string(),
-            "--property=Id,LoadState,ActiveState,UnitFileState".into(),
-        ];
-        args.extend(units.iter().cloned());
-        let ran = process::run_ok("systemctl", &args, &[])?;
+        let states = match read_dbus(units) {
+            Ok(states) => states,
+            // No system bus (an image without dbus): systemctl reaches systemd
+            // over its private socket instead, at the cost of a process.
+            Err(_) => read_systemctl(units)?,
+        };
         let mut cache = self.cache.borrow_mut();
-        // One block of KEY=VALUE lines per unit, separated by blank lines, in
-        // the order asked.
-        for (unit, block) in units.iter().zip(ran.stdout.split("\n\n")) {
-            let prop = |key: &str| {
-                block
-                    .lines()
-                    .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-                    .unwrap_or("")
-            };
-            let load = prop("LoadState");
-            let active = prop("ActiveState");
-            let file_state = prop("UnitFileState");
-            let enabled = match file_state {
+        for s in states {
+            let enabled = match s.file_state.as_str() {
                 "enabled" | "enabled-runtime" | "alias" => Some(true),
                 "disabled" | "masked" | "masked-runtime" | "linked" | "linked-runtime" => {
                     Some(false)
@@ -75,10 +66,10 @@ impl Systemd {
                 _ => None,
             };
             cache.insert(
-                unit.clone(),
+                s.unit,
                 ServiceStatus {
-                    exists: load == "loaded",
-                    running: matches!(active, "active" | "activating" | "reloading"),
+                    exists: s.load == "loaded",
+                    running: matches!(s.active.as_str(), "active" | "activating" | "reloading"),
                     enabled,
                 },
             );
@@ -137,6 +128,108 @@ impl ServiceProvider for Systemd {
     fn disable(&self, service: &str) -> Result<()> {
         self.act("disable", service)
     }
+}
+
+/// One unit's state as systemd reports it.
+struct UnitState {
+    unit: String,
+    load: String,
+    active: String,
+    file_state: String,
+}
+
+const SYSTEMD: &str = "org.freedesktop.systemd1";
+
+/// Over D-Bus: one `ListUnitsByNames` call for all units, then one property
+/// read per loaded unit (about 0.2 ms each), instead of a `systemctl` process.
+fn read_dbus(units: &[String]) -> Result<Vec<UnitState>> {
+    use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+    type Listed = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        OwnedObjectPath,
+        u32,
+        String,
+        OwnedObjectPath,
+    );
+
+    let bus =
+        zbus::blocking::Connection::system().context("could not connect to the system bus")?;
+    let listed: Vec<Listed> = bus
+        .call_method(
+            Some(SYSTEMD),
+            "/org/freedesktop/systemd1",
+            Some("org.freedesktop.systemd1.Manager"),
+            "ListUnitsByNames",
+            &(units,),
+        )
+        .context("ListUnitsByNames failed")?
+        .body()
+        .deserialize()
+        .context("unexpected ListUnitsByNames reply")?;
+    listed
+        .into_iter()
+        .map(|(unit, _, load, active, _, _, path, ..)| {
+            let file_state = if load == "loaded" {
+                let value: OwnedValue = bus
+                    .call_method(
+                        Some(SYSTEMD),
+                        &path,
+                        Some("org.freedesktop.DBus.Properties"),
+                        "Get",
+                        &("org.freedesktop.systemd1.Unit", "UnitFileState"),
+                    )
+                    .with_context(|| format!("could not read UnitFileState of {unit}"))?
+                    .body()
+                    .deserialize()
+                    .context("unexpected property reply")?;
+                String::try_from(value).context("UnitFileState is not a string")?
+            } else {
+                String::new()
+            };
+            Ok(UnitState {
+                unit,
+                load,
+                active,
+                file_state,
+            })
+        })
+        .collect()
+}
+
+/// With one `systemctl show` process for all units.
+fn read_systemctl(units: &[String]) -> Result<Vec<UnitState>> {
+    let mut args = vec![
+        "show".to_string(),
+        "--property=Id,LoadState,ActiveState,UnitFileState".into(),
+    ];
+    args.extend(units.iter().cloned());
+    let ran = process::run_ok("systemctl", &args, &[])?;
+    // One block of KEY=VALUE lines per unit, separated by blank lines, in the
+    // order asked.
+    Ok(units
+        .iter()
+        .zip(ran.stdout.split("\n\n"))
+        .map(|(unit, block)| {
+            let prop = |key: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            UnitState {
+                unit: unit.clone(),
+                load: prop("LoadState"),
+                active: prop("ActiveState"),
+                file_state: prop("UnitFileState"),
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]
