@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::pb;
+
 /// File name of the role manifest inside a bundle.
 pub const MANIFEST: &str = "role.toml";
 
@@ -37,6 +39,10 @@ pub enum BundleError {
     Special(PathBuf),
     #[error("invalid path {0:?} in role: {1}")]
     BadPath(String, &'static str),
+    #[error("file #{index}: its path is not valid UTF-8 ({lossy:?})")]
+    NotUtf8 { index: usize, lossy: String },
+    #[error("file {0:?} appears twice in the role")]
+    Duplicate(String),
 }
 
 impl RoleBundle {
@@ -85,6 +91,36 @@ impl RoleBundle {
         check_path(&path)?;
         self.files.insert(path, data);
         Ok(())
+    }
+
+    /// The wire form: files in path order, so equal bundles encode equally.
+    pub fn to_wire(&self) -> pb::Bundle {
+        pb::Bundle {
+            files: self
+                .files()
+                .map(|(p, c)| pb::BundleFile {
+                    path: p.as_bytes().to_vec(),
+                    content: c.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    /// From the wire, checking every path as [`RoleBundle::insert`] does and
+    /// refusing names that are not UTF-8 and files sent twice.
+    pub fn from_wire(wire: pb::Bundle) -> Result<Self, BundleError> {
+        let mut bundle = RoleBundle::default();
+        for (i, f) in wire.files.into_iter().enumerate() {
+            let path = String::from_utf8(f.path).map_err(|e| BundleError::NotUtf8 {
+                index: i + 1,
+                lossy: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            })?;
+            if bundle.files.contains_key(&path) {
+                return Err(BundleError::Duplicate(path));
+            }
+            bundle.insert(path, f.content)?;
+        }
+        Ok(bundle)
     }
 
     pub fn get(&self, path: &str) -> Option<&[u8]> {
@@ -184,6 +220,35 @@ mod tests {
         for p in ["../x", "/etc/passwd", "a/../../x", "a//b", "", "./a"] {
             assert!(b.insert(p.into(), vec![]).is_err(), "{p} accepted");
         }
+    }
+
+    #[test]
+    fn the_wire_form_round_trips_and_is_checked() {
+        let mut b = RoleBundle::default();
+        b.insert("role.toml".into(), b"[role]\n".to_vec()).unwrap();
+        b.insert("files/bin".into(), vec![0, 159, 146, 150])
+            .unwrap();
+        let back = RoleBundle::from_wire(b.to_wire()).unwrap();
+        assert_eq!((&back, back.digest()), (&b, b.digest()));
+
+        let wire = |files: &[&[u8]]| pb::Bundle {
+            files: files
+                .iter()
+                .map(|p| pb::BundleFile {
+                    path: p.to_vec(),
+                    content: vec![],
+                })
+                .collect(),
+        };
+        let err = RoleBundle::from_wire(wire(&[b"../etc/passwd"])).unwrap_err();
+        assert!(matches!(err, BundleError::BadPath(..)), "{err}");
+        let err = RoleBundle::from_wire(wire(&[b"a", b"\xffa"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "file #2: its path is not valid UTF-8 (\"\u{fffd}a\")"
+        );
+        let err = RoleBundle::from_wire(wire(&[b"a", b"a"])).unwrap_err();
+        assert!(matches!(err, BundleError::Duplicate(_)), "{err}");
     }
 
     #[test]

@@ -446,7 +446,7 @@ async fn bench(creds_path: &Path, server_pid: u32, n: usize, duration: Duration)
     .context("could not read recipes/web")?;
     let pushed = clients[0]
         .push(pb::PushRequest {
-            bundle: Some(cairn_server::service::bundle_to_wire(&web)),
+            bundle: Some(web.to_wire()),
             message: "bench setup".into(),
             promote_to: String::new(),
         })

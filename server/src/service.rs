@@ -122,38 +122,9 @@ pub fn bundle_from_wire(b: pb::Bundle) -> Result<RoleBundle, Status> {
             "the role's files hold {total} bytes; at most {MAX_BUNDLE_BYTES} are accepted"
         )));
     }
-    let mut bundle = RoleBundle::default();
-    for (i, f) in b.files.into_iter().enumerate() {
-        let path = String::from_utf8(f.path).map_err(|e| {
-            Status::invalid_argument(format!(
-                "file #{}: its path is not valid UTF-8 ({:?})",
-                i + 1,
-                String::from_utf8_lossy(e.as_bytes())
-            ))
-        })?;
-        if bundle.get(&path).is_some() {
-            return Err(Status::invalid_argument(format!(
-                "file {path:?} appears twice in the role"
-            )));
-        }
-        bundle.insert(path, f.content).map_err(|e| {
-            Status::invalid_argument(format!("{e}; a role holds only files inside its directory"))
-        })?;
-    }
-    Ok(bundle)
-}
-
-/// The canonical wire form of a bundle: files in path order.
-pub fn bundle_to_wire(b: &RoleBundle) -> pb::Bundle {
-    pb::Bundle {
-        files: b
-            .files()
-            .map(|(p, c)| pb::BundleFile {
-                path: p.as_bytes().to_vec(),
-                content: c.to_vec(),
-            })
-            .collect(),
-    }
+    RoleBundle::from_wire(b).map_err(|e| {
+        Status::invalid_argument(format!("{e}; a role holds only files inside its directory"))
+    })
 }
 
 impl<S: Store> Api<S> {
@@ -230,7 +201,7 @@ impl<S: Store> pb::roles_server::Roles for Api<S> {
                         role: role.name.clone(),
                         digest: role.digest.clone(),
                         message,
-                        bundle: bundle_to_wire(&bundle).encode_to_vec(),
+                        bundle: bundle.to_wire().encode_to_vec(),
                     },
                     &actor,
                 )

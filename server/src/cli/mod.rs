@@ -252,7 +252,7 @@ async fn role(server: &Server, cmd: RoleCommand, fmt: Output) -> Result<()> {
             let mut client = server.roles().await?;
             let resp = client
                 .push(pb::PushRequest {
-                    bundle: Some(to_pb(&bundle)),
+                    bundle: Some(bundle.to_wire()),
                     message,
                     promote_to: promote.unwrap_or_default(),
                 })
@@ -370,7 +370,7 @@ async fn fetch(
     let info = resp
         .version
         .with_context(|| format!("the server sent {} without its version information", what()))?;
-    let bundle = from_pb(resp.bundle.unwrap_or_default())
+    let bundle = RoleBundle::from_wire(resp.bundle.unwrap_or_default())
         .with_context(|| format!("the server sent an unusable bundle for {}", what()))?;
     Ok((info, bundle))
 }
@@ -391,34 +391,6 @@ fn emit<T: Render>(out: &T, fmt: Output) -> Result<()> {
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
         .context("could not write to standard output")
-}
-
-/// A bundle on the wire.
-pub fn to_pb(bundle: &RoleBundle) -> pb::Bundle {
-    pb::Bundle {
-        files: bundle
-            .files()
-            .map(|(path, data)| pb::BundleFile {
-                path: path.as_bytes().to_vec(),
-                content: data.to_vec(),
-            })
-            .collect(),
-    }
-}
-
-/// A bundle from the wire, with every path checked as if read from a directory.
-pub fn from_pb(bundle: pb::Bundle) -> Result<RoleBundle> {
-    let mut out = RoleBundle::default();
-    for f in bundle.files {
-        let path = String::from_utf8(f.path).map_err(|e| {
-            anyhow::anyhow!(
-                "file path {:?} is not UTF-8",
-                String::from_utf8_lossy(e.as_bytes())
-            )
-        })?;
-        out.insert(path, f.content)?;
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -541,32 +513,5 @@ mod tests {
         assert!(err.contains("\"yesterday\""), "{err}");
         assert!(parse(&["audit", "--since", "1h"]).is_ok());
         assert!(parse(&["audit", "--since", "soon"]).is_err());
-    }
-
-    #[test]
-    fn bundles_survive_the_wire_and_bad_paths_do_not() {
-        let mut b = RoleBundle::default();
-        b.insert("role.toml".into(), b"[role]\n".to_vec()).unwrap();
-        b.insert("files/bin".into(), vec![0, 159, 146, 150])
-            .unwrap();
-        let back = from_pb(to_pb(&b)).unwrap();
-        assert_eq!(back, b);
-        assert_eq!(back.digest(), b.digest());
-
-        let evil = pb::Bundle {
-            files: vec![pb::BundleFile {
-                path: b"../etc/passwd".to_vec(),
-                content: vec![],
-            }],
-        };
-        assert!(from_pb(evil).is_err());
-        let not_utf8 = pb::Bundle {
-            files: vec![pb::BundleFile {
-                path: vec![0xff, b'a'],
-                content: vec![],
-            }],
-        };
-        let err = from_pb(not_utf8).unwrap_err();
-        assert!(err.to_string().contains("not UTF-8"), "{err}");
     }
 }

@@ -174,7 +174,9 @@ pub fn recipes() -> PathBuf {
 }
 
 pub fn bundle_of(dir: &Path) -> pb::Bundle {
-    cairn_server::service::bundle_to_wire(&cairn_proto::bundle::RoleBundle::from_dir(dir).unwrap())
+    cairn_proto::bundle::RoleBundle::from_dir(dir)
+        .unwrap()
+        .to_wire()
 }
 
 pub fn file(path: &[u8], content: &[u8]) -> pb::BundleFile {
