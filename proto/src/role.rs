@@ -515,6 +515,9 @@ struct Parser<'a> {
     src: &'a str,
     line_starts: Vec<usize>,
     diags: Vec<Diagnostic>,
+    /// Fields of the table just deserialized that were reported and left out;
+    /// checks of that table must not complain that they are missing.
+    dropped: Vec<String>,
 }
 
 impl<'a> Parser<'a> {
@@ -526,6 +529,7 @@ impl<'a> Parser<'a> {
             src,
             line_starts,
             diags: Vec::new(),
+            dropped: Vec::new(),
         }
     }
 
@@ -648,33 +652,48 @@ impl<'a> Parser<'a> {
         context: &str,
     ) -> Option<T> {
         let span = value.span();
-        let fields: Vec<(String, Range<usize>)> = match value.get_ref() {
-            DeValue::Table(t) => t
-                .iter()
-                .map(|(k, v)| (k.get_ref().to_string(), k.span().start..v.span().end))
-                .collect(),
-            _ => {
-                self.error(span, Some(context), None, "must be a table", None);
-                return None;
-            }
+        let DeValue::Table(mut table) = value.into_inner() else {
+            self.error(span, Some(context), None, "must be a table", None);
+            return None;
         };
-        match T::deserialize(ValueDeserializer::from(value)) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let err_span = e.span().unwrap_or(span.clone());
-                let message = e.message().to_string();
-                let (field, help) = explain_serde(&message);
-                // Name the field whose key or value holds the error.
-                let field = field.or_else(|| {
-                    fields
-                        .iter()
-                        .find(|(_, r)| {
-                            r.start <= err_span.start && err_span.end <= r.end && err_span != span
-                        })
-                        .map(|(k, _)| k.clone())
-                });
+        // serde stops at the first problem; to report every one, the field at
+        // fault is reported, dropped, and the table tried again.
+        let mut dropped: Vec<String> = Vec::new();
+        loop {
+            let attempt = Spanned::new(span.clone(), DeValue::Table(table.clone()));
+            let e = match T::deserialize(ValueDeserializer::from(attempt)) {
+                Ok(v) => {
+                    self.dropped = dropped;
+                    return Some(v);
+                }
+                Err(e) => e,
+            };
+            let err_span = e.span().unwrap_or(span.clone());
+            let message = e.message().to_string();
+            let (named, help) = explain_serde(&message);
+            // Name the field whose key or value holds the error.
+            let field = named.or_else(|| {
+                table
+                    .iter()
+                    .find(|(k, v)| {
+                        k.span().start <= err_span.start
+                            && err_span.end <= v.span().end
+                            && err_span != span
+                    })
+                    .map(|(k, _)| k.get_ref().to_string())
+            });
+            // A field dropped here is now missing; that was reported already.
+            let already = message.starts_with("missing field")
+                && field.as_ref().is_some_and(|f| dropped.contains(f));
+            if !already {
                 self.error(err_span, Some(context), field.as_deref(), message, help);
-                None
+            }
+            match field.filter(|f| table.keys().any(|k| k.get_ref().as_ref() == f.as_str())) {
+                Some(f) => {
+                    table.remove(f.as_str());
+                    dropped.push(f);
+                }
+                None => return None,
             }
         }
     }
@@ -963,7 +982,12 @@ impl<'a> Parser<'a> {
                     None,
                 );
             }
-        } else if given.is_empty() {
+        } else if given.is_empty()
+            && !self
+                .dropped
+                .iter()
+                .any(|f| ["content", "template", "source"].contains(&f.as_str()))
+        {
             self.error(
                 span.start..span.start,
                 Some(context),

@@ -415,3 +415,29 @@ fn recipes_in_the_repo_are_valid() {
     }
     assert!(n >= 1);
 }
+
+#[test]
+fn every_bad_field_of_one_table_is_reported() {
+    let d = errors(&[(
+        "role.toml",
+        &format!(
+            "{HEAD}\n[[file]]\npath = \"relative\"\nownr = \"root\"\nmdoe = \"0644\"\ncontent = 7\nmode = \"999\"\n"
+        ),
+    )]);
+    let fields: Vec<_> = d
+        .iter()
+        .map(|d| (d.line, d.field.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            (5, "path".to_string()),
+            (6, "ownr".into()),
+            (7, "mdoe".into()),
+            (8, "content".into()),
+            (9, "mode".into())
+        ],
+        "{d:#?}"
+    );
+    assert_eq!(d[2].help.as_deref(), Some("did you mean `mode`?"));
+}
