@@ -441,3 +441,45 @@ fn services_need_systemd_but_the_rest_of_the_role_does_not() {
     let err = run.resource("service:nginx").error.clone().unwrap();
     assert!(err.contains("systemd is not running"), "{err}");
 }
+
+#[test]
+fn sensitive_file_content_never_reaches_a_report() {
+    let sb = Sandbox::new();
+    let path = sb.p("secret.env");
+    fs::write(&path, "PASSWORD=old-hunter2\n").unwrap();
+    sb.role(&format!(
+        "[[file]]\npath = \"{path}\"\ncontent = \"PASSWORD=new-correct-horse\\n\"\nmode = \"0600\"\nsensitive = true\n"
+    ));
+    let id = format!("file:{path}");
+    let role = sb.dir.path().join("role");
+    for args in [vec!["--noop"], vec![]] {
+        let mut cmd_args = vec!["apply", role.to_str().unwrap(), "--format", "json"];
+        cmd_args.extend(&args);
+        let json = sb.cmd(&cmd_args).output().unwrap();
+        let human = sb
+            .cmd(&["apply", role.to_str().unwrap(), "--noop"])
+            .output()
+            .unwrap();
+        for out in [&json.stdout, &human.stdout] {
+            let text = String::from_utf8_lossy(out);
+            assert!(
+                !text.contains("hunter2") && !text.contains("correct-horse"),
+                "{text}"
+            );
+        }
+        let report: RunReport = serde_json::from_slice(&json.stdout).unwrap();
+        let r = report.resources.iter().find(|r| r.id == id).unwrap();
+        assert!(r.diff.is_none());
+        assert!(
+            r.changes
+                .iter()
+                .any(|c| c.property == "content" && c.after == "(sensitive)"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        "PASSWORD=new-correct-horse\n"
+    );
+    assert_eq!(sb.apply(&[]).code, 0);
+}

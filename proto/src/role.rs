@@ -168,6 +168,8 @@ pub struct File {
     pub owner: Option<String>,
     pub group: Option<String>,
     pub mode: Option<u32>,
+    /// The content is secret: reports show that it changed, never what it is.
+    pub sensitive: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,6 +383,8 @@ struct RawFile {
     owner: Option<S<String>>,
     group: Option<S<String>>,
     mode: Option<S<String>>,
+    #[serde(default)]
+    sensitive: bool,
     #[serde(default)]
     requires: Vec<S<String>>,
     #[serde(default)]
@@ -1028,6 +1032,7 @@ impl<'a> Parser<'a> {
             owner: self.owner(r.owner, context, "owner"),
             group: self.owner(r.group, context, "group"),
             mode: self.mode(r.mode, context),
+            sensitive: r.sensitive,
         });
         let mut d = self.decl(
             Kind::File,

@@ -55,10 +55,17 @@ impl Resource for FileResource<'_> {
             Some(m) => bail!("{} is a {}, not a file", f.path, m.kind.as_str()),
         };
         if &current != want {
-            if !drift.has("ensure") {
-                drift.push("content", digest_label(&current), digest_label(want));
+            if f.sensitive {
+                // Not even a digest: a short secret could be guessed from one.
+                if !drift.has("ensure") {
+                    drift.push("content", "(sensitive)", "(sensitive)");
+                }
+            } else {
+                if !drift.has("ensure") {
+                    drift.push("content", digest_label(&current), digest_label(want));
+                }
+                drift.diff = Some(unified_diff(&f.path, &current, want));
             }
-            drift.diff = Some(unified_diff(&f.path, &current, want));
         }
         if let Some(m) = meta {
             owner_drift(
