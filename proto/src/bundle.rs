@@ -139,10 +139,6 @@ impl RoleBundle {
         self.files.is_empty()
     }
 
-    pub fn total_bytes(&self) -> usize {
-        self.files.values().map(Vec::len).sum()
-    }
-
     /// `sha256:` + hex over the canonical form: a version tag, then for every file
     /// in path order its path and content, each prefixed by its length. Length
     /// prefixes make the encoding unambiguous; the order makes it independent of

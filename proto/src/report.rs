@@ -18,18 +18,6 @@ pub enum ResourceStatus {
     Skipped,
 }
 
-impl ResourceStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResourceStatus::Unchanged => "unchanged",
-            ResourceStatus::Changed => "changed",
-            ResourceStatus::WouldChange => "would_change",
-            ResourceStatus::Failed => "failed",
-            ResourceStatus::Skipped => "skipped",
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PropertyChange {
     pub property: String,
