@@ -283,20 +283,14 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("list channels"))?;
+        let mut by_role: std::collections::HashMap<String, Vec<Channel>> = Default::default();
+        for c in channels {
+            by_role.entry(c.role.clone()).or_default().push(c.into());
+        }
         Ok(latest
             .into_iter()
             .map(|v| RoleSummary {
-                channels: channels
-                    .iter()
-                    .filter(|c| c.role == v.role)
-                    .map(|c| Channel {
-                        role: c.role.clone(),
-                        channel: c.channel.clone(),
-                        version: c.version as u64,
-                        updated_at: c.updated_at,
-                        updated_by: c.updated_by.clone(),
-                    })
-                    .collect(),
+                channels: by_role.remove(&v.role).unwrap_or_default(),
                 latest: v.into(),
             })
             .collect())
