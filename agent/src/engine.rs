@@ -42,16 +42,18 @@ pub fn run(role: &Role, host: &Host, state: &StateDir, opts: RunOptions) -> Resu
     for r in &role.resources {
         let t0 = Instant::now();
         let id = r.id.to_string();
-        let blocker = r
-            .requires
-            .iter()
-            .chain(notifiers.get(&r.id).into_iter().flatten().copied())
-            .find(|d| {
-                matches!(
-                    status.get(d),
-                    Some(ResourceStatus::Failed | ResourceStatus::Skipped)
-                )
-            });
+        // What must converge first: what it requires and what notifies it.
+        let deps = || {
+            r.requires
+                .iter()
+                .chain(notifiers.get(&r.id).into_iter().flatten().copied())
+        };
+        let blocker = deps().find(|d| {
+            matches!(
+                status.get(d),
+                Some(ResourceStatus::Failed | ResourceStatus::Skipped)
+            )
+        });
         let outcome = match blocker {
             Some(dep) => Outcome::skipped(format!(
                 "skipped because {dep} {}",
@@ -62,15 +64,12 @@ pub fn run(role: &Role, host: &Host, state: &StateDir, opts: RunOptions) -> Resu
                 }
             )),
             None => {
-                let outcome = converge(r, host, state, opts, &mut pending);
+                let outcome = converge(r, &id, host, state, opts, &mut pending);
                 // In noop, a check can fail only because a dependency has not
                 // been applied yet (a service whose package would be
                 // installed): that is a pending change, not a failure.
-                let waiting_on = r
-                    .requires
-                    .iter()
-                    .chain(notifiers.get(&r.id).into_iter().flatten().copied())
-                    .find(|d| status.get(d) == Some(&ResourceStatus::WouldChange));
+                let waiting_on =
+                    deps().find(|d| status.get(d) == Some(&ResourceStatus::WouldChange));
                 match waiting_on {
                     Some(dep) if opts.noop && outcome.status == ResourceStatus::Failed => Outcome {
                         status: ResourceStatus::WouldChange,
@@ -139,20 +138,20 @@ impl Outcome {
 
 fn converge(
     r: &cairn_proto::role::Resource,
+    id: &str,
     host: &Host,
     state: &StateDir,
     opts: RunOptions,
     pending: &mut BTreeSet<String>,
 ) -> Outcome {
     let res = resources::for_spec(&r.spec);
-    let id = r.id.to_string();
     let drift = match res.check(host) {
         Ok(d) => d,
         Err(e) => {
             return Outcome::failed(Drift::default(), e.context(format!("could not check {id}")));
         }
     };
-    let owes_refresh = pending.contains(&id);
+    let owes_refresh = pending.contains(id);
 
     if opts.noop {
         let mut drift = drift;
@@ -211,7 +210,7 @@ fn converge(
     if owes_refresh {
         match res.refresh(host, &applied) {
             Ok(change) => {
-                pending.remove(&id);
+                pending.remove(id);
                 if let Err(e) = state.save_pending(pending) {
                     return Outcome::failed(applied, e);
                 }
