@@ -301,9 +301,15 @@ impl FileSystem for Fake {
 }
 
 /// Understands `touch PATH` (creates an empty file) and `test -e PATH`; any
-/// other command succeeds unless it is listed as failing.
+/// other command succeeds unless it is listed as failing. As with the real
+/// shell, a missing working directory means it cannot start.
 impl Shell for Fake {
-    fn run(&self, command: &str, _cwd: Option<&Path>) -> Result<Ran> {
+    fn run(&self, command: &str, cwd: Option<&Path>) -> Result<Ran> {
+        if let Some(dir) = cwd
+            && !self.0.borrow().files.contains_key(dir)
+        {
+            bail!("could not start /bin/sh: {} does not exist", dir.display());
+        }
         self.world().commands.push(command.into());
         let success = if let Some(path) = command.strip_prefix("touch ") {
             self.put_file(path, "");
@@ -608,6 +614,38 @@ fn noop_reports_what_would_change_and_calls_no_change() {
         [guard, guard, "touch /var/migrated", guard, "reload"],
         "noop's guard; the guard, the command, the guard again to verify; the notified reload"
     );
+}
+
+#[test]
+fn noop_does_not_fail_what_waits_on_a_pending_change() {
+    let case = Case::new(
+        "[[directory]]\npath = \"/srv/app\"\n\n\
+         [[exec]]\nname = \"build\"\ncommand = \"touch /srv/app/built\"\ncwd = \"/srv/app\"\n\
+         creates = \"/srv/app/built\"\nunless = \"false\"\nrequires = [\"directory:/srv/app\"]\n",
+    );
+    case.world.world().failing.insert("false".into());
+
+    // The guard cannot run before the directory exists: a pending change.
+    let report = case.noop();
+    assert_eq!(
+        statuses(&report),
+        [
+            ("directory:/srv/app", WouldChange),
+            ("exec:build", WouldChange)
+        ]
+    );
+    assert!(
+        error_of(&report, "exec:build").starts_with(
+            "not checked until directory:/srv/app is applied (could not check exec:build: could not start"
+        ),
+        "{report:#?}"
+    );
+    assert_eq!(report.summary.failed, 0);
+
+    // The real run makes the directory, then runs the exec in it.
+    let (report, changes) = case.apply_changes();
+    assert_eq!(report.summary.changed, 2, "{report:#?}");
+    assert_eq!(changes, ["mkdir /srv/app", "touch /srv/app/built"]);
 }
 
 #[test]
