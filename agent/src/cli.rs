@@ -92,8 +92,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { role_dir } => {
-            let input = RunInput::from_dir(&role_dir)?;
-            let role = run::load(&input.bundle, input.dir.as_deref(), &Facts::placeholder())?;
+            let role = RunInput::from_dir(&role_dir)?.load(&Facts::placeholder())?;
             println!(
                 "role {} is valid: {} resources, digest {}",
                 role.name,

@@ -47,6 +47,17 @@ impl RunInput {
             ..RunInput::new(bundle)
         })
     }
+
+    /// Validates the role for a node with `facts`; nothing on the host is
+    /// touched. Diagnostics name files under `dir` when the bundle came from one.
+    pub fn load(&self, facts: &Facts) -> Result<Role> {
+        role::load(&self.bundle, facts).map_err(|mut d| {
+            if let Some(dir) = &self.dir {
+                prefix_dir(&mut d, dir);
+            }
+            anyhow::Error::new(d)
+        })
+    }
 }
 
 /// How a run goes.
@@ -63,28 +74,17 @@ pub struct Options {
 /// carrying its [`Diagnostics`] and changes nothing. Fails only when the run
 /// cannot happen (invalid role, facts, lock, state); a failing resource is a
 /// result in the report.
-pub fn run_once(input: RunInput, options: &Options) -> Result<RunReport> {
-    let facts = match input.facts {
+pub fn run_once(mut input: RunInput, options: &Options) -> Result<RunReport> {
+    let facts = match input.facts.take() {
         Some(f) => f,
         None => facts::gather()?,
     };
-    let role = load(&input.bundle, input.dir.as_deref(), &facts)?;
+    let role = input.load(&facts)?;
     let state = StateDir::new(&options.state_dir);
     let _lock = state.lock()?;
     let mut host = Host::with_providers(facts, input.providers);
     host.prepare(&role);
     engine::run(&role, &host, &state, RunOptions { noop: options.noop })
-}
-
-/// Validates `bundle` into a role for a node with `facts`; nothing on the host
-/// is touched. Diagnostics name files under `dir` when the bundle came from one.
-pub fn load(bundle: &RoleBundle, dir: Option<&Path>, facts: &Facts) -> Result<Role> {
-    role::load(bundle, facts).map_err(|mut d| {
-        if let Some(dir) = dir {
-            prefix_dir(&mut d, dir);
-        }
-        anyhow::Error::new(d)
-    })
 }
 
 /// Makes diagnostic file names point into the directory the user named.
