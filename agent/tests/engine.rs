@@ -17,6 +17,7 @@ use cairn_agent::providers::{
 use cairn_agent::run::{Options, RunInput, run_once};
 use cairn_proto::bundle::RoleBundle;
 use cairn_proto::facts::Facts;
+use cairn_proto::report::ResourceStatus::{Changed, Failed, Skipped, Unchanged, WouldChange};
 use cairn_proto::report::{ResourceStatus, RunReport};
 use cairn_proto::role::{Diagnostics, Role, Spec};
 
@@ -395,8 +396,6 @@ fn error_of<'a>(report: &'a RunReport, id: &str) -> &'a str {
         .and_then(|r| r.error.as_deref())
         .unwrap_or_else(|| panic!("{id} has no error: {report:#?}"))
 }
-
-use ResourceStatus::{Changed, Failed, Skipped, Unchanged, WouldChange};
 
 #[test]
 fn resources_converge_by_type_then_requires_and_the_second_run_changes_nothing() {
