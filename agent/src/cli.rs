@@ -1,20 +1,17 @@
 //! The command line: `apply`, `validate`, `facts`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
-use cairn_proto::bundle::RoleBundle;
+use anyhow::Result;
 use cairn_proto::facts::Facts;
 use cairn_proto::report::RunReport;
-use cairn_proto::role::{self, Diagnostics, Role, Spec};
+use cairn_proto::role::Diagnostics;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::engine::{self, RunOptions};
-use crate::providers::Host;
-use crate::state::{self, StateDir};
-use crate::{facts, output};
+use crate::run::{self, RunInput};
+use crate::{facts, output, state};
 
 #[derive(Parser)]
 #[command(
@@ -61,7 +58,7 @@ const COULD_NOT_RUN: u8 = 1;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             print_error(&e);
@@ -87,7 +84,7 @@ fn print_error(e: &anyhow::Error) {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Facts => {
             let facts = facts::gather()?;
@@ -95,7 +92,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { role_dir } => {
-            let role = load(&role_dir, &Facts::placeholder())?;
+            let role = RunInput::from_dir(&role_dir)?.load(&Facts::placeholder())?;
             println!(
                 "role {} is valid: {} resources, digest {}",
                 role.name,
@@ -111,20 +108,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             detailed_exitcodes,
             state_dir,
         } => {
-            let facts = facts::gather()?;
-            let role = load(&role_dir, &facts)?;
-            let state = StateDir::new(state_dir);
-            let _lock = state.lock()?;
-            let services = role
-                .resources
-                .iter()
-                .filter_map(|r| match &r.spec {
-                    Spec::Service(s) => Some(s.name.clone()),
-                    _ => None,
-                })
-                .collect();
-            let host = Host::new(facts, services);
-            let report = engine::run(&role, &host, &state, RunOptions { noop })?;
+            let report = run::run_once(
+                RunInput::from_dir(&role_dir)?,
+                &run::Options { noop, state_dir },
+            )?;
             // One write for the whole report, not one per line.
             let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
             match format {
@@ -138,21 +125,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(exit_code(&report, detailed_exitcodes))
         }
     }
-}
-
-/// Reads and validates a role directory; nothing on the host is touched.
-pub fn load(dir: &Path, facts: &Facts) -> Result<Role> {
-    let bundle = RoleBundle::from_dir(dir)
-        .with_context(|| format!("could not read role {}", dir.display()))?;
-    role::load(&bundle, facts).map_err(|d| anyhow::Error::new(prefix_dir(d, dir)))
-}
-
-/// Makes diagnostic file names point into the directory the user named.
-fn prefix_dir(mut d: Diagnostics, dir: &Path) -> Diagnostics {
-    for diag in &mut d.0 {
-        diag.file = dir.join(&diag.file).display().to_string();
-    }
-    d
 }
 
 /// Puppet's convention: plain mode says only success (0) or not (1); detailed

@@ -1,10 +1,13 @@
 //! `cairn-agent`: converges the machine it runs on to a role.
 //!
+//! - [`run`]: one run as a library call (facts → load → lock → prepare the
+//!   host → engine → report), for `cairn-agent apply` and the daemon.
 //! - [`facts`]: what the node is (OS, addresses, cloud), gathered once per run.
 //! - [`engine`]: decides: order, skip, check → apply → verify, refresh, report.
 //! - [`resources`]: one type per resource kind; each owns its properties.
 //! - [`providers`]: the only code that touches the host (apt, systemd, shadow, files, processes).
 //! - [`state`]: the run lock and refreshes owed, under `/var/lib/cairn/`.
+//! - [`output`]: the human rendering of a report.
 //! - [`cli`]: the command line; `main` only calls it.
 
 #![forbid(unsafe_code)]
@@ -15,4 +18,5 @@ pub mod facts;
 pub mod output;
 pub mod providers;
 pub mod resources;
+pub mod run;
 pub mod state;

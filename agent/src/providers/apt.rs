@@ -13,11 +13,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 
-use super::fs;
+use super::fs::Posix;
 use super::process::{self, Ran};
+use super::{FileSystem, Needs};
 
 const DPKG_STATUS: &str = "/var/lib/dpkg/status";
 const APT_LISTS: &str = "/var/lib/apt/lists";
+
+/// Where apt fits: Debian and its derivatives (Ubuntu).
+pub const NEEDS: &[Needs] = &[Needs::OsFamily(&["debian"])];
 
 /// Package lists older than this are refreshed before installing.
 pub const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -179,7 +183,7 @@ impl super::PackageProvider for Apt {
         let db = match slot.take() {
             Some(db) => db,
             None => {
-                let raw = fs::read(&self.status_path).with_context(|| {
+                let raw = Posix.read(&self.status_path).with_context(|| {
                     format!("could not look up package {package} in the dpkg database")
                 })?;
                 Installed::parse(&String::from_utf8_lossy(&raw))

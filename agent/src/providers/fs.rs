@@ -1,6 +1,6 @@
-//! Files and directories, through POSIX calls. Writes are atomic: a temporary
-//! file in the same directory gets its content, owner and mode, is synced, and
-//! is renamed over the target, so a crash never leaves a torn file.
+//! Files and directories, through POSIX calls ([`Posix`]). Writes are atomic: a
+//! temporary file in the same directory gets its content, owner and mode, is
+//! synced, and is renamed over the target, so a crash never leaves a torn file.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,6 +12,8 @@ use std::thread::LocalKey;
 
 use anyhow::{Context, Result, anyhow};
 use nix::unistd::{Gid, Group, Uid, User};
+
+use super::FileSystem;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -42,34 +44,6 @@ pub struct Meta {
     pub mode: u32,
 }
 
-pub fn stat(path: &Path) -> Result<Option<Meta>> {
-    let m = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("could not stat {}", path.display())),
-    };
-    let ft = m.file_type();
-    let kind = if ft.is_file() {
-        FileKind::File
-    } else if ft.is_dir() {
-        FileKind::Directory
-    } else if ft.is_symlink() {
-        FileKind::Symlink
-    } else {
-        FileKind::Other
-    };
-    Ok(Some(Meta {
-        kind,
-        uid: m.uid(),
-        gid: m.gid(),
-        mode: m.mode() & 0o7777,
-    }))
-}
-
-pub fn read(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).with_context(|| format!("could not read {}", path.display()))
-}
-
 /// Ownership and permissions for something being created or changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ownership {
@@ -78,79 +52,132 @@ pub struct Ownership {
     pub mode: u32,
 }
 
-/// Replaces `path` with `data` atomically, with `own` set before the rename.
-pub fn write_atomic(path: &Path, data: &[u8], own: Ownership) -> Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
-    let write = || -> Result<()> {
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".cairn-")
-            .tempfile_in(dir)
-            .with_context(|| format!("could not create a temporary file in {}", dir.display()))?;
-        tmp.write_all(data)
-            .context("could not write the temporary file")?;
-        let f = tmp.as_file();
-        std::os::unix::fs::fchown(f, Some(own.uid), Some(own.gid))
-            .context("could not set owner")?;
-        f.set_permissions(fs::Permissions::from_mode(own.mode))
-            .context("could not set mode")?;
-        f.sync_all().context("could not sync")?;
-        tmp.persist(path)
-            .map_err(|e| e.error)
-            .context("could not rename into place")?;
-        sync_dir(dir)
-    };
-    write().with_context(|| format!("could not write {}", path.display()))
+/// This host's file system; owners are named through the C library (NSS).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Posix;
+
+impl FileSystem for Posix {
+    fn stat(&self, path: &Path) -> Result<Option<Meta>> {
+        let m = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("could not stat {}", path.display())),
+        };
+        let ft = m.file_type();
+        let kind = if ft.is_file() {
+            FileKind::File
+        } else if ft.is_dir() {
+            FileKind::Directory
+        } else if ft.is_symlink() {
+            FileKind::Symlink
+        } else {
+            FileKind::Other
+        };
+        Ok(Some(Meta {
+            kind,
+            uid: m.uid(),
+            gid: m.gid(),
+            mode: m.mode() & 0o7777,
+        }))
+    }
+
+    fn read(&self, path: &Path) -> Result<Vec<u8>> {
+        fs::read(path).with_context(|| format!("could not read {}", path.display()))
+    }
+
+    fn write_atomic(&self, path: &Path, data: &[u8], own: Ownership) -> Result<()> {
+        let dir = path
+            .parent()
+            .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
+        let write = || -> Result<()> {
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".cairn-")
+                .tempfile_in(dir)
+                .with_context(|| {
+                    format!("could not create a temporary file in {}", dir.display())
+                })?;
+            tmp.write_all(data)
+                .context("could not write the temporary file")?;
+            let f = tmp.as_file();
+            std::os::unix::fs::fchown(f, Some(own.uid), Some(own.gid))
+                .context("could not set owner")?;
+            f.set_permissions(fs::Permissions::from_mode(own.mode))
+                .context("could not set mode")?;
+            f.sync_all().context("could not sync")?;
+            tmp.persist(path)
+                .map_err(|e| e.error)
+                .context("could not rename into place")?;
+            sync_dir(dir)
+        };
+        write().with_context(|| format!("could not write {}", path.display()))
+    }
+
+    fn create_dir(&self, path: &Path, own: Ownership) -> Result<()> {
+        let create = || -> Result<()> {
+            fs::create_dir(path)?;
+            std::os::unix::fs::lchown(path, Some(own.uid), Some(own.gid))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(own.mode))?;
+            Ok(())
+        };
+        create().with_context(|| format!("could not create directory {}", path.display()))
+    }
+
+    fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> Result<()> {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .with_context(|| format!("could not change owner of {}", path.display()))
+    }
+
+    fn set_mode(&self, path: &Path, mode: u32) -> Result<()> {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("could not change mode of {}", path.display()))
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<()> {
+        fs::remove_file(path).with_context(|| format!("could not remove {}", path.display()))
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> Result<()> {
+        fs::remove_dir_all(path)
+            .with_context(|| format!("could not remove directory {}", path.display()))
+    }
+
+    fn uid_of(&self, user: &str) -> Result<u32> {
+        User::from_name(user)
+            .with_context(|| format!("could not look up user {user}"))?
+            .map(|u| u.uid.as_raw())
+            .ok_or_else(|| anyhow!("user {user} does not exist"))
+    }
+
+    fn gid_of(&self, group: &str) -> Result<u32> {
+        Group::from_name(group)
+            .with_context(|| format!("could not look up group {group}"))?
+            .map(|g| g.gid.as_raw())
+            .ok_or_else(|| anyhow!("group {group} does not exist"))
+    }
+
+    fn user_name(&self, uid: u32) -> String {
+        cached_name(&USER_NAMES, "/etc/passwd", uid, |uid| {
+            User::from_uid(Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+    }
+
+    fn group_name(&self, gid: u32) -> String {
+        cached_name(&GROUP_NAMES, "/etc/group", gid, |gid| {
+            Group::from_gid(Gid::from_raw(gid))
+                .ok()
+                .flatten()
+                .map(|g| g.name)
+        })
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("could not sync directory {}", dir.display()))
-}
-
-pub fn create_dir(path: &Path, own: Ownership) -> Result<()> {
-    let create = || -> Result<()> {
-        fs::create_dir(path)?;
-        std::os::unix::fs::lchown(path, Some(own.uid), Some(own.gid))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(own.mode))?;
-        Ok(())
-    };
-    create().with_context(|| format!("could not create directory {}", path.display()))
-}
-
-pub fn set_owner(path: &Path, uid: u32, gid: u32) -> Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-        .with_context(|| format!("could not change owner of {}", path.display()))
-}
-
-pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("could not change mode of {}", path.display()))
-}
-
-pub fn remove_file(path: &Path) -> Result<()> {
-    fs::remove_file(path).with_context(|| format!("could not remove {}", path.display()))
-}
-
-pub fn remove_dir_all(path: &Path) -> Result<()> {
-    fs::remove_dir_all(path)
-        .with_context(|| format!("could not remove directory {}", path.display()))
-}
-
-pub fn uid_of(user: &str) -> Result<u32> {
-    User::from_name(user)
-        .with_context(|| format!("could not look up user {user}"))?
-        .map(|u| u.uid.as_raw())
-        .ok_or_else(|| anyhow!("user {user} does not exist"))
-}
-
-pub fn gid_of(group: &str) -> Result<u32> {
-    Group::from_name(group)
-        .with_context(|| format!("could not look up group {group}"))?
-        .map(|g| g.gid.as_raw())
-        .ok_or_else(|| anyhow!("group {group} does not exist"))
 }
 
 /// Names already looked up, valid while the account file is unchanged. glibc
@@ -191,26 +218,6 @@ fn cached_name(
     })
 }
 
-/// The user name owning `uid`, or the number when no user has it.
-pub fn user_name(uid: u32) -> String {
-    cached_name(&USER_NAMES, "/etc/passwd", uid, |uid| {
-        User::from_uid(Uid::from_raw(uid))
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-    })
-}
-
-/// The group name of `gid`, or the number when no group has it.
-pub fn group_name(gid: u32) -> String {
-    cached_name(&GROUP_NAMES, "/etc/group", gid, |gid| {
-        Group::from_gid(Gid::from_raw(gid))
-            .ok()
-            .flatten()
-            .map(|g| g.name)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,12 +232,12 @@ mod tests {
             gid: nix::unistd::getgid().as_raw(),
             mode: 0o600,
         };
-        write_atomic(&target, b"hello", own).unwrap();
-        let m = stat(&target).unwrap().unwrap();
+        Posix.write_atomic(&target, b"hello", own).unwrap();
+        let m = Posix.stat(&target).unwrap().unwrap();
         assert_eq!((m.kind, m.mode), (FileKind::File, 0o600));
-        assert_eq!(read(&target).unwrap(), b"hello");
+        assert_eq!(Posix.read(&target).unwrap(), b"hello");
         // The link target was not written through.
-        assert_ne!(read(Path::new("/etc/hostname")).unwrap(), b"hello");
+        assert_ne!(Posix.read(Path::new("/etc/hostname")).unwrap(), b"hello");
         // No temporary file is left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }

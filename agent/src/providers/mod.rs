@@ -1,14 +1,21 @@
 //! Providers: the only code that touches the host.
 //!
-//! Each provider is a small capability set behind a trait, chosen from facts when
-//! a resource first needs it, so a role without services never asks for systemd.
-//! Files and processes are POSIX everywhere and need no choosing ([`fs`],
-//! [`process`]).
+//! Each provider is a small capability set behind a trait. A [`Host`] holds one
+//! of each: given by the caller ([`Providers`]; tests give in-memory ones), or
+//! chosen from facts, where each provider declares when it fits as data
+//! ([`Needs`]) and [`select`] reads that. Choosing touches nothing: a provider
+//! reads the host only when a resource first asks it something, so a role
+//! without services runs where systemd is not running. Files ([`fs`]) and the
+//! role's shell commands ([`process`]) are POSIX everywhere and need no choosing.
 
-use std::cell::OnceCell;
+use std::path::Path;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use cairn_proto::facts::Facts;
+use cairn_proto::role::Role;
+
+use self::fs::{Meta, Ownership};
+use self::process::Ran;
 
 pub mod apt;
 pub mod fs;
@@ -19,6 +26,11 @@ pub mod systemd;
 /// Installs and removes OS packages.
 pub trait PackageProvider {
     fn name(&self) -> &'static str;
+    /// Learns from the role what the run will ask, before anything is asked.
+    /// Touches nothing.
+    fn prepare(&mut self, role: &Role) {
+        let _ = role;
+    }
     /// The installed version of `package`, or `None` when it is not installed.
     fn installed(&self, package: &str) -> Result<Option<String>>;
     /// Installs `package` (at `version` when given).
@@ -39,6 +51,11 @@ pub struct ServiceStatus {
 /// Starts, stops and enables services.
 pub trait ServiceProvider {
     fn name(&self) -> &'static str;
+    /// Learns from the role what the run will ask (the services whose state
+    /// it reads in one go), before anything is asked. Touches nothing.
+    fn prepare(&mut self, role: &Role) {
+        let _ = role;
+    }
     fn status(&self, service: &str) -> Result<ServiceStatus>;
     fn start(&self, service: &str) -> Result<()>;
     fn stop(&self, service: &str) -> Result<()>;
@@ -80,6 +97,11 @@ pub struct UserChanges {
 /// Manages local users and groups.
 pub trait AccountProvider {
     fn name(&self) -> &'static str;
+    /// Learns from the role what the run will ask, before anything is asked.
+    /// Touches nothing.
+    fn prepare(&mut self, role: &Role) {
+        let _ = role;
+    }
     fn group(&self, name: &str) -> Result<Option<GroupEntry>>;
     fn user(&self, name: &str) -> Result<Option<UserEntry>>;
     fn create_group(&self, group: &cairn_proto::role::Group) -> Result<()>;
@@ -90,72 +112,317 @@ pub trait AccountProvider {
     fn delete_user(&self, name: &str) -> Result<()>;
 }
 
-/// The host as resources see it: facts, plus providers started on first use.
+/// Files and directories: metadata, content, and owners by name. Every
+/// change is complete or not made (writes are atomic).
+pub trait FileSystem {
+    /// What is at `path`, links not followed; `None` when nothing is.
+    fn stat(&self, path: &Path) -> Result<Option<Meta>>;
+    fn read(&self, path: &Path) -> Result<Vec<u8>>;
+    /// Replaces `path` (a link is replaced, never written through) with
+    /// `data`, owned and moded as `own` says from its first moment.
+    fn write_atomic(&self, path: &Path, data: &[u8], own: Ownership) -> Result<()>;
+    fn create_dir(&self, path: &Path, own: Ownership) -> Result<()>;
+    /// Changes the owner of `path` itself (links not followed).
+    fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> Result<()>;
+    fn set_mode(&self, path: &Path, mode: u32) -> Result<()>;
+    fn remove_file(&self, path: &Path) -> Result<()>;
+    /// Removes a directory with everything in it.
+    fn remove_dir_all(&self, path: &Path) -> Result<()>;
+    /// The uid of the user named `user`; an error when there is none.
+    fn uid_of(&self, user: &str) -> Result<u32>;
+    /// The gid of the group named `group`; an error when there is none.
+    fn gid_of(&self, group: &str) -> Result<u32>;
+    /// The name of the user owning `uid`, or the number when none has it.
+    fn user_name(&self, uid: u32) -> String;
+    /// The name of the group `gid`, or the number when none has it.
+    fn group_name(&self, gid: u32) -> String;
+}
+
+/// Runs the role's own commands: an exec and its guards.
+pub trait Shell {
+    /// Runs `command` with `/bin/sh -c` (in `cwd` when given). Fails only
+    /// when it cannot start; how it exited is in the result.
+    fn run(&self, command: &str, cwd: Option<&Path>) -> Result<Ran>;
+}
+
+/// One condition a provider needs from the host to fit it, declared as data
+/// next to the provider and read by [`select`].
+#[derive(Debug, Clone, Copy)]
+pub enum Needs {
+    /// `facts.os.family` is one of these.
+    OsFamily(&'static [&'static str]),
+    /// A program it runs is in `PATH`.
+    Command(&'static str),
+    /// A directory exists; `missing` says what its absence means.
+    Directory {
+        path: &'static str,
+        missing: &'static str,
+    },
+}
+
+impl Needs {
+    /// Why the host does not meet this, or `None` when it does.
+    fn unmet(&self, provider: &str, facts: &Facts) -> Option<String> {
+        match *self {
+            Needs::OsFamily(families) => {
+                (!families.contains(&facts.os.family.as_str())).then(|| {
+                    format!(
+                        "{provider} serves the {} OS family, and this host is {} (family {:?})",
+                        families.join(" or "),
+                        facts.os.id,
+                        facts.os.family
+                    )
+                })
+            }
+            Needs::Command(program) => process::find_program(program)
+                .is_none()
+                .then(|| format!("{provider} needs `{program}`, which is not in PATH")),
+            Needs::Directory { path, missing } => (!Path::new(path).is_dir())
+                .then(|| format!("{provider} needs {path}, which is missing: {missing}")),
+        }
+    }
+}
+
+/// A provider the selector may choose: its name, what it needs, and how to
+/// make it (making one touches nothing).
+pub struct Candidate<P: ?Sized> {
+    pub name: &'static str,
+    pub needs: &'static [Needs],
+    pub make: fn() -> Box<P>,
+}
+
+/// Package providers, in order of preference.
+pub const PACKAGE_PROVIDERS: &[Candidate<dyn PackageProvider>] = &[Candidate {
+    name: "apt",
+    needs: apt::NEEDS,
+    make: || Box::new(apt::Apt::new()),
+}];
+
+/// Service providers, in order of preference.
+pub const SERVICE_PROVIDERS: &[Candidate<dyn ServiceProvider>] = &[Candidate {
+    name: "systemd",
+    needs: systemd::NEEDS,
+    make: || Box::new(systemd::Systemd::new()),
+}];
+
+/// Account providers, in order of preference.
+pub const ACCOUNT_PROVIDERS: &[Candidate<dyn AccountProvider>] = &[Candidate {
+    name: "shadow",
+    needs: shadow::NEEDS,
+    make: || Box::new(shadow::Shadow::new()),
+}];
+
+/// The first candidate whose needs the host meets, or an error saying what
+/// each one is missing.
+pub fn select<P: ?Sized>(
+    kind: &str,
+    candidates: &[Candidate<P>],
+    facts: &Facts,
+) -> Result<Box<P>, String> {
+    let mut unmet = Vec::new();
+    for c in candidates {
+        match c.needs.iter().find_map(|n| n.unmet(c.name, facts)) {
+            None => return Ok((c.make)()),
+            Some(why) => unmet.push(why),
+        }
+    }
+    Err(format!(
+        "no {kind} provider fits this host: {}",
+        unmet.join("; ")
+    ))
+}
+
+/// Providers given for a [`Host`] instead of chosen from facts. Each one left
+/// out is chosen.
+#[derive(Default)]
+pub struct Providers {
+    packages: Option<Box<dyn PackageProvider>>,
+    services: Option<Box<dyn ServiceProvider>>,
+    accounts: Option<Box<dyn AccountProvider>>,
+    files: Option<Box<dyn FileSystem>>,
+    shell: Option<Box<dyn Shell>>,
+}
+
+impl Providers {
+    pub fn packages(mut self, p: impl PackageProvider + 'static) -> Self {
+        self.packages = Some(Box::new(p));
+        self
+    }
+
+    pub fn services(mut self, p: impl ServiceProvider + 'static) -> Self {
+        self.services = Some(Box::new(p));
+        self
+    }
+
+    pub fn accounts(mut self, p: impl AccountProvider + 'static) -> Self {
+        self.accounts = Some(Box::new(p));
+        self
+    }
+
+    pub fn files(mut self, p: impl FileSystem + 'static) -> Self {
+        self.files = Some(Box::new(p));
+        self
+    }
+
+    pub fn shell(mut self, p: impl Shell + 'static) -> Self {
+        self.shell = Some(Box::new(p));
+        self
+    }
+}
+
+/// The host as resources see it: its facts and one provider per capability.
+/// A capability no provider fits is an error only for the resources that
+/// need it.
 pub struct Host {
     pub facts: Facts,
-    packages: OnceCell<Result<Box<dyn PackageProvider>, String>>,
-    services: OnceCell<Result<Box<dyn ServiceProvider>, String>>,
-    accounts: OnceCell<Result<Box<dyn AccountProvider>, String>>,
-    /// Services the run will ask about, so the provider can read them in one go.
-    service_names: Vec<String>,
+    packages: Result<Box<dyn PackageProvider>, String>,
+    services: Result<Box<dyn ServiceProvider>, String>,
+    accounts: Result<Box<dyn AccountProvider>, String>,
+    files: Box<dyn FileSystem>,
+    shell: Box<dyn Shell>,
 }
 
 impl Host {
-    pub fn new(facts: Facts, service_names: Vec<String>) -> Self {
+    /// This host, with the providers its facts call for.
+    pub fn new(facts: Facts) -> Self {
+        Host::with_providers(facts, Providers::default())
+    }
+
+    /// This host with `given` providers, the others chosen from facts.
+    pub fn with_providers(facts: Facts, given: Providers) -> Self {
+        let packages = given
+            .packages
+            .map_or_else(|| select("package", PACKAGE_PROVIDERS, &facts), Ok);
+        let services = given
+            .services
+            .map_or_else(|| select("service", SERVICE_PROVIDERS, &facts), Ok);
+        let accounts = given
+            .accounts
+            .map_or_else(|| select("account", ACCOUNT_PROVIDERS, &facts), Ok);
         Host {
+            packages,
+            services,
+            accounts,
+            files: given.files.unwrap_or_else(|| Box::new(fs::Posix)),
+            shell: given
+                .shell
+                .unwrap_or_else(|| Box::new(process::SystemShell)),
             facts,
-            packages: OnceCell::new(),
-            services: OnceCell::new(),
-            accounts: OnceCell::new(),
-            service_names,
+        }
+    }
+
+    /// Lets every provider learn from the role what the run will ask, so it
+    /// can read the host in one go when first asked. Touches nothing.
+    pub fn prepare(&mut self, role: &Role) {
+        if let Ok(p) = &mut self.packages {
+            p.prepare(role);
+        }
+        if let Ok(p) = &mut self.services {
+            p.prepare(role);
+        }
+        if let Ok(p) = &mut self.accounts {
+            p.prepare(role);
         }
     }
 
     pub fn packages(&self) -> Result<&dyn PackageProvider> {
-        self.packages
-            .get_or_init(|| select_packages(&self.facts).map_err(|e| format!("{e:#}")))
-            .as_deref()
-            .map_err(|e| anyhow!("{e}"))
+        self.packages.as_deref().map_err(|e| anyhow!("{e}"))
     }
 
     pub fn services(&self) -> Result<&dyn ServiceProvider> {
-        self.services
-            .get_or_init(|| select_services(&self.service_names).map_err(|e| format!("{e:#}")))
-            .as_deref()
-            .map_err(|e| anyhow!("{e}"))
+        self.services.as_deref().map_err(|e| anyhow!("{e}"))
     }
 
     pub fn accounts(&self) -> Result<&dyn AccountProvider> {
-        self.accounts
-            .get_or_init(|| select_accounts().map_err(|e| format!("{e:#}")))
-            .as_deref()
-            .map_err(|e| anyhow!("{e}"))
+        self.accounts.as_deref().map_err(|e| anyhow!("{e}"))
+    }
+
+    pub fn files(&self) -> &dyn FileSystem {
+        self.files.as_ref()
+    }
+
+    pub fn shell(&self) -> &dyn Shell {
+        self.shell.as_ref()
     }
 }
 
-fn select_packages(facts: &Facts) -> Result<Box<dyn PackageProvider>> {
-    match facts.os.family.as_str() {
-        "debian" => Ok(Box::new(apt::Apt::new())),
-        family => bail!(
-            "no package provider for {} (family {family:?}): Cairn manages packages with apt on Debian and Ubuntu",
-            facts.os.id
-        ),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn select_services(names: &[String]) -> Result<Box<dyn ServiceProvider>> {
-    // The check sd_booted(3) makes: systemd creates this directory at boot.
-    if std::path::Path::new("/run/systemd/system").is_dir() {
-        return Ok(Box::new(systemd::Systemd::new(names)));
+    trait Named {
+        fn name(&self) -> &'static str;
     }
-    bail!(
-        "no service provider: systemd is not running on this host (/run/systemd/system is missing)"
-    )
-}
 
-fn select_accounts() -> Result<Box<dyn AccountProvider>> {
-    if process::find_program("useradd").is_some() {
-        return Ok(Box::new(shadow::Shadow::new()));
+    struct Made(&'static str);
+
+    impl Named for Made {
+        fn name(&self) -> &'static str {
+            self.0
+        }
     }
-    bail!("no account provider: the shadow tools (useradd, groupadd) are not installed")
+
+    fn facts(id: &str, family: &str) -> Facts {
+        let mut f = Facts::placeholder();
+        f.os.id = id.into();
+        f.os.family = family.into();
+        f
+    }
+
+    #[test]
+    fn selection_reads_what_each_provider_needs() {
+        let candidates: &[Candidate<dyn Named>] = &[
+            Candidate {
+                name: "first",
+                needs: &[Needs::OsFamily(&["debian"]), Needs::Command("sh")],
+                make: || Box::new(Made("first")),
+            },
+            Candidate {
+                name: "second",
+                needs: &[Needs::Command("cairn-no-such-program")],
+                make: || Box::new(Made("second")),
+            },
+        ];
+        let chosen = select("test", candidates, &facts("ubuntu", "debian")).unwrap();
+        assert_eq!(chosen.name(), "first");
+
+        // The first does not fit: the next is tried, and when none fits the
+        // error names each one and what it misses.
+        let err = select("test", candidates, &facts("fedora", "rhel"))
+            .err()
+            .unwrap();
+        assert_eq!(
+            err,
+            "no test provider fits this host: first serves the debian OS family, and this \
+             host is fedora (family \"rhel\"); second needs `cairn-no-such-program`, which is not in PATH"
+        );
+
+        let dirs = [
+            Needs::Directory {
+                path: "/",
+                missing: "never shown",
+            },
+            Needs::Directory {
+                path: "/nonexistent/cairn",
+                missing: "the thing is not running",
+            },
+        ];
+        assert_eq!(dirs[0].unmet("p", &facts("debian", "debian")), None);
+        assert_eq!(
+            dirs[1].unmet("p", &facts("debian", "debian")).unwrap(),
+            "p needs /nonexistent/cairn, which is missing: the thing is not running"
+        );
+    }
+
+    #[test]
+    fn the_default_choice_on_a_debian_host_is_apt_and_elsewhere_an_error() {
+        let host = Host::new(facts("debian", "debian"));
+        assert_eq!(host.packages().unwrap().name(), "apt");
+        let host = Host::new(facts("alpine", "alpine"));
+        let err = host.packages().err().unwrap().to_string();
+        assert!(
+            err.contains("no package provider") && err.contains("alpine"),
+            "{err}"
+        );
+    }
 }

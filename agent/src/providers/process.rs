@@ -7,6 +7,8 @@ use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+use super::Shell;
+
 /// The result of a command that ran to completion.
 #[derive(Debug)]
 pub struct Ran {
@@ -54,7 +56,7 @@ where
     run_in(program, args, env, None)
 }
 
-pub fn run_in<I, S>(program: &str, args: I, env: &[(&str, &str)], cwd: Option<&Path>) -> Result<Ran>
+fn run_in<I, S>(program: &str, args: I, env: &[(&str, &str)], cwd: Option<&Path>) -> Result<Ran>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
@@ -95,9 +97,14 @@ where
     Ok(ran)
 }
 
-/// Runs `command` with `/bin/sh -c`, as execs and their guards do.
-pub fn shell(command: &str, cwd: Option<&Path>) -> Result<Ran> {
-    run_in("/bin/sh", ["-c", command], &[], cwd)
+/// This host's `/bin/sh`, for execs and their guards.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemShell;
+
+impl Shell for SystemShell {
+    fn run(&self, command: &str, cwd: Option<&Path>) -> Result<Ran> {
+        run_in("/bin/sh", ["-c", command], &[], cwd)
+    }
 }
 
 /// Looks `program` up in `PATH` (or the standard system directories when
@@ -123,7 +130,7 @@ mod tests {
             "{msg}"
         );
         assert!(run("/nonexistent/program", ["x"], &[]).is_err());
-        let ran = shell("pwd", Some(Path::new("/tmp"))).unwrap();
+        let ran = SystemShell.run("pwd", Some(Path::new("/tmp"))).unwrap();
         assert_eq!(ran.stdout.trim(), "/tmp");
         assert!(find_program("sh").is_some());
     }

@@ -19,9 +19,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow};
 use cairn_proto::role;
 
-use super::fs::{self as hostfs, Ownership};
+use super::fs::{FileKind, Ownership, Posix};
 use super::process::run_ok;
-use super::{GroupEntry, UserChanges, UserEntry};
+use super::{FileSystem, GroupEntry, Needs, UserChanges, UserEntry};
+
+/// Where the shadow tools fit: wherever they are installed.
+pub const NEEDS: &[Needs] = &[Needs::Command("useradd"), Needs::Command("groupadd")];
 
 /// Permissions of a system user's home created here: what Debian's
 /// `adduser --system` uses (`SYS_DIR_MODE`).
@@ -143,7 +146,7 @@ impl Shadow {
     /// left as it is.
     fn create_system_home(&self, name: &str, home: &str) -> Result<()> {
         let path = self.host_path(home);
-        if hostfs::stat(&path)?.is_some() {
+        if Posix.stat(&path)?.is_some() {
             return Ok(());
         }
         let entry = self
@@ -153,7 +156,7 @@ impl Shadow {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("could not create {}", parent.display()))?;
         }
-        hostfs::create_dir(
+        Posix.create_dir(
             &path,
             Ownership {
                 uid: entry.uid,
@@ -358,9 +361,10 @@ impl super::AccountProvider for Shadow {
                     .passwd_line(name)?
                     .ok_or_else(|| anyhow!("user {name} does not exist"))?
                     .home;
-                let old_is_dir = hostfs::stat(&self.host_path(&old))?
-                    .is_some_and(|m| m.kind == hostfs::FileKind::Directory);
-                if old_is_dir && hostfs::stat(&self.host_path(home))?.is_none() {
+                let old_is_dir = Posix
+                    .stat(&self.host_path(&old))?
+                    .is_some_and(|m| m.kind == FileKind::Directory);
+                if old_is_dir && Posix.stat(&self.host_path(home))?.is_none() {
                     a.push("--move-home".into());
                 }
             }
@@ -520,12 +524,13 @@ bad:x:
             (entry.uid, entry.home.as_str(), entry.shell.as_str()),
             (4500, "/srv/svc", "/usr/sbin/nologin")
         );
-        let home = hostfs::stat(&dir.path().join("srv/svc"))
+        let home = Posix
+            .stat(&dir.path().join("srv/svc"))
             .unwrap()
             .expect("system home created");
         assert_eq!(
             (home.kind, home.uid, home.mode),
-            (hostfs::FileKind::Directory, 4500, SYSTEM_HOME_MODE)
+            (FileKind::Directory, 4500, SYSTEM_HOME_MODE)
         );
 
         let changes = UserChanges {

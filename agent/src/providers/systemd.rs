@@ -1,6 +1,7 @@
-//! systemd. Status for every service the run names is read in one go over
-//! D-Bus (or, without a system bus, one `systemctl show`) and cached, so a
-//! converged run spawns no process however many services the role has.
+//! systemd. Status for every service the role names (learnt in `prepare`) is
+//! read in one go over D-Bus (or, without a system bus, one `systemctl show`)
+//! and cached, so a converged run spawns no process however many services the
+//! role has.
 //! Actions go through `systemctl`, which waits for the job to finish; they drop
 //! the cached entry.
 
@@ -8,11 +9,21 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, bail};
+use cairn_proto::role::{Role, Spec};
 
 use super::process;
-use super::{ServiceProvider, ServiceStatus};
+use super::{Needs, ServiceProvider, ServiceStatus};
 
+/// Where systemd fits: where it is running. This is the check sd_booted(3)
+/// makes: systemd creates the directory at boot.
+pub const NEEDS: &[Needs] = &[Needs::Directory {
+    path: "/run/systemd/system",
+    missing: "systemd is not running on this host",
+}];
+
+#[derive(Default)]
 pub struct Systemd {
+    /// The units of the role's services, read together on the first status asked.
     names: Vec<String>,
     cache: RefCell<HashMap<String, ServiceStatus>>,
 }
@@ -40,11 +51,8 @@ pub fn unit_name(service: &str) -> String {
 }
 
 impl Systemd {
-    pub fn new(names: &[String]) -> Self {
-        Systemd {
-            names: names.iter().map(|n| unit_name(n)).collect(),
-            cache: RefCell::new(HashMap::new()),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Reads the status of `units` in one go and caches it.
@@ -89,6 +97,17 @@ impl Systemd {
 impl ServiceProvider for Systemd {
     fn name(&self) -> &'static str {
         "systemd"
+    }
+
+    fn prepare(&mut self, role: &Role) {
+        self.names = role
+            .resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::Service(s) => Some(unit_name(&s.name)),
+                _ => None,
+            })
+            .collect();
     }
 
     fn status(&self, service: &str) -> Result<ServiceStatus> {
@@ -235,6 +254,27 @@ fn read_systemctl(units: &[String]) -> Result<Vec<UnitState>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prepare_learns_the_units_of_the_roles_services() {
+        let mut bundle = cairn_proto::bundle::RoleBundle::default();
+        bundle
+            .insert(
+                "role.toml".into(),
+                b"[role]\nname = \"t\"\n\n[[service]]\nname = \"nginx\"\nrunning = true\n\n\
+             [[package]]\nname = \"nginx\"\n\n[[service]]\nname = \"fstrim.timer\"\nenabled = true\n"
+                    .to_vec(),
+            )
+            .unwrap();
+        let role =
+            cairn_proto::role::load(&bundle, &cairn_proto::facts::Facts::placeholder()).unwrap();
+        let mut systemd = Systemd::new();
+        systemd.prepare(&role);
+        let mut names = systemd.names.clone();
+        names.sort();
+        assert_eq!(names, ["fstrim.timer", "nginx.service"]);
+        assert!(systemd.cache.borrow().is_empty(), "prepare reads nothing");
+    }
 
     #[test]
     fn unit_names() {

@@ -6,20 +6,30 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use cairn_proto::role::{self, Presence};
 
-use super::file::{apply_owner, owner_drift, ownership};
+use super::perms::Perms;
 use super::{Drift, Resource};
 use crate::providers::Host;
-use crate::providers::fs::{self, FileKind};
+use crate::providers::fs::FileKind;
 
 pub struct DirectoryResource<'a>(pub &'a role::Directory);
 
 const DEFAULT_MODE: u32 = 0o755;
 
+impl DirectoryResource<'_> {
+    fn perms(&self) -> Perms<'_> {
+        Perms {
+            owner: self.0.owner.as_deref(),
+            group: self.0.group.as_deref(),
+            mode: self.0.mode,
+        }
+    }
+}
+
 impl Resource for DirectoryResource<'_> {
-    fn check(&self, _host: &Host) -> Result<Drift> {
+    fn check(&self, host: &Host) -> Result<Drift> {
         let d = self.0;
         let mut drift = Drift::default();
-        let meta = fs::stat(Path::new(&d.path))?;
+        let meta = host.files().stat(Path::new(&d.path))?;
         match (d.state, meta) {
             (Presence::Absent, None) => {}
             (Presence::Absent, Some(m)) if m.kind == FileKind::Directory => {
@@ -33,13 +43,9 @@ impl Resource for DirectoryResource<'_> {
                 )
             }
             (Presence::Present, None) => drift.push("ensure", "absent", "directory"),
-            (Presence::Present, Some(m)) if m.kind == FileKind::Directory => owner_drift(
-                &mut drift,
-                &m,
-                d.owner.as_deref(),
-                d.group.as_deref(),
-                d.mode,
-            ),
+            (Presence::Present, Some(m)) if m.kind == FileKind::Directory => {
+                self.perms().drift(host.files(), &m, &mut drift)
+            }
             (Presence::Present, Some(m)) => {
                 bail!("{} is a {}, not a directory", d.path, m.kind.as_str())
             }
@@ -47,24 +53,16 @@ impl Resource for DirectoryResource<'_> {
         Ok(drift)
     }
 
-    fn apply(&self, _host: &Host, drift: &Drift) -> Result<()> {
-        let d = self.0;
-        let path = Path::new(&d.path);
-        match d.state {
-            Presence::Absent => fs::remove_dir_all(path),
+    fn apply(&self, host: &Host, drift: &Drift) -> Result<()> {
+        let files = host.files();
+        let path = Path::new(&self.0.path);
+        match self.0.state {
+            Presence::Absent => files.remove_dir_all(path),
             Presence::Present if drift.has("ensure") => {
-                let own = ownership(
-                    d.owner.as_deref(),
-                    d.group.as_deref(),
-                    d.mode,
-                    None,
-                    DEFAULT_MODE,
-                )?;
-                fs::create_dir(path, own)
+                let own = self.perms().for_new(files, None, DEFAULT_MODE)?;
+                files.create_dir(path, own)
             }
-            Presence::Present => {
-                apply_owner(path, drift, d.owner.as_deref(), d.group.as_deref(), d.mode)
-            }
+            Presence::Present => self.perms().apply(files, path, drift),
         }
     }
 }

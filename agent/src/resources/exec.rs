@@ -11,36 +11,37 @@ use cairn_proto::role;
 
 use super::{Drift, Resource};
 use crate::providers::Host;
-use crate::providers::{fs, process};
 
 pub struct ExecResource<'a>(pub &'a role::Exec);
 
 impl ExecResource<'_> {
     /// Whether the guards allow the command to run now.
-    fn guards_allow(&self) -> Result<bool> {
+    fn guards_allow(&self, host: &Host) -> Result<bool> {
         let e = self.0;
         let cwd = e.cwd.as_deref().map(Path::new);
         if let Some(path) = &e.creates
-            && fs::stat(Path::new(path))?.is_some()
+            && host.files().stat(Path::new(path))?.is_some()
         {
             return Ok(false);
         }
         if let Some(cmd) = &e.onlyif
-            && !process::shell(cmd, cwd)?.success
+            && !host.shell().run(cmd, cwd)?.success
         {
             return Ok(false);
         }
         if let Some(cmd) = &e.unless
-            && process::shell(cmd, cwd)?.success
+            && host.shell().run(cmd, cwd)?.success
         {
             return Ok(false);
         }
         Ok(true)
     }
 
-    fn execute(&self) -> Result<()> {
+    fn execute(&self, host: &Host) -> Result<()> {
         let e = self.0;
-        let ran = process::shell(&e.command, e.cwd.as_deref().map(Path::new))?;
+        let ran = host
+            .shell()
+            .run(&e.command, e.cwd.as_deref().map(Path::new))?;
         if !ran.success {
             bail!("command `{}` failed with {}", e.command, ran.describe());
         }
@@ -49,16 +50,16 @@ impl ExecResource<'_> {
 }
 
 impl Resource for ExecResource<'_> {
-    fn check(&self, _host: &Host) -> Result<Drift> {
+    fn check(&self, host: &Host) -> Result<Drift> {
         let mut drift = Drift::default();
-        if !self.0.refresh_only && self.guards_allow()? {
+        if !self.0.refresh_only && self.guards_allow(host)? {
             drift.push("executed", "no", "yes");
         }
         Ok(drift)
     }
 
-    fn apply(&self, _host: &Host, _drift: &Drift) -> Result<()> {
-        self.execute()
+    fn apply(&self, host: &Host, _drift: &Drift) -> Result<()> {
+        self.execute(host)
     }
 
     /// A guarded exec must have satisfied its guard; an unguarded one has
@@ -76,12 +77,12 @@ impl Resource for ExecResource<'_> {
         Ok(Drift::default())
     }
 
-    fn refresh(&self, _host: &Host, applied: &Drift) -> Result<Option<PropertyChange>> {
+    fn refresh(&self, host: &Host, applied: &Drift) -> Result<Option<PropertyChange>> {
         // It already ran in this run; running it twice is never what was meant.
-        if !applied.is_empty() || !self.guards_allow()? {
+        if !applied.is_empty() || !self.guards_allow(host)? {
             return Ok(None);
         }
-        self.execute()?;
+        self.execute(host)?;
         Ok(Some(PropertyChange::new("refresh", "", "executed")))
     }
 

@@ -7,9 +7,10 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use cairn_proto::role;
 
-use super::{Drift, Resource, mode_str};
+use super::perms::Perms;
+use super::{Drift, Resource};
 use crate::providers::Host;
-use crate::providers::fs::{self, FileKind, Meta, Ownership};
+use crate::providers::fs::{FileKind, Meta};
 
 pub struct FileResource<'a>(pub &'a role::File);
 
@@ -19,13 +20,22 @@ impl FileResource<'_> {
     fn path(&self) -> &Path {
         Path::new(&self.0.path)
     }
+
+    fn perms(&self) -> Perms<'_> {
+        Perms {
+            owner: self.0.owner.as_deref(),
+            group: self.0.group.as_deref(),
+            mode: self.0.mode,
+        }
+    }
 }
 
 impl Resource for FileResource<'_> {
-    fn check(&self, _host: &Host) -> Result<Drift> {
+    fn check(&self, host: &Host) -> Result<Drift> {
         let f = self.0;
+        let files = host.files();
         let mut drift = Drift::default();
-        let meta = fs::stat(self.path())?;
+        let meta = files.stat(self.path())?;
         let Some(want) = &f.content else {
             match meta {
                 None => {}
@@ -47,7 +57,7 @@ impl Resource for FileResource<'_> {
                 drift.push("ensure", "absent", "file");
                 (Vec::new(), None)
             }
-            Some(m) if m.kind == FileKind::File => (fs::read(self.path())?, Some(m)),
+            Some(m) if m.kind == FileKind::File => (files.read(self.path())?, Some(m)),
             Some(m) if m.kind == FileKind::Symlink => {
                 drift.push("ensure", "link", "file");
                 (Vec::new(), None)
@@ -68,109 +78,25 @@ impl Resource for FileResource<'_> {
             }
         }
         if let Some(m) = meta {
-            owner_drift(
-                &mut drift,
-                &m,
-                f.owner.as_deref(),
-                f.group.as_deref(),
-                f.mode,
-            );
+            self.perms().drift(files, &m, &mut drift);
         }
         Ok(drift)
     }
 
-    fn apply(&self, _host: &Host, drift: &Drift) -> Result<()> {
-        let f = self.0;
+    fn apply(&self, host: &Host, drift: &Drift) -> Result<()> {
+        let files = host.files();
         let path = self.path();
-        let Some(want) = &f.content else {
-            return fs::remove_file(path);
+        let Some(want) = &self.0.content else {
+            return files.remove_file(path);
         };
         if drift.has("ensure") || drift.has("content") {
             // Keep what the role leaves unmanaged from the file being replaced.
-            let old = fs::stat(path)?.filter(|m| m.kind == FileKind::File);
-            let own = ownership(
-                f.owner.as_deref(),
-                f.group.as_deref(),
-                f.mode,
-                old,
-                DEFAULT_MODE,
-            )?;
-            return fs::write_atomic(path, want, own);
+            let old = files.stat(path)?.filter(|m| m.kind == FileKind::File);
+            let own = self.perms().for_new(files, old, DEFAULT_MODE)?;
+            return files.write_atomic(path, want, own);
         }
-        apply_owner(path, drift, f.owner.as_deref(), f.group.as_deref(), f.mode)
+        self.perms().apply(files, path, drift)
     }
-}
-
-/// Adds owner, group and mode drift of an existing path.
-pub(super) fn owner_drift(
-    drift: &mut Drift,
-    m: &Meta,
-    owner: Option<&str>,
-    group: Option<&str>,
-    mode: Option<u32>,
-) {
-    if let Some(owner) = owner {
-        let current = fs::user_name(m.uid);
-        if current != owner {
-            drift.push("owner", current, owner);
-        }
-    }
-    if let Some(group) = group {
-        let current = fs::group_name(m.gid);
-        if current != group {
-            drift.push("group", current, group);
-        }
-    }
-    if let Some(mode) = mode
-        && m.mode != mode
-    {
-        drift.push("mode", mode_str(m.mode), mode_str(mode));
-    }
-}
-
-/// Fixes owner, group and mode in place, as `owner_drift` found them.
-pub(super) fn apply_owner(
-    path: &Path,
-    drift: &Drift,
-    owner: Option<&str>,
-    group: Option<&str>,
-    mode: Option<u32>,
-) -> Result<()> {
-    if drift.has("owner") || drift.has("group") {
-        let m = fs::stat(path)?.ok_or_else(|| anyhow::anyhow!("{} disappeared", path.display()))?;
-        let uid = owner.map(fs::uid_of).transpose()?.unwrap_or(m.uid);
-        let gid = group.map(fs::gid_of).transpose()?.unwrap_or(m.gid);
-        fs::set_owner(path, uid, gid)?;
-    }
-    // chown clears setuid/setgid bits, so the mode goes last.
-    if let Some(mode) = mode
-        && (drift.has("mode") || drift.has("owner") || drift.has("group"))
-    {
-        fs::set_mode(path, mode)?;
-    }
-    Ok(())
-}
-
-/// Ownership for a path being created or replaced: what the role says, else
-/// what the old one had, else root and `default_mode`.
-pub(super) fn ownership(
-    owner: Option<&str>,
-    group: Option<&str>,
-    mode: Option<u32>,
-    old: Option<Meta>,
-    default_mode: u32,
-) -> Result<Ownership> {
-    Ok(Ownership {
-        uid: match owner {
-            Some(o) => fs::uid_of(o)?,
-            None => old.map_or(0, |m| m.uid),
-        },
-        gid: match group {
-            Some(g) => fs::gid_of(g)?,
-            None => old.map_or(0, |m| m.gid),
-        },
-        mode: mode.or(old.map(|m| m.mode)).unwrap_or(default_mode),
-    })
 }
 
 /// `{sha256 prefix}, N bytes`: identifies content in a report without copying it.

@@ -91,7 +91,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn host() -> Host {
-        Host::new(crate::facts::gather().unwrap(), vec![])
+        Host::new(crate::facts::gather().unwrap())
     }
 
     /// What the C library (not our parser) says the group's gid is.

@@ -13,6 +13,7 @@ mod exec;
 mod file;
 mod group;
 mod package;
+mod perms;
 mod service;
 mod user;
 
@@ -85,9 +86,4 @@ pub fn for_spec(spec: &Spec) -> Box<dyn Resource + '_> {
         Spec::Exec(s) => Box::new(exec::ExecResource(s)),
         Spec::Service(s) => Box::new(service::ServiceResource(s)),
     }
-}
-
-/// Formats a permission mode the way roles write it.
-pub(crate) fn mode_str(mode: u32) -> String {
-    format!("{mode:04o}")
 }

@@ -61,7 +61,7 @@ mod tests {
     const UNKNOWN: &str = "cairn-no-such-package-x";
 
     fn host() -> Host {
-        Host::new(crate::facts::gather().unwrap(), vec![])
+        Host::new(crate::facts::gather().unwrap())
     }
 
     fn package(name: &str, version: Option<&str>, state: PackageState) -> role::Package {

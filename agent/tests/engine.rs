@@ -1,0 +1,700 @@
+//! The engine's rules as data: a role run through `run_once` against
+//! in-memory providers, so ordering, skips, refreshes, noop and verification
+//! are checked without spawning a process, without root, and without touching
+//! this host (`agent/tests/apply.rs` checks the same against the real binary).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use anyhow::{Result, anyhow, bail};
+use cairn_agent::providers::fs::{FileKind, Meta, Ownership};
+use cairn_agent::providers::process::Ran;
+use cairn_agent::providers::{
+    FileSystem, PackageProvider, Providers, ServiceProvider, ServiceStatus, Shell,
+};
+use cairn_agent::run::{Options, RunInput, run_once};
+use cairn_proto::bundle::RoleBundle;
+use cairn_proto::facts::Facts;
+use cairn_proto::report::ResourceStatus::{Changed, Failed, Skipped, Unchanged, WouldChange};
+use cairn_proto::report::{ResourceStatus, RunReport};
+use cairn_proto::role::{Diagnostics, Role, Spec};
+
+/// The whole host in memory, shared by every fake provider of a test.
+#[derive(Default)]
+struct World {
+    files: BTreeMap<PathBuf, File>,
+    /// Package name → installed version.
+    packages: BTreeMap<String, String>,
+    /// Packages whose installation fails.
+    uninstallable: BTreeSet<String>,
+    /// Packages whose installation says it worked but installs nothing.
+    phantom: BTreeSet<String>,
+    services: BTreeMap<String, ServiceStatus>,
+    /// Shell commands that exit non-zero.
+    failing: BTreeSet<String>,
+    /// Every call that changes the world, in order (`install nginx`,
+    /// `write /etc/x`, `restart nginx`, `run CMD`).
+    changes: Vec<String>,
+    /// Every shell command run, guards included, in order.
+    commands: Vec<String>,
+    /// The services the service provider learnt from the role in `prepare`.
+    prepared: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct File {
+    kind: FileKind,
+    content: Vec<u8>,
+    own: Ownership,
+}
+
+/// One handle on the world; each provider the host gets is a clone.
+#[derive(Clone, Default)]
+struct Fake(Rc<RefCell<World>>);
+
+impl Fake {
+    fn world(&self) -> std::cell::RefMut<'_, World> {
+        self.0.borrow_mut()
+    }
+
+    fn changes(&self) -> Vec<String> {
+        self.0.borrow().changes.clone()
+    }
+
+    fn change(&self, what: String) {
+        self.world().changes.push(what);
+    }
+
+    fn service(&self, name: &str, running: bool, enabled: bool) {
+        self.world().services.insert(
+            name.into(),
+            ServiceStatus {
+                exists: true,
+                running,
+                enabled: Some(enabled),
+            },
+        );
+    }
+
+    fn put_file(&self, path: &str, content: &str) {
+        self.world().files.insert(
+            path.into(),
+            File {
+                kind: FileKind::File,
+                content: content.into(),
+                own: Ownership {
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o644,
+                },
+            },
+        );
+    }
+
+    fn content(&self, path: &str) -> Option<String> {
+        let w = self.0.borrow();
+        let f = w.files.get(Path::new(path))?;
+        Some(String::from_utf8(f.content.clone()).unwrap())
+    }
+
+    fn providers(&self) -> Providers {
+        Providers::default()
+            .packages(self.clone())
+            .services(self.clone())
+            .files(self.clone())
+            .shell(self.clone())
+    }
+}
+
+impl PackageProvider for Fake {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    fn installed(&self, package: &str) -> Result<Option<String>> {
+        Ok(self.0.borrow().packages.get(package).cloned())
+    }
+
+    fn install(&self, package: &str, version: Option<&str>) -> Result<()> {
+        self.change(format!("install {package}"));
+        let mut w = self.world();
+        if w.uninstallable.contains(package) {
+            bail!("no installation candidate for {package}");
+        }
+        if !w.phantom.contains(package) {
+            w.packages
+                .insert(package.into(), version.unwrap_or("1.0").into());
+        }
+        Ok(())
+    }
+
+    fn remove(&self, package: &str) -> Result<()> {
+        self.change(format!("remove {package}"));
+        self.world().packages.remove(package);
+        Ok(())
+    }
+}
+
+impl ServiceProvider for Fake {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    fn prepare(&mut self, role: &Role) {
+        let names = role.resources.iter().filter_map(|r| match &r.spec {
+            Spec::Service(s) => Some(s.name.clone()),
+            _ => None,
+        });
+        self.world().prepared.extend(names);
+    }
+
+    fn status(&self, service: &str) -> Result<ServiceStatus> {
+        Ok(self
+            .0
+            .borrow()
+            .services
+            .get(service)
+            .copied()
+            .unwrap_or(ServiceStatus {
+                exists: false,
+                running: false,
+                enabled: None,
+            }))
+    }
+
+    fn start(&self, service: &str) -> Result<()> {
+        self.set(service, "start", |s| s.running = true)
+    }
+
+    fn stop(&self, service: &str) -> Result<()> {
+        self.set(service, "stop", |s| s.running = false)
+    }
+
+    fn restart(&self, service: &str) -> Result<()> {
+        self.set(service, "restart", |s| s.running = true)
+    }
+
+    fn enable(&self, service: &str) -> Result<()> {
+        self.set(service, "enable", |s| s.enabled = Some(true))
+    }
+
+    fn disable(&self, service: &str) -> Result<()> {
+        self.set(service, "disable", |s| s.enabled = Some(false))
+    }
+}
+
+impl Fake {
+    fn set(&self, service: &str, verb: &str, f: impl FnOnce(&mut ServiceStatus)) -> Result<()> {
+        self.change(format!("{verb} {service}"));
+        let mut w = self.world();
+        let s = w
+            .services
+            .get_mut(service)
+            .ok_or_else(|| anyhow!("no unit {service}"))?;
+        f(s);
+        Ok(())
+    }
+
+    fn file_mut<T>(&self, path: &Path, f: impl FnOnce(&mut File) -> T) -> Result<T> {
+        let mut w = self.world();
+        let file = w
+            .files
+            .get_mut(path)
+            .ok_or_else(|| anyhow!("{} does not exist", path.display()))?;
+        Ok(f(file))
+    }
+}
+
+impl FileSystem for Fake {
+    fn stat(&self, path: &Path) -> Result<Option<Meta>> {
+        Ok(self.0.borrow().files.get(path).map(|f| Meta {
+            kind: f.kind,
+            uid: f.own.uid,
+            gid: f.own.gid,
+            mode: f.own.mode,
+        }))
+    }
+
+    fn read(&self, path: &Path) -> Result<Vec<u8>> {
+        self.0
+            .borrow()
+            .files
+            .get(path)
+            .map(|f| f.content.clone())
+            .ok_or_else(|| anyhow!("{} does not exist", path.display()))
+    }
+
+    fn write_atomic(&self, path: &Path, data: &[u8], own: Ownership) -> Result<()> {
+        self.change(format!("write {}", path.display()));
+        let file = File {
+            kind: FileKind::File,
+            content: data.to_vec(),
+            own,
+        };
+        self.world().files.insert(path.into(), file);
+        Ok(())
+    }
+
+    fn create_dir(&self, path: &Path, own: Ownership) -> Result<()> {
+        self.change(format!("mkdir {}", path.display()));
+        let dir = File {
+            kind: FileKind::Directory,
+            content: Vec::new(),
+            own,
+        };
+        self.world().files.insert(path.into(), dir);
+        Ok(())
+    }
+
+    fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> Result<()> {
+        self.change(format!("chown {}", path.display()));
+        self.file_mut(path, |f| (f.own.uid, f.own.gid) = (uid, gid))
+    }
+
+    fn set_mode(&self, path: &Path, mode: u32) -> Result<()> {
+        self.change(format!("chmod {}", path.display()));
+        self.file_mut(path, |f| f.own.mode = mode)
+    }
+
+    fn remove_file(&self, path: &Path) -> Result<()> {
+        self.change(format!("rm {}", path.display()));
+        self.world().files.remove(path);
+        Ok(())
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> Result<()> {
+        self.change(format!("rm -r {}", path.display()));
+        self.world().files.retain(|p, _| !p.starts_with(path));
+        Ok(())
+    }
+
+    fn uid_of(&self, user: &str) -> Result<u32> {
+        match user {
+            "root" => Ok(0),
+            _ => bail!("user {user} does not exist"),
+        }
+    }
+
+    fn gid_of(&self, group: &str) -> Result<u32> {
+        match group {
+            "root" => Ok(0),
+            _ => bail!("group {group} does not exist"),
+        }
+    }
+
+    fn user_name(&self, uid: u32) -> String {
+        if uid == 0 {
+            "root".into()
+        } else {
+            uid.to_string()
+        }
+    }
+
+    fn group_name(&self, gid: u32) -> String {
+        if gid == 0 {
+            "root".into()
+        } else {
+            gid.to_string()
+        }
+    }
+}
+
+/// Understands `touch PATH` (creates an empty file) and `test -e PATH`; any
+/// other command succeeds unless it is listed as failing. As with the real
+/// shell, a missing working directory means it cannot start.
+impl Shell for Fake {
+    fn run(&self, command: &str, cwd: Option<&Path>) -> Result<Ran> {
+        if let Some(dir) = cwd
+            && !self.0.borrow().files.contains_key(dir)
+        {
+            bail!("could not start /bin/sh: {} does not exist", dir.display());
+        }
+        self.world().commands.push(command.into());
+        let success = if let Some(path) = command.strip_prefix("touch ") {
+            self.put_file(path, "");
+            self.change(command.into());
+            true
+        } else if let Some(path) = command.strip_prefix("test -e ") {
+            self.0.borrow().files.contains_key(Path::new(path))
+        } else {
+            !self.0.borrow().failing.contains(command)
+        };
+        Ok(Ran {
+            success,
+            code: Some(if success { 0 } else { 1 }),
+            stdout: String::new(),
+            stderr: if success { "" } else { "it failed" }.into(),
+        })
+    }
+}
+
+/// A role and a state directory; each run gets a new host on the same world,
+/// as successive runs of the agent would.
+struct Case {
+    world: Fake,
+    toml: String,
+    state: tempfile::TempDir,
+}
+
+impl Case {
+    fn new(resources: &str) -> Self {
+        Case {
+            world: Fake::default(),
+            toml: format!("[role]\nname = \"t\"\n\n{resources}"),
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn try_run(&self, noop: bool) -> Result<RunReport> {
+        let mut bundle = RoleBundle::default();
+        bundle
+            .insert("role.toml".into(), self.toml.as_bytes().to_vec())
+            .unwrap();
+        let input = RunInput {
+            facts: Some(Facts::placeholder()),
+            providers: self.world.providers(),
+            ..RunInput::new(bundle)
+        };
+        let options = Options {
+            noop,
+            state_dir: self.state.path().join("state"),
+        };
+        run_once(input, &options)
+    }
+
+    fn apply(&self) -> RunReport {
+        self.try_run(false).unwrap()
+    }
+
+    fn noop(&self) -> RunReport {
+        self.try_run(true).unwrap()
+    }
+
+    /// Runs and returns only the changes made in this run.
+    fn apply_changes(&self) -> (RunReport, Vec<String>) {
+        let before = self.world.changes().len();
+        let report = self.apply();
+        (report, self.world.changes()[before..].to_vec())
+    }
+}
+
+fn statuses(report: &RunReport) -> Vec<(&str, ResourceStatus)> {
+    report
+        .resources
+        .iter()
+        .map(|r| (r.id.as_str(), r.status))
+        .collect()
+}
+
+fn error_of<'a>(report: &'a RunReport, id: &str) -> &'a str {
+    report
+        .resources
+        .iter()
+        .find(|r| r.id == id)
+        .and_then(|r| r.error.as_deref())
+        .unwrap_or_else(|| panic!("{id} has no error: {report:#?}"))
+}
+
+#[test]
+fn resources_converge_by_type_then_requires_and_the_second_run_changes_nothing() {
+    let case = Case::new(
+        "[[service]]\nname = \"web\"\nrunning = true\n\n\
+         [[file]]\npath = \"/etc/web.conf\"\ncontent = \"port 80\\n\"\n\n\
+         [[package]]\nname = \"web\"\nrequires = [\"exec:add-repo\"]\n\n\
+         [[exec]]\nname = \"add-repo\"\ncommand = \"touch /etc/repo\"\ncreates = \"/etc/repo\"\n\n\
+         [[directory]]\npath = \"/srv\"\n",
+    );
+    case.world.service("web", false, true);
+
+    let (report, changes) = case.apply_changes();
+    // By type (packages, directories, files, execs, services), except that
+    // the package waits for the exec it requires.
+    assert_eq!(
+        statuses(&report),
+        [
+            ("directory:/srv", Changed),
+            ("file:/etc/web.conf", Changed),
+            ("exec:add-repo", Changed),
+            ("package:web", Changed),
+            ("service:web", Changed),
+        ],
+        "{report:#?}"
+    );
+    assert_eq!(
+        changes,
+        [
+            "mkdir /srv",
+            "write /etc/web.conf",
+            "touch /etc/repo",
+            "install web",
+            "start web"
+        ]
+    );
+
+    let (report, changes) = case.apply_changes();
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(report.summary.unchanged, 5, "{report:#?}");
+}
+
+#[test]
+fn a_failure_skips_its_dependents_and_the_rest_goes_on() {
+    let case = Case::new(
+        "[[package]]\nname = \"broken\"\n\n\
+         [[file]]\npath = \"/etc/broken.conf\"\ncontent = \"x\"\nrequires = [\"package:broken\"]\nnotify = [\"service:broken\"]\n\n\
+         [[file]]\npath = \"/etc/unrelated\"\ncontent = \"y\"\n\n\
+         [[service]]\nname = \"broken\"\nrunning = true\n",
+    );
+    case.world.world().uninstallable.insert("broken".into());
+    case.world.service("broken", false, false);
+
+    let (report, changes) = case.apply_changes();
+    assert_eq!(
+        statuses(&report),
+        [
+            ("package:broken", Failed),
+            ("file:/etc/broken.conf", Skipped),
+            ("file:/etc/unrelated", Changed),
+            ("service:broken", Skipped),
+        ]
+    );
+    assert!(
+        error_of(&report, "package:broken")
+            .starts_with("could not apply package:broken: no installation candidate")
+    );
+    assert_eq!(
+        error_of(&report, "file:/etc/broken.conf"),
+        "skipped because package:broken failed"
+    );
+    assert_eq!(
+        error_of(&report, "service:broken"),
+        "skipped because file:/etc/broken.conf was skipped"
+    );
+    assert_eq!(changes, ["install broken", "write /etc/unrelated"]);
+    assert_eq!(case.world.content("/etc/broken.conf"), None);
+}
+
+#[test]
+fn a_refresh_comes_once_after_all_notifiers_and_only_on_change() {
+    let case = Case::new(
+        "[[service]]\nname = \"web\"\nrunning = true\n\n\
+         [[file]]\npath = \"/etc/a\"\ncontent = \"a\"\nnotify = [\"service:web\"]\n\n\
+         [[file]]\npath = \"/etc/b\"\ncontent = \"b\"\nnotify = [\"service:web\"]\n",
+    );
+    case.world.service("web", true, true);
+
+    let (report, changes) = case.apply_changes();
+    assert_eq!(changes, ["write /etc/a", "write /etc/b", "restart web"]);
+    let web = report.resources.last().unwrap();
+    assert_eq!((web.id.as_str(), web.status), ("service:web", Changed));
+    assert_eq!(web.changes[0].after, "restarted");
+
+    // Nothing changed: no refresh.
+    let (_, changes) = case.apply_changes();
+    assert!(changes.is_empty(), "{changes:?}");
+
+    // One notifier changes: one refresh again.
+    case.world.put_file("/etc/b", "tampered");
+    let (_, changes) = case.apply_changes();
+    assert_eq!(changes, ["write /etc/b", "restart web"]);
+}
+
+#[test]
+fn a_refresh_owed_by_a_failed_run_is_done_by_the_next_run() {
+    let case = Case::new(
+        "[[exec]]\nname = \"gate\"\ncommand = \"gate\"\n\n\
+         [[service]]\nname = \"web\"\nrequires = [\"exec:gate\"]\n\n\
+         [[file]]\npath = \"/etc/web.conf\"\ncontent = \"v2\"\nnotify = [\"service:web\"]\n",
+    );
+    case.world.service("web", true, true);
+    case.world.world().failing.insert("gate".into());
+
+    let (report, changes) = case.apply_changes();
+    assert_eq!(
+        statuses(&report),
+        [
+            ("file:/etc/web.conf", Changed),
+            ("exec:gate", Failed),
+            ("service:web", Skipped),
+        ]
+    );
+    assert_eq!(changes, ["write /etc/web.conf"]);
+
+    // The gate opens. A noop sees the owed restart and does not do it.
+    case.world.world().failing.clear();
+    let report = case.noop();
+    let web = report.resources.last().unwrap();
+    assert_eq!(web.status, WouldChange);
+    assert_eq!(web.changes[0].after, "would restart");
+    assert_eq!(case.world.changes().len(), 1, "noop changed something");
+
+    // The next run does it, though its notifier no longer changes.
+    let (report, changes) = case.apply_changes();
+    assert_eq!(
+        statuses(&report),
+        [
+            ("file:/etc/web.conf", Unchanged),
+            ("exec:gate", Changed),
+            ("service:web", Changed),
+        ]
+    );
+    assert_eq!(changes, ["restart web"]);
+
+    // Done once: the run after owes nothing.
+    let (_, changes) = case.apply_changes();
+    assert!(changes.is_empty(), "{changes:?}");
+}
+
+#[test]
+fn noop_reports_what_would_change_and_calls_no_change() {
+    let case = Case::new(
+        "[[package]]\nname = \"web\"\n\n\
+         [[file]]\npath = \"/etc/web.conf\"\ncontent = \"new\\n\"\nmode = \"0600\"\nnotify = [\"service:web\", \"exec:reload\"]\n\n\
+         [[directory]]\npath = \"/srv/web\"\n\n\
+         [[exec]]\nname = \"migrate\"\ncommand = \"touch /var/migrated\"\nunless = \"test -e /var/migrated\"\n\n\
+         [[exec]]\nname = \"reload\"\ncommand = \"reload\"\nrefresh_only = true\n\n\
+         [[service]]\nname = \"web\"\nrunning = true\nenabled = true\n",
+    );
+    case.world.put_file("/etc/web.conf", "old\n");
+    case.world.service("web", false, false);
+
+    let report = case.noop();
+    assert!(report.noop);
+    assert!(
+        report.resources.iter().all(|r| r.status == WouldChange),
+        "{report:#?}"
+    );
+    let conf = report
+        .resources
+        .iter()
+        .find(|r| r.id == "file:/etc/web.conf")
+        .unwrap();
+    let props: Vec<&str> = conf.changes.iter().map(|c| c.property.as_str()).collect();
+    assert_eq!(props, ["content", "mode"]);
+    assert!(conf.diff.as_deref().unwrap().contains("+new"));
+
+    // Only observed: no change method called, only the guard run, nothing owed.
+    assert!(
+        case.world.changes().is_empty(),
+        "{:?}",
+        case.world.changes()
+    );
+    assert_eq!(case.world.0.borrow().commands, ["test -e /var/migrated"]);
+    assert_eq!(
+        case.world.content("/etc/web.conf").as_deref(),
+        Some("old\n")
+    );
+    assert!(
+        !case
+            .state
+            .path()
+            .join("state/pending-refresh.json")
+            .exists()
+    );
+
+    // A real run then does what the noop said, and what it notified.
+    let (report, changes) = case.apply_changes();
+    assert_eq!(report.summary.changed, 6, "{report:#?}");
+    assert_eq!(
+        changes,
+        [
+            "install web",
+            "mkdir /srv/web",
+            "write /etc/web.conf",
+            "touch /var/migrated",
+            "enable web",
+            "start web"
+        ]
+    );
+    let guard = "test -e /var/migrated";
+    assert_eq!(
+        case.world.0.borrow().commands,
+        [guard, guard, "touch /var/migrated", guard, "reload"],
+        "noop's guard; the guard, the command, the guard again to verify; the notified reload"
+    );
+}
+
+#[test]
+fn noop_does_not_fail_what_waits_on_a_pending_change() {
+    let case = Case::new(
+        "[[directory]]\npath = \"/srv/app\"\n\n\
+         [[exec]]\nname = \"build\"\ncommand = \"touch /srv/app/built\"\ncwd = \"/srv/app\"\n\
+         creates = \"/srv/app/built\"\nunless = \"false\"\nrequires = [\"directory:/srv/app\"]\n",
+    );
+    case.world.world().failing.insert("false".into());
+
+    // The guard cannot run before the directory exists: a pending change.
+    let report = case.noop();
+    assert_eq!(
+        statuses(&report),
+        [
+            ("directory:/srv/app", WouldChange),
+            ("exec:build", WouldChange)
+        ]
+    );
+    assert!(
+        error_of(&report, "exec:build").starts_with(
+            "not checked until directory:/srv/app is applied (could not check exec:build: could not start"
+        ),
+        "{report:#?}"
+    );
+    assert_eq!(report.summary.failed, 0);
+
+    // The real run makes the directory, then runs the exec in it.
+    let (report, changes) = case.apply_changes();
+    assert_eq!(report.summary.changed, 2, "{report:#?}");
+    assert_eq!(changes, ["mkdir /srv/app", "touch /srv/app/built"]);
+}
+
+#[test]
+fn drift_left_after_apply_is_a_failure() {
+    let case = Case::new(
+        "[[package]]\nname = \"ghost\"\n\n\
+         [[file]]\npath = \"/etc/ghost.conf\"\ncontent = \"x\"\nrequires = [\"package:ghost\"]\n",
+    );
+    case.world.world().phantom.insert("ghost".into());
+
+    let (report, changes) = case.apply_changes();
+    assert_eq!(
+        statuses(&report),
+        [("package:ghost", Failed), ("file:/etc/ghost.conf", Skipped)]
+    );
+    assert_eq!(
+        error_of(&report, "package:ghost"),
+        "package:ghost still differs after apply: ensure (absent → installed)"
+    );
+    // The report still says what was attempted.
+    assert_eq!(report.resources[0].changes[0].after, "installed");
+    assert_eq!(changes, ["install ghost"]);
+}
+
+#[test]
+fn an_invalid_role_touches_nothing_and_takes_no_lock() {
+    let case = Case::new(
+        "[[file]]\npath = \"/etc/fine\"\ncontent = \"x\"\n\n\
+         [[file]]\npath = \"relative\"\ncontent = \"y\"\n",
+    );
+    let err = case.try_run(false).unwrap_err();
+    let diagnostics = err.downcast_ref::<Diagnostics>().expect("role diagnostics");
+    assert_eq!(diagnostics.0.len(), 1);
+    assert_eq!(diagnostics.0[0].file, "role.toml");
+    assert!(case.world.changes().is_empty());
+    assert!(case.world.0.borrow().files.is_empty());
+    assert!(
+        !case.state.path().join("state").exists(),
+        "the state directory (and its lock) was created before validation"
+    );
+}
+
+#[test]
+fn the_host_is_prepared_with_the_role_before_the_run() {
+    let case = Case::new(
+        "[[service]]\nname = \"web\"\n\n[[service]]\nname = \"db\"\n\n\
+         [[file]]\npath = \"/etc/x\"\ncontent = \"x\"\n",
+    );
+    case.apply();
+    let mut prepared = case.world.0.borrow().prepared.clone();
+    prepared.sort();
+    assert_eq!(prepared, ["db", "web"]);
+}
