@@ -12,9 +12,9 @@ use cairn_proto::role::{self, Diagnostics, Role, Spec};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::engine::{self, RunOptions};
+use crate::facts;
 use crate::providers::Host;
 use crate::state::{self, StateDir};
-use crate::{facts, output};
 
 #[derive(Parser)]
 #[command(
@@ -128,7 +128,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // One write for the whole report, not one per line.
             let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
             match format {
-                Format::Human => stdout.write_all(output::human(&report).as_bytes())?,
+                Format::Human => stdout.write_all(report.human().as_bytes())?,
                 Format::Json => {
                     serde_json::to_writer_pretty(&mut stdout, &report)?;
                     writeln!(stdout)?;

@@ -12,7 +12,6 @@
 pub mod cli;
 pub mod engine;
 pub mod facts;
-pub mod output;
 pub mod providers;
 pub mod resources;
 pub mod state;
