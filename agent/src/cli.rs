@@ -11,7 +11,7 @@ use cairn_proto::role::Diagnostics;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::run::{self, RunInput};
-use crate::{facts, output, state};
+use crate::{facts, state};
 
 #[derive(Parser)]
 #[command(
@@ -115,7 +115,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             // One write for the whole report, not one per line.
             let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
             match format {
-                Format::Human => stdout.write_all(output::human(&report).as_bytes())?,
+                Format::Human => stdout.write_all(report.human().as_bytes())?,
                 Format::Json => {
                     serde_json::to_writer_pretty(&mut stdout, &report)?;
                     writeln!(stdout)?;

@@ -7,7 +7,6 @@
 //! - [`resources`]: one type per resource kind; each owns its properties.
 //! - [`providers`]: the only code that touches the host (apt, systemd, shadow, files, processes).
 //! - [`state`]: the run lock and refreshes owed, under `/var/lib/cairn/`.
-//! - [`output`]: the human rendering of a report.
 //! - [`cli`]: the command line; `main` only calls it.
 
 #![forbid(unsafe_code)]
@@ -15,7 +14,6 @@
 pub mod cli;
 pub mod engine;
 pub mod facts;
-pub mod output;
 pub mod providers;
 pub mod resources;
 pub mod run;

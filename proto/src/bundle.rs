@@ -156,6 +156,19 @@ impl RoleBundle {
     }
 }
 
+/// `sha256:` and the first 12 hex digits of a [`RoleBundle::digest`]: enough to
+/// tell versions apart for people. Anything else (another algorithm, a
+/// malformed digest from outside) comes back whole.
+pub fn short_digest(digest: &str) -> &str {
+    const SHORT: usize = "sha256:".len() + 12;
+    match digest.strip_prefix("sha256:") {
+        Some(hex) if hex.len() > 12 && hex.bytes().take(12).all(|b| b.is_ascii_hexdigit()) => {
+            &digest[..SHORT]
+        }
+        _ => digest,
+    }
+}
+
 fn check_path(path: &str) -> Result<(), BundleError> {
     let bad = |why| Err(BundleError::BadPath(path.to_string(), why));
     if path.is_empty() {
@@ -190,6 +203,28 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_digests_keep_twelve_hex_digits() {
+        let mut b = RoleBundle::default();
+        b.insert("role.toml".into(), b"x".to_vec()).unwrap();
+        let full = b.digest();
+        assert_eq!(short_digest(&full), &full[..19]);
+        assert_eq!(
+            short_digest("sha256:0123456789abcdef"),
+            "sha256:0123456789ab"
+        );
+        // Anything that is not a sha256 digest is shown whole, never cut mid-character.
+        for odd in [
+            "md5:x",
+            "sha256:0123",
+            "sha256:ééééééééééé",
+            "sha256:0123456789aZcdef",
+            "",
+        ] {
+            assert_eq!(short_digest(odd), odd);
+        }
+    }
 
     #[test]
     fn digest_ignores_read_order_and_sees_every_byte() {

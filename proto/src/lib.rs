@@ -5,14 +5,19 @@
 //! - [`bundle`]: a role as an in-memory set of files, and its content digest.
 //! - [`template`]: Handlebars rendering in strict mode, shared by validation and the agent.
 //! - [`facts`]: what the agent knows about its node; templates see it as `facts`.
-//! - [`report`]: the run report, printed by the agent and stored by the server.
+//! - [`report`]: the run report, printed by the agent and stored by the server,
+//!   and its rendering for people.
+//! - [`diff`]: unified diffs of file content and of two role bundles.
+//! - [`terminal`]: escaping text from outside before it is printed.
 //! - [`pb`]: generated wire types; only this crate and the gRPC edges use them.
 
 pub mod bundle;
+pub mod diff;
 pub mod facts;
 pub mod report;
 pub mod role;
 pub mod template;
+pub mod terminal;
 
 /// Generated protobuf types. Convert at the edges with the `From` impls in [`report`].
 pub mod pb {

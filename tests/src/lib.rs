@@ -632,7 +632,7 @@ impl Run {
 impl fmt::Display for Run {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "exit code {}", self.code)?;
-        f.write_str(&cairn_agent::output::human(&self.report))?;
+        f.write_str(&self.report.human())?;
         if !self.stderr.trim().is_empty() {
             writeln!(f, "stderr:\n{}", self.stderr.trim_end())?;
         }

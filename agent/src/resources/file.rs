@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Result, bail};
+use cairn_proto::diff::{self, Labels};
 use cairn_proto::role;
 
 use super::perms::Perms;
@@ -74,7 +75,8 @@ impl Resource for FileResource<'_> {
                 if !drift.has("ensure") {
                     drift.push("content", digest_label(&current), digest_label(want));
                 }
-                drift.diff = Some(unified_diff(&f.path, &current, want));
+                drift.diff =
+                    diff::file(&f.path, Some(&current), Some(want), Labels::Path).map(|d| d.text());
             }
         }
         if let Some(m) = meta {
@@ -105,20 +107,4 @@ fn digest_label(data: &[u8]) -> String {
     let hash = Sha256::digest(data);
     let short: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{short}…, {} bytes", data.len())
-}
-
-/// A unified diff of old and new content; binary content is summarized.
-pub fn unified_diff(path: &str, old: &[u8], new: &[u8]) -> String {
-    match (std::str::from_utf8(old), std::str::from_utf8(new)) {
-        (Ok(old), Ok(new)) => similar::TextDiff::from_lines(old, new)
-            .unified_diff()
-            .context_radius(3)
-            .header(path, path)
-            .to_string(),
-        _ => format!(
-            "Binary content of {path} differs ({} → {} bytes)\n",
-            old.len(),
-            new.len()
-        ),
-    }
 }

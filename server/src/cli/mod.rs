@@ -4,13 +4,11 @@
 //! - [`connect`]: which server and credential, and the mutual-TLS channel.
 //! - [`output`]: what each command prints, as a table for people or one JSON
 //!   document for scripts.
-//! - [`diff`]: unified diff of two role bundles.
 //! - [`error`]: turns a refusal from the server into a message that says what to do.
 //!
 //! The command line is a contract scripts rely on: rename nothing.
 
 pub mod connect;
-pub mod diff;
 pub mod error;
 pub mod output;
 
@@ -291,7 +289,7 @@ async fn role(server: &Server, cmd: RoleCommand, fmt: Output) -> Result<()> {
             }
             let (_, old) = fetch(server, &name, Some(a)).await?;
             let (_, new) = fetch(server, &name, Some(b)).await?;
-            let files = diff::bundles(&old, &new);
+            let files = cairn_proto::diff::bundles(&old, &new);
             emit(
                 &output::DiffOut {
                     role: name,

@@ -5,15 +5,15 @@
 //! The generated protobuf types are converted here and never serialized
 //! directly, so a change in the wire format cannot silently change the JSON.
 
-use cairn_proto::bundle::RoleBundle;
+use cairn_proto::bundle::{RoleBundle, short_digest};
+use cairn_proto::diff::FileDiff;
 use cairn_proto::pb;
 use cairn_proto::role::{Diagnostics, Role};
+use cairn_proto::terminal;
 use comfy_table::{Table, TableComponent, presets};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-
-use super::diff::FileDiff;
 
 /// Output of one command.
 pub trait Render: Serialize {
@@ -181,7 +181,7 @@ impl Render for ListOut {
                 Some(v) => t.add_row([
                     r.name.clone(),
                     v.version.to_string(),
-                    short_digest(&v.digest),
+                    short_digest(&v.digest).to_string(),
                     short_time(&v.created_at),
                     v.author.clone(),
                     channels,
@@ -226,7 +226,7 @@ impl Render for VersionsOut {
         for v in &self.versions {
             t.add_row([
                 v.version.to_string(),
-                short_digest(&v.digest),
+                short_digest(&v.digest).to_string(),
                 short_time(&v.created_at),
                 v.author.clone(),
                 v.message.clone(),
@@ -359,7 +359,12 @@ impl Render for DiffOut {
                 self.from, self.to, self.role
             );
         }
-        self.files.iter().map(FileDiff::text).collect()
+        // The files come from whoever pushed the role: no escape sequence
+        // of theirs reaches the operator's terminal.
+        self.files
+            .iter()
+            .map(|f| terminal::escape_lines(&f.text()))
+            .collect()
     }
 }
 
@@ -539,14 +544,6 @@ fn table<const N: usize>(header: [&str; N]) -> Table {
 
 fn nonzero(v: u64) -> Option<u64> {
     (v != 0).then_some(v)
-}
-
-/// `sha256:` and the first 12 hex digits: enough to tell versions apart in a table.
-fn short_digest(d: &str) -> String {
-    match d.strip_prefix("sha256:") {
-        Some(hex) if hex.len() > 12 => format!("sha256:{}", &hex[..12]),
-        _ => d.to_string(),
-    }
 }
 
 /// An RFC 3339 time in UTC to the second, `2025-03-01 10:30:00Z`; anything
@@ -751,16 +748,40 @@ mod tests {
     }
 
     #[test]
-    fn times_and_digests_for_people() {
+    fn diffs_show_a_pushers_escape_sequences_instead_of_running_them() {
+        let bundle =
+            |content: &str| cairn_proto::role::bundle_from_files([("files/motd", content)]);
+        let out = DiffOut {
+            role: "web".into(),
+            from: 1,
+            to: 2,
+            files: cairn_proto::diff::bundles(&bundle("hi\n"), &bundle("\u{1b}]0;owned\u{7}\n")),
+        };
+        assert_eq!(
+            out.human(),
+            "--- a/files/motd\n+++ b/files/motd\n@@ -1 +1 @@\n-hi\n+\\u{1b}]0;owned\\u{7}\n"
+        );
+        // JSON carries the content as it is; serde escapes it.
+        assert_eq!(
+            json(&out)["files"][0]["diff"],
+            "--- a/files/motd\n+++ b/files/motd\n@@ -1 +1 @@\n-hi\n+\u{1b}]0;owned\u{7}\n"
+        );
+        let same = DiffOut {
+            files: vec![],
+            ..out
+        };
+        assert_eq!(
+            same.human(),
+            "versions 1 and 2 of role web have the same content\n"
+        );
+    }
+
+    #[test]
+    fn times_for_people() {
         assert_eq!(
             short_time("2025-03-01T10:30:00.5+01:00"),
             "2025-03-01 09:30:00Z"
         );
         assert_eq!(short_time("garbage"), "garbage");
-        assert_eq!(
-            short_digest("sha256:0123456789abcdef"),
-            "sha256:0123456789ab"
-        );
-        assert_eq!(short_digest("md5:x"), "md5:x");
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! The JSON form (serde) is what `cairn-agent apply --format json` prints; the
 //! protobuf form ([`crate::pb::RunReport`]) is what crosses the wire. The two
-//! convert losslessly.
+//! convert losslessly. [`RunReport::human`] (in `human.rs`) is the form for people.
+
+mod human;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,221 @@
+//! A run report for people: one block per resource that changed, would
+//! change, failed or was skipped, then a summary line. The agent prints it
+//! after a run; the server shows a stored report the same way.
+//!
+//! Every string in a report comes from a role or a node, so each is printed
+//! through [`crate::terminal::escape`]: a hostile resource id or diff line
+//! shows its control characters instead of sending them to the terminal.
+
+use std::fmt::Write;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::{ResourceStatus, RunReport};
+use crate::bundle::short_digest;
+use crate::terminal::escape;
+
+/// Indent of the lines under a resource.
+const INDENT: &str = "    ";
+
+impl RunReport {
+    /// The report as printed for people, ending in a newline.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        for r in &self.resources {
+            let label = match r.status {
+                ResourceStatus::Unchanged => continue,
+                ResourceStatus::Changed => "changed",
+                ResourceStatus::WouldChange => "would change",
+                ResourceStatus::Failed => "FAILED",
+                ResourceStatus::Skipped => "skipped",
+            };
+            let _ = writeln!(out, "{label:<12} {}", escape(&r.id));
+            for c in &r.changes {
+                let property = escape(&c.property);
+                let after = escape(&c.after);
+                let _ = if c.before.is_empty() {
+                    writeln!(out, "{INDENT}{property}: {after}")
+                } else {
+                    writeln!(out, "{INDENT}{property}: {} → {after}", escape(&c.before))
+                };
+            }
+            if let Some(diff) = &r.diff {
+                for line in diff.split_terminator('\n') {
+                    let _ = writeln!(out, "{INDENT}{}", escape(line));
+                }
+            }
+            if let Some(err) = &r.error {
+                // A command's error carries its stderr on further lines: keep
+                // them under the first, aligned after `error: `.
+                let mut lines = err.split_terminator('\n');
+                let first = lines.next().unwrap_or_default();
+                let _ = writeln!(out, "{INDENT}error: {}", escape(first));
+                for line in lines {
+                    let _ = writeln!(out, "{INDENT}       {}", escape(line));
+                }
+            }
+        }
+        let s = &self.summary;
+        let changed = if self.noop {
+            format!("{} would change", s.would_change)
+        } else {
+            format!("{} changed", s.changed)
+        };
+        let _ = writeln!(
+            out,
+            "{} role {} ({}) on {}: {changed}, {} failed, {} skipped, {} unchanged ({} resources) in {}",
+            if self.noop { "Checked" } else { "Applied" },
+            escape(&self.role),
+            escape(short_digest(&self.role_digest)),
+            escape(&self.node),
+            s.failed,
+            s.skipped,
+            s.unchanged,
+            s.total,
+            self.elapsed(),
+        );
+        out
+    }
+
+    /// From start to finish, `9.8 ms` or `8.40 s`; `?` if either time is unreadable.
+    fn elapsed(&self) -> String {
+        let parse = |s: &str| OffsetDateTime::parse(s, &Rfc3339).ok();
+        let Some(secs) = parse(&self.started_at)
+            .zip(parse(&self.finished_at))
+            .map(|(a, b)| (b - a).as_seconds_f64())
+        else {
+            return "?".into();
+        };
+        if secs < 1.0 {
+            format!("{:.1} ms", secs * 1000.0)
+        } else {
+            format!("{secs:.2} s")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{PropertyChange, ResourceReport, RunSummary};
+    use super::*;
+
+    fn resource(id: &str, status: ResourceStatus) -> ResourceReport {
+        ResourceReport {
+            id: id.into(),
+            status,
+            changes: vec![],
+            diff: None,
+            duration_us: 5,
+            error: None,
+        }
+    }
+
+    fn report(noop: bool, finished_at: &str, resources: Vec<ResourceReport>) -> RunReport {
+        RunReport {
+            run_id: "r1".into(),
+            node: "web-1".into(),
+            role: "web".into(),
+            role_digest: format!("sha256:{}", "aa3cb36ec69e".repeat(5)),
+            noop,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            finished_at: finished_at.into(),
+            agent_version: "0.1.0".into(),
+            summary: RunSummary::of(&resources),
+            resources,
+        }
+    }
+
+    #[test]
+    fn a_run_lists_what_it_did_then_sums_up() {
+        let mut file = resource("file:/etc/motd", ResourceStatus::Changed);
+        file.changes = vec![
+            PropertyChange::new("ensure", "link", "file"),
+            PropertyChange::new("refresh", "", "restarted"),
+        ];
+        file.diff = Some("--- /etc/motd\n+++ /etc/motd\n@@ -0,0 +1 @@\n+hello\n".into());
+        let mut boom = resource("exec:boom", ResourceStatus::Failed);
+        boom.error = Some("exit status 3\nstderr: no\nsuch thing".into());
+        let mut skipped = resource("service:nginx", ResourceStatus::Skipped);
+        skipped.error = Some("dependency exec:boom failed".into());
+        let r = report(
+            false,
+            "2026-01-01T00:00:08.4Z",
+            vec![
+                resource("package:nginx", ResourceStatus::Unchanged),
+                file,
+                boom,
+                skipped,
+            ],
+        );
+        assert_eq!(
+            r.human(),
+            "\
+changed      file:/etc/motd
+    ensure: link → file
+    refresh: restarted
+    --- /etc/motd
+    +++ /etc/motd
+    @@ -0,0 +1 @@
+    +hello
+FAILED       exec:boom
+    error: exit status 3
+           stderr: no
+           such thing
+skipped      service:nginx
+    error: dependency exec:boom failed
+Applied role web (sha256:aa3cb36ec69e) on web-1: 1 changed, 1 failed, 1 skipped, 1 unchanged (4 resources) in 8.40 s
+"
+        );
+    }
+
+    #[test]
+    fn a_noop_run_says_what_would_change() {
+        let mut mode = resource("directory:/srv/www", ResourceStatus::WouldChange);
+        mode.changes = vec![PropertyChange::new("mode", "0700", "0755")];
+        let r = report(true, "2026-01-01T00:00:00.0098Z", vec![mode]);
+        assert_eq!(
+            r.human(),
+            "\
+would change directory:/srv/www
+    mode: 0700 → 0755
+Checked role web (sha256:aa3cb36ec69e) on web-1: 1 would change, 0 failed, 0 skipped, 0 unchanged (1 resources) in 9.8 ms
+"
+        );
+        let r = report(true, "not a time", vec![]);
+        assert!(r.human().ends_with(" in ?\n"), "{}", r.human());
+    }
+
+    #[test]
+    fn hostile_strings_cannot_reach_the_terminal() {
+        // What a role could put in a path, a file's content or a command's
+        // output: clear the screen, retitle the window, fake a summary line.
+        let mut file = resource("file:/tmp/\u{1b}[2Jx", ResourceStatus::Changed);
+        file.changes = vec![PropertyChange::new("owner", "a\u{7}", "b\nApplied role")];
+        file.diff = Some("--- x\n+++ x\n@@ -1 +1 @@\n-\u{1b}]0;owned\u{7}\r\n+ok\u{202e}\n".into());
+        file.error = Some("bad\u{9b}31m".into());
+        let mut r = report(false, "2026-01-01T00:00:01Z", vec![file]);
+        r.node = "web-1\u{1b}[1A".into();
+        let text = r.human();
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' || c == '\u{202e}'),
+            "{text:?}"
+        );
+        assert_eq!(
+            text,
+            "\
+changed      file:/tmp/\\u{1b}[2Jx
+    owner: a\\u{7} → b\\nApplied role
+    --- x
+    +++ x
+    @@ -1 +1 @@
+    -\\u{1b}]0;owned\\u{7}\\r
+    +ok\\u{202e}
+    error: bad\\u{9b}31m
+Applied role web (sha256:aa3cb36ec69e) on web-1\\u{1b}[1A: 1 changed, 0 failed, 0 skipped, 0 unchanged (1 resources) in 1.00 s
+"
+        );
+    }
+}
