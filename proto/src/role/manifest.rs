@@ -203,12 +203,11 @@ pub(super) fn read_resource<K: ResourceKind + Into<Spec>>(
     context: String,
 ) -> Option<Decl> {
     let span = item.span();
-    let mut own = DeTable::new();
     let DeValue::Table(table) = item.into_inner() else {
         diags.error(span, Some(&context), None, "must be a table", None);
         return None;
     };
-    let mut edges = DeTable::new();
+    let (mut own, mut edges) = (DeTable::new(), DeTable::new());
     for (key, value) in table {
         if EDGE_FIELDS.contains(&key.get_ref().as_ref()) {
             edges.insert(key, value);

@@ -46,6 +46,6 @@ impl ResourceKind for Directory {
     }
 
     fn implicit_requires(&self) -> Vec<ResourceId> {
-        path_requires(&self.path, &self.owner, &self.group)
+        path_requires(&self.path, self.owner.as_deref(), self.group.as_deref())
     }
 }

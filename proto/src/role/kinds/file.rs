@@ -115,6 +115,6 @@ impl ResourceKind for File {
     }
 
     fn implicit_requires(&self) -> Vec<ResourceId> {
-        path_requires(&self.path, &self.owner, &self.group)
+        path_requires(&self.path, self.owner.as_deref(), self.group.as_deref())
     }
 }

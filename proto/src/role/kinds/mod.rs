@@ -30,6 +30,7 @@ pub use package::{Package, PackageState};
 pub use service::Service;
 pub use user::User;
 
+/// Whether a group, user, directory or file must exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Presence {
@@ -58,15 +59,15 @@ pub(super) trait ResourceKind: Sized {
 }
 
 /// A file or directory follows its parent directories, its owner and its group.
-fn path_requires(path: &str, owner: &Option<String>, group: &Option<String>) -> Vec<ResourceId> {
+fn path_requires(path: &str, owner: Option<&str>, group: Option<&str>) -> Vec<ResourceId> {
     let mut out: Vec<ResourceId> = std::path::Path::new(path)
         .ancestors()
         .skip(1)
         .filter_map(|p| p.to_str())
         .map(|p| ResourceId::new(Kind::Directory, p))
         .collect();
-    out.extend(owner.iter().map(|o| ResourceId::new(Kind::User, o)));
-    out.extend(group.iter().map(|g| ResourceId::new(Kind::Group, g)));
+    out.extend(owner.map(|o| ResourceId::new(Kind::User, o)));
+    out.extend(group.map(|g| ResourceId::new(Kind::Group, g)));
     out
 }
 
