@@ -441,3 +441,78 @@ fn every_bad_field_of_one_table_is_reported() {
     );
     assert_eq!(d[2].help.as_deref(), Some("did you mean `mode`?"));
 }
+
+/// The smallest valid table of each kind, and the NAME of its id. Every kind
+/// must be here: the tests below run each case for every kind.
+const MINIMAL: [(&str, &str, &str); 7] = [
+    ("group", "name = \"ops\"", "ops"),
+    ("user", "name = \"app\"", "app"),
+    ("package", "name = \"vim\"", "vim"),
+    ("directory", "path = \"/srv\"", "/srv"),
+    (
+        "file",
+        "path = \"/etc/motd\"\ncontent = \"hi\"",
+        "/etc/motd",
+    ),
+    ("exec", "name = \"warm\"\ncommand = \"true\"", "warm"),
+    ("service", "name = \"nginx\"", "nginx"),
+];
+
+#[test]
+fn every_kind_has_a_minimal_case() {
+    let covered: Vec<&str> = MINIMAL.iter().map(|(k, _, _)| *k).collect();
+    let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+    assert_eq!(covered, kinds, "MINIMAL lists every kind, in Kind order");
+}
+
+#[test]
+fn every_kind_loads_its_minimal_table_under_its_id() {
+    for (kind, body, name) in MINIMAL {
+        let role = load(&[("role.toml", &format!("{HEAD}\n[[{kind}]]\n{body}\n"))])
+            .unwrap_or_else(|d| panic!("{kind}: {d:#?}"));
+        let ids: Vec<String> = role.resources.iter().map(|r| r.id.to_string()).collect();
+        assert_eq!(ids, [format!("{kind}:{name}")]);
+    }
+}
+
+#[test]
+fn every_kind_takes_requires_and_notify_and_knows_them() {
+    for (kind, body, _) in MINIMAL {
+        let d = errors(&[(
+            "role.toml",
+            &format!(
+                "{HEAD}\n[[{kind}]]\n{body}\nrequires = [\"exec:nope\"]\nnotify = 1\nbogus = 1\n"
+            ),
+        )]);
+        let found: Vec<_> = d.iter().map(|d| d.field.as_deref().unwrap_or("")).collect();
+        assert_eq!(found, ["requires", "notify", "bogus"], "{kind}: {d:#?}");
+        assert!(
+            d[0].message.contains("exec:nope is not declared"),
+            "{}",
+            d[0]
+        );
+        assert!(d[1].message.contains("invalid type"), "{}", d[1]);
+        // Read apart from the kind's own fields, but listed with them.
+        assert!(
+            d[2].message.ends_with("`requires`, `notify`"),
+            "{kind}: {}",
+            d[2]
+        );
+        assert!(
+            d[2].help
+                .as_deref()
+                .is_some_and(|h| h.ends_with("requires, notify")),
+            "{kind}: {}",
+            d[2]
+        );
+    }
+}
+
+#[test]
+fn an_unknown_section_lists_every_kind() {
+    let d = only_error(&format!("{HEAD}\n[[zzzzzzzz]]\n"));
+    let help = d.help.unwrap();
+    for kind in Kind::ALL {
+        assert!(help.contains(kind.as_str()), "{help}");
+    }
+}

@@ -1,0 +1,173 @@
+//! File content named by `template` or `source`: read from the role once every
+//! table is read, templates rendered with the node's facts.
+
+use std::collections::HashSet;
+
+use toml::Spanned;
+
+use super::Spec;
+use super::diagnostic::{Diagnostic, Diags};
+use super::manifest::{Decl, Meta};
+use super::rules::check_rel_path;
+use crate::bundle::RoleBundle;
+use crate::facts::Facts;
+use crate::template::Templates;
+
+#[derive(Clone, Copy)]
+pub(super) enum ContentFrom {
+    Template,
+    Source,
+}
+
+impl ContentFrom {
+    fn field(self) -> &'static str {
+        match self {
+            ContentFrom::Template => "template",
+            ContentFrom::Source => "source",
+        }
+    }
+
+    fn dir(self) -> &'static str {
+        match self {
+            ContentFrom::Template => "templates",
+            ContentFrom::Source => "files",
+        }
+    }
+}
+
+/// A template or source to read, with the field naming it (for diagnostics).
+pub(super) struct PendingContent {
+    from: ContentFrom,
+    name: Spanned<String>,
+}
+
+impl PendingContent {
+    pub(super) fn new(from: ContentFrom, name: Spanned<String>) -> Self {
+        PendingContent { from, name }
+    }
+}
+
+/// Reads every pending content into its file's spec.
+pub(super) fn resolve(
+    diags: &mut Diags<'_>,
+    bundle: &RoleBundle,
+    facts: &Facts,
+    meta: &Meta,
+    vars: &serde_json::Value,
+    decls: &mut [Decl],
+) {
+    let (templates, compiled) = compile_templates(diags, bundle);
+    let data = serde_json::json!({
+        "facts": facts,
+        "vars": vars,
+        "role": { "name": meta.name, "description": meta.description },
+    });
+    for d in decls {
+        let Some(pending) = d.pending_content.take() else {
+            continue;
+        };
+        let Some(content) = read(diags, bundle, &templates, &compiled, &data, d, pending) else {
+            continue;
+        };
+        // Only files have content to read.
+        if let Spec::File(f) = &mut d.spec {
+            f.content = Some(content);
+        }
+    }
+}
+
+/// Compiles every template, so a syntax error is caught even in a template
+/// nothing uses yet. Returns them and the names of those that compiled.
+fn compile_templates(diags: &mut Diags<'_>, bundle: &RoleBundle) -> (Templates, HashSet<String>) {
+    let mut templates = Templates::new();
+    let mut compiled = HashSet::new();
+    for (path, data) in bundle.files() {
+        let Some(name) = path.strip_prefix("templates/") else {
+            continue;
+        };
+        match std::str::from_utf8(data) {
+            Ok(text) => match templates.add(name, text) {
+                Ok(()) => {
+                    compiled.insert(name.to_string());
+                }
+                Err(e) => diags.push(Diagnostic {
+                    file: path.to_string(),
+                    line: e.line,
+                    column: e.column,
+                    context: None,
+                    field: None,
+                    message: format!("template syntax error: {}", e.message),
+                    help: None,
+                }),
+            },
+            Err(_) => diags.push(Diagnostic {
+                file: path.to_string(),
+                line: 0,
+                column: 0,
+                context: None,
+                field: None,
+                message: "template is not valid UTF-8".into(),
+                help: None,
+            }),
+        }
+    }
+    (templates, compiled)
+}
+
+/// The bytes `pending` names for `d`, or `None` once the problem is reported.
+fn read(
+    diags: &mut Diags<'_>,
+    bundle: &RoleBundle,
+    templates: &Templates,
+    compiled: &HashSet<String>,
+    data: &serde_json::Value,
+    d: &Decl,
+    pending: PendingContent,
+) -> Option<Vec<u8>> {
+    let PendingContent { from, name } = pending;
+    let (field, dir) = (from.field(), from.dir());
+    let path = format!("{dir}/{}", name.get_ref());
+    if let Err(why) = check_rel_path(name.get_ref()) {
+        diags.error(
+            name.span(),
+            Some(&d.context),
+            Some(field),
+            format!("{field} {:?} {why}", name.get_ref()),
+            Some(format!("name a file inside the role's {dir}/ directory")),
+        );
+        return None;
+    }
+    let Some(bytes) = bundle.get(&path) else {
+        diags.error(
+            name.span(),
+            Some(&d.context),
+            Some(field),
+            format!("{path} does not exist in the role"),
+            None,
+        );
+        return None;
+    };
+    match from {
+        ContentFrom::Source => Some(bytes.to_vec()),
+        // Its syntax error is reported already.
+        ContentFrom::Template if !compiled.contains(name.get_ref()) => None,
+        ContentFrom::Template => match templates.render(name.get_ref(), data) {
+            Ok(s) => Some(s.into_bytes()),
+            Err(e) => {
+                diags.push(Diagnostic {
+                    file: path,
+                    line: e.line,
+                    column: e.column,
+                    context: Some(format!("rendering for {}", d.id)),
+                    field: None,
+                    message: e.message,
+                    help: Some(
+                        "templates see `facts`, `vars` and `role`; an undefined name is an error"
+                            .into(),
+                    ),
+                });
+                None
+            }
+        },
+    }
+}

@@ -1,0 +1,120 @@
+//! `[[file]]`: a file's content (given, from a template or from a source),
+//! owner, group and mode, or its absence. It follows its parent directories,
+//! owner and group.
+
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Presence, ResourceKind, path_requires};
+use crate::role::content::{ContentFrom, PendingContent};
+use crate::role::id::ResourceId;
+use crate::role::rules::Table;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct File {
+    pub path: String,
+    /// The exact bytes the file must hold (templates already rendered), or
+    /// `None` when the file must be absent.
+    pub content: Option<Vec<u8>>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub mode: Option<u32>,
+    /// The content is secret: reports show that it changed, never what it is.
+    pub sensitive: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(in crate::role) struct RawFile {
+    path: Spanned<String>,
+    content: Option<Spanned<String>>,
+    template: Option<Spanned<String>>,
+    source: Option<Spanned<String>>,
+    state: Option<Spanned<Presence>>,
+    owner: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    #[serde(default)]
+    sensitive: bool,
+}
+
+const CONTENT_FIELDS: [&str; 3] = ["content", "template", "source"];
+
+impl ResourceKind for File {
+    type Raw = RawFile;
+
+    fn name(raw: &RawFile) -> &Spanned<String> {
+        &raw.path
+    }
+
+    fn check(r: RawFile, t: &mut Table<'_, '_>) -> File {
+        t.check_abs_path(&r.path, "path");
+        let absent = r.state.as_ref().map(|s| *s.get_ref()) == Some(Presence::Absent);
+        let given: Vec<(&str, Range<usize>)> = CONTENT_FIELDS
+            .into_iter()
+            .zip([&r.content, &r.template, &r.source])
+            .filter_map(|(n, s)| s.as_ref().map(|s| (n, s.span())))
+            .collect();
+        if absent {
+            if let Some((field, span)) = given.first() {
+                t.error(
+                    span.clone(),
+                    Some(field),
+                    format!("`{field}` cannot be set on a file with state = \"absent\""),
+                    None,
+                );
+            }
+        } else if given.is_empty()
+            && !t
+                .dropped
+                .iter()
+                .any(|f| CONTENT_FIELDS.contains(&f.as_str()))
+        {
+            t.error(
+                t.span.start..t.span.start,
+                None,
+                "a file needs exactly one of `content`, `template` or `source`, or state = \"absent\"",
+                None,
+            );
+        } else if given.len() > 1 {
+            let names: Vec<_> = given.iter().map(|(n, _)| format!("`{n}`")).collect();
+            t.error(
+                given[1].1.clone(),
+                Some(given[1].0),
+                format!(
+                    "{} are both set; a file takes exactly one",
+                    names.join(" and ")
+                ),
+                Some("keep one of them".into()),
+            );
+        }
+        let content = if absent {
+            None
+        } else {
+            t.pending_content = match (r.template, r.source) {
+                (Some(name), _) => Some(PendingContent::new(ContentFrom::Template, name)),
+                (None, Some(name)) => Some(PendingContent::new(ContentFrom::Source, name)),
+                _ => None,
+            };
+            Some(
+                r.content
+                    .map(|c| c.into_inner().into_bytes())
+                    .unwrap_or_default(),
+            )
+        };
+        File {
+            path: r.path.into_inner(),
+            content,
+            owner: t.account(r.owner, "owner"),
+            group: t.account(r.group, "group"),
+            mode: t.mode(r.mode),
+            sensitive: r.sensitive,
+        }
+    }
+
+    fn implicit_requires(&self) -> Vec<ResourceId> {
+        path_requires(&self.path, self.owner.as_deref(), self.group.as_deref())
+    }
+}

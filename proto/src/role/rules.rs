@@ -1,0 +1,173 @@
+//! Rules several kinds share (account names, paths, modes), and [`Table`], the
+//! resource table being checked, which reports a broken rule at its field.
+
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::content::PendingContent;
+use super::diagnostic::Diags;
+
+pub(super) const ACCOUNT_RULE: &str = "user and group names start with a lowercase letter or _, then lowercase letters, digits, _ or - (at most 32)";
+
+pub(super) fn is_role_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.len() <= 63
+}
+
+pub(super) fn is_account_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && s.len() <= 32
+}
+
+/// An absolute, normalized path: no `.`/`..` components, no `//`, no trailing `/`.
+pub fn check_abs_path(p: &str) -> Result<(), &'static str> {
+    if !p.starts_with('/') {
+        return Err("must be absolute (start with /)");
+    }
+    if p == "/" {
+        return Err("cannot be the root directory");
+    }
+    if p.ends_with('/') {
+        return Err("must not end with /");
+    }
+    if p.contains('\0') {
+        return Err("contains a NUL byte");
+    }
+    for part in p[1..].split('/') {
+        match part {
+            "" => return Err("contains an empty component (//)"),
+            "." | ".." => return Err("contains . or .. components"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A path inside the role: relative, without `.`, `..` or empty components.
+pub(super) fn check_rel_path(p: &str) -> Result<(), &'static str> {
+    if p.starts_with('/') {
+        return Err("is absolute; it must be relative to the role");
+    }
+    if p.is_empty() || p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err("escapes the role or is not a plain relative path");
+    }
+    Ok(())
+}
+
+/// Parses `"0644"`-style octal permission strings (3 or 4 digits, at most 07777).
+pub fn parse_mode(s: &str) -> Result<u32, &'static str> {
+    if !(3..=4).contains(&s.len()) {
+        return Err("expected 3 or 4 octal digits");
+    }
+    if !s.chars().all(|c| ('0'..='7').contains(&c)) {
+        return Err("octal digits are 0 to 7");
+    }
+    u32::from_str_radix(s, 8).map_err(|_| "not an octal number")
+}
+
+/// One resource table (`[[file]]`, …) whose fields a kind is checking: every
+/// problem is reported with the table as context.
+pub(super) struct Table<'t, 'a> {
+    diags: &'t mut Diags<'a>,
+    /// What the problems are in: `[[file]] "/etc/motd"`.
+    pub(super) context: String,
+    /// The whole table, for a problem no single field holds.
+    pub(super) span: Range<usize>,
+    /// Fields already reported and left out: checks must not call them missing.
+    pub(super) dropped: Vec<String>,
+    /// Content to read from a template or a source once every table is read
+    /// (a template sees every var, wherever `[vars]` is written).
+    pub(super) pending_content: Option<PendingContent>,
+}
+
+impl<'t, 'a> Table<'t, 'a> {
+    pub(super) fn new(
+        diags: &'t mut Diags<'a>,
+        context: String,
+        span: Range<usize>,
+        dropped: Vec<String>,
+    ) -> Self {
+        Table {
+            diags,
+            context,
+            span,
+            dropped,
+            pending_content: None,
+        }
+    }
+
+    pub(super) fn error(
+        &mut self,
+        span: Range<usize>,
+        field: Option<&str>,
+        message: impl Into<String>,
+        help: Option<String>,
+    ) {
+        self.diags
+            .error(span, Some(&self.context), field, message, help);
+    }
+
+    /// Checks a name against `valid`; `rule` says what a valid one looks like.
+    pub(super) fn check_name(
+        &mut self,
+        name: &Spanned<String>,
+        field: &str,
+        valid: fn(&str) -> bool,
+        rule: &str,
+    ) -> bool {
+        if valid(name.get_ref()) {
+            return true;
+        }
+        self.error(
+            name.span(),
+            Some(field),
+            format!("invalid name {:?}", name.get_ref()),
+            Some(rule.to_string()),
+        );
+        false
+    }
+
+    pub(super) fn check_abs_path(&mut self, path: &Spanned<String>, field: &str) -> bool {
+        match check_abs_path(path.get_ref()) {
+            Ok(()) => true,
+            Err(why) => {
+                self.error(
+                    path.span(),
+                    Some(field),
+                    format!("invalid path {:?}: {why}", path.get_ref()),
+                    None,
+                );
+                false
+            }
+        }
+    }
+
+    /// The `mode` field as a number, if set and valid.
+    pub(super) fn mode(&mut self, mode: Option<Spanned<String>>) -> Option<u32> {
+        let mode = mode?;
+        match parse_mode(mode.get_ref()) {
+            Ok(m) => Some(m),
+            Err(why) => {
+                self.error(
+                    mode.span(),
+                    Some("mode"),
+                    format!("invalid mode {:?}: {why}", mode.get_ref()),
+                    Some("write the mode as an octal string, like \"0644\" or \"0755\"".into()),
+                );
+                None
+            }
+        }
+    }
+
+    /// An `owner` or `group` field: a user or group name, if set.
+    pub(super) fn account(&mut self, name: Option<Spanned<String>>, field: &str) -> Option<String> {
+        let name = name?;
+        self.check_name(&name, field, is_account_name, ACCOUNT_RULE);
+        Some(name.into_inner())
+    }
+}
