@@ -6,9 +6,11 @@
 //! - [`template`]: Handlebars rendering in strict mode, shared by validation and the agent.
 //! - [`facts`]: what the agent knows about its node; templates see it as `facts`.
 //! - [`report`]: the run report, printed by the agent and stored by the server.
+//! - [`client`]: reaching a server: credential file, mutual-TLS connection, errors with help.
 //! - [`pb`]: generated wire types; only this crate and the gRPC edges use them.
 
 pub mod bundle;
+pub mod client;
 pub mod facts;
 pub mod report;
 pub mod role;
