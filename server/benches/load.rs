@@ -27,9 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use cairn_proto::client::Credentials;
 use cairn_proto::pb;
-use cairn_server::credentials::Credentials;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 type Client = pb::roles_client::RolesClient<Channel>;
 
@@ -187,21 +187,6 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Opens one TLS connection (one tonic channel) with the credential.
-async fn connect(creds: &Credentials) -> Result<Client> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&creds.ca))
-        .identity(Identity::from_pem(&creds.cert, &creds.key));
-    let channel = Channel::from_shared(creds.server.clone())?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("could not connect to {}", creds.server))?;
-    // Listing every version of the shared role can exceed the 4 MiB default.
-    Ok(Client::new(channel).max_decoding_message_size(64 << 20))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -436,7 +421,8 @@ async fn bench(creds_path: &Path, server_pid: u32, n: usize, duration: Duration)
     let creds = Credentials::load(creds_path)?;
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
-        clients.push(connect(&creds).await?);
+        // One TLS connection (one tonic channel) each.
+        clients.push(creds.connect().await?.roles());
     }
 
     // The role every fetch reads.

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use cairn_proto::client::Credentials;
 use clap::{Parser, Subcommand};
 
 use crate::auth::OperatorRole;
-use crate::credentials::Credentials;
 use crate::pki::Pki;
 use crate::serve::{self, DB_FILE, ServeConfig};
 use crate::store::sqlite::SqliteStore;
@@ -142,15 +142,15 @@ async fn run(cli: Cli) -> Result<()> {
                 None => format!("https://{}:{DEFAULT_PORT}", default_names()[0]),
             };
             let id = pki.issue_operator(&name, role)?;
-            Credentials {
+            let creds = Credentials {
                 server,
                 operator: name.clone(),
                 role: role.to_string(),
                 ca: pki.ca_pem.clone(),
                 cert: id.cert_pem,
                 key: id.key_pem,
-            }
-            .save(&out)?;
+            };
+            crate::pki::write_secret(&out, &creds.to_toml())?;
             let store = SqliteStore::open(&data_dir.join(DB_FILE))
                 .await
                 .context("could not open the database to record the new operator")?;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use cairn_proto::bundle::RoleBundle;
+use cairn_proto::client::Credentials;
 use cairn_proto::facts::Facts;
-use cairn_server::credentials::Credentials;
 use common::{Server, add_operator};
 use serde_json::Value;
 
@@ -579,7 +579,7 @@ fn credentials_from_another_ca_are_refused() {
     let mut mixed = Credentials::load(&eve).unwrap();
     mixed.ca = Credentials::load(&ada).unwrap().ca;
     let mixed_path = elsewhere.path().join("mixed.toml");
-    mixed.save(&mixed_path).unwrap();
+    std::fs::write(&mixed_path, mixed.to_toml()).unwrap();
     let err = fails(
         &mixed_path,
         &["role", "push", recipe("base").to_str().unwrap()],

@@ -6,7 +6,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use cairn_proto::client::{self, Credentials};
 use cairn_proto::pb;
+use cairn_proto::pb::roles_client::RolesClient;
 use common::*;
 use tonic::Code;
 
@@ -18,7 +20,7 @@ fn manifest(name: &str) -> pb::BundleFile {
 }
 
 async fn push(
-    client: &mut pb::roles_client::RolesClient<tonic::transport::Channel>,
+    client: &mut RolesClient<tonic::transport::Channel>,
     files: Vec<pb::BundleFile>,
 ) -> Result<pb::PushResponse, tonic::Status> {
     client
@@ -35,7 +37,7 @@ async fn push(
 async fn malformed_bundles_are_refused_and_the_server_keeps_serving() {
     let server = Server::start();
     let creds = server.operator("pat", "publisher");
-    let mut client = roles(channel(&creds).await);
+    let mut client = connect(&creds).await.roles();
 
     let cases: Vec<(&str, Vec<pb::BundleFile>, &str)> = vec![
         (
@@ -109,39 +111,25 @@ async fn malformed_bundles_are_refused_and_the_server_keeps_serving() {
 async fn requests_without_a_valid_certificate_are_refused() {
     let server = Server::start();
     let creds = server.operator("ann", "admin");
-    let ca = cairn_server::credentials::Credentials::load(&creds)
-        .unwrap()
-        .ca;
+    let ca = Credentials::load(&creds).unwrap().ca;
 
     // No client certificate: TLS works, the call is refused with a clear status.
-    let mut anon = roles(channel_with(&server.url(), &ca, None).await);
+    let mut anon = connect_to(&server.url(), &ca, None).await.roles();
     let err = anon.list(pb::ListRolesRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("operator add"), "{err:?}");
 
     // A certificate from another CA is refused by the handshake.
     let other = Server::start();
-    let foreign =
-        cairn_server::credentials::Credentials::load(&other.operator("mallory", "admin")).unwrap();
-    let ch = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
-                .identity(tonic::transport::Identity::from_pem(
-                    &foreign.cert,
-                    &foreign.key,
-                )),
-        )
-        .unwrap();
-    let refused = match ch.connect().await {
+    let foreign = Credentials::load(&other.operator("mallory", "admin")).unwrap();
+    let refused = match client::connect(&server.url(), &ca, Some(foreign.identity())).await {
         Err(_) => true,
-        Ok(ch) => roles(ch).list(pb::ListRolesRequest {}).await.is_err(),
+        Ok(conn) => conn.roles().list(pb::ListRolesRequest {}).await.is_err(),
     };
     assert!(refused, "a foreign certificate was accepted");
 
     // Refusals are audited.
-    let mut audit = pb::audit_client::AuditClient::new(channel(&creds).await);
+    let mut audit = connect(&creds).await.audit();
     let log = audit
         .list(pb::AuditRequest::default())
         .await
@@ -161,7 +149,7 @@ async fn every_acknowledged_push_survives_sigkill() {
     let data = dir.path().join("data");
     let mut server = Server::start_in(&data);
     let creds = server.operator("pat", "publisher");
-    let mut client = roles(channel(&creds).await);
+    let mut client = connect(&creds).await.roles();
 
     // Push distinct versions in a loop; kill the server mid-stream.
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -197,8 +185,8 @@ async fn every_acknowledged_push_survives_sigkill() {
 
     let server = Server::start_in(&data);
     // The restarted server listens on another port than the credential says.
-    let c = cairn_server::credentials::Credentials::load(&creds).unwrap();
-    let mut client = roles(channel_with(&server.url(), &c.ca, Some((&c.cert, &c.key))).await);
+    let c = Credentials::load(&creds).unwrap();
+    let mut client = connect_to(&server.url(), &c.ca, Some(&c)).await.roles();
     for (version, (i, digest)) in &acked {
         let got = client
             .get(pb::GetRoleRequest {
@@ -239,7 +227,7 @@ async fn every_acknowledged_push_survives_sigkill() {
 async fn health_metrics_and_graceful_shutdown() {
     let mut server = Server::start();
     let creds = server.operator("pat", "publisher");
-    let mut client = roles(channel(&creds).await);
+    let mut client = connect(&creds).await.roles();
     push(&mut client, bundle_of(&recipes().join("web")).files)
         .await
         .unwrap();
@@ -332,8 +320,8 @@ impl tonic::codec::Decoder for RawDecoder {
 async fn garbage_messages_are_refused_with_a_status() {
     let server = Server::start();
     let creds = server.operator("pat", "publisher");
-    let ch = channel(&creds).await;
-    let mut raw = tonic::client::Grpc::new(ch.clone());
+    let conn = connect(&creds).await;
+    let mut raw = tonic::client::Grpc::new(conn.channel());
     for garbage in [
         vec![0xff; 64],
         b"\x0a\xff\xff\xff\xff\x0f".to_vec(),
@@ -351,7 +339,7 @@ async fn garbage_messages_are_refused_with_a_status() {
         );
     }
     // The server keeps serving well-formed requests on the same connection.
-    let mut client = roles(ch);
+    let mut client = conn.roles();
     let ok = push(&mut client, bundle_of(&recipes().join("web")).files)
         .await
         .unwrap();

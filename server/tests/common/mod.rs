@@ -9,10 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use cairn_proto::client::{self, Connection, Credentials};
 use cairn_proto::pb;
-use cairn_server::credentials::Credentials;
 use tempfile::TempDir;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// A running `cairn-server serve` on ephemeral loopback ports.
 pub struct Server {
@@ -145,28 +144,16 @@ pub fn add_operator(data_dir: &Path, work: &Path, name: &str, role: &str, url: &
     out
 }
 
-pub async fn channel(creds: &Path) -> Channel {
-    let c = Credentials::load(creds).unwrap();
-    channel_with(&c.server, &c.ca, Some((&c.cert, &c.key))).await
+/// Connects with the credential file at `creds`, to the server it names.
+pub async fn connect(creds: &Path) -> Connection {
+    Credentials::load(creds).unwrap().connect().await.unwrap()
 }
 
-pub async fn channel_with(url: &str, ca: &str, id: Option<(&str, &str)>) -> Channel {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-    if let Some((cert, key)) = id {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Channel::from_shared(url.to_string())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+/// Connects to `url` trusting `ca`, presenting the certificate and key of `id` if given.
+pub async fn connect_to(url: &str, ca: &str, id: Option<&Credentials>) -> Connection {
+    client::connect(url, ca, id.map(Credentials::identity))
         .await
         .unwrap()
-}
-
-pub fn roles(ch: Channel) -> pb::roles_client::RolesClient<Channel> {
-    pb::roles_client::RolesClient::new(ch).max_encoding_message_size(64 << 20)
 }
 
 pub fn recipes() -> PathBuf {
