@@ -143,6 +143,105 @@ async fn requests_without_a_valid_certificate_are_refused() {
     );
 }
 
+/// Regression: input was checked before the caller, so a caller without a
+/// certificate sending an empty role name got INVALID_ARGUMENT.
+#[tokio::test]
+async fn the_caller_is_authorized_before_its_input_is_checked() {
+    let server = Server::start();
+    let admin = Credentials::load(&server.operator("ann", "admin")).unwrap();
+    let auditor = Credentials::load(&server.operator("aud", "auditor")).unwrap();
+
+    // Every call with input no handler accepts: no role name, a bad channel, version 0.
+    async fn bad_calls(conn: &client::Connection) -> Vec<(&'static str, tonic::Status)> {
+        let mut roles = conn.roles();
+        let bad_channel = "Not A Channel!".to_string();
+        let calls = [
+            (
+                "versions",
+                roles
+                    .versions(pb::VersionsRequest { role: "".into() })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "get",
+                roles
+                    .get(pb::GetRoleRequest {
+                        role: "".into(),
+                        version: 0,
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "channels",
+                roles
+                    .channels(pb::ChannelsRequest { role: "".into() })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "promote",
+                roles
+                    .promote(pb::PromoteRequest {
+                        role: "".into(),
+                        version: 0,
+                        channel: bad_channel.clone(),
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "rollback",
+                roles
+                    .rollback(pb::RollbackRequest {
+                        role: "".into(),
+                        channel: bad_channel.clone(),
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "push",
+                roles
+                    .push(pb::PushRequest {
+                        bundle: Some(pb::Bundle {
+                            files: vec![file(b"../escape", b"x")],
+                        }),
+                        message: String::new(),
+                        promote_to: bad_channel,
+                    })
+                    .await
+                    .map(drop),
+            ),
+        ];
+        calls
+            .into_iter()
+            .map(|(what, result)| (what, result.expect_err(what)))
+            .collect()
+    }
+
+    // The input really is bad: an admin is told so.
+    let admin_conn = connect_to(&server.url(), &admin.ca, Some(&admin)).await;
+    for (what, status) in bad_calls(&admin_conn).await {
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    }
+    // Without a certificate, every call is refused as unauthenticated first.
+    let anon = connect_to(&server.url(), &admin.ca, None).await;
+    for (what, status) in bad_calls(&anon).await {
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    }
+    // An auditor may read but not write: the writes are denied before their input is looked at.
+    let auditor_conn = connect_to(&server.url(), &auditor.ca, Some(&auditor)).await;
+    for (what, status) in bad_calls(&auditor_conn).await {
+        let expected = match what {
+            "promote" | "rollback" | "push" => Code::PermissionDenied,
+            _ => Code::InvalidArgument,
+        };
+        assert_eq!(status.code(), expected, "{what}: {status:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_push_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
