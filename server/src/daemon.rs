@@ -1,7 +1,7 @@
 //! The `cairn-server` command line: `serve` and `operator add`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -10,12 +10,13 @@ use clap::{Parser, Subcommand};
 
 use crate::auth::OperatorRole;
 use crate::pki::Pki;
-use crate::serve::{self, DB_FILE, ServeConfig};
-use crate::store::sqlite::SqliteStore;
-use crate::store::{Actor, Store};
+use crate::serve::{self, ServeConfig};
+use crate::store::{self, Actor};
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/cairn-server";
 const DEFAULT_PORT: u16 = 7443;
+/// The SQLite database's file in the data directory, when `--database` is not given.
+const DB_FILE: &str = "cairn.db";
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +35,10 @@ enum Command {
     Serve {
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// Where roles, channels and the audit log are stored (supported: sqlite://PATH)
+        /// [default: sqlite://DATA_DIR/cairn.db]
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
         /// gRPC address.
         #[arg(long, default_value = "0.0.0.0:7443")]
         listen: SocketAddr,
@@ -64,6 +69,10 @@ enum OperatorCommand {
         out: PathBuf,
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// The server's database, where the new operator is audited (as for `serve`)
+        /// [default: sqlite://DATA_DIR/cairn.db]
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
         /// Server URL written into the credential file
         /// (default: https://<first name of the server certificate>:7443).
         #[arg(long)]
@@ -103,6 +112,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve {
             data_dir,
+            database,
             listen,
             http,
             mut names,
@@ -112,6 +122,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             serve::run(
                 ServeConfig {
+                    database: database_url(database, &data_dir)?,
                     data_dir,
                     listen,
                     http,
@@ -128,6 +139,7 @@ async fn run(cli: Cli) -> Result<()> {
                     role,
                     out,
                     data_dir,
+                    database,
                     server,
                 },
         } => {
@@ -151,7 +163,7 @@ async fn run(cli: Cli) -> Result<()> {
                 key: id.key_pem,
             };
             crate::pki::write_secret(&out, &creds.to_toml())?;
-            let store = SqliteStore::open(&data_dir.join(DB_FILE))
+            let store = store::open(&database_url(database, &data_dir)?)
                 .await
                 .context("could not open the database to record the new operator")?;
             let local = Actor {
@@ -166,6 +178,21 @@ async fn run(cli: Cli) -> Result<()> {
             println!("wrote credentials for {name} ({role}) to {}", out.display());
             Ok(())
         }
+    }
+}
+
+/// `--database`, or SQLite in the data directory.
+fn database_url(given: Option<String>, data_dir: &Path) -> Result<String> {
+    if let Some(url) = given {
+        return Ok(url);
+    }
+    let file = data_dir.join(DB_FILE);
+    match file.to_str() {
+        Some(path) => Ok(format!("sqlite://{path}")),
+        None => anyhow::bail!(
+            "the data directory {} is not UTF-8, so it cannot be written as a database URL: pass --database sqlite://PATH",
+            data_dir.display()
+        ),
     }
 }
 

@@ -21,14 +21,15 @@ use tracing::{info, warn};
 use crate::metrics::Metrics;
 use crate::pki::Pki;
 use crate::service::{Api, MAX_MESSAGE_BYTES};
-use crate::store::sqlite::SqliteStore;
-
-pub const DB_FILE: &str = "cairn.db";
+use crate::store;
 const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// The CA and the server certificate.
     pub data_dir: PathBuf,
+    /// Where roles, channels and the audit log are: see [`store::open`].
+    pub database: String,
     pub listen: SocketAddr,
     pub http: SocketAddr,
     /// Names and addresses clients reach the server by; the certificate's SANs.
@@ -43,12 +44,9 @@ pub async fn run(
     let server_id = pki
         .issue_server(&config.names)
         .context("could not issue the server certificate")?;
-    let db = config.data_dir.join(DB_FILE);
-    let store = Arc::new(
-        SqliteStore::open(&db)
-            .await
-            .with_context(|| format!("could not open the database {}", db.display()))?,
-    );
+    let store = store::open(&config.database)
+        .await
+        .context("could not open the database")?;
     let metrics = Arc::new(Metrics::default());
 
     let grpc = TcpListener::bind(config.listen)

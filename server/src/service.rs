@@ -32,18 +32,11 @@ const REFUSED_TARGET_CHARS: usize = 128;
 /// Channel used when a request names none.
 pub const DEFAULT_CHANNEL: &str = "production";
 
-pub struct Api<S> {
-    store: Arc<S>,
+/// The handlers; they see storage only as `dyn Store`.
+#[derive(Clone)]
+pub struct Api {
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-}
-
-impl<S> Clone for Api<S> {
-    fn clone(&self) -> Self {
-        Api {
-            store: self.store.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
 }
 
 pub fn store_status(e: StoreError) -> Status {
@@ -51,7 +44,10 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
         StoreError::Conflict(msg) => Status::failed_precondition(msg),
         e => {
-            error!(error = %anyhow::Error::from(e), "storage failure");
+            error!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "storage failure"
+            );
             Status::internal("the server could not reach its storage; see its log")
         }
     }
@@ -130,8 +126,8 @@ pub fn bundle_from_wire(b: pb::Bundle) -> Result<RoleBundle, Status> {
     })
 }
 
-impl<S: Store> Api<S> {
-    pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Self {
+impl Api {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
         Api { store, metrics }
     }
 
@@ -180,7 +176,7 @@ impl<S: Store> Api<S> {
 }
 
 #[tonic::async_trait]
-impl<S: Store> pb::roles_server::Roles for Api<S> {
+impl pb::roles_server::Roles for Api {
     async fn push(
         &self,
         req: Request<pb::PushRequest>,
@@ -413,7 +409,7 @@ fn diags_role_name(bundle: &RoleBundle) -> String {
 }
 
 #[tonic::async_trait]
-impl<S: Store> pb::audit_server::Audit for Api<S> {
+impl pb::audit_server::Audit for Api {
     async fn list(
         &self,
         req: Request<pb::AuditRequest>,
