@@ -1,5 +1,6 @@
 //! The `cairn-server` command line: `serve` and `operator add`.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,10 +8,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use cairn_proto::client::Credentials;
 use clap::{Parser, Subcommand};
+use tracing::info;
 
 use crate::auth::OperatorRole;
 use crate::pki::Pki;
-use crate::serve::{self, ServeConfig};
+use crate::serve::{self, Listeners, ServeConfig};
 use crate::store::{self, Actor};
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/cairn-server";
@@ -120,17 +122,26 @@ async fn run(cli: Cli) -> Result<()> {
             if names.is_empty() {
                 names = default_names();
             }
-            serve::run(
-                ServeConfig {
-                    database: database_url(database, &data_dir)?,
-                    data_dir,
-                    listen,
-                    http,
-                    names,
-                },
-                serve::signal(),
-            )
-            .await
+            let server = serve::Server::open(&ServeConfig {
+                database: database_url(database, &data_dir)?,
+                data_dir,
+                names,
+            })
+            .await?;
+            let listeners = Listeners::bind(listen, http).await?;
+            let (grpc_addr, http_addr) =
+                (listeners.grpc.local_addr()?, listeners.http.local_addr()?);
+            info!(grpc = %grpc_addr, http = %http_addr, "listening");
+            // scripts/demo.sh reads the bound ports (the flags may say port 0) from this line.
+            {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "cairn-server listening grpc={grpc_addr} http={http_addr}"
+                )?;
+                out.flush()?;
+            }
+            serve::run(server, listeners, serve::signal()).await
         }
         Command::Operator {
             command:

@@ -246,7 +246,8 @@ async fn the_caller_is_authorized_before_its_input_is_checked() {
 async fn every_acknowledged_push_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = Server::start_in(&data);
+    let (grpc, http) = free_ports();
+    let mut server = Daemon::start_in(&data, grpc, http);
     let creds = server.operator("pat", "publisher");
     let mut client = connect(&creds).await.roles();
 
@@ -282,10 +283,9 @@ async fn every_acknowledged_push_survives_sigkill() {
     let acked = pusher.await.unwrap();
     assert!(acked.len() > 5, "only {} pushes acknowledged", acked.len());
 
-    let server = Server::start_in(&data);
-    // The restarted server listens on another port than the credential says.
-    let c = Credentials::load(&creds).unwrap();
-    let mut client = connect_to(&server.url(), &c.ca, Some(&c)).await.roles();
+    // Restarted on the same ports, so the credential's URL reaches it.
+    let _server = Daemon::start_in(&data, grpc, http);
+    let mut client = connect(&creds).await.roles();
     for (version, (i, digest)) in &acked {
         let got = client
             .get(pb::GetRoleRequest {
@@ -324,7 +324,9 @@ async fn every_acknowledged_push_survives_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_graceful_shutdown() {
-    let mut server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http) = free_ports();
+    let mut server = Daemon::start_in(&dir.path().join("data"), grpc, http);
     let creds = server.operator("pat", "publisher");
     let mut client = connect(&creds).await.roles();
     push(&mut client, bundle_of(&recipes().join("web")).files)

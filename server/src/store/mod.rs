@@ -130,9 +130,9 @@ pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
     /// The database failed; the backend's own error is the source.
-    #[error("database error during {op}")]
+    #[error("database error: could not {op}")]
     Backend {
-        op: &'static str,
+        op: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },

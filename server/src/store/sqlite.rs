@@ -19,10 +19,10 @@ use super::*;
 
 /// Converts at the edge: no sqlx type leaves this module.
 fn db<E: std::error::Error + Send + Sync + 'static>(
-    op: &'static str,
+    op: impl Into<String>,
 ) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError::Backend {
-        op,
+        op: op.into(),
         source: Box::new(e),
     }
 }
@@ -108,7 +108,7 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(opts)
             .await
-            .map_err(db("open database"))?;
+            .map_err(db(format!("open {}", path.display())))?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
