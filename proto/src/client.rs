@@ -12,7 +12,8 @@
 //!
 //! let creds = Credentials::load("ops.toml".as_ref())?;
 //! let conn = creds.connect().await?;
-//! let roles = conn.roles().list(pb::ListRolesRequest {}).await.refused_by(&conn)?;
+//! let list = conn.roles().list(pb::ListRolesRequest {}).await.refused_by(&conn)?;
+//! println!("{} roles", list.roles.len());
 //! # Ok(()) }
 //! ```
 
