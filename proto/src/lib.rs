@@ -9,9 +9,11 @@
 //!   and its rendering for people.
 //! - [`diff`]: unified diffs of file content and of two role bundles.
 //! - [`terminal`]: escaping text from outside before it is printed.
+//! - [`client`]: reaching a server: credential file, mutual-TLS connection, errors with help.
 //! - [`pb`]: generated wire types; only this crate and the gRPC edges use them.
 
 pub mod bundle;
+pub mod client;
 pub mod diff;
 pub mod facts;
 pub mod report;

@@ -11,25 +11,34 @@
 //! - `fetch (Roles.Get)`: every client fetches the latest `web` role (recipes/web).
 //!
 //! Every push carries different content, so every acknowledged push must have
-//! created a version. After the pushes the stored versions are listed and
-//! compared with the acknowledged ones: the bench fails if one is missing or
-//! extra, or if any request failed.
+//! created a version, with the digest of the content sent. After the loads the
+//! server is stopped and started again on the same data directory, and the
+//! stored versions are listed and compared with the acknowledged ones, and each
+//! acknowledged version is fetched and its content's digest checked against
+//! the acknowledged digest: the bench fails if one is missing, extra or
+//! different, or if any request failed.
+//!
+//! The report names the filesystem of the data directory: on tmpfs a commit
+//! never waits for a disk, so pushes look faster than they are.
 //!
 //! Run with `scripts/bench-server.sh` (or `cargo bench -p cairn-server --bench load`).
 //! `CAIRN_BENCH_CLIENTS` and `CAIRN_BENCH_SECS` change the client count and the
-//! length of each load (defaults 64 and 10).
+//! length of each load (defaults 64 and 10); `CAIRN_BENCH_DIR` the directory
+//! the data directory is created in (default: the system's temporary directory).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use cairn_proto::bundle::RoleBundle;
+use cairn_proto::client::Credentials;
 use cairn_proto::pb;
-use cairn_server::credentials::Credentials;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 type Client = pb::roles_client::RolesClient<Channel>;
 
@@ -73,19 +82,45 @@ fn run() -> Result<()> {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into());
 
-    let dir = tempfile::tempdir().context("could not create a temporary directory")?;
-    let mut server = Server::start(&dir.path().join("data"))?;
+    let parent = std::env::var_os("CAIRN_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-bench-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("could not create a directory in {}", parent.display()))?;
+    let data = dir.path().join("data");
+    let filesystem = filesystem_of(dir.path())?;
+    let (grpc, http) = free_ports()?;
+    let mut server = Server::start(&data, grpc, http)?;
     let creds = server.operator(&dir.path().join("bench.toml"))?;
 
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
-    let report = runtime.block_on(bench(&creds, server.child.id(), clients, duration))?;
+    let (phases, acked) = runtime.block_on(bench(&creds, server.child.id(), clients, duration))?;
     let peak_rss_kib = server.peak_rss_kib()?;
     let status = server.terminate()?;
-
-    print_report(&report, clients, secs, peak_rss_kib, &load_before);
     ensure!(
         status.success(),
         "cairn-server did not stop cleanly on SIGTERM: {status}"
+    );
+
+    // What was acknowledged must be what a new server process finds on disk.
+    let mut server = Server::start(&data, grpc, http)?;
+    let durability = runtime.block_on(verify(&creds, clients, &acked))?;
+    let status = server.terminate()?;
+    ensure!(
+        status.success(),
+        "the restarted cairn-server did not stop cleanly on SIGTERM: {status}"
+    );
+
+    let report = Report { phases, durability };
+    print_report(
+        &report,
+        clients,
+        secs,
+        peak_rss_kib,
+        &load_before,
+        &filesystem,
     );
     let errors: u64 = report.phases.iter().map(|p| p.errors).sum();
     if errors > 0 {
@@ -99,45 +134,118 @@ fn run() -> Result<()> {
         }
         bail!("{errors} requests failed");
     }
-    if let Some(problem) = &report.lost {
-        bail!("stored versions differ from acknowledged pushes: {problem}");
+    if let Some(problem) = &report.durability.problem {
+        bail!("after the restart, stored versions differ from acknowledged pushes: {problem}");
     }
     Ok(())
+}
+
+/// Two loopback addresses (gRPC, HTTP) that were free a moment ago. The server
+/// binds them itself, and binds them again after its restart.
+fn free_ports() -> Result<(SocketAddr, SocketAddr)> {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").context("could not bind loopback");
+    // Both held at once, so they differ.
+    let (a, b) = (bind()?, bind()?);
+    Ok((a.local_addr()?, b.local_addr()?))
+}
+
+/// The filesystem `path` is on, from the mount with the longest mount point
+/// containing it in `/proc/self/mountinfo`: e.g. `ext4 (/dev/sda1 on /)`.
+fn filesystem_of(path: &Path) -> Result<String> {
+    let path = path
+        .canonicalize()
+        .with_context(|| format!("could not resolve {}", path.display()))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("could not read /proc/self/mountinfo")?;
+    mountinfo
+        .lines()
+        .filter_map(parse_mount)
+        .filter(|m| path.starts_with(&m.point))
+        .max_by_key(|m| m.point.as_os_str().len())
+        .map(|m| format!("{} ({} on {})", m.fstype, m.source, m.point.display()))
+        .with_context(|| format!("no mount in /proc/self/mountinfo holds {}", path.display()))
+}
+
+struct Mount {
+    point: PathBuf,
+    fstype: String,
+    source: String,
+}
+
+/// One line of mountinfo: `ID PARENT MAJ:MIN ROOT POINT OPTIONS [TAGS…] - FSTYPE SOURCE SUPEROPTIONS`.
+fn parse_mount(line: &str) -> Option<Mount> {
+    let (head, tail) = line.split_once(" - ")?;
+    let point = head.split(' ').nth(4)?;
+    let mut tail = tail.split(' ');
+    Some(Mount {
+        point: PathBuf::from(unescape_octal(point)),
+        fstype: tail.next()?.to_string(),
+        source: unescape_octal(tail.next()?),
+    })
+}
+
+/// Mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_octal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(c as char);
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The `cairn-server serve` child process; killed if dropped while running.
 struct Server {
     child: Child,
     data_dir: PathBuf,
-    grpc: String,
+    grpc: SocketAddr,
 }
 
 impl Server {
-    fn start(data_dir: &Path) -> Result<Server> {
-        let mut child = Command::new(SERVER_BIN)
+    /// Starts the server on `data_dir` and the given addresses, and waits until
+    /// it answers `/healthz`.
+    fn start(data_dir: &Path, grpc: SocketAddr, http: SocketAddr) -> Result<Server> {
+        let child = Command::new(SERVER_BIN)
             .args(["serve", "--data-dir"])
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
             .args(["--name", "127.0.0.1"])
             // Per-request info lines (one per stored version) are left out.
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("could not start {SERVER_BIN}"))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("no stdout")?)
-            .read_line(&mut line)
-            .context("could not read the server's listening line")?;
-        let grpc = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("grpc="))
-            .with_context(|| format!("no grpc= in the server's first line {line:?}"))?
-            .to_string();
-        Ok(Server {
+        let mut server = Server {
             child,
             data_dir: data_dir.to_path_buf(),
             grpc,
-        })
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !healthy(http) {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("cairn-server exited before answering on {http}: {status}");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "cairn-server did not answer on {http} within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
     }
 
     /// Issues a publisher credential with `cairn-server operator add`.
@@ -180,6 +288,21 @@ impl Server {
     }
 }
 
+/// `GET /healthz` answers `ok`: this server, not another process on the port.
+fn healthy(http: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&http, Duration::from_secs(1)) else {
+        return false;
+    };
+    let mut reply = String::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).is_ok()
+        && s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .and_then(|()| s.read_to_string(&mut reply))
+            .is_ok()
+        && reply.starts_with("HTTP/1.")
+        && reply.contains(" 200 ")
+        && reply.ends_with("\r\n\r\nok\n")
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -187,21 +310,6 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Opens one TLS connection (one tonic channel) with the credential.
-async fn connect(creds: &Credentials) -> Result<Client> {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&creds.ca))
-        .identity(Identity::from_pem(&creds.cert, &creds.key));
-    let channel = Channel::from_shared(creds.server.clone())?
-        .tls_config(tls)?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("could not connect to {}", creds.server))?;
-    // Listing every version of the shared role can exceed the 4 MiB default.
-    Ok(Client::new(channel).max_decoding_message_size(64 << 20))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -226,8 +334,8 @@ impl Load {
 struct ClientRun {
     /// Microseconds per successful request.
     latencies: Vec<u64>,
-    /// (role, version) of every acknowledged push.
-    acked: Vec<(String, u64)>,
+    /// Every acknowledged push.
+    acked: Vec<Ack>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -262,12 +370,29 @@ impl Phase {
     }
 }
 
+/// A push the server acknowledged: what it said it stored, and what was sent.
+#[derive(Clone)]
+struct Ack {
+    role: String,
+    version: u64,
+    digest: String,
+    /// The content of `files/n` in the pushed role.
+    content: String,
+}
+
+/// What a new server process found on disk after the loads.
+struct Durability {
+    acked: usize,
+    stored: usize,
+    /// Acknowledged versions fetched, and their content's digest checked.
+    checked: usize,
+    /// Set when the stored versions are not exactly the acknowledged ones, or differ from them.
+    problem: Option<String>,
+}
+
 struct Report {
     phases: Vec<Phase>,
-    acked_pushes: usize,
-    stored_versions: usize,
-    /// Set when the stored versions are not exactly the acknowledged ones.
-    lost: Option<String>,
+    durability: Durability,
 }
 
 fn push_request(role: &str, content: String) -> pb::PushRequest {
@@ -301,11 +426,11 @@ async fn request(
     id: usize,
     i: u64,
     web_digest: &str,
-) -> Result<Option<(String, u64)>, String> {
-    let push = |role: String| push_request(&role, format!("client {id} push {i}\n"));
+) -> Result<Option<Ack>, String> {
+    let content = format!("client {id} push {i}\n");
     let request = match load {
-        Load::PushOwnRole => push(own_role(id)),
-        Load::PushSharedRole => push(SHARED_ROLE.into()),
+        Load::PushOwnRole => push_request(&own_role(id), content.clone()),
+        Load::PushSharedRole => push_request(SHARED_ROLE, content.clone()),
         Load::Fetch => {
             let got = client
                 .get(pb::GetRoleRequest {
@@ -334,7 +459,12 @@ async fn request(
             v.role, v.version
         ));
     }
-    Ok(Some((v.role, v.version)))
+    Ok(Some(Ack {
+        role: v.role,
+        version: v.version,
+        digest: v.digest,
+        content,
+    }))
 }
 
 async fn client_loop(
@@ -372,7 +502,7 @@ async fn phase(
     load: Load,
     duration: Duration,
     web_digest: &Arc<str>,
-) -> Result<(Vec<Client>, Phase, Vec<(String, u64)>)> {
+) -> Result<(Vec<Client>, Phase, Vec<Ack>)> {
     let started = Instant::now();
     let deadline = started + duration;
     let tasks: Vec<_> = clients
@@ -432,11 +562,18 @@ fn cpu_time(pid: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(total as f64 / per_second as f64))
 }
 
-async fn bench(creds_path: &Path, server_pid: u32, n: usize, duration: Duration) -> Result<Report> {
+/// Runs the three loads; returns their figures and every acknowledged push.
+async fn bench(
+    creds_path: &Path,
+    server_pid: u32,
+    n: usize,
+    duration: Duration,
+) -> Result<(Vec<Phase>, Vec<Ack>)> {
     let creds = Credentials::load(creds_path)?;
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
-        clients.push(connect(&creds).await?);
+        // One TLS connection (one tonic channel) each.
+        clients.push(creds.connect().await?.roles());
     }
 
     // The role every fetch reads.
@@ -476,8 +613,22 @@ async fn bench(creds_path: &Path, server_pid: u32, n: usize, duration: Duration)
         acked.extend(a);
     }
 
-    // Nothing acknowledged is lost, and nothing unacknowledged was stored.
-    let acked_set: BTreeSet<(String, u64)> = acked.iter().cloned().collect();
+    Ok((phases, acked))
+}
+
+/// Checks what the server has against what it acknowledged: the same versions,
+/// none missing, none extra, numbered without gaps, each with the content that
+/// was pushed and the digest that was acknowledged. `n` clients share the fetches.
+async fn verify(creds_path: &Path, n: usize, acked: &[Ack]) -> Result<Durability> {
+    let creds = Credentials::load(creds_path)?;
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        clients.push(creds.connect().await?.roles());
+    }
+    let by_key: BTreeMap<(&str, u64), &Ack> = acked
+        .iter()
+        .map(|a| ((a.role.as_str(), a.version), a))
+        .collect();
     let mut roles: BTreeSet<String> = (0..n).map(own_role).collect();
     roles.insert(SHARED_ROLE.into());
     let mut stored = BTreeSet::new();
@@ -490,21 +641,8 @@ async fn bench(creds_path: &Path, server_pid: u32, n: usize, duration: Duration)
             .versions;
         stored.extend(versions.into_iter().map(|v| (v.role, v.version)));
     }
-    let lost = if acked_set.len() != acked.len() {
-        Some(format!(
-            "{} acknowledgements name a version already acknowledged",
-            acked.len() - acked_set.len()
-        ))
-    } else if stored != acked_set {
-        let missing = acked_set.difference(&stored).count();
-        let extra = stored.difference(&acked_set).count();
-        Some(format!(
-            "{missing} acknowledged versions missing, {extra} stored but not acknowledged"
-        ))
-    } else {
-        None
-    };
-    // Per role, numbers run 1..=n without gaps.
+    let acked_keys: BTreeSet<(String, u64)> =
+        by_key.keys().map(|(r, v)| (r.to_string(), *v)).collect();
     let mut per_role: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for (r, v) in &stored {
         per_role.entry(r).or_default().push(*v);
@@ -512,14 +650,82 @@ async fn bench(creds_path: &Path, server_pid: u32, n: usize, duration: Duration)
     let gaps = per_role
         .iter()
         .find(|(_, vs)| **vs != (1..=vs.len() as u64).collect::<Vec<_>>());
-    let lost = lost.or_else(|| gaps.map(|(r, _)| format!("the versions of {r} have gaps")));
+    let mut problem = if by_key.len() != acked.len() {
+        Some(format!(
+            "{} acknowledgements name a version already acknowledged",
+            acked.len() - by_key.len()
+        ))
+    } else if stored != acked_keys {
+        let missing = acked_keys.difference(&stored).count();
+        let extra = stored.difference(&acked_keys).count();
+        Some(format!(
+            "{missing} acknowledged versions missing, {extra} stored but not acknowledged"
+        ))
+    } else {
+        gaps.map(|(r, _)| format!("the versions of {r} have gaps"))
+    };
 
-    Ok(Report {
-        phases,
-        acked_pushes: acked.len(),
-        stored_versions: stored.len(),
-        lost,
+    // Every acknowledged version, fetched: its content and digest are what was acknowledged.
+    let mut tasks = Vec::with_capacity(n);
+    for (i, mut client) in clients.into_iter().enumerate() {
+        let share: Vec<Ack> = acked.iter().skip(i).step_by(n).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            for (checked, ack) in share.iter().enumerate() {
+                if let Some(p) = check_stored(&mut client, ack).await {
+                    return (checked, Some(p));
+                }
+            }
+            (share.len(), None)
+        }));
+    }
+    let mut checked = 0;
+    for t in tasks {
+        let (count, p) = t.await.context("a verifying task panicked")?;
+        checked += count;
+        if problem.is_none() {
+            problem = p;
+        }
+    }
+    Ok(Durability {
+        acked: acked.len(),
+        stored: stored.len(),
+        checked,
+        problem,
     })
+}
+
+/// Fetches one acknowledged version; says what is wrong with it, if anything.
+async fn check_stored(client: &mut Client, ack: &Ack) -> Option<String> {
+    let what = format!("version {} of {}", ack.version, ack.role);
+    let got = match client
+        .get(pb::GetRoleRequest {
+            role: ack.role.clone(),
+            version: ack.version,
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return Some(format!("{what}: {:?}: {}", s.code(), s.message())),
+    };
+    let sent = push_request(&ack.role, ack.content.clone());
+    let sent_digest = RoleBundle::from_wire(sent.bundle.unwrap_or_default())
+        .map(|b| b.digest())
+        .unwrap_or_default();
+    let stored_digest = match RoleBundle::from_wire(got.bundle.unwrap_or_default()) {
+        Ok(b) => b.digest(),
+        Err(e) => return Some(format!("{what}: the stored bundle is unusable: {e}")),
+    };
+    let meta_digest = got.version.map(|v| v.digest).unwrap_or_default();
+    if [&sent_digest, &stored_digest, &meta_digest]
+        .iter()
+        .any(|d| **d != ack.digest)
+    {
+        return Some(format!(
+            "{what}: acknowledged {}, pushed content {sent_digest}, stored content {stored_digest}, stored digest {meta_digest}",
+            ack.digest
+        ));
+    }
+    None
 }
 
 fn cpu_model() -> String {
@@ -533,7 +739,14 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown CPU".into())
 }
 
-fn print_report(r: &Report, clients: usize, secs: u64, peak_rss_kib: u64, load_before: &str) {
+fn print_report(
+    r: &Report,
+    clients: usize,
+    secs: u64,
+    peak_rss_kib: u64,
+    load_before: &str,
+    filesystem: &str,
+) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!();
     println!(
@@ -544,6 +757,7 @@ fn print_report(r: &Report, clients: usize, secs: u64, peak_rss_kib: u64, load_b
         cpu_model(),
         load_before,
     );
+    println!("data directory on: {filesystem}");
     println!();
     println!(
         "| load | requests | errors | req/s | p50 ms | p99 ms | max ms | server CPU s | client CPU s |"
@@ -564,12 +778,14 @@ fn print_report(r: &Report, clients: usize, secs: u64, peak_rss_kib: u64, load_b
         );
     }
     println!();
+    let d = &r.durability;
     println!(
-        "acknowledged pushes: {}; versions stored: {}; {}",
-        r.acked_pushes,
-        r.stored_versions,
-        match &r.lost {
-            None => "all acknowledged versions stored, none extra".to_string(),
+        "after a restart: acknowledged pushes: {}; versions stored: {}; fetched and digest-checked: {}; {}",
+        d.acked,
+        d.stored,
+        d.checked,
+        match &d.problem {
+            None => "all acknowledged versions stored with their content, none extra".to_string(),
             Some(p) => format!("MISMATCH: {p}"),
         }
     );

@@ -1,21 +1,24 @@
 //! The `cairn-server` command line: `serve` and `operator add`.
 
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use cairn_proto::client::Credentials;
 use clap::{Parser, Subcommand};
+use tracing::info;
 
 use crate::auth::OperatorRole;
-use crate::credentials::Credentials;
 use crate::pki::Pki;
-use crate::serve::{self, DB_FILE, ServeConfig};
-use crate::store::sqlite::SqliteStore;
-use crate::store::{Actor, Store};
+use crate::serve::{self, Listeners, ServeConfig};
+use crate::store::{self, Actor};
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/cairn-server";
 const DEFAULT_PORT: u16 = 7443;
+/// The SQLite database's file in the data directory, when `--database` is not given.
+const DB_FILE: &str = "cairn.db";
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +37,10 @@ enum Command {
     Serve {
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// Where roles, channels and the audit log are stored (supported: sqlite://PATH)
+        /// [default: sqlite://DATA_DIR/cairn.db]
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
         /// gRPC address.
         #[arg(long, default_value = "0.0.0.0:7443")]
         listen: SocketAddr,
@@ -64,6 +71,10 @@ enum OperatorCommand {
         out: PathBuf,
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// The server's database, where the new operator is audited (as for `serve`)
+        /// [default: sqlite://DATA_DIR/cairn.db]
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
         /// Server URL written into the credential file
         /// (default: https://<first name of the server certificate>:7443).
         #[arg(long)]
@@ -103,6 +114,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve {
             data_dir,
+            database,
             listen,
             http,
             mut names,
@@ -110,16 +122,26 @@ async fn run(cli: Cli) -> Result<()> {
             if names.is_empty() {
                 names = default_names();
             }
-            serve::run(
-                ServeConfig {
-                    data_dir,
-                    listen,
-                    http,
-                    names,
-                },
-                serve::signal(),
-            )
-            .await
+            let server = serve::Server::open(&ServeConfig {
+                database: database_url(database, &data_dir)?,
+                data_dir,
+                names,
+            })
+            .await?;
+            let listeners = Listeners::bind(listen, http).await?;
+            let (grpc_addr, http_addr) =
+                (listeners.grpc.local_addr()?, listeners.http.local_addr()?);
+            info!(grpc = %grpc_addr, http = %http_addr, "listening");
+            // scripts/demo.sh reads the bound ports (the flags may say port 0) from this line.
+            {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "cairn-server listening grpc={grpc_addr} http={http_addr}"
+                )?;
+                out.flush()?;
+            }
+            serve::run(server, listeners, serve::signal()).await
         }
         Command::Operator {
             command:
@@ -128,6 +150,7 @@ async fn run(cli: Cli) -> Result<()> {
                     role,
                     out,
                     data_dir,
+                    database,
                     server,
                 },
         } => {
@@ -142,16 +165,16 @@ async fn run(cli: Cli) -> Result<()> {
                 None => format!("https://{}:{DEFAULT_PORT}", default_names()[0]),
             };
             let id = pki.issue_operator(&name, role)?;
-            Credentials {
+            let creds = Credentials {
                 server,
                 operator: name.clone(),
                 role: role.to_string(),
                 ca: pki.ca_pem.clone(),
                 cert: id.cert_pem,
                 key: id.key_pem,
-            }
-            .save(&out)?;
-            let store = SqliteStore::open(&data_dir.join(DB_FILE))
+            };
+            crate::pki::write_secret(&out, &creds.to_toml())?;
+            let store = store::open(&database_url(database, &data_dir)?)
                 .await
                 .context("could not open the database to record the new operator")?;
             let local = Actor {
@@ -166,6 +189,21 @@ async fn run(cli: Cli) -> Result<()> {
             println!("wrote credentials for {name} ({role}) to {}", out.display());
             Ok(())
         }
+    }
+}
+
+/// `--database`, or SQLite in the data directory.
+fn database_url(given: Option<String>, data_dir: &Path) -> Result<String> {
+    if let Some(url) = given {
+        return Ok(url);
+    }
+    let file = data_dir.join(DB_FILE);
+    match file.to_str() {
+        Some(path) => Ok(format!("sqlite://{path}")),
+        None => anyhow::bail!(
+            "the data directory {} is not UTF-8, so it cannot be written as a database URL: pass --database sqlite://PATH",
+            data_dir.display()
+        ),
     }
 }
 

@@ -12,20 +12,20 @@ use axum::routing::get;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-struct Ops<S> {
-    store: Arc<S>,
+struct Ops {
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
 }
 
-pub fn router<S: Store>(store: Arc<S>, metrics: Arc<Metrics>) -> Router {
+pub fn router(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready::<S>))
-        .route("/metrics", get(metrics_text::<S>))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics_text))
         .with_state(Arc::new(Ops { store, metrics }))
 }
 
-async fn ready<S: Store>(State(ops): State<Arc<Ops<S>>>) -> impl IntoResponse {
+async fn ready(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     match ops.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(e) => (
@@ -35,7 +35,7 @@ async fn ready<S: Store>(State(ops): State<Arc<Ops<S>>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_text<S: Store>(State(ops): State<Arc<Ops<S>>>) -> impl IntoResponse {
+async fn metrics_text(State(ops): State<Arc<Ops>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

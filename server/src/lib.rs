@@ -1,17 +1,18 @@
 //! `cairn-server` and the operator CLI `cairn`.
 //!
-//! - [`store`]: versioned roles, channels, audit log, behind the [`store::Store`] interface.
+//! - [`store`]: versioned roles, channels, audit log, behind the [`store::Store`] interface;
+//!   [`store::open`] picks the backend from `--database`.
 //! - [`pki`]: the built-in CA, server and operator certificates.
 //! - [`auth`]: client certificate → operator and role → what it may do.
-//! - [`credentials`]: the operator credential file.
 //! - [`service`]: the gRPC handlers; [`http`]: health and metrics; [`metrics`].
-//! - [`serve`]: binds, serves, drains on shutdown; [`daemon`]: the `cairn-server` command line.
+//! - [`serve`]: serves on listeners the caller bound, drains on shutdown; [`daemon`]: the
+//!   `cairn-server` command line (opens, binds, says where it listens, serves).
+//! - [`cli`]: the `cairn` command line; it reaches the server through `cairn_proto::client`.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod cli;
-pub mod credentials;
 pub mod daemon;
 pub mod http;
 pub mod metrics;

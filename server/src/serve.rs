@@ -1,9 +1,11 @@
-//! Running the daemon: open storage, bind both listeners, serve until the
-//! shutdown future resolves, then drain: in-flight requests finish, new
-//! connections are refused.
+//! Serving: open storage and the TLS identity ([`Server::open`]), then serve on
+//! listeners the caller bound ([`run`]) until the shutdown future resolves,
+//! then drain: in-flight requests finish, new connections are refused.
+//!
+//! The caller binds so that it knows the addresses before anything is served:
+//! the daemon binds its flags' addresses, tests bind `127.0.0.1:0`.
 
 use std::future::Future;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,60 +17,81 @@ use cairn_proto::pb::roles_server::RolesServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::pki::Pki;
 use crate::service::{Api, MAX_MESSAGE_BYTES};
-use crate::store::sqlite::SqliteStore;
+use crate::store::{self, Store};
 
-pub const DB_FILE: &str = "cairn.db";
 const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    /// The CA and the server certificate.
     pub data_dir: PathBuf,
-    pub listen: SocketAddr,
-    pub http: SocketAddr,
+    /// Where roles, channels and the audit log are: see [`store::open`].
+    pub database: String,
     /// Names and addresses clients reach the server by; the certificate's SANs.
     pub names: Vec<String>,
 }
 
+/// What the server serves: its storage and its TLS identity, opened.
+pub struct Server {
+    store: Arc<dyn Store>,
+    tls: ServerTlsConfig,
+}
+
+impl Server {
+    /// Opens the CA (created, with the data directory, on first start), issues
+    /// the server certificate for the configured names, and opens the database.
+    pub async fn open(config: &ServeConfig) -> Result<Server> {
+        let pki = Pki::init_or_load(&config.data_dir)?;
+        let store = store::open(&config.database)
+            .await
+            .context("could not open the database")?;
+        let id = pki
+            .issue_server(&config.names)
+            .context("could not issue the server certificate")?;
+        info!(names = ?config.names, data_dir = %config.data_dir.display(), "opened");
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(id.cert_pem, id.key_pem))
+            .client_ca_root(Certificate::from_pem(&pki.ca_pem))
+            // Handshakes without a certificate are let through so that the handler
+            // can refuse them with a status that says what to do.
+            .client_auth_optional(true);
+        Ok(Server { store, tls })
+    }
+}
+
+/// The gRPC (TLS) and HTTP (health, metrics) listeners, bound by the caller.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> Result<Listeners> {
+        Ok(Listeners {
+            grpc: TcpListener::bind(grpc)
+                .await
+                .with_context(|| format!("could not listen on {grpc} (gRPC)"))?,
+            http: TcpListener::bind(http)
+                .await
+                .with_context(|| format!("could not listen on {http} (HTTP)"))?,
+        })
+    }
+}
+
+/// Serves `server` on `listeners` until `shutdown` resolves, then drains.
 pub async fn run(
-    config: ServeConfig,
+    server: Server,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let pki = Pki::init_or_load(&config.data_dir)?;
-    let server_id = pki
-        .issue_server(&config.names)
-        .context("could not issue the server certificate")?;
-    let db = config.data_dir.join(DB_FILE);
-    let store = Arc::new(
-        SqliteStore::open(&db)
-            .await
-            .with_context(|| format!("could not open the database {}", db.display()))?,
-    );
+    let Server { store, tls } = server;
     let metrics = Arc::new(Metrics::default());
-
-    let grpc = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("could not listen on {} (gRPC)", config.listen))?;
-    let http = TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("could not listen on {} (HTTP)", config.http))?;
-    let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
-    info!(grpc = %grpc_addr, http = %http_addr, names = ?config.names, data_dir = %config.data_dir.display(), "listening");
-    // Scripts and tests read the bound ports (the config may say port 0) from this line.
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "cairn-server listening grpc={grpc_addr} http={http_addr}"
-        )?;
-        out.flush()?;
-    }
-
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -80,14 +103,8 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(server_id.cert_pem, server_id.key_pem))
-        .client_ca_root(Certificate::from_pem(&pki.ca_pem))
-        // Handshakes without a certificate are let through so that the handler
-        // can refuse them with a status that says what to do.
-        .client_auth_optional(true);
     let api = Api::new(store.clone(), metrics.clone());
-    let grpc_server = Server::builder()
+    let grpc_server = tonic::transport::Server::builder()
         .tls_config(tls)
         .context("could not configure TLS")?
         .timeout(Duration::from_secs(60))
@@ -100,12 +117,12 @@ pub async fn run(
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY a small response waits for the peer's delayed
             // ACK (~40 ms per fetch); tonic sets it only on listeners it binds.
-            TcpIncoming::from(grpc)
+            TcpIncoming::from(listeners.grpc)
                 .with_nodelay(Some(true))
                 .with_keepalive(Some(Duration::from_secs(60))),
             stopped(stop_rx.clone()),
         );
-    let http_server = axum::serve(http, crate::http::router(store, metrics))
+    let http_server = axum::serve(listeners.http, crate::http::router(store, metrics))
         .with_graceful_shutdown(stopped(stop_rx));
 
     let both = async {

@@ -1,4 +1,5 @@
-//! The gRPC services. Each handler authorizes the caller, checks its input,
+//! The gRPC services. Each handler first authorizes the caller (so a caller
+//! who may not call learns nothing about its input), then checks its input,
 //! calls the store, and converts the result; [`store_status`] is the one place
 //! storage errors become statuses.
 
@@ -26,21 +27,16 @@ pub const MAX_BUNDLE_FILES: usize = 1_000;
 pub const MAX_BUNDLE_BYTES: usize = 16 << 20;
 /// Larger gRPC messages are refused before they are decoded.
 pub const MAX_MESSAGE_BYTES: usize = MAX_BUNDLE_BYTES + (4 << 20);
+/// At most this much of a refused request's target goes into the log and audit entry.
+const REFUSED_TARGET_CHARS: usize = 128;
 /// Channel used when a request names none.
 pub const DEFAULT_CHANNEL: &str = "production";
 
-pub struct Api<S> {
-    store: Arc<S>,
+/// The handlers; they see storage only as `dyn Store`.
+#[derive(Clone)]
+pub struct Api {
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-}
-
-impl<S> Clone for Api<S> {
-    fn clone(&self) -> Self {
-        Api {
-            store: self.store.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
 }
 
 pub fn store_status(e: StoreError) -> Status {
@@ -48,7 +44,10 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
         StoreError::Conflict(msg) => Status::failed_precondition(msg),
         e => {
-            error!(error = %anyhow::Error::from(e), "storage failure");
+            error!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "storage failure"
+            );
             Status::internal("the server could not reach its storage; see its log")
         }
     }
@@ -127,8 +126,8 @@ pub fn bundle_from_wire(b: pb::Bundle) -> Result<RoleBundle, Status> {
     })
 }
 
-impl<S: Store> Api<S> {
-    pub fn new(store: Arc<S>, metrics: Arc<Metrics>) -> Self {
+impl Api {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
         Api { store, metrics }
     }
 
@@ -145,7 +144,9 @@ impl<S: Store> Api<S> {
         result.map(Response::new)
     }
 
-    /// Authorizes the caller; a refusal is logged and audited.
+    /// Authorizes the caller; a refusal is logged and audited. `target` comes
+    /// from the unchecked request, so only its first [`REFUSED_TARGET_CHARS`]
+    /// characters are recorded.
     async fn authorize<T>(
         &self,
         req: &Request<T>,
@@ -158,9 +159,14 @@ impl<S: Store> Api<S> {
             Ok(actor) => Ok(actor),
             Err(denied) => {
                 let auth::Denied { actor, status } = *denied;
-                warn!(actor = %actor.name, role = %actor.role, peer = %actor.peer, action, target, reason = status.message(), "request refused");
+                let target: String = target.chars().take(REFUSED_TARGET_CHARS).collect();
+                warn!(actor = %actor.name, role = %actor.role, peer = %actor.peer, action, target = %target, reason = status.message(), "request refused");
                 let outcome = format!("denied: {}", status.message());
-                if let Err(e) = self.store.audit(&actor, action, target, "", &outcome).await {
+                if let Err(e) = self
+                    .store
+                    .audit(&actor, action, &target, "", &outcome)
+                    .await
+                {
                     return Err(store_status(e));
                 }
                 Err(status)
@@ -170,7 +176,7 @@ impl<S: Store> Api<S> {
 }
 
 #[tonic::async_trait]
-impl<S: Store> pb::roles_server::Roles for Api<S> {
+impl pb::roles_server::Roles for Api {
     async fn push(
         &self,
         req: Request<pb::PushRequest>,
@@ -257,9 +263,9 @@ impl<S: Store> pb::roles_server::Roles for Api<S> {
     ) -> Result<Response<pb::VersionsResponse>, Status> {
         self.observed("versions", async {
             let role = req.get_ref().role.clone();
-            check_role_name(&role)?;
             self.authorize(&req, Permission::Read, "versions", &role, "read roles")
                 .await?;
+            check_role_name(&role)?;
             let versions = self.store.versions(&role).await.map_err(store_status)?;
             Ok(pb::VersionsResponse {
                 versions: versions.into_iter().map(version_info).collect(),
@@ -274,9 +280,9 @@ impl<S: Store> pb::roles_server::Roles for Api<S> {
     ) -> Result<Response<pb::GetRoleResponse>, Status> {
         self.observed("get", async {
             let pb::GetRoleRequest { role, version } = req.get_ref().clone();
-            check_role_name(&role)?;
             self.authorize(&req, Permission::Read, "get", &role, "read roles")
                 .await?;
+            check_role_name(&role)?;
             let (meta, bytes) = self
                 .store
                 .get(&role, (version > 0).then_some(version))
@@ -307,11 +313,11 @@ impl<S: Store> pb::roles_server::Roles for Api<S> {
                 version,
                 channel,
             } = req.get_ref().clone();
-            check_role_name(&role)?;
-            let channel = check_channel(&channel)?;
             let actor = self
                 .authorize(&req, Permission::Publish, "promote", &role, "promote roles")
                 .await?;
+            check_role_name(&role)?;
+            let channel = check_channel(&channel)?;
             if version == 0 {
                 return Err(Status::invalid_argument(
                     "no version given (versions start at 1)",
@@ -337,11 +343,11 @@ impl<S: Store> pb::roles_server::Roles for Api<S> {
     ) -> Result<Response<pb::ChannelResponse>, Status> {
         self.observed("rollback", async {
             let pb::RollbackRequest { role, channel } = req.get_ref().clone();
-            check_role_name(&role)?;
-            let channel = check_channel(&channel)?;
             let actor = self
                 .authorize(&req, Permission::Publish, "rollback", &role, "roll back roles")
                 .await?;
+            check_role_name(&role)?;
+            let channel = check_channel(&channel)?;
             let moved = self.store.rollback(&role, &channel, &actor).await.map_err(store_status)?;
             info!(role, channel, version = moved.channel.version, actor = %actor.name, "rolled back");
             Ok(pb::ChannelResponse {
@@ -358,9 +364,9 @@ impl<S: Store> pb::roles_server::Roles for Api<S> {
     ) -> Result<Response<pb::ChannelsResponse>, Status> {
         self.observed("channels", async {
             let role = req.get_ref().role.clone();
-            check_role_name(&role)?;
             self.authorize(&req, Permission::Read, "channels", &role, "read channels")
                 .await?;
+            check_role_name(&role)?;
             let (channels, history) = self.store.channels(&role).await.map_err(store_status)?;
             Ok(pb::ChannelsResponse {
                 channels: channels.into_iter().map(channel_info).collect(),
@@ -403,7 +409,7 @@ fn diags_role_name(bundle: &RoleBundle) -> String {
 }
 
 #[tonic::async_trait]
-impl<S: Store> pb::audit_server::Audit for Api<S> {
+impl pb::audit_server::Audit for Api {
     async fn list(
         &self,
         req: Request<pb::AuditRequest>,

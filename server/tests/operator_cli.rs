@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use cairn_proto::bundle::RoleBundle;
+use cairn_proto::client::Credentials;
 use cairn_proto::facts::Facts;
-use cairn_server::credentials::Credentials;
 use common::{Server, add_operator};
 use serde_json::Value;
 
@@ -579,7 +579,7 @@ fn credentials_from_another_ca_are_refused() {
     let mut mixed = Credentials::load(&eve).unwrap();
     mixed.ca = Credentials::load(&ada).unwrap().ca;
     let mixed_path = elsewhere.path().join("mixed.toml");
-    mixed.save(&mixed_path).unwrap();
+    std::fs::write(&mixed_path, mixed.to_toml()).unwrap();
     let err = fails(
         &mixed_path,
         &["role", "push", recipe("base").to_str().unwrap()],
@@ -608,7 +608,7 @@ fn credentials_from_another_ca_are_refused() {
 fn server_url_flag_and_a_stopped_server() {
     let mut server = Server::start();
     let ada = server.operator("ada", "admin");
-    let port = server.grpc.rsplit_once(':').unwrap().1.to_string();
+    let port = server.grpc.port();
 
     // --server overrides the file; the host must be a name in the server certificate.
     let by_name = format!("https://localhost:{port}");
@@ -635,10 +635,7 @@ fn server_url_flag_and_a_stopped_server() {
     let err = fails(&server.work.join("none.toml"), &["role", "list"]);
     assert!(err.contains("cairn-server operator add"), "{err}");
 
-    assert!(
-        server.terminate().success(),
-        "cairn-server did not stop cleanly on SIGTERM"
-    );
+    server.stop().expect("the server did not stop cleanly");
     let err = fails(&ada, &["role", "list"]);
     assert!(
         err.starts_with(&format!(

@@ -6,7 +6,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use cairn_proto::client::{self, Credentials};
 use cairn_proto::pb;
+use cairn_proto::pb::roles_client::RolesClient;
 use common::*;
 use tonic::Code;
 
@@ -18,7 +20,7 @@ fn manifest(name: &str) -> pb::BundleFile {
 }
 
 async fn push(
-    client: &mut pb::roles_client::RolesClient<tonic::transport::Channel>,
+    client: &mut RolesClient<tonic::transport::Channel>,
     files: Vec<pb::BundleFile>,
 ) -> Result<pb::PushResponse, tonic::Status> {
     client
@@ -35,7 +37,7 @@ async fn push(
 async fn malformed_bundles_are_refused_and_the_server_keeps_serving() {
     let server = Server::start();
     let creds = server.operator("pat", "publisher");
-    let mut client = roles(channel(&creds).await);
+    let mut client = connect(&creds).await.roles();
 
     let cases: Vec<(&str, Vec<pb::BundleFile>, &str)> = vec![
         (
@@ -109,39 +111,25 @@ async fn malformed_bundles_are_refused_and_the_server_keeps_serving() {
 async fn requests_without_a_valid_certificate_are_refused() {
     let server = Server::start();
     let creds = server.operator("ann", "admin");
-    let ca = cairn_server::credentials::Credentials::load(&creds)
-        .unwrap()
-        .ca;
+    let ca = Credentials::load(&creds).unwrap().ca;
 
     // No client certificate: TLS works, the call is refused with a clear status.
-    let mut anon = roles(channel_with(&server.url(), &ca, None).await);
+    let mut anon = connect_to(&server.url(), &ca, None).await.roles();
     let err = anon.list(pb::ListRolesRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("operator add"), "{err:?}");
 
     // A certificate from another CA is refused by the handshake.
     let other = Server::start();
-    let foreign =
-        cairn_server::credentials::Credentials::load(&other.operator("mallory", "admin")).unwrap();
-    let ch = tonic::transport::Channel::from_shared(server.url())
-        .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
-                .identity(tonic::transport::Identity::from_pem(
-                    &foreign.cert,
-                    &foreign.key,
-                )),
-        )
-        .unwrap();
-    let refused = match ch.connect().await {
+    let foreign = Credentials::load(&other.operator("mallory", "admin")).unwrap();
+    let refused = match client::connect(&server.url(), &ca, Some(foreign.identity())).await {
         Err(_) => true,
-        Ok(ch) => roles(ch).list(pb::ListRolesRequest {}).await.is_err(),
+        Ok(conn) => conn.roles().list(pb::ListRolesRequest {}).await.is_err(),
     };
     assert!(refused, "a foreign certificate was accepted");
 
     // Refusals are audited.
-    let mut audit = pb::audit_client::AuditClient::new(channel(&creds).await);
+    let mut audit = connect(&creds).await.audit();
     let log = audit
         .list(pb::AuditRequest::default())
         .await
@@ -155,13 +143,113 @@ async fn requests_without_a_valid_certificate_are_refused() {
     );
 }
 
+/// Regression: input was checked before the caller, so a caller without a
+/// certificate sending an empty role name got INVALID_ARGUMENT.
+#[tokio::test]
+async fn the_caller_is_authorized_before_its_input_is_checked() {
+    let server = Server::start();
+    let admin = Credentials::load(&server.operator("ann", "admin")).unwrap();
+    let auditor = Credentials::load(&server.operator("aud", "auditor")).unwrap();
+
+    // Every call with input no handler accepts: no role name, a bad channel, version 0.
+    async fn bad_calls(conn: &client::Connection) -> Vec<(&'static str, tonic::Status)> {
+        let mut roles = conn.roles();
+        let bad_channel = "Not A Channel!".to_string();
+        let calls = [
+            (
+                "versions",
+                roles
+                    .versions(pb::VersionsRequest { role: "".into() })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "get",
+                roles
+                    .get(pb::GetRoleRequest {
+                        role: "".into(),
+                        version: 0,
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "channels",
+                roles
+                    .channels(pb::ChannelsRequest { role: "".into() })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "promote",
+                roles
+                    .promote(pb::PromoteRequest {
+                        role: "".into(),
+                        version: 0,
+                        channel: bad_channel.clone(),
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "rollback",
+                roles
+                    .rollback(pb::RollbackRequest {
+                        role: "".into(),
+                        channel: bad_channel.clone(),
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "push",
+                roles
+                    .push(pb::PushRequest {
+                        bundle: Some(pb::Bundle {
+                            files: vec![file(b"../escape", b"x")],
+                        }),
+                        message: String::new(),
+                        promote_to: bad_channel,
+                    })
+                    .await
+                    .map(drop),
+            ),
+        ];
+        calls
+            .into_iter()
+            .map(|(what, result)| (what, result.expect_err(what)))
+            .collect()
+    }
+
+    // The input really is bad: an admin is told so.
+    let admin_conn = connect_to(&server.url(), &admin.ca, Some(&admin)).await;
+    for (what, status) in bad_calls(&admin_conn).await {
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    }
+    // Without a certificate, every call is refused as unauthenticated first.
+    let anon = connect_to(&server.url(), &admin.ca, None).await;
+    for (what, status) in bad_calls(&anon).await {
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    }
+    // An auditor may read but not write: the writes are denied before their input is looked at.
+    let auditor_conn = connect_to(&server.url(), &auditor.ca, Some(&auditor)).await;
+    for (what, status) in bad_calls(&auditor_conn).await {
+        let expected = match what {
+            "promote" | "rollback" | "push" => Code::PermissionDenied,
+            _ => Code::InvalidArgument,
+        };
+        assert_eq!(status.code(), expected, "{what}: {status:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_push_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = Server::start_in(&data);
+    let (grpc, http) = free_ports();
+    let mut server = Daemon::start_in(&data, grpc, http);
     let creds = server.operator("pat", "publisher");
-    let mut client = roles(channel(&creds).await);
+    let mut client = connect(&creds).await.roles();
 
     // Push distinct versions in a loop; kill the server mid-stream.
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -195,10 +283,9 @@ async fn every_acknowledged_push_survives_sigkill() {
     let acked = pusher.await.unwrap();
     assert!(acked.len() > 5, "only {} pushes acknowledged", acked.len());
 
-    let server = Server::start_in(&data);
-    // The restarted server listens on another port than the credential says.
-    let c = cairn_server::credentials::Credentials::load(&creds).unwrap();
-    let mut client = roles(channel_with(&server.url(), &c.ca, Some((&c.cert, &c.key))).await);
+    // Restarted on the same ports, so the credential's URL reaches it.
+    let _server = Daemon::start_in(&data, grpc, http);
+    let mut client = connect(&creds).await.roles();
     for (version, (i, digest)) in &acked {
         let got = client
             .get(pb::GetRoleRequest {
@@ -237,9 +324,11 @@ async fn every_acknowledged_push_survives_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_metrics_and_graceful_shutdown() {
-    let mut server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http) = free_ports();
+    let mut server = Daemon::start_in(&dir.path().join("data"), grpc, http);
     let creds = server.operator("pat", "publisher");
-    let mut client = roles(channel(&creds).await);
+    let mut client = connect(&creds).await.roles();
     push(&mut client, bundle_of(&recipes().join("web")).files)
         .await
         .unwrap();
@@ -332,8 +421,8 @@ impl tonic::codec::Decoder for RawDecoder {
 async fn garbage_messages_are_refused_with_a_status() {
     let server = Server::start();
     let creds = server.operator("pat", "publisher");
-    let ch = channel(&creds).await;
-    let mut raw = tonic::client::Grpc::new(ch.clone());
+    let conn = connect(&creds).await;
+    let mut raw = tonic::client::Grpc::new(conn.channel());
     for garbage in [
         vec![0xff; 64],
         b"\x0a\xff\xff\xff\xff\x0f".to_vec(),
@@ -351,7 +440,7 @@ async fn garbage_messages_are_refused_with_a_status() {
         );
     }
     // The server keeps serving well-formed requests on the same connection.
-    let mut client = roles(ch);
+    let mut client = conn.roles();
     let ok = push(&mut client, bundle_of(&recipes().join("web")).files)
         .await
         .unwrap();

@@ -1,21 +1,10 @@
-//! Which server to talk to, with which credential, over mutual TLS.
+//! Which server to talk to, and with which credential. The connection itself
+//! is [`cairn_proto::client`]'s.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use cairn_proto::pb::audit_client::AuditClient;
-use cairn_proto::pb::roles_client::RolesClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-use crate::credentials::Credentials;
-
-/// How long to wait for the TCP and TLS handshakes.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one call may take (a push of a large role included).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// Largest message the CLI accepts: a role bundle fetched by `show` or `diff`.
-pub const MAX_MESSAGE: usize = 64 << 20;
+use anyhow::{Result, bail};
+use cairn_proto::client::{self, Connection, Credentials};
 
 /// A server and the credential to present to it.
 pub struct Server {
@@ -34,7 +23,7 @@ impl Server {
             None => default_credentials_path(std::env::var_os("HOME").map(PathBuf::from))?,
         };
         let creds = Credentials::load(&path).map_err(|e| {
-            e.context(format!(
+            anyhow::Error::new(e).context(format!(
                 "no usable operator credential (get one with `cairn-server operator add NAME --role ROLE --out {}` \
                  on the server, or pass --credentials FILE)",
                 path.display()
@@ -44,7 +33,7 @@ impl Server {
             Some(s) if !s.is_empty() => s.to_string(),
             _ => creds.server.clone(),
         };
-        check_url(&url)?;
+        client::check_url(&url)?;
         Ok(Server {
             url,
             credentials_path: path,
@@ -52,42 +41,18 @@ impl Server {
         })
     }
 
-    fn endpoint(&self) -> Result<Endpoint> {
-        let c = &self.credentials;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&c.ca))
-            .identity(Identity::from_pem(&c.cert, &c.key));
-        Ok(Channel::from_shared(self.url.clone())
-            .with_context(|| format!("invalid server URL {:?}", self.url))?
-            .tls_config(tls)
-            .with_context(|| {
-                format!(
-                    "could not use the TLS credential in {}",
-                    self.credentials_path.display()
-                )
-            })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT))
-    }
-
     /// Opens the connection: TCP, then TLS with this operator's certificate.
-    pub async fn channel(&self) -> Result<Channel> {
-        let endpoint = self.endpoint()?;
-        endpoint.connect().await.map_err(|e| {
-            anyhow::Error::new(e).context(crate::cli::error::Unreachable {
-                url: self.url.clone(),
+    pub async fn connect(&self) -> Result<Connection> {
+        let c = &self.credentials;
+        client::connect(&self.url, &c.ca, Some(c.identity()))
+            .await
+            .map_err(|e| match e {
+                client::Error::Tls { .. } => anyhow::Error::new(e).context(format!(
+                    "the credential {} holds an unusable certificate or key",
+                    self.credentials_path.display()
+                )),
+                e => e.into(),
             })
-        })
-    }
-
-    pub async fn roles(&self) -> Result<RolesClient<Channel>> {
-        Ok(RolesClient::new(self.channel().await?)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE))
-    }
-
-    pub async fn audit(&self) -> Result<AuditClient<Channel>> {
-        Ok(AuditClient::new(self.channel().await?).max_decoding_message_size(MAX_MESSAGE))
     }
 }
 
@@ -101,51 +66,9 @@ pub fn default_credentials_path(home: Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
-/// The server URL must be `https://HOST:PORT`: the CLI only speaks mutual TLS,
-/// and HOST is checked against the server certificate's names.
-pub fn check_url(url: &str) -> Result<()> {
-    let uri: tonic::codegen::http::Uri = url
-        .parse()
-        .with_context(|| format!("invalid server URL {url:?} (expected https://HOST:PORT)"))?;
-    if uri.scheme_str() != Some("https") {
-        bail!("server URL {url:?} must start with https:// (cairn-server only speaks TLS)");
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        bail!("server URL {url:?} names no host (expected https://HOST:PORT)");
-    }
-    if uri
-        .path_and_query()
-        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
-    {
-        bail!("server URL {url:?} has a path; give only https://HOST:PORT");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() {
-        for good in [
-            "https://127.0.0.1:8443",
-            "https://cairn.example.org:443",
-            "https://[::1]:8443",
-            "https://h",
-        ] {
-            check_url(good).unwrap_or_else(|e| panic!("{good}: {e:#}"));
-        }
-        for (bad, why) in [
-            ("http://127.0.0.1:8443", "https://"),
-            ("127.0.0.1:8443", "https://"),
-            ("https://h:1/v1", "path"),
-            ("not a url", "invalid"),
-        ] {
-            let err = format!("{:#}", check_url(bad).unwrap_err());
-            assert!(err.contains(why) && err.contains(bad), "{bad}: {err}");
-        }
-    }
 
     #[test]
     fn default_credentials_live_under_home() {
@@ -181,7 +104,7 @@ mod tests {
             cert: "cert".into(),
             key: "key".into(),
         };
-        creds.save(&path).unwrap();
+        std::fs::write(&path, creds.to_toml()).unwrap();
         assert_eq!(
             Server::resolve(Some(&path), None).unwrap().url,
             "https://from-file:1"

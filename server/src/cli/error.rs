@@ -1,121 +1,22 @@
 //! Errors as the operator sees them: what failed, why, and what to do.
+//!
+//! Reaching the server and its refusals are [`cairn_proto::client::Error`]s,
+//! which carry the help every caller shares; this adds what only an operator
+//! can do (which credential, which role, which command).
 
-use std::fmt;
-
+use cairn_proto::client::{self, Connection, Refusal};
 use tonic::{Code, Status};
-
-use super::connect::Server;
-
-/// The server answered a call with an error status.
-#[derive(Debug)]
-pub struct Refused {
-    pub status: Status,
-    /// The server it came from, for the help line.
-    pub url: String,
-}
-
-impl fmt::Display for Refused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let msg = self.status.message();
-        match self.status.code() {
-            // Role diagnostics: one per line, already complete; print them as they are.
-            Code::InvalidArgument => write!(f, "the server refused it:\n{msg}"),
-            Code::PermissionDenied => write!(f, "permission denied: {msg}"),
-            Code::Unauthenticated => write!(f, "not authenticated: {msg}"),
-            Code::NotFound => write!(f, "not found: {msg}"),
-            Code::Unavailable => write!(f, "server unavailable: {msg}"),
-            Code::DeadlineExceeded => write!(f, "no answer in time: {msg}"),
-            Code::FailedPrecondition | Code::AlreadyExists | Code::OutOfRange => {
-                write!(f, "refused: {msg}")
-            }
-            Code::Unknown => write!(f, "the call failed: {msg}"),
-            // Client side: the connection went away under the call.
-            Code::Cancelled => write!(f, "the connection was closed: {msg}"),
-            Code::Internal | Code::DataLoss => write!(f, "the server failed: {msg}"),
-            code => write!(f, "the server answered {code:?}: {msg}"),
-        }
-    }
-}
-
-impl std::error::Error for Refused {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        // The transport error under an `Unavailable`, when there is one.
-        std::error::Error::source(&self.status)
-    }
-}
-
-impl Refused {
-    /// What the operator can do about it.
-    pub fn help(&self) -> Option<String> {
-        let url = &self.url;
-        Some(match self.status.code() {
-            Code::Unauthenticated => "use an operator credential from `cairn-server operator add` \
-                 (pass it with --credentials FILE or CAIRN_CREDENTIALS)"
-                .into(),
-            Code::PermissionDenied => "ask an admin for a credential with the role named above \
-                 (`cairn-server operator add NAME --role ROLE`)"
-                .into(),
-            // A refused client certificate shows as any of these, depending on
-            // when the server's TLS alert arrives.
-            Code::Unavailable | Code::Unknown | Code::Cancelled => format!(
-                "is cairn-server running at {url}? If it is, it may have refused this credential's \
-                 certificate: use one issued by that server (`cairn-server operator add`)"
-            ),
-            Code::InvalidArgument => "fix the problems above and try again".into(),
-            Code::NotFound => {
-                "`cairn role list` shows the roles, `cairn role versions NAME` their versions"
-                    .into()
-            }
-            Code::DeadlineExceeded => {
-                format!("the server at {url} is slow or overloaded; try again")
-            }
-            Code::Internal | Code::DataLoss => {
-                format!("the server at {url} failed; its log says more")
-            }
-            _ => return None,
-        })
-    }
-}
-
-/// The connection could not be opened: nothing reached the server.
-#[derive(Debug)]
-pub struct Unreachable {
-    pub url: String,
-}
-
-impl fmt::Display for Unreachable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "could not connect to cairn-server at {}", self.url)
-    }
-}
-
-impl Unreachable {
-    pub fn help(&self) -> String {
-        format!(
-            "is cairn-server running at {}? The URL's host must be one of the server certificate's names \
-             (`cairn-server serve --name`). If it is running, it may have refused this credential's \
-             certificate, or the credential's CA is not this server's: use one from that server's \
-             `cairn-server operator add`",
-            self.url
-        )
-    }
-}
 
 /// Turns a call's status into an error naming the operation, with the help
 /// the status calls for.
 pub trait RpcResult<T> {
-    fn rpc(self, server: &Server, what: impl FnOnce() -> String) -> anyhow::Result<T>;
+    fn rpc(self, conn: &Connection, what: impl FnOnce() -> String) -> anyhow::Result<T>;
 }
 
 impl<T> RpcResult<T> for Result<tonic::Response<T>, Status> {
-    fn rpc(self, server: &Server, what: impl FnOnce() -> String) -> anyhow::Result<T> {
-        self.map(tonic::Response::into_inner).map_err(|status| {
-            anyhow::Error::new(Refused {
-                status,
-                url: server.url.clone(),
-            })
-            .context(what())
-        })
+    fn rpc(self, conn: &Connection, what: impl FnOnce() -> String) -> anyhow::Result<T> {
+        self.refused_by(conn)
+            .map_err(|e| anyhow::Error::new(e).context(what()))
     }
 }
 
@@ -144,10 +45,32 @@ pub fn render(e: &anyhow::Error) -> String {
 
 fn help(e: &anyhow::Error) -> Option<String> {
     // anyhow finds both the root error and a context value at any depth.
-    if let Some(r) = e.downcast_ref::<Refused>() {
-        return r.help();
+    let e = e.downcast_ref::<client::Error>()?;
+    if let client::Error::Refused(r) = e
+        && let Some(help) = operator_help(r.status.code())
+    {
+        return Some(help.to_string());
     }
-    e.downcast_ref::<Unreachable>().map(Unreachable::help)
+    e.help()
+}
+
+/// What an operator can do about a refusal whose remedy depends on the caller.
+fn operator_help(code: Code) -> Option<&'static str> {
+    Some(match code {
+        Code::Unauthenticated => {
+            "use an operator credential from `cairn-server operator add` \
+             (pass it with --credentials FILE or CAIRN_CREDENTIALS)"
+        }
+        Code::PermissionDenied => {
+            "ask an admin for a credential with the role named above \
+             (`cairn-server operator add NAME --role ROLE`)"
+        }
+        Code::InvalidArgument => "fix the problems above and try again",
+        Code::NotFound => {
+            "`cairn role list` shows the roles, `cairn role versions NAME` their versions"
+        }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -155,10 +78,10 @@ mod tests {
     use super::*;
 
     fn refused(status: Status) -> anyhow::Error {
-        anyhow::Error::new(Refused {
+        anyhow::Error::new(client::Error::Refused(client::Refused {
             status,
             url: "https://cairn.example.org:8443".into(),
-        })
+        }))
         .context("could not push role web")
     }
 
@@ -218,18 +141,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn unreachable_names_the_url() {
-        let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
-            .context(Unreachable {
-                url: "https://127.0.0.1:1".into(),
-            });
+    #[tokio::test]
+    async fn unreachable_names_the_url() {
+        // Nothing listens on port 1 of loopback.
+        let e = client::connect("https://127.0.0.1:1", "", None)
+            .await
+            .map_err(anyhow::Error::new)
+            .unwrap_err();
         let text = render(&e);
         assert!(
             text.starts_with("error: could not connect to cairn-server at https://127.0.0.1:1\n"),
             "{text}"
         );
-        assert!(text.contains("caused by: connection refused"), "{text}");
+        assert!(text.contains("caused by: "), "{text}");
         assert!(
             text.contains("help: is cairn-server running at https://127.0.0.1:1?"),
             "{text}"

@@ -1,7 +1,7 @@
 //! `cairn`, the operator CLI: pushes roles to cairn-server, inspects and
 //! compares their versions, moves channels and reads the audit log.
 //!
-//! - [`connect`]: which server and credential, and the mutual-TLS channel.
+//! - [`connect`]: which server and credential (the connection is `cairn_proto::client`'s).
 //! - [`output`]: what each command prints, as a table for people or one JSON
 //!   document for scripts.
 //! - [`error`]: turns a refusal from the server into a message that says what to do.
@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use cairn_proto::bundle::RoleBundle;
+use cairn_proto::client::Connection;
 use cairn_proto::facts::Facts;
 use cairn_proto::pb;
 use cairn_proto::role;
@@ -222,14 +223,15 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Some(s) => s.to_rfc3339(OffsetDateTime::now_utc())?,
                 None => String::new(),
             };
-            let mut client = server.audit().await?;
-            let resp = client
+            let conn = server.connect().await?;
+            let resp = conn
+                .audit()
                 .list(pb::AuditRequest {
                     since: since.clone(),
                     limit,
                 })
                 .await
-                .rpc(&server, || "could not read the audit log".to_string())?;
+                .rpc(&conn, || "could not read the audit log".to_string())?;
             emit(&output::AuditOut::new(resp), fmt)
         }
     }
@@ -247,37 +249,41 @@ async fn role(server: &Server, cmd: RoleCommand, fmt: Output) -> Result<()> {
             if bundle.is_empty() {
                 bail!("role directory {} has no files", dir.display());
             }
-            let mut client = server.roles().await?;
-            let resp = client
+            let conn = server.connect().await?;
+            let resp = conn
+                .roles()
                 .push(pb::PushRequest {
                     bundle: Some(bundle.to_wire()),
                     message,
                     promote_to: promote.unwrap_or_default(),
                 })
                 .await
-                .rpc(server, || format!("could not push role {}", dir.display()))?;
+                .rpc(&conn, || format!("could not push role {}", dir.display()))?;
             emit(&output::PushOut::new(resp)?, fmt)
         }
         RoleCommand::List => {
-            let mut client = server.roles().await?;
-            let resp = client
+            let conn = server.connect().await?;
+            let resp = conn
+                .roles()
                 .list(pb::ListRolesRequest {})
                 .await
-                .rpc(server, || "could not list roles".to_string())?;
+                .rpc(&conn, || "could not list roles".to_string())?;
             emit(&output::ListOut::new(resp), fmt)
         }
         RoleCommand::Versions { name } => {
-            let mut client = server.roles().await?;
-            let resp = client
+            let conn = server.connect().await?;
+            let resp = conn
+                .roles()
                 .versions(pb::VersionsRequest { role: name.clone() })
                 .await
-                .rpc(server, || {
+                .rpc(&conn, || {
                     format!("could not list the versions of role {name}")
                 })?;
             emit(&output::VersionsOut::new(name, resp), fmt)
         }
         RoleCommand::Show { role } => {
-            let (info, bundle) = fetch(server, &role.name, role.version).await?;
+            let conn = server.connect().await?;
+            let (info, bundle) = fetch(&conn, &role.name, role.version).await?;
             let resources = role::load(&bundle, &Facts::placeholder());
             emit(&output::ShowOut::new(info, &bundle, resources), fmt)
         }
@@ -287,8 +293,9 @@ async fn role(server: &Server, cmd: RoleCommand, fmt: Output) -> Result<()> {
                     bail!("versions count from 1; cannot diff version 0 of role {name}");
                 }
             }
-            let (_, old) = fetch(server, &name, Some(a)).await?;
-            let (_, new) = fetch(server, &name, Some(b)).await?;
+            let conn = server.connect().await?;
+            let (_, old) = fetch(&conn, &name, Some(a)).await?;
+            let (_, new) = fetch(&conn, &name, Some(b)).await?;
             let files = cairn_proto::diff::bundles(&old, &new);
             emit(
                 &output::DiffOut {
@@ -308,38 +315,41 @@ async fn role(server: &Server, cmd: RoleCommand, fmt: Output) -> Result<()> {
             if version == 0 {
                 bail!("versions count from 1; cannot promote version 0 of role {name}");
             }
-            let mut client = server.roles().await?;
-            let resp = client
+            let conn = server.connect().await?;
+            let resp = conn
+                .roles()
                 .promote(pb::PromoteRequest {
                     role: name.clone(),
                     version,
                     channel: channel.clone(),
                 })
                 .await
-                .rpc(server, || {
+                .rpc(&conn, || {
                     format!("could not promote role {name} version {version} to {channel}")
                 })?;
             emit(&output::ChannelMoveOut::new("promote", resp)?, fmt)
         }
         RoleCommand::Rollback { name, channel } => {
-            let mut client = server.roles().await?;
-            let resp = client
+            let conn = server.connect().await?;
+            let resp = conn
+                .roles()
                 .rollback(pb::RollbackRequest {
                     role: name.clone(),
                     channel: channel.clone(),
                 })
                 .await
-                .rpc(server, || {
+                .rpc(&conn, || {
                     format!("could not roll back channel {channel} of role {name}")
                 })?;
             emit(&output::ChannelMoveOut::new("rollback", resp)?, fmt)
         }
         RoleCommand::Channels { name } => {
-            let mut client = server.roles().await?;
-            let resp = client
+            let conn = server.connect().await?;
+            let resp = conn
+                .roles()
                 .channels(pb::ChannelsRequest { role: name.clone() })
                 .await
-                .rpc(server, || {
+                .rpc(&conn, || {
                     format!("could not read the channels of role {name}")
                 })?;
             emit(&output::ChannelsOut::new(name, resp), fmt)
@@ -349,7 +359,7 @@ async fn role(server: &Server, cmd: RoleCommand, fmt: Output) -> Result<()> {
 
 /// One version of a role (the latest for `None`) and its files.
 async fn fetch(
-    server: &Server,
+    conn: &Connection,
     name: &str,
     version: Option<u64>,
 ) -> Result<(pb::VersionInfo, RoleBundle)> {
@@ -357,14 +367,14 @@ async fn fetch(
         Some(v) => format!("version {v} of role {name}"),
         None => format!("the latest version of role {name}"),
     };
-    let mut client = server.roles().await?;
-    let resp = client
+    let resp = conn
+        .roles()
         .get(pb::GetRoleRequest {
             role: name.to_string(),
             version: version.unwrap_or(0),
         })
         .await
-        .rpc(server, || format!("could not fetch {}", what()))?;
+        .rpc(conn, || format!("could not fetch {}", what()))?;
     let info = resp
         .version
         .with_context(|| format!("the server sent {} without its version information", what()))?;

@@ -3,10 +3,37 @@
 //!
 //! Every mutation writes its audit entry in the same transaction, so an action
 //! is never stored without its record, nor recorded without being stored.
+//!
+//! [`open`] picks the backend from the database URL; everything else sees only
+//! `dyn Store`, and no backend's types leave its module.
 
-use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
 
 pub mod sqlite;
+
+/// The database URLs [`open`] understands, for messages.
+pub const SUPPORTED_URLS: &str = "sqlite://PATH";
+
+/// Opens (creating and migrating if needed) the database at `url`:
+/// `sqlite://PATH` (`sqlite:///var/lib/cairn-server/cairn.db` for an absolute PATH).
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    // Errors name only the scheme: a URL may hold a password.
+    match url.split_once("://") {
+        Some(("sqlite", path)) if !path.is_empty() => {
+            Ok(Arc::new(sqlite::SqliteStore::open(Path::new(path)).await?))
+        }
+        Some(("sqlite", _)) => Err(StoreError::Url(
+            "the sqlite database URL names no file (sqlite://PATH)".into(),
+        )),
+        Some((scheme, _)) => Err(StoreError::Url(format!(
+            "unsupported database scheme {scheme:?}; supported: {SUPPORTED_URLS}"
+        ))),
+        None => Err(StoreError::Url(format!(
+            "the database URL has no scheme; supported: {SUPPORTED_URLS}"
+        ))),
+    }
+}
 
 /// Microseconds since the Unix epoch, UTC.
 pub type Micros = i64;
@@ -102,90 +129,69 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("database error during {op}")]
-    Db {
-        op: &'static str,
+    /// The database failed; the backend's own error is the source.
+    #[error("database error: could not {op}")]
+    Backend {
+        op: String,
         #[source]
-        source: sqlx::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("could not apply database migrations")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// `--database` names nothing [`open`] can open.
+    #[error("{0}")]
+    Url(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| StoreError::Db { op, source }
-}
-
-/// The storage interface. Futures are `Send` so handlers can await them on any
-/// worker thread.
+/// The storage interface, used as `dyn Store`. Futures are `Send` so handlers
+/// can await them on any worker thread.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new version numbered after the latest, unless its digest equals
     /// the latest's. Concurrent pushes to one role get distinct consecutive
     /// numbers. Audited as `push`.
-    fn push(
-        &self,
-        new: NewVersion,
-        actor: &Actor,
-    ) -> impl Future<Output = Result<PushOutcome>> + Send;
+    async fn push(&self, new: NewVersion, actor: &Actor) -> Result<PushOutcome>;
 
     /// The latest version of every role, with its channels, by name.
-    fn roles(&self) -> impl Future<Output = Result<Vec<RoleSummary>>> + Send;
+    async fn roles(&self) -> Result<Vec<RoleSummary>>;
 
     /// Every version of `role`, oldest first; `NotFound` for an unknown role.
-    fn versions(&self, role: &str) -> impl Future<Output = Result<Vec<VersionMeta>>> + Send;
+    async fn versions(&self, role: &str) -> Result<Vec<VersionMeta>>;
 
     /// One version (the latest when `version` is `None`) and its encoded bundle.
-    fn get(
-        &self,
-        role: &str,
-        version: Option<u64>,
-    ) -> impl Future<Output = Result<(VersionMeta, Vec<u8>)>> + Send;
+    async fn get(&self, role: &str, version: Option<u64>) -> Result<(VersionMeta, Vec<u8>)>;
 
     /// Points `channel` of `role` at `version`. Audited as `promote`.
-    fn promote(
+    async fn promote(
         &self,
         role: &str,
         channel: &str,
         version: u64,
         actor: &Actor,
-    ) -> impl Future<Output = Result<ChannelMove>> + Send;
+    ) -> Result<ChannelMove>;
 
     /// Undoes the newest promote of the channel not yet undone. Audited as `rollback`.
-    fn rollback(
-        &self,
-        role: &str,
-        channel: &str,
-        actor: &Actor,
-    ) -> impl Future<Output = Result<ChannelMove>> + Send;
+    async fn rollback(&self, role: &str, channel: &str, actor: &Actor) -> Result<ChannelMove>;
 
     /// The channels of `role` and their history, newest first.
-    fn channels(
-        &self,
-        role: &str,
-    ) -> impl Future<Output = Result<(Vec<Channel>, Vec<ChannelEvent>)>> + Send;
+    async fn channels(&self, role: &str) -> Result<(Vec<Channel>, Vec<ChannelEvent>)>;
 
     /// Appends an entry for an action that changes nothing else (a denied
     /// request, an operator added).
-    fn audit(
+    async fn audit(
         &self,
         actor: &Actor,
         action: &str,
         target: &str,
         detail: &str,
         outcome: &str,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> Result<()>;
 
     /// Audit entries at or after `since`, oldest first, at most `limit`.
-    fn audit_log(
-        &self,
-        since: Option<Micros>,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
+    async fn audit_log(&self, since: Option<Micros>, limit: u32) -> Result<Vec<AuditRecord>>;
 
     /// Whether the database answers.
-    fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+    async fn ping(&self) -> Result<()>;
 }
 
 #[cfg(test)]
@@ -211,8 +217,26 @@ pub(crate) mod tests {
         }
     }
 
-    pub async fn suite<S: Store>(store: S) {
-        let store = std::sync::Arc::new(store);
+    #[tokio::test]
+    async fn unknown_database_urls_name_the_supported_ones() {
+        for (url, expect) in [
+            (
+                "postgres://cairn:hunter2@db/cairn",
+                "unsupported database scheme \"postgres\"",
+            ),
+            ("/var/lib/cairn-server/cairn.db", "has no scheme"),
+            ("sqlite://", "names no file"),
+        ] {
+            let err = open(url).await.err().expect(url).to_string();
+            assert!(err.contains(expect), "{url}: {err}");
+            assert!(!err.contains("hunter2"), "{url}: {err}");
+            if expect != "names no file" {
+                assert!(err.contains(SUPPORTED_URLS), "{url}: {err}");
+            }
+        }
+    }
+
+    pub async fn suite(store: Arc<dyn Store>) {
         let alice = actor("alice");
 
         // Versions number from 1; identical content creates nothing.

@@ -17,6 +17,16 @@ use tokio::sync::Mutex;
 
 use super::*;
 
+/// Converts at the edge: no sqlx type leaves this module.
+fn db<E: std::error::Error + Send + Sync + 'static>(
+    op: impl Into<String>,
+) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Backend {
+        op: op.into(),
+        source: Box::new(e),
+    }
+}
+
 pub struct SqliteStore {
     pool: SqlitePool,
     /// Held by every write transaction; dropped at the end of it. Bounds the
@@ -98,8 +108,11 @@ impl SqliteStore {
             .max_connections(8)
             .connect_with(opts)
             .await
-            .map_err(db("open database"))?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            .map_err(db(format!("open {}", path.display())))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(db("apply database migrations"))?;
         Ok(SqliteStore {
             pool,
             write: Mutex::new(()),
@@ -211,6 +224,7 @@ async fn move_channel(
     })
 }
 
+#[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn push(&self, new: NewVersion, actor: &Actor) -> Result<PushOutcome> {
         let _writer = self.write.lock().await;
@@ -503,10 +517,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn passes_the_store_suite() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("cairn.db"))
+        let path = dir.path().join("cairn.db");
+        let store = crate::store::open(&format!("sqlite://{}", path.display()))
             .await
             .unwrap();
         crate::store::tests::suite(store).await;
+        assert!(path.is_file(), "the URL's path is the database file");
     }
 
     #[tokio::test]

@@ -1,27 +1,44 @@
-//! Starting the real `cairn-server` binary on loopback and talking to it as an
-//! operator with real TLS.
+//! Running the real server on loopback and talking to it as an operator with
+//! real TLS: in this process ([`Server`]: the test binds the listeners and
+//! calls `serve::run`), or as the `cairn-server` binary ([`Daemon`]) for what
+//! only a process shows (SIGKILL, SIGTERM).
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
+use cairn_proto::client::{self, Connection, Credentials};
 use cairn_proto::pb;
-use cairn_server::credentials::Credentials;
+use cairn_server::serve::{self, Listeners, ServeConfig};
 use tempfile::TempDir;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-/// A running `cairn-server serve` on ephemeral loopback ports.
+/// The names the server certificate is issued for.
+const NAMES: [&str; 2] = ["127.0.0.1", "localhost"];
+
+/// `cairn-server serve`'s default database: SQLite in the data directory.
+fn database(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("cairn.db").display())
+}
+
+/// The server running in this process, on its own thread and runtime (so sync
+/// and async tests alike can use it), on loopback ports the test bound.
 pub struct Server {
-    pub child: Child,
     pub data_dir: PathBuf,
-    /// Credential files, logs and role copies go here.
+    /// Credential files and role copies go here.
     pub work: PathBuf,
-    pub grpc: String,
-    pub http: String,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    /// Dropping it begins the graceful shutdown ([`Server::stop`]).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Dropping it ends the server at once (as the test ends): a client still
+    /// connected from the test's runtime, blocked by the join, cannot answer
+    /// the drain.
+    abort: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
     _tmp: Option<TempDir>,
 }
 
@@ -39,58 +56,45 @@ impl Server {
     pub fn start_in(data_dir: &Path) -> Server {
         let work = data_dir.parent().unwrap().join("work");
         std::fs::create_dir_all(&work).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(work.join("server.log"))
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn-server"))
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--name",
-                "127.0.0.1",
-                "--name",
-                "localhost",
-            ])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("could not start cairn-server");
-        // The first line says where it listens; give up rather than hang.
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+        let config = ServeConfig {
+            data_dir: data_dir.to_path_buf(),
+            database: database(data_dir),
+            names: NAMES.map(String::from).to_vec(),
+        };
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (abort, aborted) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let server = serve::Server::open(&config).await?;
+                let loopback: SocketAddr = "127.0.0.1:0".parse()?;
+                let listeners = Listeners::bind(loopback, loopback).await?;
+                bound_tx.send((listeners.grpc.local_addr()?, listeners.http.local_addr()?))?;
+                let serving = serve::run(server, listeners, async {
+                    let _ = stopped.await;
+                });
+                tokio::select! {
+                    result = serving => result,
+                    _ = aborted => Ok(()),
+                }
+            })
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("cairn-server did not say where it listens within 60 s")
-            });
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .map(str::to_string)
-                .unwrap_or_else(|| {
-                    let log = std::fs::read_to_string(work.join("server.log")).unwrap_or_default();
-                    panic!("no {k} in {line:?}; server log:\n{log}")
-                })
+        let Ok((grpc, http)) = bound_rx.recv() else {
+            let result = thread.join().expect("the server thread panicked");
+            panic!("the server did not start: {:#}", result.unwrap_err());
         };
         Server {
-            grpc: field("grpc="),
-            http: field("http="),
-            child,
             data_dir: data_dir.to_path_buf(),
-            work: work.clone(),
+            work,
+            grpc,
+            http,
+            stop: Some(stop),
+            abort: Some(abort),
+            thread: Some(thread),
             _tmp: None,
         }
     }
@@ -100,6 +104,116 @@ impl Server {
     }
 
     /// Issues a credential with `cairn-server operator add`; returns its path.
+    pub fn operator(&self, name: &str, role: &str) -> PathBuf {
+        add_operator(&self.data_dir, &self.work, name, role, &self.url())
+    }
+
+    /// Shuts the server down as the daemon does on SIGTERM; returns how `serve::run` ended.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        drop(self.stop.take());
+        match self.thread.take() {
+            Some(t) => t.join().expect("the server thread panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        drop(self.abort.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Two loopback addresses (gRPC, HTTP) that were free a moment ago, for a
+/// [`Daemon`]: it binds them itself, so another process could take one in
+/// between, which its start then reports.
+pub fn free_ports() -> (SocketAddr, SocketAddr) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Both held at once, so they differ.
+    let (a, b) = (bind(), bind());
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
+}
+
+/// A `cairn-server serve` process on loopback ports the test chose.
+pub struct Daemon {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    /// Credential files and the server's log (`server.log`) go here.
+    pub work: PathBuf,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Daemon {
+    /// Starts `cairn-server serve` on `data_dir` listening on `grpc` and
+    /// `http`, and waits until it answers `/healthz`.
+    pub fn start_in(data_dir: &Path, grpc: SocketAddr, http: SocketAddr) -> Daemon {
+        let work = data_dir.parent().unwrap().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let log_path = work.join("server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-server"));
+        cmd.args(["serve", "--data-dir"]).arg(data_dir).args([
+            "--listen",
+            &grpc.to_string(),
+            "--http",
+            &http.to_string(),
+        ]);
+        for name in NAMES {
+            cmd.args(["--name", name]);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("could not start cairn-server");
+        let mut daemon = Daemon {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            work,
+            grpc,
+            http,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !daemon.healthy() {
+            let exited = daemon.child.try_wait().unwrap();
+            if exited.is_some() || Instant::now() > deadline {
+                daemon.kill();
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("cairn-server did not answer on {http} ({exited:?}); its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    /// `GET /healthz` answers `ok`: this server, not another process on the port.
+    fn healthy(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.http, Duration::from_secs(1)) else {
+            return false;
+        };
+        let mut reply = String::new();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .and_then(|()| s.read_to_string(&mut reply))
+            .is_ok()
+            && reply.starts_with("HTTP/1.")
+            && reply.contains(" 200 ")
+            && reply.ends_with("\r\n\r\nok\n")
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.grpc)
+    }
+
     pub fn operator(&self, name: &str, role: &str) -> PathBuf {
         add_operator(&self.data_dir, &self.work, name, role, &self.url())
     }
@@ -120,7 +234,7 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
     }
@@ -145,28 +259,16 @@ pub fn add_operator(data_dir: &Path, work: &Path, name: &str, role: &str, url: &
     out
 }
 
-pub async fn channel(creds: &Path) -> Channel {
-    let c = Credentials::load(creds).unwrap();
-    channel_with(&c.server, &c.ca, Some((&c.cert, &c.key))).await
+/// Connects with the credential file at `creds`, to the server it names.
+pub async fn connect(creds: &Path) -> Connection {
+    Credentials::load(creds).unwrap().connect().await.unwrap()
 }
 
-pub async fn channel_with(url: &str, ca: &str, id: Option<(&str, &str)>) -> Channel {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-    if let Some((cert, key)) = id {
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Channel::from_shared(url.to_string())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+/// Connects to `url` trusting `ca`, presenting the certificate and key of `id` if given.
+pub async fn connect_to(url: &str, ca: &str, id: Option<&Credentials>) -> Connection {
+    client::connect(url, ca, id.map(Credentials::identity))
         .await
         .unwrap()
-}
-
-pub fn roles(ch: Channel) -> pb::roles_client::RolesClient<Channel> {
-    pb::roles_client::RolesClient::new(ch).max_encoding_message_size(64 << 20)
 }
 
 pub fn recipes() -> PathBuf {
