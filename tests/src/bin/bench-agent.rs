@@ -23,8 +23,8 @@
 //! Refuses a debug build of the agent. `scripts/bench-agent.sh` builds the
 //! release agent and runs this. Flags: `--runs N` (30), `--sizes 100,1000`,
 //! `--profile`: also times the role without owners and groups, and without
-//! execs (Cairn only), and prints `strace -c -f` of a run and the paths it
-//! opens.
+//! execs (Cairn only, alternating with the full role), and prints
+//! `strace -c -f` of a run and the paths it opens.
 
 use std::collections::BTreeMap;
 use std::process::{Command, ExitCode};
@@ -662,9 +662,17 @@ struct Measured {
     /// Median ms of `cairn-agent --version` and of `validate ROLE`.
     start_ms: f64,
     validate_ms: f64,
-    /// With `--profile`: (variant, median wall ms, peak RSS KiB) of the
-    /// leave-one-out roles.
-    variants: Vec<(&'static str, f64, u64)>,
+    /// With `--profile`: the leave-one-out roles.
+    variants: Vec<VariantRuns>,
+}
+
+/// A leave-one-out role's runs, alternating with the full role's.
+struct VariantRuns {
+    label: &'static str,
+    /// Medians, ms.
+    full_ms: f64,
+    variant_ms: f64,
+    peak_kib: u64,
 }
 
 /// Runs `rounds` rounds of `cmds` (shell command lines, without `'`) with
@@ -906,15 +914,20 @@ fn bench(m: &Machine, n: usize, id_base: u32, args: &Args) -> Result<Measured, S
 
     let mut variants = Vec::new();
     if args.profile {
+        // Each variant alternates with the full role, whose runs must still
+        // change nothing: a variant leaves the state as the full role made it.
         for v in VARIANTS {
             let role = prepare(m, &state, v)?;
             let cmd = format!("{GUEST_AGENT} apply {role} --detailed-exitcodes");
-            let mut ms = time_one(m, args.runs, &cmd)?;
+            let mut wall = time_runs(m, args.runs, &[&apply, &cmd])?;
             let kib = peak_rss(m, &cmd)?.into_iter().max().unwrap_or(0);
-            variants.push((v.label, median(&mut ms), kib));
+            variants.push(VariantRuns {
+                label: v.label,
+                full_ms: median(&mut wall[0]),
+                variant_ms: median(&mut wall[1]),
+                peak_kib: kib,
+            });
         }
-        // Restore the full role's state (the variants leave owners alone).
-        prepare(m, &state, FULL)?;
         let text = m.sh(&format!(
             "strace -f -c -o /tmp/cairn-bench.strace {apply} >/dev/null; head -n 12 /tmp/cairn-bench.strace; \
              strace -f -qq -e trace=openat,execve -o /tmp/cairn-bench.opens {apply} >/dev/null; \
@@ -1058,13 +1071,14 @@ fn print_results(results: &[Measured], guards: &[(&str, Comparison)], runs: usiz
             "  `cairn-agent --version`: {:.2} ms; `cairn-agent validate` of the role: {:.2} ms (medians)",
             r.start_ms, r.validate_ms
         );
-        let wall = Spread::of(&r.cmp.cairn_ms).median;
-        for (label, ms, kib) in &r.variants {
+        for v in &r.variants {
             println!(
-                "  role without {:<9} median {ms:6.2} ms (full role {wall:.2} ms: {:+.2} ms), peak RSS {:.1} MiB",
-                label.trim_start_matches("no-"),
-                ms - wall,
-                mib(*kib)
+                "  role without {:<9} median {:6.2} ms (full role, alternating: {:.2} ms; {:+.2} ms), peak RSS {:.1} MiB",
+                v.label.trim_start_matches("no-"),
+                v.variant_ms,
+                v.full_ms,
+                v.variant_ms - v.full_ms,
+                mib(v.peak_kib)
             );
         }
     }
