@@ -200,6 +200,13 @@ enum Guard {
     Unless(String),
 }
 
+/// Which guard the guard roles' execs have.
+#[derive(Clone, Copy)]
+enum GuardKind {
+    Creates,
+    Unless,
+}
+
 struct ExecSpec {
     name: String,
     command: String,
@@ -316,15 +323,19 @@ impl State {
     }
 
     /// A guard role: one file in `/srv/cairn-bench-guard`, and `execs` execs
-    /// guarded as `guard` says (`"creates"` or `"unless"`), or none.
-    fn guarded(guard: Option<&str>, execs: usize) -> State {
+    /// guarded as `guard` says, or none.
+    fn guarded(guard: Option<GuardKind>, execs: usize) -> State {
         let dir = "/srv/cairn-bench-guard";
-        let execs: Vec<ExecSpec> = match guard {
-            Some("creates") => (0..execs).map(|k| exec_creates(dir, k)).collect(),
-            Some(_) => (0..execs).map(|k| exec_unless(dir, k)).collect(),
-            None => Vec::new(),
+        let (execs, label): (Vec<ExecSpec>, _) = match guard {
+            Some(GuardKind::Creates) => (
+                (0..execs).map(|k| exec_creates(dir, k)).collect(),
+                "creates",
+            ),
+            Some(GuardKind::Unless) => {
+                ((0..execs).map(|k| exec_unless(dir, k)).collect(), "unless")
+            }
+            None => (Vec::new(), "none"),
         };
-        let label = guard.unwrap_or("none");
         State {
             name: format!("guard-{label}"),
             description: format!("guard benchmark: one file, {} execs ({label})", execs.len()),
@@ -966,8 +977,8 @@ fn bench_guards(m: &Machine, runs: usize) -> Result<Vec<(&'static str, Compariso
     let mut out = Vec::new();
     for (label, guard) in [
         ("one file", None),
-        ("+ execs with creates", Some("creates")),
-        ("+ execs with unless", Some("unless")),
+        ("+ execs with creates", Some(GuardKind::Creates)),
+        ("+ execs with unless", Some(GuardKind::Unless)),
     ] {
         let state = State::guarded(guard, GUARD_EXECS);
         eprintln!("bench guards: {}", state.description);
