@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The agent's no-change benchmark: builds the release agent, makes sure the
-# machine image exists, then boots a machine and measures converged
-# `cairn-agent apply` runs of 100 and 1,000 resources inside it (see
-# tests/src/bin/bench-agent.rs). Arguments go to the bench: --runs N,
-# --sizes 100,1000, --profile. As root on Debian.
+# machine image exists, then boots a machine, installs CFEngine in it, and
+# times converged `cairn-agent apply` runs of 100 and 1,000 resources
+# alternating with `cf-agent` runs keeping the same state, and what a guarded
+# exec costs in each (see tests/src/bin/bench-agent.rs, which refuses a debug
+# build). Arguments go to the bench: --runs N, --sizes 100,1000, --profile.
+# As root on Debian; the machine needs Debian's archive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -13,10 +13,18 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::run::{self, RunInput};
 use crate::{facts, state};
 
+/// What `--version` prints: a debug build says so, so that a benchmark can
+/// refuse to measure it.
+const VERSION: &str = if cfg!(debug_assertions) {
+    concat!(env!("CARGO_PKG_VERSION"), " (debug build)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 #[derive(Parser)]
 #[command(
     name = "cairn-agent",
-    version,
+    version = VERSION,
     about = "Converge this machine to a Cairn role"
 )]
 struct Cli {
