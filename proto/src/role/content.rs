@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use toml::Spanned;
 
 use super::Spec;
-use super::diagnostic::{Diagnostic, Diags};
+use super::diagnostic::{Diagnostic, Diags, clip};
 use super::manifest::{Decl, Meta};
 use super::rules::check_rel_path;
 use crate::bundle::RoleBundle;
@@ -139,7 +139,7 @@ fn read(
             name.span(),
             Some(&d.context),
             Some(field),
-            format!("{field} {:?} {why}", name.get_ref()),
+            format!("{field} {:?} {why}", clip(name.get_ref())),
             Some(format!("name a file inside the role's {dir}/ directory")),
         );
         return None;
@@ -149,7 +149,7 @@ fn read(
             name.span(),
             Some(&d.context),
             Some(field),
-            format!("{path} does not exist in the role"),
+            format!("{} does not exist in the role", clip(&path)),
             None,
         );
         return None;
