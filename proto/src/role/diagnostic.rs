@@ -72,6 +72,8 @@ pub(super) struct Diags<'a> {
     found: Vec<Diagnostic>,
     /// Found past [`MAX_DIAGNOSTICS`]: counted, not kept.
     more: usize,
+    /// A check stopped looking once the list was full: there may be more.
+    gave_up: bool,
 }
 
 impl<'a> Diags<'a> {
@@ -84,6 +86,7 @@ impl<'a> Diags<'a> {
             line_starts,
             found: Vec::new(),
             more: 0,
+            gave_up: false,
         }
     }
 
@@ -130,9 +133,14 @@ impl<'a> Diags<'a> {
     }
 
     /// Whether [`MAX_DIAGNOSTICS`] were found: checks that only look for more
-    /// problems may stop.
+    /// problems may stop, after saying so with [`Diags::give_up`].
     pub(super) fn full(&self) -> bool {
         self.found.len() >= MAX_DIAGNOSTICS
+    }
+
+    /// Notes that a check stopped looking for more problems.
+    pub(super) fn give_up(&mut self) {
+        self.gave_up = true;
     }
 
     pub(super) fn any(&self) -> bool {
@@ -150,18 +158,25 @@ impl<'a> Diags<'a> {
     pub(super) fn finish(mut self) -> Diagnostics {
         self.found
             .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
-        if self.more > 0 {
+        let message = match (self.more, self.gave_up) {
+            (0, false) => None,
+            (0, true) => Some(format!(
+                "and more problems not shown (checking stopped after {MAX_DIAGNOSTICS})"
+            )),
+            (n, _) => Some(format!(
+                "and {n}{} more problem{} not shown",
+                if self.gave_up { " or" } else { "" },
+                if n == 1 { "" } else { "s" }
+            )),
+        };
+        if let Some(message) = message {
             self.found.push(Diagnostic {
                 file: MANIFEST.into(),
                 line: 0,
                 column: 0,
                 context: None,
                 field: None,
-                message: format!(
-                    "and {} more problem{} not shown",
-                    self.more,
-                    if self.more == 1 { "" } else { "s" }
-                ),
+                message,
                 help: Some(format!("only the first {MAX_DIAGNOSTICS} are listed")),
             });
         }

@@ -303,6 +303,7 @@ fn deserialize_table<T: DeserializeOwned>(
         }
         // Each retry costs the whole table again: stop once nothing more is kept.
         if diags.full() {
+            diags.give_up();
             return None;
         }
         match field.filter(|f| table.keys().any(|k| k.get_ref().as_ref() == f.as_str())) {
