@@ -315,6 +315,50 @@ mod tests {
     }
 
     #[test]
+    fn bundles_that_cannot_be_written_to_disk_are_refused() {
+        let wire = |paths: &[&str]| pb::Bundle {
+            files: paths
+                .iter()
+                .map(|p| pb::BundleFile {
+                    path: p.as_bytes().to_vec(),
+                    content: vec![],
+                })
+                .collect(),
+        };
+        let refused = |paths: &[&str]| RoleBundle::from_wire(wire(paths)).unwrap_err().to_string();
+        // A file and a directory at one path, in either order.
+        let both =
+            "\"files/a\" is a file, and a directory of \"files/a/b\": a role cannot hold both";
+        assert_eq!(refused(&["files/a", "files/a/b"]), both);
+        assert_eq!(refused(&["files/a/b", "files/a"]), both);
+        assert_eq!(
+            refused(&["a", "a/b/c"]),
+            "\"a\" is a file, and a directory of \"a/b/c\": a role cannot hold both"
+        );
+        // Neighbours that only share a prefix are fine.
+        RoleBundle::from_wire(wire(&["files/a", "files/a.b", "files/ab/c", "files/a-/b"])).unwrap();
+
+        assert_eq!(
+            refused(&["files/a\nb"]),
+            "invalid path \"files/a\\nb\" in role: contains a control character"
+        );
+        let component = "c".repeat(256);
+        assert_eq!(
+            refused(&[&format!("files/{component}")]),
+            format!(
+                "invalid path \"files/{}…\" in role: has a component longer than 255 bytes",
+                &component[..249]
+            )
+        );
+        let long = "d/".repeat(2048) + "f";
+        assert!(
+            refused(&[&long]).ends_with("…\" in role: is longer than 4095 bytes"),
+            "{}",
+            refused(&[&long])
+        );
+    }
+
+    #[test]
     fn symlinks_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("role.toml"), "x").unwrap();
