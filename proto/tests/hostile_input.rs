@@ -26,6 +26,15 @@ fn load(files: &[(&str, &str)]) {
     );
 }
 
+/// Decodes a wire bundle and loads the role in it, as the server does.
+fn load_wire(bytes: &[u8]) {
+    if let Ok(wire) = pb::Bundle::decode(bytes)
+        && let Ok(bundle) = RoleBundle::from_wire(wire)
+    {
+        let _ = role::load(&bundle, &Facts::placeholder());
+    }
+}
+
 const VALID_ROLE: &str = r#"[role]
 name = "web"
 description = "a web server"
@@ -197,11 +206,7 @@ proptest! {
 
     #[test]
     fn any_bytes_as_a_wire_bundle(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        if let Ok(wire) = pb::Bundle::decode(bytes.as_slice()) {
-            if let Ok(bundle) = RoleBundle::from_wire(wire) {
-                let _ = role::load(&bundle, &Facts::placeholder());
-            }
-        }
+        load_wire(&bytes);
     }
 
     #[test]
@@ -221,11 +226,7 @@ proptest! {
             let i = at.index(bytes.len());
             bytes[i] = byte;
         }
-        if let Ok(wire) = pb::Bundle::decode(bytes.as_slice()) {
-            if let Ok(bundle) = RoleBundle::from_wire(wire) {
-                let _ = role::load(&bundle, &Facts::placeholder());
-            }
-        }
+        load_wire(&bytes);
     }
 }
 
