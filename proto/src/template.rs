@@ -141,12 +141,14 @@ fn check_nesting(source: &str) -> Result<(), TemplateError> {
         match (quote, c) {
             (None, '}') if chars.peek() == Some(&'}') => {
                 let head = text.trim_start_matches(['{', '~', ' ', '\t', '\r', '\n']);
-                let opens = head.starts_with('#')
+                // `{{{{raw}}}}` and `{{{{/raw}}}}` delimit raw text, not a block.
+                let raw = text.starts_with("{{");
+                let opens = !raw && head.starts_with('#')
                     || (head.starts_with('^')
                         && !head[1..].trim_start_matches(['~', ' ']).is_empty());
                 if opens {
                     blocks.push(1);
-                } else if head.starts_with('/') {
+                } else if !raw && head.starts_with('/') {
                     blocks.pop();
                 } else if (head.starts_with("else") || head.starts_with('^'))
                     && let Some(levels) = blocks.last_mut()
@@ -345,6 +347,9 @@ mod tests {
             let sub = "{{eq ".to_string() + &"(eq ".repeat(n) + "1 1" + &")".repeat(n) + " 1}}";
             assert_eq!(refusal(&sub), (1, 5 + 64 * 4 + 1, deep.into()));
         }
+        // Raw blocks neither open nor close one.
+        let raw = "{{#if vars}}".repeat(64) + "{{{{raw}}}}{{{{/raw}}}}{{#if vars}}";
+        assert_eq!(refusal(&raw), (1, 64 * 12 + 23 + 11, deep.into()));
         // Parentheses in string literals do not count.
         let quoted = format!("{{{{eq \"{}\" 1}}}}", "(".repeat(100));
         Templates::new().add("q", &quoted).unwrap();
