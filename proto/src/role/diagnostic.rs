@@ -225,9 +225,11 @@ where
     I: IntoIterator<Item = T>,
     T: AsRef<str>,
 {
-    if got.len() > SHOWN_CHARS {
+    let too_long = |s: &str| s.chars().nth(SHOWN_CHARS).is_some();
+    if too_long(got) {
         return None;
     }
+    let got_chars = got.chars().count();
     candidates
         .into_iter()
         .take(MAX_SUGGESTION_CANDIDATES)
@@ -235,7 +237,7 @@ where
             let c = c.as_ref();
             let close_enough = 2.max(c.len() / 4);
             // The distance is at least the difference in length.
-            if c.len() > SHOWN_CHARS || c.len().abs_diff(got.len()) > close_enough {
+            if too_long(c) || c.chars().count().abs_diff(got_chars) > close_enough {
                 return None;
             }
             let d = strsim::damerau_levenshtein(got, c);
