@@ -43,6 +43,8 @@ pub enum BundleError {
     NotUtf8 { index: usize, lossy: String },
     #[error("file {0:?} appears twice in the role")]
     Duplicate(String),
+    #[error("{file:?} is a file, and a directory of {inside:?}: a role cannot hold both")]
+    FileAndDirectory { file: String, inside: String },
 }
 
 impl RoleBundle {
@@ -86,9 +88,28 @@ impl RoleBundle {
     }
 
     /// Adds a file. The path must be relative, `/`-separated, without `.` or `..`
-    /// components: what a bundle received over the wire is checked the same way.
+    /// components, and fit on disk next to the others (see `check_path`; no file
+    /// may be the directory of another): what a bundle received over the wire is
+    /// checked the same way.
     pub fn insert(&mut self, path: String, data: Vec<u8>) -> Result<(), BundleError> {
         check_path(&path)?;
+        let conflict = |file: &str, inside: &str| {
+            Err(BundleError::FileAndDirectory {
+                file: file.to_string(),
+                inside: inside.to_string(),
+            })
+        };
+        for (i, _) in path.match_indices('/') {
+            if self.files.contains_key(&path[..i]) {
+                return conflict(&path[..i], &path);
+            }
+        }
+        let below = format!("{path}/");
+        if let Some((inside, _)) = self.files.range(below.clone()..).next()
+            && inside.starts_with(&below)
+        {
+            return conflict(&path, inside);
+        }
         self.files.insert(path, data);
         Ok(())
     }
@@ -113,10 +134,10 @@ impl RoleBundle {
         for (i, f) in wire.files.into_iter().enumerate() {
             let path = String::from_utf8(f.path).map_err(|e| BundleError::NotUtf8 {
                 index: i + 1,
-                lossy: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                lossy: shown(&String::from_utf8_lossy(e.as_bytes())),
             })?;
             if bundle.files.contains_key(&path) {
-                return Err(BundleError::Duplicate(path));
+                return Err(BundleError::Duplicate(shown(&path)));
             }
             bundle.insert(path, f.content)?;
         }
@@ -169,16 +190,22 @@ pub fn short_digest(digest: &str) -> &str {
     }
 }
 
+/// A path that can be written below a directory on any Linux file system:
+/// relative, no `.`, `..` or empty components, no control characters, at most
+/// `PATH_MAX` long with components at most `NAME_MAX`.
 fn check_path(path: &str) -> Result<(), BundleError> {
-    let bad = |why| Err(BundleError::BadPath(path.to_string(), why));
+    let bad = |why| Err(BundleError::BadPath(shown(path), why));
     if path.is_empty() {
         return bad("empty");
+    }
+    if let Err(why) = crate::role::check_path_text(path) {
+        return bad(why);
     }
     if path.starts_with('/') {
         return bad("absolute");
     }
-    if path.contains('\\') || path.contains('\0') {
-        return bad("contains a backslash or NUL");
+    if path.contains('\\') {
+        return bad("contains a backslash");
     }
     for part in path.split('/') {
         match part {
@@ -188,6 +215,11 @@ fn check_path(path: &str) -> Result<(), BundleError> {
         }
     }
     Ok(())
+}
+
+/// A path from outside as an error quotes it: at most 255 characters of it.
+fn shown(path: &str) -> String {
+    crate::role::clip_to(path, 255).into_owned()
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -280,6 +312,50 @@ mod tests {
         );
         let err = RoleBundle::from_wire(wire(&[b"a", b"a"])).unwrap_err();
         assert!(matches!(err, BundleError::Duplicate(_)), "{err}");
+    }
+
+    #[test]
+    fn bundles_that_cannot_be_written_to_disk_are_refused() {
+        let wire = |paths: &[&str]| pb::Bundle {
+            files: paths
+                .iter()
+                .map(|p| pb::BundleFile {
+                    path: p.as_bytes().to_vec(),
+                    content: vec![],
+                })
+                .collect(),
+        };
+        let refused = |paths: &[&str]| RoleBundle::from_wire(wire(paths)).unwrap_err().to_string();
+        // A file and a directory at one path, in either order.
+        let both =
+            "\"files/a\" is a file, and a directory of \"files/a/b\": a role cannot hold both";
+        assert_eq!(refused(&["files/a", "files/a/b"]), both);
+        assert_eq!(refused(&["files/a/b", "files/a"]), both);
+        assert_eq!(
+            refused(&["a", "a/b/c"]),
+            "\"a\" is a file, and a directory of \"a/b/c\": a role cannot hold both"
+        );
+        // Neighbours that only share a prefix are fine.
+        RoleBundle::from_wire(wire(&["files/a", "files/a.b", "files/ab/c", "files/a-/b"])).unwrap();
+
+        assert_eq!(
+            refused(&["files/a\nb"]),
+            "invalid path \"files/a\\nb\" in role: contains a control character"
+        );
+        let component = "c".repeat(256);
+        assert_eq!(
+            refused(&[&format!("files/{component}")]),
+            format!(
+                "invalid path \"files/{}…\" in role: has a component longer than 255 bytes",
+                &component[..249]
+            )
+        );
+        let long = "d/".repeat(2048) + "f";
+        assert!(
+            refused(&[&long]).ends_with("…\" in role: is longer than 4095 bytes"),
+            "{}",
+            refused(&[&long])
+        );
     }
 
     #[test]

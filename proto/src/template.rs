@@ -1,8 +1,29 @@
 //! Handlebars rendering in strict mode: an undefined variable is an error, never
 //! an empty string. Output is not HTML-escaped: templates render config files.
+//!
+//! Templates come from roles, which are hostile input: partials (which can
+//! include each other without end), decorators (which define inline partials)
+//! and the `log` helper (which writes to the log of whoever renders) are
+//! refused when a template is added, and a render stops at
+//! [`MAX_RENDERED_BYTES`].
 
+use std::io::{self, Write};
+
+use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
 use handlebars::{Handlebars, RenderErrorReason};
 use serde::Serialize;
+
+/// The most a single template may render to.
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// How deep blocks (an `{{else if}}` counts as one more) and subexpressions
+/// may nest: rendering recurses once per level, and a few hundred levels
+/// overflow a thread's stack.
+pub const MAX_NESTING: usize = 64;
+
+/// Helpers a role may not call: `log` writes into the log of the agent or the
+/// server that renders the template.
+const REFUSED_HELPERS: [&str; 1] = ["log"];
 
 /// A template problem, located inside the template file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,6 +31,8 @@ pub struct TemplateError {
     pub line: usize,
     pub column: usize,
     pub message: String,
+    /// The render stopped at its size limit (see [`Templates::render`]).
+    pub too_large: bool,
 }
 
 pub struct Templates {
@@ -27,33 +50,227 @@ impl Templates {
         let mut hb = Handlebars::new();
         hb.set_strict_mode(true);
         hb.register_escape_fn(handlebars::no_escape);
+        // Refused when a template is added; unregistered too, so no path is left.
+        for helper in REFUSED_HELPERS {
+            hb.unregister_helper(helper);
+        }
         Templates { hb }
     }
 
-    /// Parses and registers a template under `name`.
+    /// Parses and registers a template under `name`, refusing what roles may
+    /// not use (see the module documentation).
     pub fn add(&mut self, name: &str, source: &str) -> Result<(), TemplateError> {
-        self.hb.register_template_string(name, source).map_err(|e| {
+        check_nesting(source)?;
+        let template = Template::compile_with_name(source, name.to_string()).map_err(|e| {
             let (line, column) = e.pos().unwrap_or((1, 1));
             TemplateError {
                 line,
                 column,
                 message: e.reason().to_string(),
+                too_large: false,
             }
-        })
+        })?;
+        check_elements(&template, 0)?;
+        self.hb.register_template(name, template);
+        Ok(())
     }
 
-    pub fn render(&self, name: &str, data: &impl Serialize) -> Result<String, TemplateError> {
-        self.hb.render(name, data).map_err(|e| TemplateError {
-            line: e.line_no.unwrap_or(1),
-            column: e.column_no.unwrap_or(1),
-            message: match e.reason() {
-                RenderErrorReason::MissingVariable(Some(path)) => {
-                    format!("undefined variable `{path}`")
-                }
-                RenderErrorReason::MissingVariable(None) => "undefined variable".to_string(),
-                other => other.to_string(),
-            },
+    /// Renders `name`, stopping with an error (`too_large`) once the output
+    /// passes `max_bytes` (at most [`MAX_RENDERED_BYTES`]).
+    pub fn render(
+        &self,
+        name: &str,
+        data: &impl Serialize,
+        max_bytes: usize,
+    ) -> Result<String, TemplateError> {
+        let max_bytes = max_bytes.min(MAX_RENDERED_BYTES);
+        let mut out = CappedWriter {
+            buf: Vec::new(),
+            cap: max_bytes,
+        };
+        self.hb
+            .render_to_write(name, data, &mut out)
+            .map_err(|e| TemplateError {
+                line: e.line_no.unwrap_or(1),
+                column: e.column_no.unwrap_or(1),
+                too_large: matches!(e.reason(), RenderErrorReason::IOError(io) if io.kind() == io::ErrorKind::FileTooLarge),
+                message: match e.reason() {
+                    RenderErrorReason::MissingVariable(Some(path)) => {
+                        format!("undefined variable `{path}`")
+                    }
+                    RenderErrorReason::MissingVariable(None) => "undefined variable".to_string(),
+                    RenderErrorReason::IOError(io) if io.kind() == io::ErrorKind::FileTooLarge => {
+                        format!("the template renders to more than {max_bytes} bytes")
+                    }
+                    other => other.to_string(),
+                },
+            })?;
+        // Handlebars writes whole strings, so what it wrote is UTF-8.
+        String::from_utf8(out.buf).map_err(|e| TemplateError {
+            line: 1,
+            column: 1,
+            message: format!("the template rendered invalid UTF-8: {e}"),
+            too_large: false,
         })
+    }
+}
+
+/// Refuses nesting deeper than [`MAX_NESTING`] before Handlebars parses the
+/// template: its parser recurses once per subexpression level and takes time
+/// quadratic in the length of an `{{else if}}` chain. Scans the tags (`{{…}}`)
+/// outside string literals: `(` opens a subexpression, `{{#…}}` and
+/// `{{^…}}` a block, `{{else…}}` one level more until the block closes. It
+/// errs on the side of refusing.
+fn check_nesting(source: &str) -> Result<(), TemplateError> {
+    // Levels each open block holds: itself and its `else` branches.
+    let mut blocks: Vec<usize> = Vec::new();
+    let (mut tag, mut quote, mut parens): (Option<String>, Option<char>, usize) = (None, None, 0);
+    let (mut line, mut column) = (1, 0);
+    let mut chars = source.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\n' {
+            (line, column) = (line + 1, 0);
+        }
+        column += 1;
+        let Some(text) = &mut tag else {
+            if c == '{' && chars.peek() == Some(&'{') {
+                tag = Some(String::new());
+            }
+            continue;
+        };
+        match (quote, c) {
+            (None, '}') if chars.peek() == Some(&'}') => {
+                let head = text.trim_start_matches(['{', '~', ' ', '\t', '\r', '\n']);
+                // `{{{{raw}}}}` and `{{{{/raw}}}}` delimit raw text, not a block.
+                let raw = text.starts_with("{{");
+                let opens = !raw && head.starts_with('#')
+                    || (head.starts_with('^')
+                        && !head[1..].trim_start_matches(['~', ' ']).is_empty());
+                if opens {
+                    blocks.push(1);
+                } else if !raw && head.starts_with('/') {
+                    blocks.pop();
+                } else if (head.starts_with("else") || head.starts_with('^'))
+                    && let Some(levels) = blocks.last_mut()
+                {
+                    *levels += 1;
+                }
+                (tag, parens) = (None, 0);
+            }
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), _) if c == q => quote = None,
+            (None, '(') => parens += 1,
+            (None, ')') => parens = parens.saturating_sub(1),
+            _ => {}
+        }
+        if let Some(text) = &mut tag {
+            text.push(c);
+        }
+        if parens + blocks.iter().sum::<usize>() > MAX_NESTING {
+            return Err(TemplateError {
+                line,
+                column,
+                message: format!(
+                    "blocks and subexpressions are nested more than {MAX_NESTING} deep"
+                ),
+                too_large: false,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Walks a parsed template, into blocks and subexpressions, for what a role
+/// may not use. Rendering recurses once per nesting level, so nesting is
+/// bounded here, before anything renders.
+fn check_elements(template: &Template, depth: usize) -> Result<(), TemplateError> {
+    for (i, element) in template.elements.iter().enumerate() {
+        let (line, column) = template.mapping.get(i).map_or((1, 1), |m| (m.0, m.1));
+        let refuse = |message: String| TemplateError {
+            line,
+            column,
+            message,
+            too_large: false,
+        };
+        match element {
+            TemplateElement::PartialExpression(_) | TemplateElement::PartialBlock(_) => {
+                return Err(refuse(
+                    "partials ({{> name}}) are not supported in role templates".into(),
+                ));
+            }
+            TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) => {
+                return Err(refuse(
+                    "decorators ({{* name}}, {{#* inline}}) are not supported in role templates"
+                        .into(),
+                ));
+            }
+            TemplateElement::Expression(h)
+            | TemplateElement::HtmlExpression(h)
+            | TemplateElement::HelperBlock(h) => check_helper(h, depth, (line, column))?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks one helper call or block (a plain `{{x}}` is a call too): its
+/// name, its subexpressions and the blocks inside it, `depth` levels deep;
+/// `at` is where it starts.
+fn check_helper(
+    h: &HelperTemplate,
+    depth: usize,
+    (line, column): (usize, usize),
+) -> Result<(), TemplateError> {
+    let refuse = |message: String| {
+        Err(TemplateError {
+            line,
+            column,
+            message,
+            too_large: false,
+        })
+    };
+    if depth >= MAX_NESTING {
+        return refuse(format!(
+            "blocks and subexpressions are nested more than {MAX_NESTING} deep"
+        ));
+    }
+    if let Some(name) = h.name.as_name().filter(|n| REFUSED_HELPERS.contains(n)) {
+        return refuse(format!(
+            "the `{name}` helper is not available in role templates"
+        ));
+    }
+    for p in h.params.iter().chain(h.hash.values()) {
+        if let Parameter::Subexpression(sub) = p
+            && let TemplateElement::Expression(inner) | TemplateElement::HtmlExpression(inner) =
+                sub.as_element()
+        {
+            check_helper(inner, depth + 1, (line, column))?;
+        }
+    }
+    for inner in [&h.template, &h.inverse].into_iter().flatten() {
+        check_elements(inner, depth + 1)?;
+    }
+    Ok(())
+}
+
+/// Collects output up to `cap` bytes; past it, fails with
+/// [`io::ErrorKind::FileTooLarge`] so the render stops.
+struct CappedWriter {
+    buf: Vec<u8>,
+    cap: usize,
+}
+
+impl Write for CappedWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + data.len() > self.cap {
+            return Err(io::ErrorKind::FileTooLarge.into());
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -66,14 +283,90 @@ mod tests {
     fn strict_and_unescaped() {
         let mut t = Templates::new();
         t.add("a", "listen {{vars.port}}; # <&>\n").unwrap();
-        let out = t.render("a", &json!({"vars": {"port": 80}})).unwrap();
+        let out = t
+            .render("a", &json!({"vars": {"port": 80}}), MAX_RENDERED_BYTES)
+            .unwrap();
         assert_eq!(out, "listen 80; # <&>\n");
         t.add("b", "x\n{{vars.prot}}").unwrap();
-        let err = t.render("b", &json!({"vars": {"port": 80}})).unwrap_err();
+        let err = t
+            .render("b", &json!({"vars": {"port": 80}}), MAX_RENDERED_BYTES)
+            .unwrap_err();
         assert_eq!(err.line, 2, "{err:?}");
         assert!(err.message.contains("vars.prot"), "{err:?}");
-        assert!(t.render("c", &json!({})).is_err());
+        assert!(t.render("c", &json!({}), MAX_RENDERED_BYTES).is_err());
         let err = t.add("d", "a\n{{#if x}}").unwrap_err();
         assert_eq!(err.line, 2, "{err:?}");
+    }
+
+    fn refusal(source: &str) -> (usize, usize, String) {
+        let e = Templates::new().add("t", source).unwrap_err();
+        (e.line, e.column, e.message)
+    }
+
+    #[test]
+    fn partials_decorators_and_log_are_refused_where_written() {
+        let partial = "partials ({{> name}}) are not supported in role templates";
+        // Two templates including each other used to recurse until the stack overflowed.
+        let mut t = Templates::new();
+        assert_eq!(t.add("a", "x{{> b}}").unwrap_err().message, partial);
+        assert_eq!(t.add("b", "x{{> a}}").unwrap_err().message, partial);
+        assert_eq!(refusal("ok\n  {{#> b}}y{{/b}}"), (2, 3, partial.into()));
+        let decorator =
+            "decorators ({{* name}}, {{#* inline}}) are not supported in role templates";
+        assert_eq!(
+            refusal("{{#*inline \"r\"}}{{> r}}{{/inline}}"),
+            (1, 1, decorator.into())
+        );
+        assert_eq!(refusal("{{*inline}}"), (1, 1, decorator.into()));
+        let log = "the `log` helper is not available in role templates";
+        assert_eq!(refusal("{{log \"x\"}}"), (1, 1, log.into()));
+        assert_eq!(
+            refusal("{{#if 1}}\n{{else}}{{#each x}}\n {{eq (log 1) 1}}{{/each}}{{/if}}"),
+            (3, 2, log.into())
+        );
+        // `lookup` and a variable called `log` are fine.
+        let mut t = Templates::new();
+        t.add("l", "{{lookup vars \"a\"}}{{vars.log}}").unwrap();
+        let out = t
+            .render("l", &json!({"vars": {"a": 1, "log": 2}}), 10)
+            .unwrap();
+        assert_eq!(out, "12");
+    }
+
+    #[test]
+    fn nesting_is_bounded_before_parsing() {
+        let deep = "blocks and subexpressions are nested more than 64 deep";
+        let ok = "{{#if vars}}".repeat(64) + &"{{/if}}".repeat(64);
+        Templates::new().add("ok", &ok).unwrap();
+        // Each of these used to overflow the stack when parsed or rendered.
+        for n in [65, 400, 100_000] {
+            let blocks = "{{#if vars}}".repeat(n) + &"{{/if}}".repeat(n);
+            assert_eq!(refusal(&blocks), (1, 65 * 12 - 1, deep.into()));
+            let chain = "{{#if a}}".to_string() + &"{{else if a}}".repeat(n) + "{{/if}}";
+            assert_eq!(refusal(&chain), (1, 9 + 64 * 13 - 1, deep.into()));
+            let sub = "{{eq ".to_string() + &"(eq ".repeat(n) + "1 1" + &")".repeat(n) + " 1}}";
+            assert_eq!(refusal(&sub), (1, 5 + 64 * 4 + 1, deep.into()));
+        }
+        // Raw blocks neither open nor close one.
+        let raw = "{{#if vars}}".repeat(64) + "{{{{raw}}}}{{{{/raw}}}}{{#if vars}}";
+        assert_eq!(refusal(&raw), (1, 64 * 12 + 23 + 11, deep.into()));
+        // Parentheses in string literals do not count.
+        let quoted = format!("{{{{eq \"{}\" 1}}}}", "(".repeat(100));
+        Templates::new().add("q", &quoted).unwrap();
+    }
+
+    #[test]
+    fn rendering_stops_at_its_limit() {
+        let mut t = Templates::new();
+        t.add("big", "{{#each vars.l}}{{../vars.s}}{{/each}}")
+            .unwrap();
+        let data = json!({"vars": {"l": [1, 2, 3], "s": "0123456789"}});
+        assert_eq!(t.render("big", &data, 30).unwrap().len(), 30);
+        let e = t.render("big", &data, 29).unwrap_err();
+        assert!(e.too_large, "{e:?}");
+        assert_eq!(e.message, "the template renders to more than 29 bytes");
+        // The limit is never above MAX_RENDERED_BYTES.
+        let data = json!({"vars": {"l": [1, 2, 3], "s": "x".repeat(6 << 20)}});
+        assert!(t.render("big", &data, usize::MAX).unwrap_err().too_large);
     }
 }

@@ -516,3 +516,191 @@ fn an_unknown_section_lists_every_kind() {
         assert!(help.contains(kind.as_str()), "{help}");
     }
 }
+
+// Hostile input: each of these crashed, stalled or leaked on the old code.
+
+/// A role whose file `/etc/x` is rendered from `templates/x.hbs`.
+fn with_template(template: &str) -> Result<Role, Vec<Diagnostic>> {
+    let toml = format!("{HEAD}\n[[file]]\npath = \"/etc/x\"\ntemplate = \"x.hbs\"\n");
+    load(&[("role.toml", &toml), ("templates/x.hbs", template)])
+}
+
+#[test]
+fn templates_including_each_other_are_refused_not_recursed() {
+    let toml = format!("{HEAD}\n[[file]]\npath = \"/etc/x\"\ntemplate = \"a.hbs\"\n");
+    let d = errors(&[
+        ("role.toml", &toml),
+        ("templates/a.hbs", "a\n{{> b.hbs}}"),
+        ("templates/b.hbs", "{{#> a.hbs}}{{/a.hbs}}"),
+    ]);
+    let shown: Vec<String> = d.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "templates/a.hbs:2:1: template syntax error: partials ({{> name}}) are not supported in role templates",
+            "templates/b.hbs:1:1: template syntax error: partials ({{> name}}) are not supported in role templates",
+        ]
+    );
+    let d = with_template("{{#*inline \"r\"}}{{> r}}{{/inline}}{{> r}}").unwrap_err();
+    assert_eq!(
+        d[0].message,
+        "template syntax error: decorators ({{* name}}, {{#* inline}}) are not supported in role templates"
+    );
+}
+
+#[test]
+fn templates_cannot_write_to_the_log() {
+    let d = with_template("ok\n  {{log \"injected line\" level=\"error\"}}").unwrap_err();
+    assert_eq!(
+        d[0].to_string(),
+        "templates/x.hbs:2:3: template syntax error: the `log` helper is not available in role templates"
+    );
+}
+
+#[test]
+fn deeply_nested_templates_are_refused_not_overflowing() {
+    let n = 10_000;
+    let d = with_template(&("{{#if vars}}".repeat(n) + &"{{/if}}".repeat(n))).unwrap_err();
+    assert_eq!(
+        d[0].message,
+        "template syntax error: blocks and subexpressions are nested more than 64 deep"
+    );
+}
+
+#[test]
+fn rendered_size_is_bounded_per_template_and_per_role() {
+    // 5^9 × 16 bytes: 30 MiB from a few hundred bytes.
+    let each = "{{#each @root.vars.l}}".repeat(9);
+    let template = format!("{each}0123456789abcdef{}", "{{/each}}".repeat(9));
+    let toml = format!(
+        "{HEAD}[vars]\nl = [1, 2, 3, 4, 5]\n\n[[file]]\npath = \"/etc/x\"\ntemplate = \"x.hbs\"\n"
+    );
+    let d = errors(&[("role.toml", &toml), ("templates/x.hbs", &template)]);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(
+        d[0].to_string(),
+        "templates/x.hbs:1:199: rendering for file:/etc/x: the template renders to more than 16 MiB\n  help: use `source` for large files"
+    );
+    // 4^10 × 12 bytes, 12 MiB each: five files fit, not six.
+    let template = format!("{each}{}", "{{/each}}".repeat(9)).replace(
+        "{{#each @root.vars.l}}{{/each}}",
+        "{{#each @root.vars.l}}{{#each @root.vars.l}}0123456789ab{{/each}}{{/each}}",
+    );
+    let files: String = (0..6)
+        .map(|i| format!("[[file]]\npath = \"/etc/x{i}\"\ntemplate = \"x.hbs\"\n"))
+        .collect();
+    let toml = format!("{HEAD}[vars]\nl = [1, 2, 3, 4]\n\n{files}");
+    let d = errors(&[("role.toml", &toml), ("templates/x.hbs", &template)]);
+    let messages: Vec<&str> = d.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        ["the role's templates render to more than 64 MiB in all"; 1]
+    );
+}
+
+#[test]
+fn long_misspelled_ids_are_reported_quickly_and_shortly() {
+    let long = "x".repeat(120_000);
+    let toml = format!(
+        "{HEAD}\n[[package]]\nname = \"vim\"\n\n[[service]]\nname = \"a\"\nrequires = [\"package:{long}\", \"package:{long}y\"]\n"
+    );
+    let started = std::time::Instant::now();
+    let d = errors(&[("role.toml", &toml)]);
+    assert!(started.elapsed().as_secs() < 2, "{:?}", started.elapsed());
+    assert_eq!(d.len(), 2, "{d:#?}");
+    let clipped = format!("package:{}…", "x".repeat(56));
+    assert_eq!(
+        d[0].message,
+        format!("{clipped} is not declared in this role")
+    );
+    assert_eq!(d[0].help, None);
+    // A short misspelling still gets its suggestion.
+    let d = only_error(&format!(
+        "{HEAD}\n[[package]]\nname = \"vim\"\n\n[[service]]\nname = \"a\"\nrequires = [\"package:vin\"]\n"
+    ));
+    assert_eq!(d.help.as_deref(), Some("did you mean `package:vim`?"));
+}
+
+#[test]
+fn names_are_capped() {
+    let long = "a".repeat(256);
+    for kind in ["package", "service", "exec"] {
+        let d = only_error(
+            &format!("{HEAD}\n[[{kind}]]\nname = \"{long}\"\ncommand = \"true\"\n").replace(
+                "command = \"true\"\n",
+                if kind == "exec" {
+                    "command = \"true\"\n"
+                } else {
+                    ""
+                },
+            ),
+        );
+        assert_eq!(
+            d.message,
+            format!("name \"{}…\" is 256 bytes long, more than 255", &long[..64]),
+            "{kind}"
+        );
+    }
+    let d = only_error(&format!(
+        "{HEAD}\n[[exec]]\nname = \"a\\tb\"\ncommand = \"true\"\n"
+    ));
+    assert_eq!(d.message, "invalid name \"a\\tb\"");
+}
+
+#[test]
+fn paths_that_cannot_exist_on_disk_are_refused() {
+    let component = "c".repeat(256);
+    let deep = "/d".repeat(2048);
+    for (path, why) in [
+        (
+            format!("/etc/{component}"),
+            "has a component longer than 255 bytes",
+        ),
+        (deep.clone(), "is longer than 4095 bytes"),
+        ("/etc/a\\nb".to_string(), "contains a control character"),
+        ("/etc/a\\u007fb".to_string(), "contains a control character"),
+    ] {
+        let d = only_error(&format!(
+            "{HEAD}\n[[file]]\npath = \"{path}\"\ncontent = \"\"\n"
+        ));
+        assert!(d.message.ends_with(why), "{path}: {d}");
+        assert_eq!(d.field.as_deref(), Some("path"));
+    }
+    let d = only_error(&format!(
+        "{HEAD}\n[[file]]\npath = \"/x\"\nsource = \"a\\u0001b\"\n"
+    ));
+    assert_eq!(
+        d.message,
+        "source \"a\\u{1}b\" contains a control character"
+    );
+}
+
+#[test]
+fn diagnostics_stop_at_a_hundred_and_say_how_many_more() {
+    let tables: String = (0..250)
+        .map(|i| format!("[[group]]\nname = \"Bad{i}\"\n"))
+        .collect();
+    let d = errors(&[("role.toml", &format!("{HEAD}{tables}"))]);
+    assert_eq!(d.len(), role::MAX_DIAGNOSTICS + 1);
+    assert_eq!(d[0].message, "invalid name \"Bad0\"");
+    assert_eq!(
+        d[100].to_string(),
+        "role.toml: and 150 more problems not shown\n  help: only the first 100 are listed"
+    );
+}
+
+#[test]
+fn a_table_with_thousands_of_unknown_fields_is_read_quickly() {
+    let fields: String = (0..5_000).map(|i| format!("f{i} = 1\n")).collect();
+    let started = std::time::Instant::now();
+    let d = errors(&[(
+        "role.toml",
+        &format!("{HEAD}[[group]]\nname = \"g\"\n{fields}"),
+    )]);
+    assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+    assert_eq!(d.len(), role::MAX_DIAGNOSTICS + 1);
+    assert_eq!(
+        d[100].message,
+        "and more problems not shown (checking stopped after 100)"
+    );
+}

@@ -6,12 +6,16 @@ use std::collections::HashSet;
 use toml::Spanned;
 
 use super::Spec;
-use super::diagnostic::{Diagnostic, Diags};
+use super::diagnostic::{Diagnostic, Diags, clip};
 use super::manifest::{Decl, Meta};
 use super::rules::check_rel_path;
 use crate::bundle::RoleBundle;
 use crate::facts::Facts;
-use crate::template::Templates;
+use crate::template::{MAX_RENDERED_BYTES, Templates};
+
+/// The most all of a role's templates may render to together: the same
+/// template may be used by many files.
+pub(super) const MAX_ROLE_RENDERED_BYTES: usize = 64 << 20;
 
 #[derive(Clone, Copy)]
 pub(super) enum ContentFrom {
@@ -62,11 +66,13 @@ pub(super) fn resolve(
         "vars": vars,
         "role": { "name": meta.name, "description": meta.description },
     });
+    let mut rendered_left = MAX_ROLE_RENDERED_BYTES;
     for d in decls {
         let Some(pending) = d.pending_content.take() else {
             continue;
         };
-        let Some(content) = read(diags, bundle, &templates, &compiled, &data, d, pending) else {
+        let templates = (&templates, &compiled, &data);
+        let Some(content) = read(diags, bundle, templates, &mut rendered_left, d, pending) else {
             continue;
         };
         // Only files have content to read.
@@ -115,12 +121,13 @@ fn compile_templates(diags: &mut Diags<'_>, bundle: &RoleBundle) -> (Templates, 
 }
 
 /// The bytes `pending` names for `d`, or `None` once the problem is reported.
+/// `templates` are the compiled templates, the names of those that compiled
+/// and the data they see; a rendering is taken from `rendered_left`.
 fn read(
     diags: &mut Diags<'_>,
     bundle: &RoleBundle,
-    templates: &Templates,
-    compiled: &HashSet<String>,
-    data: &serde_json::Value,
+    (templates, compiled, data): (&Templates, &HashSet<String>, &serde_json::Value),
+    rendered_left: &mut usize,
     d: &Decl,
     pending: PendingContent,
 ) -> Option<Vec<u8>> {
@@ -132,7 +139,7 @@ fn read(
             name.span(),
             Some(&d.context),
             Some(field),
-            format!("{field} {:?} {why}", name.get_ref()),
+            format!("{field} {:?} {why}", clip(name.get_ref())),
             Some(format!("name a file inside the role's {dir}/ directory")),
         );
         return None;
@@ -142,7 +149,7 @@ fn read(
             name.span(),
             Some(&d.context),
             Some(field),
-            format!("{path} does not exist in the role"),
+            format!("{} does not exist in the role", clip(&path)),
             None,
         );
         return None;
@@ -151,20 +158,37 @@ fn read(
         ContentFrom::Source => Some(bytes.to_vec()),
         // Its syntax error is reported already.
         ContentFrom::Template if !compiled.contains(name.get_ref()) => None,
-        ContentFrom::Template => match templates.render(name.get_ref(), data) {
-            Ok(s) => Some(s.into_bytes()),
+        ContentFrom::Template => match templates.render(name.get_ref(), data, *rendered_left) {
+            Ok(s) => {
+                *rendered_left -= s.len();
+                Some(s.into_bytes())
+            }
             Err(e) => {
+                let (message, help) = if !e.too_large {
+                    let help =
+                        "templates see `facts`, `vars` and `role`; an undefined name is an error";
+                    (e.message, help)
+                } else if *rendered_left < MAX_RENDERED_BYTES {
+                    let message = format!(
+                        "the role's templates render to more than {} MiB in all",
+                        MAX_ROLE_RENDERED_BYTES >> 20
+                    );
+                    (message, "use `source` for large files")
+                } else {
+                    let message = format!(
+                        "the template renders to more than {} MiB",
+                        MAX_RENDERED_BYTES >> 20
+                    );
+                    (message, "use `source` for large files")
+                };
                 diags.push(Diagnostic {
                     file: path,
                     line: e.line,
                     column: e.column,
                     context: Some(format!("rendering for {}", d.id)),
                     field: None,
-                    message: e.message,
-                    help: Some(
-                        "templates see `facts`, `vars` and `role`; an undefined name is an error"
-                            .into(),
-                    ),
+                    message,
+                    help: Some(help.into()),
                 });
                 None
             }

@@ -1,5 +1,6 @@
 //! Diagnostics: every problem in a role, located to a file, line and field.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
@@ -59,12 +60,20 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
+/// The most diagnostics one [`load`](super::load) returns; past it, a last
+/// one says how many more were found.
+pub const MAX_DIAGNOSTICS: usize = 100;
+
 /// The diagnostics of one [`load`](super::load) as they are found, with what it
 /// takes to turn a byte span of `role.toml` into a line and column.
 pub(super) struct Diags<'a> {
     src: &'a str,
     line_starts: Vec<usize>,
     found: Vec<Diagnostic>,
+    /// Found past [`MAX_DIAGNOSTICS`]: counted, not kept.
+    more: usize,
+    /// A check stopped looking once the list was full: there may be more.
+    gave_up: bool,
 }
 
 impl<'a> Diags<'a> {
@@ -76,6 +85,8 @@ impl<'a> Diags<'a> {
             src,
             line_starts,
             found: Vec::new(),
+            more: 0,
+            gave_up: false,
         }
     }
 
@@ -96,6 +107,10 @@ impl<'a> Diags<'a> {
         message: impl Into<String>,
         help: Option<String>,
     ) {
+        if self.full() {
+            self.more += 1;
+            return;
+        }
         let (line, column) = self.line_col(span.start);
         self.found.push(Diagnostic {
             file: MANIFEST.into(),
@@ -110,7 +125,22 @@ impl<'a> Diags<'a> {
 
     /// Reports a problem located some other way (in a template, say).
     pub(super) fn push(&mut self, diagnostic: Diagnostic) {
-        self.found.push(diagnostic);
+        if self.full() {
+            self.more += 1;
+        } else {
+            self.found.push(diagnostic);
+        }
+    }
+
+    /// Whether [`MAX_DIAGNOSTICS`] were found: checks that only look for more
+    /// problems may stop, after saying so with [`Diags::give_up`].
+    pub(super) fn full(&self) -> bool {
+        self.found.len() >= MAX_DIAGNOSTICS
+    }
+
+    /// Notes that a check stopped looking for more problems.
+    pub(super) fn give_up(&mut self) {
+        self.gave_up = true;
     }
 
     pub(super) fn any(&self) -> bool {
@@ -128,6 +158,28 @@ impl<'a> Diags<'a> {
     pub(super) fn finish(mut self) -> Diagnostics {
         self.found
             .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        let message = match (self.more, self.gave_up) {
+            (0, false) => None,
+            (0, true) => Some(format!(
+                "and more problems not shown (checking stopped after {MAX_DIAGNOSTICS})"
+            )),
+            (n, _) => Some(format!(
+                "and {n}{} more problem{} not shown",
+                if self.gave_up { " or" } else { "" },
+                if n == 1 { "" } else { "s" }
+            )),
+        };
+        if let Some(message) = message {
+            self.found.push(Diagnostic {
+                file: MANIFEST.into(),
+                line: 0,
+                column: 0,
+                context: None,
+                field: None,
+                message,
+                help: Some(format!("only the first {MAX_DIAGNOSTICS} are listed")),
+            });
+        }
         Diagnostics(self.found)
     }
 }
@@ -145,22 +197,52 @@ pub(super) fn line_col_bytes(raw: &[u8], offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// At most this many characters of a string from the role are quoted in a
+/// message, and only strings this short get a "did you mean".
+const SHOWN_CHARS: usize = 64;
+
+/// Suggestions compare a misspelling with at most this many candidates.
+const MAX_SUGGESTION_CANDIDATES: usize = 1000;
+
+/// `s` as a message quotes it: whole if short, else its start and `…`.
+pub(super) fn clip(s: &str) -> Cow<'_, str> {
+    clip_to(s, SHOWN_CHARS)
+}
+
+/// `s` cut after `chars` characters, marked with `…`.
+pub(crate) fn clip_to(s: &str, chars: usize) -> Cow<'_, str> {
+    match s.char_indices().nth(chars) {
+        None => Cow::Borrowed(s),
+        Some((end, _)) => Cow::Owned(format!("{}…", &s[..end])),
+    }
+}
+
 /// The candidate closest to a misspelled `got`, if one is close enough to be
-/// what was meant.
+/// what was meant. The edit distance costs the product of the lengths, so
+/// long strings get no suggestion and only the first candidates are tried.
 pub(super) fn suggest<I, T>(got: &str, candidates: I) -> Option<String>
 where
     I: IntoIterator<Item = T>,
     T: AsRef<str>,
 {
+    let too_long = |s: &str| s.chars().nth(SHOWN_CHARS).is_some();
+    if too_long(got) {
+        return None;
+    }
+    let got_chars = got.chars().count();
     candidates
         .into_iter()
-        .map(|c| {
-            (
-                strsim::damerau_levenshtein(got, c.as_ref()),
-                c.as_ref().to_string(),
-            )
+        .take(MAX_SUGGESTION_CANDIDATES)
+        .filter_map(|c| {
+            let c = c.as_ref();
+            let close_enough = 2.max(c.len() / 4);
+            // The distance is at least the difference in length.
+            if too_long(c) || c.chars().count().abs_diff(got_chars) > close_enough {
+                return None;
+            }
+            let d = strsim::damerau_levenshtein(got, c);
+            (d <= close_enough && d > 0).then(|| (d, c.to_string()))
         })
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4) && *d > 0)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }

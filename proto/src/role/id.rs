@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::Kind;
+use super::diagnostic::clip;
 
 /// `TYPE:NAME`, e.g. `service:nginx` or `file:/etc/motd`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -31,17 +32,22 @@ impl FromStr for ResourceId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (kind, name) = s.split_once(':').ok_or_else(|| {
-            format!("{s:?} is not a resource id (expected TYPE:NAME, like service:nginx)")
+            format!(
+                "{:?} is not a resource id (expected TYPE:NAME, like service:nginx)",
+                clip(s)
+            )
         })?;
         let kind = kind.parse::<Kind>().map_err(|()| {
             let kinds: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
             format!(
-                "{s:?} has unknown resource type {kind:?} (one of {})",
+                "{:?} has unknown resource type {:?} (one of {})",
+                clip(s),
+                clip(kind),
                 kinds.join(", ")
             )
         })?;
         if name.is_empty() {
-            return Err(format!("{s:?} has an empty name"));
+            return Err(format!("{:?} has an empty name", clip(s)));
         }
         Ok(ResourceId::new(kind, name))
     }

@@ -10,7 +10,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use super::content::PendingContent;
-use super::diagnostic::{Diags, suggest};
+use super::diagnostic::{Diags, clip, clip_to, suggest};
 use super::id::ResourceId;
 use super::kinds::{self, Kind, ResourceKind, Spec};
 use super::rules::{Table, is_role_name};
@@ -60,6 +60,9 @@ struct RawEdges {
 }
 
 const EDGE_FIELDS: [&str; 2] = ["requires", "notify"];
+
+/// serde's messages quote keys and values from the role; longer ones are cut.
+const MAX_SERDE_MESSAGE_CHARS: usize = 512;
 
 /// `[role]`, `[vars]`, then one key per kind.
 fn top_level_keys() -> Vec<&'static str> {
@@ -125,10 +128,11 @@ pub(super) fn parse(src: &str, diags: &mut Diags<'_>) -> Option<Manifest> {
                     let help = suggest(k, &known)
                         .map(|s| format!("did you mean `{s}`?"))
                         .or_else(|| Some(format!("known sections: {}", known.join(", "))));
+                    let k = clip(k);
                     diags.error(
                         key_span,
                         None,
-                        Some(k),
+                        Some(&k),
                         format!("unknown section `{k}`"),
                         help,
                     );
@@ -157,7 +161,7 @@ fn check_meta(diags: &mut Diags<'_>, m: RawMeta) -> Meta {
             m.name.span(),
             Some("[role]"),
             Some("name"),
-            format!("invalid role name {:?}", m.name.get_ref()),
+            format!("invalid role name {:?}", clip(m.name.get_ref())),
             Some(
                 "use lowercase letters, digits and dashes, starting with a letter or digit".into(),
             ),
@@ -220,7 +224,7 @@ pub(super) fn read_resource<K: ResourceKind + Into<Spec>>(
         deserialize_table::<K::Raw>(diags, own, span.clone(), &context, &EDGE_FIELDS)?;
     let (edges, _) = edges?;
     let name = K::name(&raw).get_ref().clone();
-    let context = format!("[[{}]] {name:?}", kind.as_str());
+    let context = format!("[[{}]] {:?}", kind.as_str(), clip(&name));
     let mut table = Table::new(diags, context, span.clone(), dropped);
     let spec = K::check(raw, &mut table).into();
     Some(Decl {
@@ -286,7 +290,21 @@ fn deserialize_table<T: DeserializeOwned>(
         let already = message.starts_with("missing field")
             && field.as_ref().is_some_and(|f| dropped.contains(f));
         if !already {
-            diags.error(err_span, Some(context), field.as_deref(), message, help);
+            // serde quotes the role's keys and values whole.
+            let shown_field = field.as_deref().map(clip);
+            let message = clip_to(&message, MAX_SERDE_MESSAGE_CHARS).into_owned();
+            diags.error(
+                err_span,
+                Some(context),
+                shown_field.as_deref(),
+                message,
+                help,
+            );
+        }
+        // Each retry costs the whole table again: stop once nothing more is kept.
+        if diags.full() {
+            diags.give_up();
+            return None;
         }
         match field.filter(|f| table.keys().any(|k| k.get_ref().as_ref() == f.as_str())) {
             Some(f) => {

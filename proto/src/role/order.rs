@@ -3,7 +3,7 @@
 
 use std::collections::{BinaryHeap, HashMap};
 
-use super::diagnostic::{Diags, suggest};
+use super::diagnostic::{Diags, clip, suggest};
 use super::id::ResourceId;
 use super::manifest::Decl;
 use super::{Location, Resource};
@@ -20,7 +20,7 @@ pub(super) fn check_duplicates(diags: &mut Diags<'_>, decls: &[Decl]) {
                 None,
                 format!(
                     "duplicate resource {} (first declared on line {line})",
-                    d.id
+                    clip(&d.id.to_string())
                 ),
                 Some("each TYPE:NAME may be declared once; merge the two".into()),
             );
@@ -115,7 +115,10 @@ fn references(
                 if !ids.contains_key(&id) {
                     let help = suggest(&id.to_string(), ids.keys().map(|k| k.to_string()))
                         .map(|s| format!("did you mean `{s}`?"));
-                    push(format!("{id} is not declared in this role"), help);
+                    push(
+                        format!("{} is not declared in this role", clip(&id.to_string())),
+                        help,
+                    );
                     continue;
                 }
                 if id == d.id {

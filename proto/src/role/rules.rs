@@ -6,7 +6,14 @@ use std::ops::Range;
 use toml::Spanned;
 
 use super::content::PendingContent;
-use super::diagnostic::Diags;
+use super::diagnostic::{Diags, clip};
+
+/// The longest path the kernel takes (`PATH_MAX`, counting the final NUL).
+pub const MAX_PATH_BYTES: usize = 4095;
+/// The longest name of one path component (`NAME_MAX`).
+pub const MAX_COMPONENT_BYTES: usize = 255;
+/// The longest name of a package, a service or an exec.
+pub const MAX_NAME_BYTES: usize = 255;
 
 pub(super) const ACCOUNT_RULE: &str = "user and group names start with a lowercase letter or _, then lowercase letters, digits, _ or - (at most 32)";
 
@@ -25,7 +32,10 @@ pub(super) fn is_account_name(s: &str) -> bool {
 }
 
 /// An absolute, normalized path: no `.`/`..` components, no `//`, no trailing `/`.
+/// At most [`MAX_PATH_BYTES`] long, each component at most
+/// [`MAX_COMPONENT_BYTES`], no control characters.
 pub fn check_abs_path(p: &str) -> Result<(), &'static str> {
+    check_path_text(p)?;
     if !p.starts_with('/') {
         return Err("must be absolute (start with /)");
     }
@@ -34,9 +44,6 @@ pub fn check_abs_path(p: &str) -> Result<(), &'static str> {
     }
     if p.ends_with('/') {
         return Err("must not end with /");
-    }
-    if p.contains('\0') {
-        return Err("contains a NUL byte");
     }
     for part in p[1..].split('/') {
         match part {
@@ -48,13 +55,31 @@ pub fn check_abs_path(p: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A path inside the role: relative, without `.`, `..` or empty components.
+/// A path inside the role: relative, without `.`, `..` or empty components,
+/// and within the limits of [`check_abs_path`].
 pub(super) fn check_rel_path(p: &str) -> Result<(), &'static str> {
+    check_path_text(p)?;
     if p.starts_with('/') {
         return Err("is absolute; it must be relative to the role");
     }
     if p.is_empty() || p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
         return Err("escapes the role or is not a plain relative path");
+    }
+    Ok(())
+}
+
+/// What any path must be to exist on disk: not too long, no control
+/// characters (a NUL cannot be in a path; a newline breaks every tool that
+/// lists paths).
+pub fn check_path_text(p: &str) -> Result<(), &'static str> {
+    if p.len() > MAX_PATH_BYTES {
+        return Err("is longer than 4095 bytes");
+    }
+    if p.split('/').any(|c| c.len() > MAX_COMPONENT_BYTES) {
+        return Err("has a component longer than 255 bytes");
+    }
+    if p.contains(char::is_control) {
+        return Err("contains a control character");
     }
     Ok(())
 }
@@ -120,13 +145,27 @@ impl<'t, 'a> Table<'t, 'a> {
         valid: fn(&str) -> bool,
         rule: &str,
     ) -> bool {
-        if valid(name.get_ref()) {
+        let n = name.get_ref();
+        if n.len() > MAX_NAME_BYTES {
+            self.error(
+                name.span(),
+                Some(field),
+                format!(
+                    "name {:?} is {} bytes long, more than {MAX_NAME_BYTES}",
+                    clip(n),
+                    n.len()
+                ),
+                Some(rule.to_string()),
+            );
+            return false;
+        }
+        if valid(n) {
             return true;
         }
         self.error(
             name.span(),
             Some(field),
-            format!("invalid name {:?}", name.get_ref()),
+            format!("invalid name {:?}", clip(n)),
             Some(rule.to_string()),
         );
         false
@@ -139,7 +178,7 @@ impl<'t, 'a> Table<'t, 'a> {
                 self.error(
                     path.span(),
                     Some(field),
-                    format!("invalid path {:?}: {why}", path.get_ref()),
+                    format!("invalid path {:?}: {why}", clip(path.get_ref())),
                     None,
                 );
                 false
@@ -156,7 +195,7 @@ impl<'t, 'a> Table<'t, 'a> {
                 self.error(
                     mode.span(),
                     Some("mode"),
-                    format!("invalid mode {:?}: {why}", mode.get_ref()),
+                    format!("invalid mode {:?}: {why}", clip(mode.get_ref())),
                     Some("write the mode as an octal string, like \"0644\" or \"0755\"".into()),
                 );
                 None

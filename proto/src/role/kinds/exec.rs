@@ -49,8 +49,8 @@ impl ResourceKind for Exec {
         t.check_name(
             &r.name,
             "name",
-            |n| !n.is_empty() && !n.contains(['\n', '\r']),
-            "an exec name is one non-empty line",
+            |n| !n.is_empty() && !n.contains(char::is_control),
+            "an exec name is one non-empty line without control characters",
         );
         if r.command.get_ref().trim().is_empty() {
             t.error(

@@ -4,6 +4,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::ResourceKind;
+use crate::role::diagnostic::clip;
 use crate::role::rules::Table;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -62,7 +63,7 @@ impl ResourceKind for Package {
                 t.error(
                     v.span(),
                     Some("version"),
-                    format!("invalid version {:?}", v.get_ref()),
+                    format!("invalid version {:?}", clip(v.get_ref())),
                     None,
                 );
             }
