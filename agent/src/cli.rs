@@ -78,12 +78,8 @@ pub fn main() -> ExitCode {
 fn print_error(e: &anyhow::Error) {
     // Role diagnostics are already one per line and complete.
     if let Some(d) = e.downcast_ref::<Diagnostics>() {
-        let n = d.0.len();
         eprintln!("{d}");
-        eprintln!(
-            "error: the role has {n} problem{}",
-            if n == 1 { "" } else { "s" }
-        );
+        eprintln!("error: the role has {}", d.summary());
         return;
     }
     eprintln!("error: {e}");

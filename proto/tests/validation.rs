@@ -599,14 +599,12 @@ fn rendered_size_is_bounded_per_template_and_per_role() {
 }
 
 #[test]
-fn long_misspelled_ids_are_reported_quickly_and_shortly() {
+fn long_misspelled_ids_are_reported_shortly() {
     let long = "x".repeat(120_000);
     let toml = format!(
         "{HEAD}\n[[package]]\nname = \"vim\"\n\n[[service]]\nname = \"a\"\nrequires = [\"package:{long}\", \"package:{long}y\"]\n"
     );
-    let started = std::time::Instant::now();
     let d = errors(&[("role.toml", &toml)]);
-    assert!(started.elapsed().as_secs() < 2, "{:?}", started.elapsed());
     assert_eq!(d.len(), 2, "{d:#?}");
     let clipped = format!("package:{}…", "x".repeat(56));
     assert_eq!(
@@ -687,17 +685,21 @@ fn diagnostics_stop_at_a_hundred_and_say_how_many_more() {
         d[100].to_string(),
         "role.toml: and 150 more problems not shown\n  help: only the first 100 are listed"
     );
+    let all = role::load(
+        &bundle_from_files([("role.toml", format!("{HEAD}{tables}").as_str())]),
+        &Facts::placeholder(),
+    )
+    .unwrap_err();
+    assert_eq!(all.summary(), "more than 100 problems");
 }
 
 #[test]
-fn a_table_with_thousands_of_unknown_fields_is_read_quickly() {
+fn a_table_with_thousands_of_unknown_fields_stops_at_a_hundred() {
     let fields: String = (0..5_000).map(|i| format!("f{i} = 1\n")).collect();
-    let started = std::time::Instant::now();
     let d = errors(&[(
         "role.toml",
         &format!("{HEAD}[[group]]\nname = \"g\"\n{fields}"),
     )]);
-    assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
     assert_eq!(d.len(), role::MAX_DIAGNOSTICS + 1);
     assert_eq!(
         d[100].message,

@@ -190,9 +190,8 @@ impl pb::roles_server::Roles for Api {
             let role = match role::load(&bundle, &Facts::placeholder()) {
                 Ok(r) => r,
                 Err(diags) => {
-                    let n = diags.0.len();
                     let target = diags_role_name(&bundle);
-                    let outcome = format!("rejected: {n} problem{} in the role", if n == 1 { "" } else { "s" });
+                    let outcome = format!("rejected: {} in the role", diags.summary());
                     self.store
                         .audit(&actor, "push", &target, "", &outcome)
                         .await

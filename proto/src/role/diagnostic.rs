@@ -60,6 +60,28 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
+impl Diagnostics {
+    /// How many problems, for a closing line: "3 problems", or "more than 100
+    /// problems" when the list was cut (its last entry then says so).
+    pub fn summary(&self) -> String {
+        let cut = self
+            .0
+            .last()
+            .is_some_and(|d| d.line == 0 && d.help == Some(cut_help()));
+        let n = self.0.len() - usize::from(cut);
+        match (cut, n) {
+            (true, n) => format!("more than {n} problems"),
+            (false, 1) => "1 problem".into(),
+            (false, n) => format!("{n} problems"),
+        }
+    }
+}
+
+/// The help of the entry that closes a cut list; [`Diagnostics::summary`] reads it.
+fn cut_help() -> String {
+    format!("only the first {MAX_DIAGNOSTICS} are listed")
+}
+
 /// The most diagnostics one [`load`](super::load) returns; past it, a last
 /// one says how many more were found.
 pub const MAX_DIAGNOSTICS: usize = 100;
@@ -177,7 +199,7 @@ impl<'a> Diags<'a> {
                 context: None,
                 field: None,
                 message,
-                help: Some(format!("only the first {MAX_DIAGNOSTICS} are listed")),
+                help: Some(cut_help()),
             });
         }
         Diagnostics(self.found)
