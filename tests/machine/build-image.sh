@@ -13,8 +13,16 @@
 # the mirror this host uses, and no apt package lists, so whatever installs a
 # package inside must run `apt-get update` first.
 #
-# The mirror comes from this host's apt sources; set CAIRN_DEBIAN_MIRROR (and
-# CAIRN_DEBIAN_SECURITY_MIRROR) to override. Needs root.
+# The mirror comes from this host's apt sources, one-line or deb822, including
+# the `mirror+file:` URIs of Debian's cloud images (the first URL of the file
+# they name); set CAIRN_DEBIAN_MIRROR (and CAIRN_DEBIAN_SECURITY_MIRROR) to
+# override. Needs root.
+#
+#   tests/machine/build-image.sh --print-mirrors
+#
+# only prints the two mirrors it would use, one a line (the second empty when
+# there is no security mirror), reading the apt sources under CAIRN_HOST_ROOT
+# (default /) instead of this host's: the tests feed it sample sources.
 set -eu
 
 SUITE=bookworm
@@ -25,14 +33,82 @@ die() {
     exit 1
 }
 
-[ $# -eq 1 ] || die "usage: $0 DEST"
+[ $# -eq 1 ] || die "usage: $0 DEST | --print-mirrors"
+ROOT=${CAIRN_HOST_ROOT:-}
+ROOT=${ROOT%/}
+
+# --- mirror, from the host's apt sources ----------------------------------
+# The first URL of an apt mirror list (apt-transport-mirror's format: one URL
+# a line, then optional tab-separated metadata; `#` starts a comment).
+mirror_list_first() {
+    [ -f "$ROOT$1" ] || { echo "build-image: the apt sources name the mirror list $1, which does not exist" >&2; return 0; }
+    sed 's/#.*//' "$ROOT$1" | awk 'NF { print $1; exit }'
+}
+
+# Prints "URI SUITE" for every deb entry, from one-line and deb822 files;
+# a `mirror+file:` URI is replaced by the first URL of the file it names.
+host_sources() {
+    {
+        for f in "$ROOT/etc/apt/sources.list" "$ROOT"/etc/apt/sources.list.d/*.list; do
+            [ -f "$f" ] || continue
+            awk '$1 == "deb" {
+                    i = 2
+                    if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                    print $i, $(i + 1)
+                }' "$f"
+        done
+        for f in "$ROOT"/etc/apt/sources.list.d/*.sources; do
+            [ -f "$f" ] || continue
+            # One stanza per blank-line separated paragraph.
+            awk 'function flush(   u, s) {
+                     if (deb && enabled)
+                         for (u = 2; u <= nu; u++) for (s = 2; s <= ns; s++) print uris[u], suites[s]
+                     deb = 0; enabled = 1; nu = 0; ns = 0
+                 }
+                 BEGIN { enabled = 1 }
+                 /^[ \t]*$/ { flush(); next }
+                 /^#/ { next }
+                 tolower($1) == "types:" { for (i = 2; i <= NF; i++) if ($i == "deb") deb = 1 }
+                 tolower($1) == "enabled:" { enabled = (tolower($2) != "no") }
+                 tolower($1) == "uris:" { nu = NF; for (i = 2; i <= NF; i++) uris[i] = $i }
+                 tolower($1) == "suites:" { ns = NF; for (i = 2; i <= NF; i++) suites[i] = $i }
+                 END { flush() }' "$f"
+        done
+    } | while read -r uri suite; do
+        case $uri in
+        mirror+file:*)
+            list=${uri#mirror+file:}
+            uri=$(mirror_list_first "/${list#"${list%%[!/]*}"}")
+            ;;
+        esac
+        if [ -n "$uri" ]; then printf '%s %s\n' "$uri" "$suite"; fi
+    done
+}
+
+# Sets MIRROR and SECURITY (empty when there is none), without a trailing /.
+find_mirrors() {
+    SOURCES=$(host_sources)
+    MIRROR=${CAIRN_DEBIAN_MIRROR:-$(printf '%s\n' "$SOURCES" | awk '$2 !~ /-security$/ && $1 ~ /^https?:/ { print $1; exit }')}
+    SECURITY=${CAIRN_DEBIAN_SECURITY_MIRROR:-$(printf '%s\n' "$SOURCES" | awk '$2 ~ /-security$/ && $1 ~ /^https?:/ { print $1; exit }')}
+    [ -n "$MIRROR" ] || die "found no Debian mirror in $ROOT/etc/apt/sources.list{,.d/}; help: set CAIRN_DEBIAN_MIRROR"
+    MIRROR=${MIRROR%/}
+    SECURITY=${SECURITY%/}
+}
+
+if [ "$1" = --print-mirrors ]; then
+    find_mirrors
+    printf '%s\n%s\n' "$MIRROR" "$SECURITY"
+    exit 0
+fi
+
 DEST=${1%/}
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap and systemd-nspawn need it)"
-
 if [ -e "$DEST/.complete" ]; then
     echo "build-image: $DEST is already complete"
     exit 0
 fi
+find_mirrors
+echo "build-image: mirror $MIRROR${SECURITY:+, security $SECURITY}"
 
 # --- host tools -----------------------------------------------------------
 missing=
@@ -45,51 +121,6 @@ if [ -n "$missing" ]; then
     apt-get install -y --no-install-recommends $missing ||
         { apt-get update && apt-get install -y --no-install-recommends $missing; }
 fi
-
-# --- mirror, from the host's apt sources ----------------------------------
-# Prints "URI SUITE" for every deb entry, from one-line and deb822 files.
-host_sources() {
-    if [ -f /etc/apt/sources.list ]; then
-        awk '$1 == "deb" {
-                i = 2
-                if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-                print $i, $(i + 1)
-            }' /etc/apt/sources.list
-    fi
-    for f in /etc/apt/sources.list.d/*.list; do
-        [ -f "$f" ] || continue
-        awk '$1 == "deb" {
-                i = 2
-                if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-                print $i, $(i + 1)
-            }' "$f"
-    done
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [ -f "$f" ] || continue
-        # One stanza per blank-line separated paragraph.
-        awk 'function flush(   u, s) {
-                 if (deb && enabled)
-                     for (u = 2; u <= nu; u++) for (s = 2; s <= ns; s++) print uris[u], suites[s]
-                 deb = 0; enabled = 1; nu = 0; ns = 0
-             }
-             BEGIN { enabled = 1 }
-             /^[ \t]*$/ { flush(); next }
-             /^#/ { next }
-             tolower($1) == "types:" { for (i = 2; i <= NF; i++) if ($i == "deb") deb = 1 }
-             tolower($1) == "enabled:" { enabled = (tolower($2) != "no") }
-             tolower($1) == "uris:" { nu = NF; for (i = 2; i <= NF; i++) uris[i] = $i }
-             tolower($1) == "suites:" { ns = NF; for (i = 2; i <= NF; i++) suites[i] = $i }
-             END { flush() }' "$f"
-    done
-}
-
-SOURCES=$(host_sources)
-MIRROR=${CAIRN_DEBIAN_MIRROR:-$(printf '%s\n' "$SOURCES" | awk '$2 !~ /-security$/ && $1 ~ /^https?:/ { print $1; exit }')}
-SECURITY=${CAIRN_DEBIAN_SECURITY_MIRROR:-$(printf '%s\n' "$SOURCES" | awk '$2 ~ /-security$/ && $1 ~ /^https?:/ { print $1; exit }')}
-[ -n "$MIRROR" ] || die "found no Debian mirror in /etc/apt/sources.list{,.d/}; help: set CAIRN_DEBIAN_MIRROR"
-MIRROR=${MIRROR%/}
-SECURITY=${SECURITY%/}
-echo "build-image: mirror $MIRROR${SECURITY:+, security $SECURITY}"
 
 # --- build ------------------------------------------------------------------
 if [ -e "$DEST" ]; then

@@ -9,6 +9,8 @@
 //! - [`Machine::sh`], [`Machine::agent`], [`Machine::apply_json`] run commands
 //!   inside, entering the machine's namespaces with `nsenter`.
 //! - Dropping a [`Machine`] halts it, waits for it, and removes its layer.
+//! - [`Timeline`] drives one resource of a role through the agent's runs
+//!   (noop, apply, apply again), checking the report and the machine itself.
 //!
 //! Machines share the host's network: two machines that serve the same port
 //! must not run at the same time. The nextest configuration runs the tests of
@@ -24,7 +26,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_proto::report::{ResourceReport, ResourceStatus, RunReport};
+use cairn_proto::report::{PropertyChange, ResourceReport, ResourceStatus, RunReport};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -638,4 +640,194 @@ impl fmt::Display for Run {
         }
         Ok(())
     }
+}
+
+/// A change as a report states it: `(property, before, after)`.
+pub type Change<'a> = (&'a str, &'a str, &'a str);
+
+/// Where [`Timeline`] writes its role inside the machine.
+const TIMELINE_ROLE: &str = "/root/roles/timeline";
+
+/// One resource's timeline on a machine, the way mgmt tests a resource: each
+/// step gives the role's resources, and the real agent runs as often as it
+/// takes to prove what the step claims, from the report and from `probe`, a
+/// shell command whose output is the machine's own view of the resource
+/// (`getent`, `dpkg-query`: an oracle independent of the agent).
+pub struct Timeline<'m> {
+    machine: &'m Machine,
+    id: String,
+    probe: String,
+}
+
+impl<'m> Timeline<'m> {
+    /// The timeline of resource `id` (`package:figlet`). `probe` must succeed
+    /// whatever the state (end it with `; true` when a command fails on
+    /// absence).
+    pub fn new(machine: &'m Machine, id: &str, probe: &str) -> Self {
+        Timeline {
+            machine,
+            id: id.to_string(),
+            probe: probe.to_string(),
+        }
+    }
+
+    /// What `probe` prints now.
+    pub fn probe(&self) -> String {
+        self.machine.sh_ok(&self.probe)
+    }
+
+    /// `resources` (the role after its `[role]` table) drift from the machine
+    /// by exactly `changes`: `--noop` reports them and leaves the probe as it
+    /// was; a real run makes them; the next run finds nothing to do and leaves
+    /// the probe alone. Returns what the probe prints after the change.
+    pub fn converges(&self, resources: &str, changes: &[Change]) -> String {
+        self.noop_reports(resources, changes);
+        let run = self.apply(false);
+        self.expect(
+            &run,
+            "apply",
+            resources,
+            2,
+            ResourceStatus::Changed,
+            changes,
+        );
+        let after = self.probe();
+        self.holds(resources);
+        after
+    }
+
+    /// `resources` already describe the machine: a run reports the resource
+    /// unchanged and leaves the probe alone.
+    pub fn holds(&self, resources: &str) {
+        self.set_role(resources);
+        let before = self.probe();
+        let run = self.apply(false);
+        let step = "apply with nothing to do";
+        self.expect(&run, step, resources, 0, ResourceStatus::Unchanged, &[]);
+        self.probe_is(&before, step, resources, &run);
+    }
+
+    /// `resources` drift by `changes`, which `--noop` reports, but applying
+    /// them fails with an error that contains each of `errors`; neither run
+    /// changes what the probe prints. Returns the failed run.
+    pub fn fails(&self, resources: &str, changes: &[Change], errors: &[&str]) -> Run {
+        let before = self.noop_reports(resources, changes);
+        let run = self.apply(false);
+        let step = "failing apply";
+        let failed = run.ids(ResourceStatus::Failed);
+        assert!(
+            run.code == 4 && failed == [self.id.as_str()],
+            "{}",
+            context(
+                step,
+                &format!("exit code 4 and {} alone failed", self.id),
+                resources,
+                &run
+            )
+        );
+        let error = run.resource(&self.id).error.as_deref().unwrap_or_default();
+        for part in errors {
+            assert!(
+                error.contains(part),
+                "{}",
+                context(step, &format!("an error saying {part:?}"), resources, &run)
+            );
+        }
+        self.probe_is(&before, step, resources, &run);
+        run
+    }
+
+    /// Sets the role; `--noop` reports exactly `changes` and leaves the probe
+    /// as it was, which it returns.
+    fn noop_reports(&self, resources: &str, changes: &[Change]) -> String {
+        self.set_role(resources);
+        let before = self.probe();
+        let run = self.apply(true);
+        let step = "--noop";
+        self.expect(
+            &run,
+            step,
+            resources,
+            2,
+            ResourceStatus::WouldChange,
+            changes,
+        );
+        self.probe_is(&before, step, resources, &run);
+        before
+    }
+
+    fn set_role(&self, resources: &str) {
+        self.machine.write_file(
+            &format!("{TIMELINE_ROLE}/role.toml"),
+            format!("[role]\nname = \"timeline\"\n\n{resources}"),
+        );
+    }
+
+    fn apply(&self, noop: bool) -> Run {
+        let mut extra = vec!["--detailed-exitcodes"];
+        if noop {
+            extra.push("--noop");
+        }
+        self.machine.apply_json(TIMELINE_ROLE, &extra)
+    }
+
+    /// The run exited `code`, with the resource in `status` by exactly
+    /// `changes`, and every other resource unchanged.
+    fn expect(
+        &self,
+        run: &Run,
+        step: &str,
+        resources: &str,
+        code: i32,
+        status: ResourceStatus,
+        changes: &[Change],
+    ) {
+        let others_unchanged = run
+            .report
+            .resources
+            .iter()
+            .all(|r| r.id == self.id || r.status == ResourceStatus::Unchanged);
+        let resource = run.resource(&self.id);
+        let want: Vec<PropertyChange> = changes
+            .iter()
+            .map(|(property, before, after)| PropertyChange::new(property, *before, *after))
+            .collect();
+        assert!(
+            run.code == code && resource.status == status && others_unchanged,
+            "{}",
+            context(
+                step,
+                &format!(
+                    "exit code {code}, {} {status:?}, the rest unchanged",
+                    self.id
+                ),
+                resources,
+                run
+            )
+        );
+        assert!(
+            resource.changes == want,
+            "{}",
+            context(step, &format!("the changes {want:?}"), resources, run)
+        );
+    }
+
+    fn probe_is(&self, before: &str, step: &str, resources: &str, run: &Run) {
+        let now = self.probe();
+        assert!(
+            now == before,
+            "{}",
+            context(
+                step,
+                &format!("`{}` to print {before:?} still, not {now:?}", self.probe),
+                resources,
+                run
+            )
+        );
+    }
+}
+
+/// An assertion message of a [`Timeline`] step.
+fn context(step: &str, expected: &str, resources: &str, run: &Run) -> String {
+    format!("{step}: expected {expected}\nrole:\n{resources}\nrun: {run}")
 }

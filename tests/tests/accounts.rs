@@ -1,0 +1,187 @@
+//! `[[group]]` and `[[user]]` through the real agent and the real shadow
+//! tools, on a fresh machine: creation with every declared property, drift
+//! made by hand that exactly it repairs, properties left unmanaged that are
+//! never compared, changes the role makes, and removal. `getent` (the C
+//! library's view, not the agent's parser) is the oracle.
+
+use cairn_e2e::{Machine, Timeline};
+
+/// The fields of `name`'s passwd entry, or `None` when there is none.
+fn passwd(m: &Machine, name: &str) -> Option<Vec<String>> {
+    let line = m.sh_ok(&format!("getent passwd {name}; true"));
+    let line = line.trim_end();
+    (!line.is_empty()).then(|| line.split(':').map(String::from).collect())
+}
+
+/// The passwd entry of `name`, which must exist.
+fn user(m: &Machine, name: &str) -> Vec<String> {
+    passwd(m, name).unwrap_or_else(|| panic!("getent knows no user {name}"))
+}
+
+/// The members of `group`, as the group database lists them.
+fn members(m: &Machine, group: &str) -> Vec<String> {
+    let line = m.sh_ok(&format!("getent group {group}"));
+    let list = line.trim_end().rsplit(':').next().unwrap_or_default();
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn group_timeline() {
+    let m = Machine::boot("group");
+    let t = Timeline::new(&m, "group:cairn-grp", "getent group cairn-grp; true");
+    assert_eq!(t.probe(), "", "precondition: no group cairn-grp");
+    let group = |gid: &str| format!("[[group]]\nname = \"cairn-grp\"\n{gid}");
+
+    let after = t.converges(&group("gid = 4200\n"), &[("ensure", "absent", "present")]);
+    assert_eq!(after, "cairn-grp:x:4200:\n");
+
+    // Changed by hand: exactly that drift, and apply puts it back.
+    m.sh_ok("groupmod --gid 4201 cairn-grp");
+    let after = t.converges(&group("gid = 4200\n"), &[("gid", "4201", "4200")]);
+    assert_eq!(after, "cairn-grp:x:4200:\n");
+
+    // A gid the role leaves out is never compared.
+    m.sh_ok("groupmod --gid 4201 cairn-grp");
+    t.holds(&group(""));
+
+    // The role changes the gid.
+    let after = t.converges(&group("gid = 4202\n"), &[("gid", "4201", "4202")]);
+    assert_eq!(after, "cairn-grp:x:4202:\n");
+
+    let after = t.converges(
+        &group("state = \"absent\"\n"),
+        &[("ensure", "present", "absent")],
+    );
+    assert_eq!(after, "");
+}
+
+#[test]
+fn user_timeline() {
+    let m = Machine::boot("user");
+    let (name, home) = ("cairn-usr", "/home/cairn-usr");
+    let t = Timeline::new(
+        &m,
+        &format!("user:{name}"),
+        &format!(
+            "getent passwd {name}; getent group cairn-ga cairn-gb; ls -d {home} 2>/dev/null; true"
+        ),
+    );
+    m.sh_ok("groupadd cairn-ga && groupadd cairn-gb");
+    assert_eq!(passwd(&m, name), None, "precondition: no user {name}");
+    let spec = |uid: u32, comment: &str| {
+        format!(
+            "[[user]]\nname = \"{name}\"\nuid = {uid}\ngroups = [\"cairn-ga\"]\n\
+             shell = \"/bin/bash\"\nhome = \"{home}\"\ncomment = \"{comment}\"\n"
+        )
+    };
+
+    // Created with every declared property and a home directory.
+    t.converges(
+        &spec(4300, "Cairn test user"),
+        &[("ensure", "absent", "present")],
+    );
+    let pw = user(&m, name);
+    assert_eq!(
+        (&*pw[2], &*pw[4], &*pw[5], &*pw[6]),
+        ("4300", "Cairn test user", home, "/bin/bash")
+    );
+    m.sh_ok(&format!("test -d {home}"));
+    assert_eq!(members(&m, "cairn-ga"), [name]);
+    assert!(members(&m, "cairn-gb").is_empty());
+
+    // Changed by hand: exactly that drift, and apply puts it back.
+    m.sh_ok(&format!("usermod --shell /bin/sh {name}"));
+    t.converges(
+        &spec(4300, "Cairn test user"),
+        &[("shell", "/bin/sh", "/bin/bash")],
+    );
+    assert_eq!(user(&m, name)[6], "/bin/bash");
+
+    // Membership is a minimum: an undeclared group added by hand stays ...
+    m.sh_ok(&format!("usermod --append --groups cairn-gb {name}"));
+    t.holds(&spec(4300, "Cairn test user"));
+    // ... and a declared one removed by hand comes back without dropping it.
+    m.sh_ok(&format!("gpasswd --delete {name} cairn-ga"));
+    t.converges(
+        &spec(4300, "Cairn test user"),
+        &[("groups", "cairn-gb", "cairn-gb,cairn-ga")],
+    );
+    assert_eq!(
+        (members(&m, "cairn-ga"), members(&m, "cairn-gb")),
+        (vec![name.to_string()], vec![name.to_string()])
+    );
+
+    // The role changes uid and comment: both, and nothing else, change.
+    t.converges(
+        &spec(4301, "Renamed"),
+        &[
+            ("uid", "4300", "4301"),
+            ("comment", "Cairn test user", "Renamed"),
+        ],
+    );
+    let pw = user(&m, name);
+    assert_eq!((&*pw[2], &*pw[4]), ("4301", "Renamed"));
+
+    // Properties the role leaves out are never compared.
+    m.sh_ok(&format!(
+        "usermod --shell /bin/sh --comment 'by hand' {name} && gpasswd --delete {name} cairn-ga"
+    ));
+    t.holds(&format!("[[user]]\nname = \"{name}\"\n"));
+
+    // Absent removes the account; its home stays.
+    t.converges(
+        &format!("[[user]]\nname = \"{name}\"\nstate = \"absent\"\n"),
+        &[("ensure", "present", "absent")],
+    );
+    assert_eq!(passwd(&m, name), None);
+    m.sh_ok(&format!("test -d {home}"));
+}
+
+#[test]
+fn system_users_get_their_declared_home_only_and_no_skeleton() {
+    let m = Machine::boot("system-user");
+    let (name, home) = ("cairn-sys", "/var/lib/cairn-sys");
+    let t = Timeline::new(
+        &m,
+        &format!("user:{name}"),
+        &format!(
+            "getent passwd {name}; stat -c '%u:%g %a' {home} 2>/dev/null; ls -A {home} 2>/dev/null; true"
+        ),
+    );
+    t.converges(
+        &format!(
+            "[[user]]\nname = \"{name}\"\nsystem = true\nshell = \"/usr/sbin/nologin\"\nhome = \"{home}\"\n"
+        ),
+        &[("ensure", "absent", "present")],
+    );
+    let pw = user(&m, name);
+    let uid: u32 = pw[2].parse().unwrap();
+    assert!(uid < 1000, "a system uid, got {uid}");
+    assert_eq!(pw[5], home);
+    // Owned by the user, 0755, and empty: no skeleton files.
+    assert_eq!(
+        m.sh_ok(&format!("stat -c '%u:%g %a' {home}; ls -A {home}")),
+        format!("{}:{} 755\n", pw[2], pw[3])
+    );
+
+    // A system user without a declared home gets no directory.
+    let bare = "cairn-sys2";
+    let t = Timeline::new(
+        &m,
+        &format!("user:{bare}"),
+        &format!("getent passwd {bare}; true"),
+    );
+    t.converges(
+        &format!("[[user]]\nname = \"{bare}\"\nsystem = true\n"),
+        &[("ensure", "absent", "present")],
+    );
+    let dir = &user(&m, bare)[5];
+    assert_eq!(
+        m.sh(&format!("test -e {dir}")).status.code(),
+        Some(1),
+        "{dir} should not exist"
+    );
+}
