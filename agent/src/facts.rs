@@ -535,9 +535,7 @@ UBUNTU_CODENAME=noble
 
     #[test]
     fn gather_on_this_host() {
-        let t0 = std::time::Instant::now();
         let facts = gather().unwrap();
-        let took = t0.elapsed();
         assert!(!facts.hostname.is_empty());
         assert!(
             facts.fqdn.starts_with(&facts.hostname),
@@ -566,8 +564,5 @@ UBUNTU_CODENAME=noble
         {
             assert!(reportable(ip.parse().unwrap()), "{ip}");
         }
-        // Generous even for an unoptimized build; a spawned process or DNS
-        // lookup would show up as tens of milliseconds.
-        assert!(took.as_millis() < 50, "gather took {took:?}");
     }
 }
