@@ -303,7 +303,9 @@ impl Host {
             packages,
             services,
             accounts,
-            files: given.files.unwrap_or_else(|| Box::new(fs::Posix)),
+            files: given
+                .files
+                .unwrap_or_else(|| Box::new(fs::Posix::default())),
             shell: given
                 .shell
                 .unwrap_or_else(|| Box::new(process::SystemShell)),
