@@ -35,14 +35,27 @@ pub type DirFd = Rc<OwnedFd>;
 ///
 /// The cache holds descriptors, not paths: a hit is the very directory that
 /// was reached safely, whatever happened to the path since. A hit is used only
-/// while the path still names that directory (same device and inode, not
-/// deleted), so a directory replaced during the run (by an exec, say) is
-/// walked again rather than written into where it used to be.
+/// while the path still names that directory, unchanged since it was reached
+/// (one `stat`: same device, inode and change time; a new directory reusing
+/// the inode has a new change time), so a directory replaced during the run
+/// (by an exec, say) is walked again rather than written into where it was.
 #[derive(Default)]
 pub struct Resolver {
     /// The only owner whose links are followed: root (0), except in tests.
     trusted_uid: u32,
-    cache: RefCell<HashMap<PathBuf, DirFd>>,
+    cache: RefCell<HashMap<PathBuf, Cached>>,
+}
+
+struct Cached {
+    fd: DirFd,
+    stamp: Stamp,
+}
+
+/// What identifies one state of a directory: device, inode, change time.
+type Stamp = (u64, u64, i64, i64);
+
+fn stamp(st: &FileStat) -> Stamp {
+    (st.st_dev, st.st_ino, st.st_ctime, st.st_ctime_nsec)
 }
 
 impl Resolver {
@@ -62,13 +75,15 @@ impl Resolver {
         if let Some(fd) = self.cached(path) {
             return Ok(Some(fd));
         }
-        let Some(fd) = self.walk(path)? else {
+        let Some((fd, st)) = self.walk(path)? else {
             return Ok(None);
         };
         let fd = Rc::new(fd);
-        self.cache
-            .borrow_mut()
-            .insert(path.to_path_buf(), Rc::clone(&fd));
+        let entry = Cached {
+            fd: Rc::clone(&fd),
+            stamp: stamp(&st),
+        };
+        self.cache.borrow_mut().insert(path.to_path_buf(), entry);
         Ok(Some(fd))
     }
 
@@ -87,20 +102,23 @@ impl Resolver {
     }
 
     fn cached(&self, path: &Path) -> Option<DirFd> {
-        let fd = Rc::clone(self.cache.borrow().get(path)?);
+        let cache = self.cache.borrow();
+        let entry = cache.get(path)?;
         let now = stat(path).ok()?;
-        let held = fstat(&*fd).ok()?;
-        (now.st_dev == held.st_dev && now.st_ino == held.st_ino && held.st_nlink > 0).then_some(fd)
+        (stamp(&now) == entry.stamp).then(|| Rc::clone(&entry.fd))
     }
 
-    fn walk(&self, path: &Path) -> Result<Option<OwnedFd>> {
+    /// The directory `path` names and its status, reached safely.
+    fn walk(&self, path: &Path) -> Result<Option<(OwnedFd, FileStat)>> {
         if !path.is_absolute() {
             bail!("{} is not an absolute path", path.display());
         }
         let root = open_path(AT_FDCWD, OsStr::new("/")).context("could not open /")?;
-        // The directories from `/` to where the walk is, with their paths for
-        // messages; `..` goes back up this, as the kernel's walk would.
-        let mut reached: Vec<(OwnedFd, PathBuf)> = vec![(root, PathBuf::from("/"))];
+        let root_st = fstat(&root).context("could not stat /")?;
+        // The directories from `/` to where the walk is, with their status and
+        // paths for messages; `..` goes back up this, as the kernel's walk would.
+        let mut reached: Vec<(OwnedFd, FileStat, PathBuf)> =
+            vec![(root, root_st, PathBuf::from("/"))];
         // Components still to walk, the next one last.
         let mut todo: Vec<OsString> = components(path.as_os_str());
         let mut links = 0;
@@ -111,7 +129,7 @@ impl Resolver {
                 }
                 continue;
             }
-            let (dir, dir_path) = reached.last().expect("never empty");
+            let (dir, dir_st, dir_path) = reached.last().expect("never empty");
             let here = dir_path.join(&name);
             let fd = match open_path(dir, &name) {
                 Ok(fd) => fd,
@@ -122,7 +140,7 @@ impl Resolver {
             };
             let st = fstat(&fd).with_context(|| format!("could not stat {}", here.display()))?;
             match kind(&st) {
-                SFlag::S_IFDIR => reached.push((fd, here)),
+                SFlag::S_IFDIR => reached.push((fd, st, here)),
                 SFlag::S_IFLNK => {
                     links += 1;
                     if links > MAX_LINKS {
@@ -131,7 +149,7 @@ impl Resolver {
                             path.display()
                         );
                     }
-                    self.check_link(&here, &st, dir, dir_path)?;
+                    self.check_link(&here, &st, dir_st, dir_path)?;
                     // The link this descriptor holds, not whatever has the name now.
                     let target = readlinkat(&fd, "")
                         .with_context(|| format!("could not read link {}", here.display()))?;
@@ -143,11 +161,11 @@ impl Resolver {
                 _ => bail!("{} is not a directory", here.display()),
             }
         }
-        Ok(reached.pop().map(|(fd, _)| fd))
+        Ok(reached.pop().map(|(fd, st, _)| (fd, st)))
     }
 
     /// Refuses a link that someone other than root placed, or could replace.
-    fn check_link(&self, link: &Path, st: &FileStat, dir: &OwnedFd, dir_path: &Path) -> Result<()> {
+    fn check_link(&self, link: &Path, st: &FileStat, d: &FileStat, dir_path: &Path) -> Result<()> {
         let refuse = |why: String| {
             anyhow!(
                 "{} is a symbolic link {why}; Cairn does not write through it",
@@ -157,7 +175,6 @@ impl Resolver {
         if st.st_uid != self.trusted_uid {
             return Err(refuse(format!("owned by {}", super::owner_name(st.st_uid))));
         }
-        let d = fstat(dir).with_context(|| format!("could not stat {}", dir_path.display()))?;
         if d.st_uid != self.trusted_uid {
             return Err(refuse(format!(
                 "in {}, which is owned by {}",
