@@ -114,12 +114,13 @@ impl Posix {
         let Some(parent) = path.parent() else {
             return Ok(());
         };
-        let mut missing: Vec<&Path> = parent
+        // From the top down, `/` left out.
+        let mut above: Vec<&Path> = parent
             .ancestors()
             .take_while(|p| p.parent().is_some())
             .collect();
-        missing.reverse();
-        for dir in missing {
+        above.reverse();
+        for dir in above {
             if self.stat(dir)?.is_none() {
                 let own = Ownership {
                     uid: 0,
@@ -184,16 +185,30 @@ impl FileSystem for Posix {
     fn read(&self, path: &Path) -> Result<Vec<u8>> {
         let read = || -> Result<Vec<u8>> {
             let (dir, name) = self.parent_of(path)?;
-            // Non-blocking: a pipe swapped in for the file must not hang the run.
-            let fd = open_at(&dir, name, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
-            if kind(&fstat(&fd)?) != SFlag::S_IFREG {
-                bail!("not a regular file");
-            }
-            let mut data = Vec::new();
-            fs::File::from(fd).read_to_end(&mut data)?;
-            Ok(data)
+            read_file(&dir, name).map(|(_, data)| data)
         };
         read().with_context(|| format!("could not read {}", path.display()))
+    }
+
+    fn stat_read(&self, path: &Path) -> Result<Option<(Meta, Option<Vec<u8>>)>> {
+        let look = || -> Result<Option<(Meta, Option<Vec<u8>>)>> {
+            let (Some(dir), name) = self.paths.parent(path)? else {
+                return Ok(None);
+            };
+            // The type first, so nothing but a regular file is ever opened;
+            // then the status of what was opened, so both describe one file.
+            let before = match fstatat(&*dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => meta(&st),
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            if before.kind != FileKind::File {
+                return Ok(Some((before, None)));
+            }
+            let (st, data) = read_file(&dir, name)?;
+            Ok(Some((meta(&st), Some(data))))
+        };
+        look().with_context(|| format!("could not read {}", path.display()))
     }
 
     fn write_atomic(&self, path: &Path, data: &[u8], own: Ownership) -> Result<()> {
@@ -343,6 +358,20 @@ fn open_at(dir: &DirFd, name: &OsStr, flags: OFlag) -> Result<OwnedFd> {
         Err(Errno::ELOOP) => bail!("it is a symbolic link; Cairn does not follow it"),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The status and content of the regular file `name` in `dir`.
+fn read_file(dir: &DirFd, name: &OsStr) -> Result<(FileStat, Vec<u8>)> {
+    // Non-blocking: a pipe swapped in for the file must not hang the run.
+    let fd = open_at(dir, name, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
+    let st = fstat(&fd)?;
+    if kind(&st) != SFlag::S_IFREG {
+        bail!("not a regular file");
+    }
+    // Sized from the status just read: `File::read_to_end` would ask again.
+    let mut data = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
+    fs::File::from(fd).take(u64::MAX).read_to_end(&mut data)?;
+    Ok((st, data))
 }
 
 /// Whether `name` is a temporary file of an atomic write.
