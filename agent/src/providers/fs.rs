@@ -30,7 +30,7 @@ use nix::unistd::{Gid, Group, Uid, UnlinkatFlags, User, fchown, fchownat, fsync,
 use self::resolve::{DirFd, Resolver, kind};
 use super::FileSystem;
 
-pub mod resolve;
+mod resolve;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {

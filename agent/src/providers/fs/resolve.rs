@@ -25,7 +25,7 @@ use nix::fcntl::{AT_FDCWD, OFlag, openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, stat};
 
 /// Links one path may pass through, as the kernel's limit (`ELOOP`).
-pub const MAX_LINKS: usize = 40;
+const MAX_LINKS: usize = 40;
 
 /// A directory reached safely; operations on what it holds go through it.
 pub type DirFd = Rc<OwnedFd>;
