@@ -130,7 +130,7 @@ const SWAPPED: usize = 20;
 const SWAPPER: &str = r#"
 my $home = "/home/eve";
 chdir $home or die;
-my $fd = syscall(294, 0);                      # inotify_init1
+my $fd = syscall(294, 0);                      # inotify_init1 (x86_64 numbers)
 syscall(254, $fd, $home, 0x10) >= 0 or die;    # add_watch, IN_CLOSE_NOWRITE
 open(my $in, "<&=", $fd) or die;
 $| = 1;

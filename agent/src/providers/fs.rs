@@ -554,6 +554,28 @@ mod tests {
     }
 
     #[test]
+    fn status_and_content_come_from_one_file_and_links_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, "content").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+        symlink(&f, dir.path().join("l")).unwrap();
+        let files = Posix::default();
+        let (m, data) = files.stat_read(&f).unwrap().unwrap();
+        assert_eq!((m.kind, m.mode), (FileKind::File, 0o640));
+        assert_eq!(data.as_deref(), Some(&b"content"[..]));
+        let (m, data) = files.stat_read(&dir.path().join("l")).unwrap().unwrap();
+        assert_eq!((m.kind, data), (FileKind::Symlink, None));
+        assert!(files.stat_read(&dir.path().join("none")).unwrap().is_none());
+        assert!(
+            files
+                .stat_read(&dir.path().join("none/f"))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
     fn a_write_removes_what_an_interrupted_one_left() {
         let dir = tempfile::tempdir().unwrap();
         let leftover = dir.path().join(".other.conf.cairn-tmp.0123456789abcdef");
