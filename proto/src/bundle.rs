@@ -4,8 +4,17 @@
 //! validate the bundle, never the directory, so they agree on what a role is.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, SFlag, fstat, fstatat};
 use sha2::{Digest, Sha256};
 
 use crate::pb;
@@ -25,7 +34,7 @@ pub enum BundleError {
     Walk {
         path: PathBuf,
         #[source]
-        source: walkdir::Error,
+        source: std::io::Error,
     },
     #[error("could not read {}", .path.display())]
     Read {
@@ -50,39 +59,62 @@ pub enum BundleError {
 impl RoleBundle {
     /// Reads every regular file below `dir`. Symbolic links and special files are
     /// refused rather than followed, so a bundle never reaches outside its role.
+    /// Each entry is opened without following links, relative to the directory
+    /// listing it, and what is read is what was checked: an entry swapped for a
+    /// link while the role is read is refused, not followed.
     pub fn from_dir(dir: &Path) -> Result<Self, BundleError> {
+        let walk_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: Errno| BundleError::Walk {
+                path,
+                source: e.into(),
+            }
+        };
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let root = openat(AT_FDCWD, dir, flags, Mode::empty()).map_err(walk_err(dir))?;
         let mut bundle = RoleBundle::default();
-        for entry in walkdir::WalkDir::new(dir)
-            .follow_links(false)
-            .sort_by_file_name()
-        {
-            let entry = entry.map_err(|source| BundleError::Walk {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-            let ft = entry.file_type();
-            if ft.is_dir() {
-                continue;
+        // Directories still to read: their handle, path and path in the role.
+        let mut todo = vec![(root, dir.to_path_buf(), String::new())];
+        while let Some((fd, path, rel)) = todo.pop() {
+            let mut listing = Dir::from_fd(fd).map_err(walk_err(&path))?;
+            let mut names = Vec::new();
+            for entry in listing.iter() {
+                let name = entry
+                    .map_err(walk_err(&path))?
+                    .file_name()
+                    .to_bytes()
+                    .to_vec();
+                if name != b"." && name != b".." {
+                    names.push(OsString::from_vec(name));
+                }
             }
-            if ft.is_symlink() {
-                return Err(BundleError::Symlink(entry.path().to_path_buf()));
+            names.sort();
+            for name in names {
+                let entry_path = path.join(&name);
+                let entry_rel = match name.to_str() {
+                    Some(n) if rel.is_empty() => n.to_string(),
+                    Some(n) => format!("{rel}/{n}"),
+                    None => {
+                        let lossy = entry_path.strip_prefix(dir).unwrap_or(&entry_path);
+                        return Err(BundleError::BadPath(
+                            lossy.to_string_lossy().into(),
+                            "not UTF-8",
+                        ));
+                    }
+                };
+                match open_entry(&listing, &name, &entry_path)? {
+                    Entry::Dir(fd) => todo.push((fd, entry_path, entry_rel)),
+                    Entry::File(mut file) => {
+                        let mut data = Vec::new();
+                        file.read_to_end(&mut data)
+                            .map_err(|source| BundleError::Read {
+                                path: entry_path,
+                                source,
+                            })?;
+                        bundle.insert(entry_rel, data)?;
+                    }
+                }
             }
-            if !ft.is_file() {
-                return Err(BundleError::Special(entry.path().to_path_buf()));
-            }
-            let rel = entry
-                .path()
-                .strip_prefix(dir)
-                .expect("walkdir yields paths below its root");
-            let rel = rel
-                .to_str()
-                .ok_or_else(|| BundleError::BadPath(rel.to_string_lossy().into(), "not UTF-8"))?
-                .to_string();
-            let data = std::fs::read(entry.path()).map_err(|source| BundleError::Read {
-                path: entry.path().to_path_buf(),
-                source,
-            })?;
-            bundle.insert(rel, data)?;
         }
         Ok(bundle)
     }
@@ -187,6 +219,50 @@ pub fn short_digest(digest: &str) -> &str {
             &digest[..SHORT]
         }
         _ => digest,
+    }
+}
+
+/// A directory entry of a role, opened.
+enum Entry {
+    Dir(OwnedFd),
+    File(File),
+}
+
+/// Opens `name` in `dir`, refusing links and special files. The type is
+/// read before opening, so no device is ever opened, and again from the
+/// opened descriptor, so a swap in between is refused too.
+fn open_entry(dir: &Dir, name: &OsString, path: &Path) -> Result<Entry, BundleError> {
+    let read_err = |e: Errno| BundleError::Read {
+        path: path.to_path_buf(),
+        source: e.into(),
+    };
+    let kind = |st: &nix::sys::stat::FileStat| {
+        SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
+    };
+    let before =
+        kind(&fstatat(dir, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).map_err(read_err)?);
+    let flags = match before {
+        SFlag::S_IFLNK => return Err(BundleError::Symlink(path.to_path_buf())),
+        SFlag::S_IFDIR => OFlag::O_DIRECTORY,
+        SFlag::S_IFREG => OFlag::empty(),
+        _ => return Err(BundleError::Special(path.to_path_buf())),
+    };
+    // Non-blocking: a pipe swapped in must not hang the read.
+    let flags = flags
+        | OFlag::O_RDONLY
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC;
+    let fd = match openat(dir, name.as_os_str(), flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ELOOP) => return Err(BundleError::Symlink(path.to_path_buf())),
+        Err(e) => return Err(read_err(e)),
+    };
+    match kind(&fstat(&fd).map_err(read_err)?) {
+        k if k != before => Err(BundleError::Special(path.to_path_buf())),
+        SFlag::S_IFDIR => Ok(Entry::Dir(fd)),
+        _ => Ok(Entry::File(File::from(fd))),
     }
 }
 
@@ -365,5 +441,45 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("leak")).unwrap();
         let err = RoleBundle::from_dir(dir.path()).unwrap_err();
         assert!(matches!(err, BundleError::Symlink(_)), "{err}");
+    }
+
+    #[test]
+    fn a_role_directory_is_read_in_full_and_special_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("role.toml"), "r").unwrap();
+        std::fs::create_dir_all(dir.path().join("templates/sub")).unwrap();
+        std::fs::write(dir.path().join("templates/sub/a.hbs"), "a").unwrap();
+        std::fs::create_dir(dir.path().join("files")).unwrap();
+        let bundle = RoleBundle::from_dir(dir.path()).unwrap();
+        let files: Vec<_> = bundle.files().collect();
+        assert_eq!(
+            files,
+            [("role.toml", &b"r"[..]), ("templates/sub/a.hbs", &b"a"[..])]
+        );
+
+        // A pipe is refused, not read (which would wait for a writer).
+        let fifo = dir.path().join("files/pipe");
+        nix::unistd::mkfifo(&fifo, Mode::S_IRUSR | Mode::S_IWUSR).unwrap();
+        let err = RoleBundle::from_dir(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{}: not a regular file or directory", fifo.display())
+        );
+    }
+
+    #[test]
+    fn a_link_deep_in_the_role_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("files")).unwrap();
+        let link = dir.path().join("files/leak");
+        std::os::unix::fs::symlink("/etc", &link).unwrap();
+        let err = RoleBundle::from_dir(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: symbolic links are not allowed in a role (copy the file in instead)",
+                link.display()
+            )
+        );
     }
 }

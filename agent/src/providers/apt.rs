@@ -183,7 +183,7 @@ impl super::PackageProvider for Apt {
         let db = match slot.take() {
             Some(db) => db,
             None => {
-                let raw = Posix.read(&self.status_path).with_context(|| {
+                let raw = Posix::default().read(&self.status_path).with_context(|| {
                     format!("could not look up package {package} in the dpkg database")
                 })?;
                 Installed::parse(&String::from_utf8_lossy(&raw))

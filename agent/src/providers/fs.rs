@@ -1,19 +1,36 @@
 //! Files and directories, through POSIX calls ([`Posix`]). Writes are atomic: a
 //! temporary file in the same directory gets its content, owner and mode, is
-//! synced, and is renamed over the target, so a crash never leaves a torn file.
+//! synced, and is renamed over the target, so a crash never leaves a torn file;
+//! the directory is synced after a rename or removal, so the change is durable.
+//!
+//! Every path is reached through [`resolve`], and every change is made at the
+//! directory handle it returns, on the final name with no link followed: a
+//! link someone other than root placed on the way is refused, and a link at
+//! the end is replaced or refused, never written, chowned or moded through.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::hash::{BuildHasher, RandomState};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::thread::LocalKey;
 
-use anyhow::{Context, Result, anyhow};
-use nix::unistd::{Gid, Group, Uid, User};
+use anyhow::{Context, Result, anyhow, bail};
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
+use nix::unistd::{Gid, Group, Uid, UnlinkatFlags, User, fchown, fchownat, fsync, unlinkat};
 
+use self::resolve::{DirFd, Resolver, kind};
 use super::FileSystem;
+
+mod resolve;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -52,93 +69,242 @@ pub struct Ownership {
     pub mode: u32,
 }
 
-/// This host's file system; owners are named through the C library (NSS).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Posix;
+/// This host's file system, every path reached from `/` through [`Resolver`]
+/// and every change made at the directory it reached; owners are named
+/// through the C library (NSS).
+#[derive(Default)]
+pub struct Posix {
+    paths: Resolver,
+    /// Directories already rid of temporary files an earlier run left behind.
+    swept: RefCell<HashSet<(u64, u64)>>,
+}
+
+/// What temporary files of an atomic write are called, after a dot and the
+/// name they become: the next write into that directory knows its own.
+const TEMP_MARK: &str = ".cairn-tmp.";
+
+impl Posix {
+    /// A file system that trusts the links of `uid` instead of root's.
+    #[cfg(test)]
+    pub fn trusting(uid: u32) -> Self {
+        Posix {
+            paths: Resolver::trusting(uid),
+            swept: RefCell::default(),
+        }
+    }
+
+    /// The directory holding `path` and the name of `path` in it; an error
+    /// when that directory does not exist.
+    fn parent_of<'p>(&self, path: &'p Path) -> Result<(DirFd, &'p OsStr)> {
+        match self.paths.parent(path)? {
+            (Some(dir), name) => Ok((dir, name)),
+            (None, _) => bail!("{} does not exist", path.parent().unwrap_or(path).display()),
+        }
+    }
+
+    /// Walks to the directory `path` as every change here does, refusing a
+    /// link someone other than root placed; `false` when it does not exist.
+    pub fn reach_dir(&self, path: &Path) -> Result<bool> {
+        Ok(self.paths.dir(path)?.is_some())
+    }
+
+    /// Creates the missing directories above `path` as `mkdir -p` does:
+    /// root's, mode 0755.
+    pub fn create_parents(&self, path: &Path) -> Result<()> {
+        let Some(parent) = path.parent() else {
+            return Ok(());
+        };
+        // From the top down, `/` left out.
+        let mut above: Vec<&Path> = parent
+            .ancestors()
+            .take_while(|p| p.parent().is_some())
+            .collect();
+        above.reverse();
+        for dir in above {
+            if self.stat(dir)?.is_none() {
+                let own = Ownership {
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o755,
+                };
+                self.create_dir(dir, own)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the temporary files an interrupted write left in `dir`, once
+    /// per directory and run.
+    fn sweep(&self, dir: &DirFd) -> Result<()> {
+        let st = fstat(&**dir)?;
+        if !self.swept.borrow_mut().insert((st.st_dev, st.st_ino)) {
+            return Ok(());
+        }
+        let mut list = Dir::openat(
+            &**dir,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let leftovers: Vec<OsString> = list
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type() == Some(Type::File))
+            .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
+            .filter(|n| is_temp_name(n))
+            .collect();
+        for name in leftovers {
+            match unlinkat(&**dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("could not remove the leftover {}", name.to_string_lossy())
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 impl FileSystem for Posix {
     fn stat(&self, path: &Path) -> Result<Option<Meta>> {
-        let m = match fs::symlink_metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("could not stat {}", path.display())),
+        let look = || -> Result<Option<Meta>> {
+            let (Some(dir), name) = self.paths.parent(path)? else {
+                return Ok(None);
+            };
+            match fstatat(&*dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => Ok(Some(meta(&st))),
+                Err(Errno::ENOENT) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
         };
-        let ft = m.file_type();
-        let kind = if ft.is_file() {
-            FileKind::File
-        } else if ft.is_dir() {
-            FileKind::Directory
-        } else if ft.is_symlink() {
-            FileKind::Symlink
-        } else {
-            FileKind::Other
-        };
-        Ok(Some(Meta {
-            kind,
-            uid: m.uid(),
-            gid: m.gid(),
-            mode: m.mode() & 0o7777,
-        }))
+        look().with_context(|| format!("could not stat {}", path.display()))
     }
 
     fn read(&self, path: &Path) -> Result<Vec<u8>> {
-        fs::read(path).with_context(|| format!("could not read {}", path.display()))
+        let read = || -> Result<Vec<u8>> {
+            let (dir, name) = self.parent_of(path)?;
+            read_file(&dir, name).map(|(_, data)| data)
+        };
+        read().with_context(|| format!("could not read {}", path.display()))
+    }
+
+    fn stat_read(&self, path: &Path) -> Result<Option<(Meta, Option<Vec<u8>>)>> {
+        let look = || -> Result<Option<(Meta, Option<Vec<u8>>)>> {
+            let (Some(dir), name) = self.paths.parent(path)? else {
+                return Ok(None);
+            };
+            // The type first, so nothing but a regular file is ever opened;
+            // then the status of what was opened, so both describe one file.
+            let before = match fstatat(&*dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => meta(&st),
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            if before.kind != FileKind::File {
+                return Ok(Some((before, None)));
+            }
+            let (st, data) = read_file(&dir, name)?;
+            Ok(Some((meta(&st), Some(data))))
+        };
+        look().with_context(|| format!("could not read {}", path.display()))
     }
 
     fn write_atomic(&self, path: &Path, data: &[u8], own: Ownership) -> Result<()> {
-        let dir = path
-            .parent()
-            .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
         let write = || -> Result<()> {
-            let mut tmp = tempfile::Builder::new()
-                .prefix(".cairn-")
-                .tempfile_in(dir)
-                .with_context(|| {
-                    format!("could not create a temporary file in {}", dir.display())
-                })?;
-            tmp.write_all(data)
-                .context("could not write the temporary file")?;
-            let f = tmp.as_file();
-            std::os::unix::fs::fchown(f, Some(own.uid), Some(own.gid))
+            let (dir, name) = self.parent_of(path)?;
+            self.sweep(&dir)?;
+            let (temp, fd) = create_temp(&dir, name)?;
+            let fill = || -> Result<()> {
+                let mut f = fs::File::from(fd);
+                f.write_all(data)
+                    .context("could not write the temporary file")?;
+                fchown(
+                    &f,
+                    Some(Uid::from_raw(own.uid)),
+                    Some(Gid::from_raw(own.gid)),
+                )
                 .context("could not set owner")?;
-            f.set_permissions(fs::Permissions::from_mode(own.mode))
-                .context("could not set mode")?;
-            f.sync_all().context("could not sync")?;
-            tmp.persist(path)
-                .map_err(|e| e.error)
-                .context("could not rename into place")?;
-            sync_dir(dir)
+                fchmod(&f, Mode::from_bits_truncate(own.mode)).context("could not set mode")?;
+                f.sync_all().context("could not sync")?;
+                // Replaces a link at `name` rather than writing through it.
+                renameat(&*dir, temp.as_os_str(), &*dir, name)
+                    .context("could not rename into place")?;
+                Ok(())
+            };
+            if let Err(e) = fill() {
+                let _ = unlinkat(&*dir, temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+                return Err(e);
+            }
+            sync_dir(&dir)
         };
         write().with_context(|| format!("could not write {}", path.display()))
     }
 
     fn create_dir(&self, path: &Path, own: Ownership) -> Result<()> {
         let create = || -> Result<()> {
-            fs::create_dir(path)?;
-            std::os::unix::fs::lchown(path, Some(own.uid), Some(own.gid))?;
-            fs::set_permissions(path, fs::Permissions::from_mode(own.mode))?;
-            Ok(())
+            let (dir, name) = self.parent_of(path)?;
+            // Nobody else's until it has its owner and mode.
+            mkdirat(&*dir, name, Mode::S_IRWXU)?;
+            let fd = open_at(&dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+            fchown(
+                &fd,
+                Some(Uid::from_raw(own.uid)),
+                Some(Gid::from_raw(own.gid)),
+            )?;
+            fchmod(&fd, Mode::from_bits_truncate(own.mode))?;
+            sync_dir(&dir)
         };
         create().with_context(|| format!("could not create directory {}", path.display()))
     }
 
     fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> Result<()> {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-            .with_context(|| format!("could not change owner of {}", path.display()))
+        let chown = || -> Result<()> {
+            let (dir, name) = self.parent_of(path)?;
+            fchownat(
+                &*dir,
+                name,
+                Some(Uid::from_raw(uid)),
+                Some(Gid::from_raw(gid)),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?;
+            Ok(())
+        };
+        chown().with_context(|| format!("could not change owner of {}", path.display()))
     }
 
     fn set_mode(&self, path: &Path, mode: u32) -> Result<()> {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))
-            .with_context(|| format!("could not change mode of {}", path.display()))
+        let chmod = || -> Result<()> {
+            let (dir, name) = self.parent_of(path)?;
+            // The mode goes to what was opened: never a link's target.
+            let fd = open_at(&dir, name, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
+            if !matches!(kind(&fstat(&fd)?), SFlag::S_IFREG | SFlag::S_IFDIR) {
+                bail!("not a regular file or directory");
+            }
+            fchmod(&fd, Mode::from_bits_truncate(mode))?;
+            Ok(())
+        };
+        chmod().with_context(|| format!("could not change mode of {}", path.display()))
     }
 
     fn remove_file(&self, path: &Path) -> Result<()> {
-        fs::remove_file(path).with_context(|| format!("could not remove {}", path.display()))
+        let remove = || -> Result<()> {
+            let (dir, name) = self.parent_of(path)?;
+            unlinkat(&*dir, name, UnlinkatFlags::NoRemoveDir)?;
+            sync_dir(&dir)
+        };
+        remove().with_context(|| format!("could not remove {}", path.display()))
     }
 
     fn remove_dir_all(&self, path: &Path) -> Result<()> {
-        fs::remove_dir_all(path)
-            .with_context(|| format!("could not remove directory {}", path.display()))
+        let remove = || -> Result<()> {
+            let (dir, name) = self.parent_of(path)?;
+            self.paths.forget(path);
+            remove_tree(&*dir, name)?;
+            sync_dir(&dir)
+        };
+        remove().with_context(|| format!("could not remove directory {}", path.display()))
     }
 
     fn uid_of(&self, user: &str) -> Result<u32> {
@@ -156,12 +322,7 @@ impl FileSystem for Posix {
     }
 
     fn user_name(&self, uid: u32) -> String {
-        cached_name(&USER_NAMES, "/etc/passwd", uid, |uid| {
-            User::from_uid(Uid::from_raw(uid))
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-        })
+        owner_name(uid)
     }
 
     fn group_name(&self, gid: u32) -> String {
@@ -174,10 +335,144 @@ impl FileSystem for Posix {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("could not sync directory {}", dir.display()))
+fn meta(st: &FileStat) -> Meta {
+    let kind = match kind(st) {
+        SFlag::S_IFREG => FileKind::File,
+        SFlag::S_IFDIR => FileKind::Directory,
+        SFlag::S_IFLNK => FileKind::Symlink,
+        _ => FileKind::Other,
+    };
+    Meta {
+        kind,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode & 0o7777,
+    }
+}
+
+/// Opens `name` in `dir` with `flags`, never following a link there.
+fn open_at(dir: &DirFd, name: &OsStr, flags: OFlag) -> Result<OwnedFd> {
+    let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    match openat(&**dir, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::ELOOP) => bail!("it is a symbolic link; Cairn does not follow it"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The status and content of the regular file `name` in `dir`.
+fn read_file(dir: &DirFd, name: &OsStr) -> Result<(FileStat, Vec<u8>)> {
+    // Non-blocking: a pipe swapped in for the file must not hang the run.
+    let fd = open_at(dir, name, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
+    let st = fstat(&fd)?;
+    if kind(&st) != SFlag::S_IFREG {
+        bail!("not a regular file");
+    }
+    // Sized from the status just read: `File::read_to_end` would ask again.
+    let mut data = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
+    fs::File::from(fd).take(u64::MAX).read_to_end(&mut data)?;
+    Ok((st, data))
+}
+
+/// Whether `name` is a temporary file of an atomic write.
+fn is_temp_name(name: &OsStr) -> bool {
+    let name = name.as_bytes();
+    name.starts_with(b".")
+        && name
+            .windows(TEMP_MARK.len())
+            .any(|w| w == TEMP_MARK.as_bytes())
+}
+
+/// Creates a new, empty temporary file for `name` in `dir`, readable by its
+/// owner only: `.NAME.cairn-tmp.RANDOM`.
+fn create_temp(dir: &DirFd, name: &OsStr) -> Result<(OsString, OwnedFd)> {
+    // Room for the mark and the random part within NAME_MAX (255 bytes).
+    let stem = &name.as_bytes()[..name.len().min(200)];
+    let mut last = None;
+    for _ in 0..8 {
+        let mut temp = b".".to_vec();
+        temp.extend_from_slice(stem);
+        temp.extend_from_slice(TEMP_MARK.as_bytes());
+        temp.extend_from_slice(format!("{:016x}", RandomState::new().hash_one(0u8)).as_bytes());
+        let temp = OsString::from_vec(temp);
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
+        match openat(
+            &**dir,
+            temp.as_os_str(),
+            flags | OFlag::O_CLOEXEC,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        ) {
+            Ok(fd) => return Ok((temp, fd)),
+            Err(e @ Errno::EEXIST) => last = Some(e),
+            Err(e) => return Err(e).context("could not create a temporary file"),
+        }
+    }
+    Err(anyhow!(last.unwrap_or(Errno::EEXIST))).context("could not create a temporary file")
+}
+
+/// Makes the entries of `dir` durable: a rename or removal survives a crash.
+fn sync_dir(dir: &DirFd) -> Result<()> {
+    let fd = openat(
+        &**dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    fsync(&fd).context("could not sync the directory")?;
+    Ok(())
+}
+
+/// Removes the directory `name` in `parent` with everything in it, entering
+/// no link: a link inside is removed, never followed.
+fn remove_tree(parent: &impl AsFd, name: &OsStr) -> Result<()> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut dir = Dir::openat(parent, name, flags, Mode::empty())
+        .with_context(|| format!("could not open {}", name.to_string_lossy()))?;
+    let entries: Vec<(OsString, Option<Type>)> = dir
+        .iter()
+        .map(|e| {
+            e.map(|e| {
+                (
+                    OsStr::from_bytes(e.file_name().to_bytes()).to_os_string(),
+                    e.file_type(),
+                )
+            })
+        })
+        .collect::<nix::Result<_>>()?;
+    for (entry, file_type) in entries {
+        if entry == "." || entry == ".." {
+            continue;
+        }
+        let is_dir = match file_type {
+            Some(t) => t == Type::Directory,
+            None => fstatat(&dir, entry.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| kind(&st) == SFlag::S_IFDIR),
+        };
+        if is_dir {
+            remove_tree(&dir, &entry).with_context(|| format!("in {}", name.to_string_lossy()))?;
+        } else {
+            unlinkat(&dir, entry.as_os_str(), UnlinkatFlags::NoRemoveDir).with_context(|| {
+                format!(
+                    "could not remove {}/{}",
+                    name.to_string_lossy(),
+                    entry.to_string_lossy()
+                )
+            })?;
+        }
+    }
+    unlinkat(parent, name, UnlinkatFlags::RemoveDir)
+        .with_context(|| format!("could not remove {}", name.to_string_lossy()))?;
+    Ok(())
+}
+
+/// The name of the user owning `uid`, or the number when none has it.
+fn owner_name(uid: u32) -> String {
+    cached_name(&USER_NAMES, "/etc/passwd", uid, |uid| {
+        User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+    })
 }
 
 /// Names already looked up, valid while the account file is unchanged. glibc
@@ -220,25 +515,166 @@ fn cached_name(
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
     use super::*;
+
+    fn mine(mode: u32) -> Ownership {
+        Ownership {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            mode,
+        }
+    }
+
+    /// A file system that follows no link of this test's user, as the agent
+    /// follows none of a user's.
+    fn wary() -> Posix {
+        Posix::trusting(u32::MAX - 7)
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
 
     #[test]
     fn atomic_write_sets_mode_before_rename_and_replaces_links() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("f");
         std::os::unix::fs::symlink("/etc/hostname", &target).unwrap();
-        let own = Ownership {
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-            mode: 0o600,
-        };
-        Posix.write_atomic(&target, b"hello", own).unwrap();
-        let m = Posix.stat(&target).unwrap().unwrap();
+        let files = Posix::default();
+        files.write_atomic(&target, b"hello", mine(0o600)).unwrap();
+        let m = files.stat(&target).unwrap().unwrap();
         assert_eq!((m.kind, m.mode), (FileKind::File, 0o600));
-        assert_eq!(Posix.read(&target).unwrap(), b"hello");
+        assert_eq!(files.read(&target).unwrap(), b"hello");
         // The link target was not written through.
-        assert_ne!(Posix.read(Path::new("/etc/hostname")).unwrap(), b"hello");
+        assert_ne!(files.read(Path::new("/etc/hostname")).unwrap(), b"hello");
         // No temporary file is left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn status_and_content_come_from_one_file_and_links_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, "content").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+        symlink(&f, dir.path().join("l")).unwrap();
+        let files = Posix::default();
+        let (m, data) = files.stat_read(&f).unwrap().unwrap();
+        assert_eq!((m.kind, m.mode), (FileKind::File, 0o640));
+        assert_eq!(data.as_deref(), Some(&b"content"[..]));
+        let (m, data) = files.stat_read(&dir.path().join("l")).unwrap().unwrap();
+        assert_eq!((m.kind, data), (FileKind::Symlink, None));
+        assert!(files.stat_read(&dir.path().join("none")).unwrap().is_none());
+        assert!(
+            files
+                .stat_read(&dir.path().join("none/f"))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_write_removes_what_an_interrupted_one_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let leftover = dir.path().join(".other.conf.cairn-tmp.0123456789abcdef");
+        fs::write(&leftover, "half").unwrap();
+        fs::write(dir.path().join("keep.cairn-tmp.txt"), "not ours").unwrap();
+        Posix::default()
+            .write_atomic(&dir.path().join("f"), b"x", mine(0o644))
+            .unwrap();
+        assert!(!leftover.exists());
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["f", "keep.cairn-tmp.txt"]);
+    }
+
+    #[test]
+    fn nothing_is_changed_below_a_link_of_another_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::write(victim.join("keys"), "root's").unwrap();
+        fs::create_dir(victim.join("sub")).unwrap();
+        let ssh = dir.path().join(".ssh");
+        symlink(&victim, &ssh).unwrap();
+        let files = wary();
+        let refused = format!("{} is a symbolic link owned by", ssh.display());
+        let errors = [
+            files.stat(&ssh.join("keys")).unwrap_err(),
+            files.read(&ssh.join("keys")).unwrap_err(),
+            files
+                .write_atomic(&ssh.join("keys"), b"attacker's", mine(0o600))
+                .unwrap_err(),
+            files.set_owner(&ssh.join("keys"), 0, 0).unwrap_err(),
+            files.set_mode(&ssh.join("keys"), 0o666).unwrap_err(),
+            files.remove_file(&ssh.join("keys")).unwrap_err(),
+            files.remove_dir_all(&ssh.join("sub")).unwrap_err(),
+            files.create_dir(&ssh.join("new"), mine(0o755)).unwrap_err(),
+        ];
+        for e in errors {
+            assert!(format!("{e:#}").contains(&refused), "{e:#}");
+        }
+        assert_eq!(fs::read(victim.join("keys")).unwrap(), b"root's");
+        assert_eq!(mode_of(&victim.join("keys")), 0o644);
+        assert!(victim.join("sub").is_dir() && !victim.join("new").exists());
+    }
+
+    #[test]
+    fn a_link_at_the_end_is_never_moded_or_chowned_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "secret").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("f");
+        symlink(&victim, &link).unwrap();
+        let files = Posix::default();
+        let err = files.set_mode(&link, 0o644).unwrap_err();
+        assert!(format!("{err:#}").contains("is a symbolic link"), "{err:#}");
+        assert_eq!(mode_of(&victim), 0o600);
+        // The owner of the link itself, not of its target.
+        let me = mine(0);
+        files.set_owner(&link, me.uid, me.gid).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn removing_a_tree_removes_links_in_it_not_their_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("precious"), "keep").unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir_all(tree.join("a/b")).unwrap();
+        fs::write(tree.join("a/b/f"), "").unwrap();
+        symlink(&outside, tree.join("a/link")).unwrap();
+        let files = Posix::default();
+        assert!(files.reach_dir(&tree.join("a")).unwrap(), "cached");
+        files.remove_dir_all(&tree).unwrap();
+        assert!(!tree.exists());
+        assert_eq!(fs::read(outside.join("precious")).unwrap(), b"keep");
+        // A tree made again at the same path is the new one, not the cached old one.
+        fs::create_dir_all(tree.join("a")).unwrap();
+        files
+            .write_atomic(&tree.join("a/f"), b"new", mine(0o644))
+            .unwrap();
+        assert_eq!(fs::read(tree.join("a/f")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_directory_is_made_with_its_owner_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Posix::default();
+        files.create_parents(&dir.path().join("x/y/z")).unwrap();
+        assert!(dir.path().join("x/y").is_dir() && !dir.path().join("x/y/z").exists());
+        files
+            .create_dir(&dir.path().join("x/y/z"), mine(0o2750))
+            .unwrap();
+        let m = files.stat(&dir.path().join("x/y/z")).unwrap().unwrap();
+        assert_eq!((m.kind, m.mode), (FileKind::Directory, 0o2750));
     }
 }

@@ -14,7 +14,7 @@ use anyhow::{Result, anyhow};
 use cairn_proto::facts::Facts;
 use cairn_proto::role::Role;
 
-use self::fs::{Meta, Ownership};
+use self::fs::{FileKind, Meta, Ownership};
 use self::process::Ran;
 
 pub mod apt;
@@ -118,6 +118,18 @@ pub trait FileSystem {
     /// What is at `path`, links not followed; `None` when nothing is.
     fn stat(&self, path: &Path) -> Result<Option<Meta>>;
     fn read(&self, path: &Path) -> Result<Vec<u8>>;
+    /// What is at `path` and, when it is a regular file, its content: read
+    /// from the very file looked at, with one walk to it.
+    fn stat_read(&self, path: &Path) -> Result<Option<(Meta, Option<Vec<u8>>)>> {
+        let Some(meta) = self.stat(path)? else {
+            return Ok(None);
+        };
+        let data = match meta.kind {
+            FileKind::File => Some(self.read(path)?),
+            _ => None,
+        };
+        Ok(Some((meta, data)))
+    }
     /// Replaces `path` (a link is replaced, never written through) with
     /// `data`, owned and moded as `own` says from its first moment.
     fn write_atomic(&self, path: &Path, data: &[u8], own: Ownership) -> Result<()>;
@@ -303,7 +315,9 @@ impl Host {
             packages,
             services,
             accounts,
-            files: given.files.unwrap_or_else(|| Box::new(fs::Posix)),
+            files: given
+                .files
+                .unwrap_or_else(|| Box::new(fs::Posix::default())),
             shell: given
                 .shell
                 .unwrap_or_else(|| Box::new(process::SystemShell)),

@@ -35,6 +35,8 @@ pub struct Shadow {
     /// being built, or a test), and every command gets `--prefix` for it.
     root: PathBuf,
     cache: RefCell<Option<Db>>,
+    /// Homes are looked at and made through it, so no link is followed there.
+    files: Posix,
 }
 
 /// One line of `/etc/passwd`.
@@ -89,6 +91,7 @@ impl Shadow {
         Shadow {
             root: root.into(),
             cache: RefCell::new(None),
+            files: Posix::default(),
         }
     }
 
@@ -140,23 +143,44 @@ impl Shadow {
         self.root.join(home.trim_start_matches('/'))
     }
 
+    /// Refuses a home that a link someone other than root placed leads to or
+    /// through: useradd and usermod create, fill and chown it by path, as root.
+    fn check_home(&self, home: &str) -> Result<()> {
+        self.files
+            .reach_dir(&self.host_path(home))
+            .map(drop)
+            .with_context(|| format!("will not make the home {home}"))
+    }
+
+    /// The home useradd gives `name` when the role declares none: under
+    /// `HOME` of `/etc/default/useradd`, else `/home`.
+    fn default_home(&self, name: &str) -> String {
+        let defaults = std::fs::read_to_string(self.root.join("etc/default/useradd"));
+        let base = defaults
+            .ok()
+            .and_then(|d| {
+                d.lines()
+                    .find_map(|l| l.trim().strip_prefix("HOME=").map(str::to_string))
+            })
+            .filter(|b| b.starts_with('/'))
+            .unwrap_or_else(|| "/home".into());
+        format!("{}/{name}", base.trim_end_matches('/'))
+    }
+
     /// Creates a system user's declared home the way `adduser --system` does:
     /// owned by the user and its primary group, without copying `/etc/skel`
     /// (a service account needs no shell dotfiles). An existing directory is
     /// left as it is.
     fn create_system_home(&self, name: &str, home: &str) -> Result<()> {
         let path = self.host_path(home);
-        if Posix.stat(&path)?.is_some() {
+        if self.files.stat(&path)?.is_some() {
             return Ok(());
         }
         let entry = self
             .passwd_line(name)?
             .ok_or_else(|| anyhow!("user {name} is missing right after useradd created it"))?;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("could not create {}", parent.display()))?;
-        }
-        Posix.create_dir(
+        self.files.create_parents(&path)?;
+        self.files.create_dir(
             &path,
             Ownership {
                 uid: entry.uid,
@@ -332,6 +356,11 @@ impl super::AccountProvider for Shadow {
         }
         a.push(user.name.clone().into());
         let create = || -> Result<()> {
+            match (&user.home, user.system) {
+                (Some(home), _) => self.check_home(home)?,
+                (None, false) => self.check_home(&self.default_home(&user.name))?,
+                (None, true) => {}
+            }
             self.tool("useradd", a)?;
             if user.system
                 && let Some(home) = &user.home
@@ -361,10 +390,12 @@ impl super::AccountProvider for Shadow {
                     .passwd_line(name)?
                     .ok_or_else(|| anyhow!("user {name} does not exist"))?
                     .home;
-                let old_is_dir = Posix
+                let old_is_dir = self
+                    .files
                     .stat(&self.host_path(&old))?
                     .is_some_and(|m| m.kind == FileKind::Directory);
-                if old_is_dir && Posix.stat(&self.host_path(home))?.is_none() {
+                self.check_home(home)?;
+                if old_is_dir && self.files.stat(&self.host_path(home))?.is_none() {
                     a.push("--move-home".into());
                 }
             }
@@ -524,7 +555,7 @@ bad:x:
             (entry.uid, entry.home.as_str(), entry.shell.as_str()),
             (4500, "/srv/svc", "/usr/sbin/nologin")
         );
-        let home = Posix
+        let home = Posix::default()
             .stat(&dir.path().join("srv/svc"))
             .unwrap()
             .expect("system home created");

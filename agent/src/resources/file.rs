@@ -36,8 +36,8 @@ impl Resource for FileResource<'_> {
         let f = self.0;
         let files = host.files();
         let mut drift = Drift::default();
-        let meta = files.stat(self.path())?;
         let Some(want) = &f.content else {
+            let meta = files.stat(self.path())?;
             match meta {
                 None => {}
                 Some(Meta {
@@ -53,17 +53,18 @@ impl Resource for FileResource<'_> {
             }
             return Ok(drift);
         };
-        let (current, meta) = match meta {
+        // Metadata and content of one file, not of two that had the path in turn.
+        let (current, meta) = match files.stat_read(self.path())? {
             None => {
                 drift.push("ensure", "absent", "file");
                 (Vec::new(), None)
             }
-            Some(m) if m.kind == FileKind::File => (files.read(self.path())?, Some(m)),
-            Some(m) if m.kind == FileKind::Symlink => {
+            Some((m, Some(content))) => (content, Some(m)),
+            Some((m, None)) if m.kind == FileKind::Symlink => {
                 drift.push("ensure", "link", "file");
                 (Vec::new(), None)
             }
-            Some(m) => bail!("{} is a {}, not a file", f.path, m.kind.as_str()),
+            Some((m, None)) => bail!("{} is a {}, not a file", f.path, m.kind.as_str()),
         };
         if &current != want {
             if f.sensitive {
