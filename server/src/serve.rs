@@ -5,15 +5,19 @@
 //! The caller binds so that it knows the addresses before anything is served:
 //! the daemon binds its flags' addresses, tests bind `127.0.0.1:0`.
 
+use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use cairn_proto::pb::audit_server::AuditServer;
 use cairn_proto::pb::roles_server::RolesServer;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
@@ -21,7 +25,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
-use crate::pki::Pki;
+use crate::pki::{self, Pki};
 use crate::service::{Api, MAX_MESSAGE_BYTES};
 use crate::store::{self, Store};
 
@@ -41,12 +45,17 @@ pub struct ServeConfig {
 pub struct Server {
     store: Arc<dyn Store>,
     tls: ServerTlsConfig,
+    /// Held while the server lives: a second server on the same data directory
+    /// would rewrite its keys and race its writes.
+    _data_dir_lock: Flock<File>,
 }
 
 impl Server {
     /// Opens the CA (created, with the data directory, on first start), issues
     /// the server certificate for the configured names, and opens the database.
     pub async fn open(config: &ServeConfig) -> Result<Server> {
+        pki::ensure_data_dir(&config.data_dir)?;
+        let lock = lock_data_dir(&config.data_dir)?;
         let pki = Pki::init_or_load(&config.data_dir)?;
         let store = store::open(&config.database)
             .await
@@ -61,8 +70,50 @@ impl Server {
             // Handshakes without a certificate are let through so that the handler
             // can refuse them with a status that says what to do.
             .client_auth_optional(true);
-        Ok(Server { store, tls })
+        Ok(Server {
+            store,
+            tls,
+            _data_dir_lock: lock,
+        })
     }
+}
+
+/// The file a running server holds locked in its data directory.
+const LOCK_FILE: &str = "server.lock";
+
+/// Refuses a data directory others may read or enter (it holds the CA key),
+/// then takes the directory for this process: a second server is refused.
+fn lock_data_dir(dir: &Path) -> Result<Flock<File>> {
+    let meta = std::fs::symlink_metadata(dir)
+        .with_context(|| format!("could not read data directory {}", dir.display()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if !meta.is_dir() || mode & 0o077 != 0 {
+        bail!(
+            "data directory {} is {}; it holds the CA's private key\n  help: chmod 700 {0}",
+            dir.display(),
+            if meta.is_dir() {
+                format!("open to other users (mode {mode:04o})")
+            } else {
+                "not a directory".to_string()
+            }
+        );
+    }
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&path)
+        .with_context(|| format!("could not open lock file {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| match e {
+        Errno::EWOULDBLOCK => anyhow!(
+            "another cairn-server is using data directory {}\n  help: stop it first, or give this one its own --data-dir",
+            dir.display()
+        ),
+        e => anyhow!("could not lock {}: {e}", path.display()),
+    })
 }
 
 /// The gRPC (TLS) and HTTP (health, metrics) listeners, bound by the caller.
@@ -90,7 +141,12 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let Server { store, tls } = server;
+    // `_lock` lives until serving ends, so the next server can take the directory only then.
+    let Server {
+        store,
+        tls,
+        _data_dir_lock: _lock,
+    } = server;
     let metrics = Arc::new(Metrics::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use cairn_proto::client::{self, Credentials};
 use cairn_proto::pb;
 use cairn_proto::pb::roles_client::RolesClient;
+use cairn_server::serve::{self, ServeConfig};
 use common::*;
 use tonic::Code;
 
@@ -445,4 +446,59 @@ async fn garbage_messages_are_refused_with_a_status() {
         .await
         .unwrap();
     assert!(ok.created);
+}
+
+#[tokio::test]
+async fn a_second_server_on_one_data_directory_is_refused() {
+    let server = Server::start();
+    let config = ServeConfig {
+        data_dir: server.data_dir.clone(),
+        database: database(&server.data_dir),
+        names: vec!["localhost".into()],
+    };
+    let err = serve::Server::open(&config)
+        .await
+        .err()
+        .expect("a second server opened the directory");
+    assert_eq!(
+        format!("{err:#}"),
+        format!(
+            "another cairn-server is using data directory {}\n  help: stop it first, or give this one its own --data-dir",
+            server.data_dir.display()
+        )
+    );
+    // Once the first one stops, the directory is free again.
+    drop(server);
+    serve::Server::open(&config)
+        .await
+        .expect("the directory was not released");
+}
+
+#[tokio::test]
+async fn a_data_directory_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = ServeConfig {
+        data_dir: dir.clone(),
+        database: database(&dir),
+        names: vec!["localhost".into()],
+    };
+    let err = serve::Server::open(&config)
+        .await
+        .err()
+        .expect("an open data directory was used");
+    assert_eq!(
+        format!("{err:#}"),
+        format!(
+            "data directory {0} is open to other users (mode 0755); it holds the CA's private key\n  help: chmod 700 {0}",
+            dir.display()
+        )
+    );
+    assert!(
+        !dir.join("ca.key").exists() && std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "something was written"
+    );
 }

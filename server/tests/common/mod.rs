@@ -20,7 +20,7 @@ use tempfile::TempDir;
 const NAMES: [&str; 2] = ["127.0.0.1", "localhost"];
 
 /// `cairn-server serve`'s default database: SQLite in the data directory.
-fn database(data_dir: &Path) -> String {
+pub fn database(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("cairn.db").display())
 }
 
