@@ -252,16 +252,12 @@ pub async fn connect(
     ca_pem: &str,
     identity: Option<Identity>,
 ) -> Result<Connection, Error> {
-    check_url(url)?;
+    let uri = check_url(url)?;
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
     if let Some(id) = identity {
         tls = tls.identity(id);
     }
-    let endpoint = Channel::from_shared(url.to_string())
-        .map_err(|_| Error::Url {
-            url: url.to_string(),
-            reason: "not a URI",
-        })?
+    let endpoint = Channel::builder(uri)
         .tls_config(tls)
         .map_err(|source| Error::Tls {
             url: url.to_string(),
@@ -283,8 +279,9 @@ pub async fn connect(
 }
 
 /// The server URL must be `https://HOST:PORT`: servers speak only mutual
-/// TLS, and HOST is checked against the server certificate's names.
-pub fn check_url(url: &str) -> Result<(), Error> {
+/// TLS, and HOST is checked against the server certificate's names. Returns
+/// it parsed.
+pub fn check_url(url: &str) -> Result<tonic::codegen::http::Uri, Error> {
     let bad = |reason| {
         Err(Error::Url {
             url: url.to_string(),
@@ -306,7 +303,7 @@ pub fn check_url(url: &str) -> Result<(), Error> {
     {
         return bad("it has a path; give only https://HOST:PORT");
     }
-    Ok(())
+    Ok(uri)
 }
 
 /// Unwraps a call's response, or turns its status into [`Error::Refused`]

@@ -122,8 +122,10 @@ impl Templates {
 /// `{{^…}}` a block, `{{else…}}` one level more until the block closes. It
 /// errs on the side of refusing.
 fn check_nesting(source: &str) -> Result<(), TemplateError> {
-    // Levels each open block holds: itself and its `else` branches.
+    // Levels each open block holds: itself and its `else` branches; `levels`
+    // is their sum, kept as they change rather than summed per character.
     let mut blocks: Vec<usize> = Vec::new();
+    let mut levels = 0;
     let (mut tag, mut quote, mut parens): (Option<String>, Option<char>, usize) = (None, None, 0);
     let (mut line, mut column) = (1, 0);
     let mut chars = source.chars().peekable();
@@ -148,12 +150,14 @@ fn check_nesting(source: &str) -> Result<(), TemplateError> {
                         && !head[1..].trim_start_matches(['~', ' ']).is_empty());
                 if opens {
                     blocks.push(1);
+                    levels += 1;
                 } else if !raw && head.starts_with('/') {
-                    blocks.pop();
+                    levels -= blocks.pop().unwrap_or(0);
                 } else if (head.starts_with("else") || head.starts_with('^'))
-                    && let Some(levels) = blocks.last_mut()
+                    && let Some(block) = blocks.last_mut()
                 {
-                    *levels += 1;
+                    *block += 1;
+                    levels += 1;
                 }
                 (tag, parens) = (None, 0);
             }
@@ -166,7 +170,7 @@ fn check_nesting(source: &str) -> Result<(), TemplateError> {
         if let Some(text) = &mut tag {
             text.push(c);
         }
-        if parens + blocks.iter().sum::<usize>() > MAX_NESTING {
+        if parens + levels > MAX_NESTING {
             return Err(TemplateError {
                 line,
                 column,

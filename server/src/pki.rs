@@ -8,7 +8,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -37,13 +37,29 @@ pub struct Identity {
     pub key_pem: String,
 }
 
-/// Creates the data directory with mode 0700 if it does not exist.
+/// Creates the data directory with mode 0700 if it does not exist, and
+/// refuses one others may read or enter: it holds the CA's private key.
 pub fn ensure_data_dir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("could not create data directory {}", dir.display()))
+        .with_context(|| format!("could not create data directory {}", dir.display()))?;
+    let meta = fs::symlink_metadata(dir)
+        .with_context(|| format!("could not read data directory {}", dir.display()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if !meta.is_dir() || mode & 0o077 != 0 {
+        bail!(
+            "data directory {} is {}; it holds the CA's private key\n  help: chmod 700 {0}",
+            dir.display(),
+            if meta.is_dir() {
+                format!("open to other users (mode {mode:04o})")
+            } else {
+                "not a directory".to_string()
+            }
+        );
+    }
+    Ok(())
 }
 
 impl Pki {

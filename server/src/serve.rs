@@ -8,12 +8,12 @@
 use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use cairn_proto::pb::audit_server::AuditServer;
 use cairn_proto::pb::roles_server::RolesServer;
 use nix::errno::Errno;
@@ -81,23 +81,8 @@ impl Server {
 /// The file a running server holds locked in its data directory.
 const LOCK_FILE: &str = "server.lock";
 
-/// Refuses a data directory others may read or enter (it holds the CA key),
-/// then takes the directory for this process: a second server is refused.
+/// Takes the data directory for this process: a second server is refused.
 fn lock_data_dir(dir: &Path) -> Result<Flock<File>> {
-    let meta = std::fs::symlink_metadata(dir)
-        .with_context(|| format!("could not read data directory {}", dir.display()))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if !meta.is_dir() || mode & 0o077 != 0 {
-        bail!(
-            "data directory {} is {}; it holds the CA's private key\n  help: chmod 700 {0}",
-            dir.display(),
-            if meta.is_dir() {
-                format!("open to other users (mode {mode:04o})")
-            } else {
-                "not a directory".to_string()
-            }
-        );
-    }
     let path = dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)

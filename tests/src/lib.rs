@@ -692,7 +692,7 @@ impl<'m> Timeline<'m> {
             changes,
         );
         let after = self.probe();
-        self.holds(resources);
+        self.holds_as_set(resources);
         after
     }
 
@@ -700,6 +700,11 @@ impl<'m> Timeline<'m> {
     /// unchanged and leaves the probe alone.
     pub fn holds(&self, resources: &str) {
         self.set_role(resources);
+        self.holds_as_set(resources);
+    }
+
+    /// [`Timeline::holds`] for the role already written.
+    fn holds_as_set(&self, resources: &str) {
         let before = self.probe();
         let run = self.apply(false);
         let step = "apply with nothing to do";
