@@ -5,6 +5,9 @@
 //! - [`pki`]: the built-in CA, server and operator certificates.
 //! - [`auth`]: client certificate → operator and role → what it may do.
 //! - [`service`]: the gRPC handlers; [`http`]: health and metrics; [`metrics`].
+//! - [`gate`]: refuses calls without a client certificate before their body is read;
+//!   [`refusals`]: logs and audits refusals, coalesced per peer.
+//! - [`transport`]: the accept loop: connection caps, TLS handshake deadline, backoff.
 //! - [`serve`]: serves on listeners the caller bound, drains on shutdown; [`daemon`]: the
 //!   `cairn-server` command line (opens, binds, says where it listens, serves).
 //! - [`cli`]: the `cairn` command line; it reaches the server through `cairn_proto::client`.
@@ -14,9 +17,12 @@
 pub mod auth;
 pub mod cli;
 pub mod daemon;
+pub mod gate;
 pub mod http;
 pub mod metrics;
 pub mod pki;
+pub mod refusals;
 pub mod serve;
 pub mod service;
 pub mod store;
+pub mod transport;

@@ -19,15 +19,19 @@ use cairn_proto::pb::roles_server::RolesServer;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
+use crate::gate::{EXEMPT_PATHS, GateLayer};
 use crate::metrics::Metrics;
 use crate::pki::{self, Pki};
+use crate::refusals::{self, Refusals};
 use crate::service::{Api, MAX_MESSAGE_BYTES};
 use crate::store::{self, Store};
+use crate::transport::{self, Limits, MAX_STREAMS_PER_CONNECTION};
 
 const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 
@@ -44,7 +48,9 @@ pub struct ServeConfig {
 /// What the server serves: its storage and its TLS identity, opened.
 pub struct Server {
     store: Arc<dyn Store>,
-    tls: ServerTlsConfig,
+    tls: Arc<ServerConfig>,
+    /// Caps on connections and the handshake deadline.
+    pub limits: Limits,
     /// Held while the server lives: a second server on the same data directory
     /// would rewrite its keys and race its writes.
     _data_dir_lock: Flock<File>,
@@ -64,15 +70,11 @@ impl Server {
             .issue_server(&config.names)
             .context("could not issue the server certificate")?;
         info!(names = ?config.names, data_dir = %config.data_dir.display(), "opened");
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(id.cert_pem, id.key_pem))
-            .client_ca_root(Certificate::from_pem(&pki.ca_pem))
-            // Handshakes without a certificate are let through so that the handler
-            // can refuse them with a status that says what to do.
-            .client_auth_optional(true);
+        let tls = transport::tls_config(&id.cert_pem, &id.key_pem, &pki.ca_pem)?;
         Ok(Server {
             store,
             tls,
+            limits: Limits::default(),
             _data_dir_lock: lock,
         })
     }
@@ -130,6 +132,7 @@ pub async fn run(
     let Server {
         store,
         tls,
+        limits,
         _data_dir_lock: _lock,
     } = server;
     let metrics = Arc::new(Metrics::default());
@@ -144,11 +147,22 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let api = Api::new(store.clone(), metrics.clone());
+    let refusals = Arc::new(Refusals::new(store.clone()));
+    let api = Api::new(store.clone(), metrics.clone(), refusals.clone());
+    // Handshaken connections, from the accept loop to tonic. Each holds a
+    // connection slot, so the caps bound what waits here too.
+    let (streams_tx, streams_rx) = mpsc::channel(64);
+    let accepting = transport::accept_loop(
+        listeners.grpc,
+        tls,
+        limits,
+        streams_tx,
+        stopped(stop_rx.clone()),
+    );
     let grpc_server = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .context("could not configure TLS")?
         .timeout(Duration::from_secs(60))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .layer(GateLayer::new(refusals.clone(), EXEMPT_PATHS))
         .add_service(
             RolesServer::new(api.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -156,18 +170,29 @@ pub async fn run(
         )
         .add_service(AuditServer::new(api))
         .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY a small response waits for the peer's delayed
-            // ACK (~40 ms per fetch); tonic sets it only on listeners it binds.
-            TcpIncoming::from(listeners.grpc)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60))),
+            ReceiverStream::new(streams_rx).map(Ok::<_, std::io::Error>),
             stopped(stop_rx.clone()),
         );
+    // Bursts of refusals are recorded once their window is over, even if
+    // their peer does not come back.
+    let flushing = {
+        let refusals = refusals.clone();
+        let mut stop = stop_rx.clone();
+        async move {
+            let mut tick = tokio::time::interval(refusals::WINDOW / 4);
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => break,
+                    _ = tick.tick() => refusals.flush_expired().await,
+                }
+            }
+        }
+    };
     let http_server = axum::serve(listeners.http, crate::http::router(store, metrics))
         .with_graceful_shutdown(stopped(stop_rx));
 
     let both = async {
-        let (g, h) = tokio::join!(grpc_server, http_server);
+        let ((), (), g, h) = tokio::join!(accepting, flushing, grpc_server, http_server);
         g.context("gRPC server failed")?;
         h.context("HTTP server failed")
     };
@@ -177,10 +202,15 @@ pub async fn run(
         let _ = stop_rx_drain.wait_for(|stop| *stop).await;
         tokio::time::sleep(DRAIN_LIMIT).await;
     };
-    tokio::select! {
-        r = both => r?,
-        () = drained => warn!("connections still open {DRAIN_LIMIT:?} after shutdown began; closing them"),
-    }
+    let served = tokio::select! {
+        r = both => r,
+        () = drained => {
+            warn!("connections still open {DRAIN_LIMIT:?} after shutdown began; closing them");
+            Ok(())
+        }
+    };
+    refusals.flush_all().await;
+    served?;
     info!("stopped");
     Ok(())
 }

@@ -15,10 +15,11 @@ use prost::Message;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tonic::{Code, Request, Response, Status};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::auth::{self, Permission};
 use crate::metrics::Metrics;
+use crate::refusals::{Refusal, Refusals};
 use crate::store::{self, Actor, Micros, Store, StoreError};
 
 /// At most this many files in one role.
@@ -27,8 +28,6 @@ pub const MAX_BUNDLE_FILES: usize = 1_000;
 pub const MAX_BUNDLE_BYTES: usize = 16 << 20;
 /// Larger gRPC messages are refused before they are decoded.
 pub const MAX_MESSAGE_BYTES: usize = MAX_BUNDLE_BYTES + (4 << 20);
-/// At most this much of a refused request's target goes into the log and audit entry.
-const REFUSED_TARGET_CHARS: usize = 128;
 /// Channel used when a request names none.
 pub const DEFAULT_CHANNEL: &str = "production";
 
@@ -37,6 +36,7 @@ pub const DEFAULT_CHANNEL: &str = "production";
 pub struct Api {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    refusals: Arc<Refusals>,
 }
 
 pub fn store_status(e: StoreError) -> Status {
@@ -127,8 +127,12 @@ pub fn bundle_from_wire(b: pb::Bundle) -> Result<RoleBundle, Status> {
 }
 
 impl Api {
-    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
-        Api { store, metrics }
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, refusals: Arc<Refusals>) -> Self {
+        Api {
+            store,
+            metrics,
+            refusals,
+        }
     }
 
     async fn observed<T>(
@@ -144,9 +148,9 @@ impl Api {
         result.map(Response::new)
     }
 
-    /// Authorizes the caller; a refusal is logged and audited. `target` comes
-    /// from the unchecked request, so only its first [`REFUSED_TARGET_CHARS`]
-    /// characters are recorded.
+    /// Authorizes the caller; a refusal is logged and audited through
+    /// [`Refusals`] (coalesced per peer, every field truncated: `target` comes
+    /// from the unchecked request).
     async fn authorize<T>(
         &self,
         req: &Request<T>,
@@ -158,18 +162,15 @@ impl Api {
         match auth::authorize(req, need, what) {
             Ok(actor) => Ok(actor),
             Err(denied) => {
-                let auth::Denied { actor, status } = *denied;
-                let target: String = target.chars().take(REFUSED_TARGET_CHARS).collect();
-                warn!(actor = %actor.name, role = %actor.role, peer = %actor.peer, action, target = %target, reason = status.message(), "request refused");
-                let outcome = format!("denied: {}", status.message());
-                if let Err(e) = self
-                    .store
-                    .audit(&actor, action, &target, "", &outcome)
-                    .await
-                {
-                    return Err(store_status(e));
-                }
-                Err(status)
+                self.refusals
+                    .record(Refusal {
+                        actor: &denied.actor,
+                        action,
+                        target,
+                        status: &denied.status,
+                    })
+                    .await;
+                Err(denied.status)
             }
         }
     }
