@@ -274,6 +274,116 @@ fn truncate(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
+    async fn refusals() -> (Refusals, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("cairn.db").display());
+        (Refusals::new(crate::store::open(&url).await.unwrap()), dir)
+    }
+
+    fn actor(name: &str, peer: &str) -> Actor {
+        Actor {
+            name: name.into(),
+            role: "none".into(),
+            peer: peer.into(),
+        }
+    }
+
+    fn refuse<'a>(actor: &'a Actor, action: &'a str, status: &'a Status) -> Refusal<'a> {
+        Refusal {
+            actor,
+            action,
+            target: "",
+            status,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_entry_per_window_then_the_count() {
+        let (r, _dir) = refusals().await;
+        let anon = actor("anonymous", "192.0.2.1:4000");
+        let other_port = actor("anonymous", "192.0.2.1:4001");
+        let no_cert = Status::unauthenticated("no client certificate");
+        let t0 = Instant::now();
+        assert_eq!(r.note(refuse(&anon, "a", &no_cert), t0).len(), 1);
+        for i in 1..=5 {
+            let at = t0 + Duration::from_secs(i);
+            assert!(r.note(refuse(&other_port, "b", &no_cert), at).is_empty());
+        }
+        // Another reason, another peer: counted apart.
+        let denied = Status::permission_denied("operator o may not push");
+        let otto = actor("otto", "192.0.2.1:4002");
+        assert_eq!(r.note(refuse(&otto, "push", &denied), t0).len(), 1);
+        assert_eq!(r.note(refuse(&otto, "promote", &denied), t0).len(), 1);
+        let elsewhere = actor("anonymous", "192.0.2.2:4000");
+        assert_eq!(r.note(refuse(&elsewhere, "a", &no_cert), t0).len(), 1);
+
+        // After the window: the count, then the new refusal in full.
+        let entries = r.note(refuse(&anon, "a", &no_cert), t0 + WINDOW);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].action, "refusals");
+        assert!(
+            entries[0]
+                .outcome
+                .starts_with("denied: 5 more refusals from 192.0.2.1 in the 60 s after"),
+            "{}",
+            entries[0].outcome
+        );
+        assert_eq!(entries[1].action, "a");
+        // Nothing left to count for that peer; shutdown writes no empty summary.
+        assert!(r.take(|_| true).is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_map_is_bounded_and_the_rest_share_one_count() {
+        let (r, _dir) = refusals().await;
+        let no_cert = Status::unauthenticated("no client certificate");
+        let t0 = Instant::now();
+        let peers: Vec<Actor> = (0..MAX_BUCKETS + 10)
+            .map(|i| actor("anonymous", &format!("10.{}.{}.1:1", i / 256, i % 256)))
+            .collect();
+        let mut full = 0;
+        for p in &peers {
+            full += r.note(refuse(p, "a", &no_cert), t0).len();
+            full += r.note(refuse(p, "a", &no_cert), t0).len();
+        }
+        // One full entry for each of the first MAX_BUCKETS peers, one for the overflow.
+        assert_eq!(full, MAX_BUCKETS + 1);
+        assert_eq!(r.windows.lock().unwrap().len(), MAX_BUCKETS + 1);
+        let summaries = r.take(|_| true);
+        assert_eq!(summaries.len(), MAX_BUCKETS + 1);
+        let overflow = summaries
+            .iter()
+            .find(|e| e.outcome.contains("beyond the first"))
+            .unwrap();
+        assert!(
+            overflow.outcome.starts_with("denied: 19 more"),
+            "{}",
+            overflow.outcome
+        );
+    }
+
+    #[tokio::test]
+    async fn recorded_fields_are_truncated() {
+        let (r, _dir) = refusals().await;
+        let long = "x".repeat(100_000);
+        let who = actor(&long, "192.0.2.9:1");
+        let status = Status::permission_denied(long.clone());
+        let entries = r.note(
+            Refusal {
+                actor: &who,
+                action: &long,
+                target: &long,
+                status: &status,
+            },
+            Instant::now(),
+        );
+        let e = &entries[0];
+        assert_eq!(e.actor.name.chars().count(), NAME_CHARS + 1);
+        assert_eq!(e.action.chars().count(), NAME_CHARS + 1);
+        assert_eq!(e.target.chars().count(), TARGET_CHARS + 1);
+        assert_eq!(e.outcome.chars().count(), OUTCOME_CHARS + 1);
+    }
+
     #[test]
     fn truncate_cuts_on_characters() {
         assert_eq!(truncate("abc", 3), "abc");
