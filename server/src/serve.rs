@@ -49,8 +49,6 @@ pub struct ServeConfig {
 pub struct Server {
     store: Arc<dyn Store>,
     tls: Arc<ServerConfig>,
-    /// Caps on connections and the handshake deadline.
-    pub limits: Limits,
     /// Held while the server lives: a second server on the same data directory
     /// would rewrite its keys and race its writes.
     _data_dir_lock: Flock<File>,
@@ -74,7 +72,6 @@ impl Server {
         Ok(Server {
             store,
             tls,
-            limits: Limits::default(),
             _data_dir_lock: lock,
         })
     }
@@ -132,7 +129,6 @@ pub async fn run(
     let Server {
         store,
         tls,
-        limits,
         _data_dir_lock: _lock,
     } = server;
     let metrics = Arc::new(Metrics::default());
@@ -155,7 +151,7 @@ pub async fn run(
     let accepting = transport::accept_loop(
         listeners.grpc,
         tls,
-        limits,
+        Limits::default(),
         streams_tx,
         stopped(stop_rx.clone()),
     );
