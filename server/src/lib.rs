@@ -4,7 +4,9 @@
 //!   [`store::open`] picks the backend from `--database`.
 //! - [`pki`]: the built-in CA, server and operator certificates.
 //! - [`auth`]: client certificate → operator and role → what it may do.
-//! - [`service`]: the gRPC handlers; [`http`]: health and metrics; [`metrics`].
+//! - [`service`]: the gRPC handlers; [`validation`]: pushed roles validated off the async
+//!   workers, a few at a time; [`redact`]: sensitive content hidden from readers below
+//!   publisher; [`http`]: health and metrics; [`metrics`].
 //! - [`serve`]: serves on listeners the caller bound, drains on shutdown; [`daemon`]: the
 //!   `cairn-server` command line (opens, binds, says where it listens, serves).
 //! - [`cli`]: the `cairn` command line; it reaches the server through `cairn_proto::client`.
@@ -17,6 +19,8 @@ pub mod daemon;
 pub mod http;
 pub mod metrics;
 pub mod pki;
+pub mod redact;
 pub mod serve;
 pub mod service;
 pub mod store;
+pub mod validation;
