@@ -29,7 +29,7 @@ pub fn sensitive(stored: pb::Bundle) -> (pb::Bundle, Vec<String>) {
     let paths: Vec<Vec<u8>> = stored.files.iter().map(|f| f.path.clone()).collect();
     let precise = RoleBundle::from_wire(stored)
         .ok()
-        .and_then(|bundle| redact_sensitive(bundle));
+        .and_then(redact_sensitive);
     match precise {
         Some((bundle, redacted)) => (bundle.to_wire(), redacted),
         None => redact_all(paths),
