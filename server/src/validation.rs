@@ -35,11 +35,16 @@ pub struct Validator {
 }
 
 impl Validator {
+    /// One validation per core at once, [`MAX_WAITING`] more waiting.
     pub fn new(metrics: Arc<Metrics>) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        Self::with_limits(cores, MAX_WAITING, metrics)
+    }
+
+    fn with_limits(running: usize, waiting: usize, metrics: Arc<Metrics>) -> Self {
         Validator {
-            running: Arc::new(Semaphore::new(cores)),
-            admitted: Arc::new(Semaphore::new(cores + MAX_WAITING)),
+            running: Arc::new(Semaphore::new(running)),
+            admitted: Arc::new(Semaphore::new(running + waiting)),
             metrics,
         }
     }
@@ -90,5 +95,53 @@ impl Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[tokio::test]
+    async fn past_the_queue_a_validation_is_turned_away_busy() {
+        let metrics = Arc::new(Metrics::default());
+        let v = Arc::new(Validator::with_limits(1, 1, metrics.clone()));
+        // The first holds the only turn until told to finish; the second waits.
+        let (finish, finished) = mpsc::channel::<()>();
+        let (started, running) = mpsc::channel::<()>();
+        let first = tokio::spawn({
+            let v = v.clone();
+            async move {
+                v.run("first", move || {
+                    started.send(()).unwrap();
+                    finished.recv().unwrap();
+                    1
+                })
+                .await
+            }
+        });
+        tokio::task::spawn_blocking(move || running.recv().unwrap())
+            .await
+            .unwrap();
+        let second = tokio::spawn({
+            let v = v.clone();
+            async move { v.run("second", || 2).await }
+        });
+        while metrics.validations_waiting.get() != 1 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(metrics.validations_running.get(), 1);
+
+        let busy = v.run("third", || 3).await.unwrap_err();
+        assert_eq!(busy.code(), tonic::Code::ResourceExhausted);
+        assert!(busy.message().contains("retry"), "{busy:?}");
+
+        finish.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        assert_eq!(second.await.unwrap().unwrap(), 2);
+        assert_eq!(v.run("fourth", || 4).await.unwrap(), 4);
+        assert_eq!(metrics.validations_running.get(), 0);
+        assert_eq!(metrics.validations_waiting.get(), 0);
     }
 }
