@@ -10,6 +10,7 @@
 //! as a visible escape (table cells are escaped before they are laid out, so
 //! columns stay aligned).
 
+use anyhow::Context;
 use cairn_proto::bundle::{MANIFEST, RoleBundle, short_digest};
 use cairn_proto::diff::FileDiff;
 use cairn_proto::pb;
@@ -32,8 +33,8 @@ pub fn render<T: Render>(out: &T, fmt: super::Output) -> anyhow::Result<String> 
     Ok(match fmt {
         super::Output::Table => terminal::escape_lines(&out.human()),
         super::Output::Json => {
-            let mut s = serde_json::to_string_pretty(out)
-                .map_err(|e| anyhow::anyhow!("could not encode the output as JSON: {e}"))?;
+            let mut s =
+                serde_json::to_string_pretty(out).context("could not encode the output as JSON")?;
             s.push('\n');
             s
         }
