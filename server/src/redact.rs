@@ -134,7 +134,7 @@ mod tests {
         role::bundle_from_files(files.iter().copied()).to_wire()
     }
 
-    fn content<'a>(b: &'a pb::Bundle, path: &str) -> &'a str {
+    fn content_of<'a>(b: &'a pb::Bundle, path: &str) -> &'a str {
         let f = b.files.iter().find(|f| f.path == path.as_bytes()).unwrap();
         std::str::from_utf8(&f.content).unwrap()
     }
@@ -159,10 +159,10 @@ mod tests {
             ["files/key", "role.toml", "templates/conf.hbs"],
             "{out:?}"
         );
-        assert_eq!(content(&out, "files/key"), MARKER);
-        assert_eq!(content(&out, "templates/conf.hbs"), MARKER);
-        assert_eq!(content(&out, "files/motd"), "hello");
-        let manifest = content(&out, "role.toml");
+        assert_eq!(content_of(&out, "files/key"), MARKER);
+        assert_eq!(content_of(&out, "templates/conf.hbs"), MARKER);
+        assert_eq!(content_of(&out, "files/motd"), "hello");
+        let manifest = content_of(&out, "role.toml");
         assert!(!manifest.contains("hunter2"), "{manifest}");
         // Only the value changed: comments and other lines are as written.
         assert_eq!(
@@ -178,11 +178,33 @@ mod tests {
     }
 
     #[test]
+    fn content_in_any_string_form_is_replaced() {
+        for content in [
+            "'hunter2'",
+            "'''\nhunter2\nline two\n'''",
+            "\"\"\"\nhunter2\\\n  continued\n\"\"\"",
+            "\"\\u0068unter2\"",
+        ] {
+            let toml = format!(
+                "[role]\nname = \"db\"\n\n[[file]]\npath = \"/x\"\nsensitive = true\ncontent = {content}\n"
+            );
+            let (out, redacted) = sensitive(wire(&[("role.toml", &toml)]));
+            assert_eq!(redacted, ["role.toml"], "{content}");
+            let manifest = content_of(&out, "role.toml");
+            assert!(
+                !manifest.contains("hunter2") && !manifest.contains("unter2"),
+                "{manifest}"
+            );
+            assert!(manifest.contains(MARKER.trim_end()), "{manifest}");
+        }
+    }
+
+    #[test]
     fn inline_tables_are_read_too() {
         let toml = "[role]\nname = \"db\"\nfile = [{ path = \"/x\", content = \"hunter2\", sensitive = true }]\n";
         let (out, redacted) = sensitive(wire(&[("role.toml", toml)]));
         assert_eq!(redacted, ["role.toml"]);
-        assert!(!content(&out, "role.toml").contains("hunter2"));
+        assert!(!content_of(&out, "role.toml").contains("hunter2"));
     }
 
     #[test]
