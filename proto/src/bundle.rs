@@ -267,30 +267,9 @@ fn open_entry(dir: &Dir, name: &OsString, path: &Path) -> Result<Entry, BundleEr
 }
 
 /// A path that can be written below a directory on any Linux file system:
-/// relative, no `.`, `..` or empty components, no control characters, at most
-/// `PATH_MAX` long with components at most `NAME_MAX`.
+/// the rule of [`crate::role::check_rel_path`].
 fn check_path(path: &str) -> Result<(), BundleError> {
-    let bad = |why| Err(BundleError::BadPath(shown(path), why));
-    if path.is_empty() {
-        return bad("empty");
-    }
-    if let Err(why) = crate::role::check_path_text(path) {
-        return bad(why);
-    }
-    if path.starts_with('/') {
-        return bad("absolute");
-    }
-    if path.contains('\\') {
-        return bad("contains a backslash");
-    }
-    for part in path.split('/') {
-        match part {
-            "" => return bad("empty component"),
-            "." | ".." => return bad("contains . or .."),
-            _ => {}
-        }
-    }
-    Ok(())
+    crate::role::check_rel_path(path).map_err(|why| BundleError::BadPath(shown(path), why))
 }
 
 /// A path from outside as an error quotes it: at most 255 characters of it.

@@ -27,10 +27,8 @@
 //! the data directory is created in (default: the system's temporary directory).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,11 +36,14 @@ use anyhow::{Context, Result, bail, ensure};
 use cairn_proto::bundle::RoleBundle;
 use cairn_proto::client::Credentials;
 use cairn_proto::pb;
+use common::Daemon;
 use tonic::transport::Channel;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 type Client = pb::roles_client::RolesClient<Channel>;
 
-const SERVER_BIN: &str = env!("CARGO_BIN_EXE_cairn-server");
 const SHARED_ROLE: &str = "bench-shared";
 const FETCHED_ROLE: &str = "web";
 
@@ -91,23 +92,24 @@ fn run() -> Result<()> {
         .with_context(|| format!("could not create a directory in {}", parent.display()))?;
     let data = dir.path().join("data");
     let filesystem = filesystem_of(dir.path())?;
-    let (grpc, http) = free_ports()?;
-    let mut server = Server::start(&data, grpc, http)?;
-    let creds = server.operator(&dir.path().join("bench.toml"))?;
+    let (grpc, http) = common::free_ports();
+    // Per-request info lines (one per stored version) are left out.
+    let mut server = Daemon::start_logging(&data, grpc, http, "warn");
+    let creds = server.operator("bench", "publisher");
 
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     let (phases, acked) = runtime.block_on(bench(&creds, server.child.id(), clients, duration))?;
-    let peak_rss_kib = server.peak_rss_kib()?;
-    let status = server.terminate()?;
+    let peak_rss_kib = peak_rss_kib(&server)?;
+    let status = server.terminate();
     ensure!(
         status.success(),
         "cairn-server did not stop cleanly on SIGTERM: {status}"
     );
 
     // What was acknowledged must be what a new server process finds on disk.
-    let mut server = Server::start(&data, grpc, http)?;
+    let mut server = Daemon::start_logging(&data, grpc, http, "warn");
     let durability = runtime.block_on(verify(&creds, clients, &acked))?;
-    let status = server.terminate()?;
+    let status = server.terminate();
     ensure!(
         status.success(),
         "the restarted cairn-server did not stop cleanly on SIGTERM: {status}"
@@ -138,15 +140,6 @@ fn run() -> Result<()> {
         bail!("after the restart, stored versions differ from acknowledged pushes: {problem}");
     }
     Ok(())
-}
-
-/// Two loopback addresses (gRPC, HTTP) that were free a moment ago. The server
-/// binds them itself, and binds them again after its restart.
-fn free_ports() -> Result<(SocketAddr, SocketAddr)> {
-    let bind = || std::net::TcpListener::bind("127.0.0.1:0").context("could not bind loopback");
-    // Both held at once, so they differ.
-    let (a, b) = (bind()?, bind()?);
-    Ok((a.local_addr()?, b.local_addr()?))
 }
 
 /// The filesystem `path` is on, from the mount with the longest mount point
@@ -208,108 +201,16 @@ fn unescape_octal(s: &str) -> String {
     out
 }
 
-/// The `cairn-server serve` child process; killed if dropped while running.
-struct Server {
-    child: Child,
-    data_dir: PathBuf,
-    grpc: SocketAddr,
-}
-
-impl Server {
-    /// Starts the server on `data_dir` and the given addresses, and waits until
-    /// it answers `/healthz`.
-    fn start(data_dir: &Path, grpc: SocketAddr, http: SocketAddr) -> Result<Server> {
-        let child = Command::new(SERVER_BIN)
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
-            .args(["--name", "127.0.0.1"])
-            // Per-request info lines (one per stored version) are left out.
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("could not start {SERVER_BIN}"))?;
-        let mut server = Server {
-            child,
-            data_dir: data_dir.to_path_buf(),
-            grpc,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !healthy(http) {
-            if let Some(status) = server.child.try_wait()? {
-                bail!("cairn-server exited before answering on {http}: {status}");
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "cairn-server did not answer on {http} within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(server)
-    }
-
-    /// Issues a publisher credential with `cairn-server operator add`.
-    fn operator(&self, out: &Path) -> Result<PathBuf> {
-        let status = Command::new(SERVER_BIN)
-            .args(["operator", "add", "bench", "--role", "publisher", "--out"])
-            .arg(out)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--server", &format!("https://{}", self.grpc)])
-            .stdout(Stdio::null())
-            .status()
-            .context("could not run cairn-server operator add")?;
-        ensure!(
-            status.success(),
-            "cairn-server operator add failed: {status}"
-        );
-        Ok(out.to_path_buf())
-    }
-
-    /// VmHWM: the largest resident set the process has had.
-    fn peak_rss_kib(&self) -> Result<u64> {
-        let path = format!("/proc/{}/status", self.child.id());
-        let status =
-            std::fs::read_to_string(&path).with_context(|| format!("could not read {path}"))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no VmHWM line in {path}"))
-    }
-
-    fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .context("could not send SIGTERM to cairn-server")?;
-        self.child.wait().context("could not wait for cairn-server")
-    }
-}
-
-/// `GET /healthz` answers `ok`: this server, not another process on the port.
-fn healthy(http: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&http, Duration::from_secs(1)) else {
-        return false;
-    };
-    let mut reply = String::new();
-    s.set_read_timeout(Some(Duration::from_secs(5))).is_ok()
-        && s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .and_then(|()| s.read_to_string(&mut reply))
-            .is_ok()
-        && reply.starts_with("HTTP/1.")
-        && reply.contains(" 200 ")
-        && reply.ends_with("\r\n\r\nok\n")
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// VmHWM of the server: the largest resident set the process has had.
+fn peak_rss_kib(server: &Daemon) -> Result<u64> {
+    let path = format!("/proc/{}/status", server.child.id());
+    let status =
+        std::fs::read_to_string(&path).with_context(|| format!("could not read {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmHWM line in {path}"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

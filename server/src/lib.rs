@@ -4,7 +4,9 @@
 //!   [`store::open`] picks the backend from `--database`.
 //! - [`pki`]: the built-in CA, server and operator certificates.
 //! - [`auth`]: client certificate → operator and role → what it may do.
-//! - [`service`]: the gRPC handlers; [`http`]: health and metrics; [`metrics`].
+//! - [`service`]: the gRPC handlers; [`validation`]: pushed roles validated off the async
+//!   workers, a few at a time; [`redact`]: sensitive content hidden from readers below
+//!   publisher; [`http`]: health and metrics; [`metrics`].
 //! - [`gate`]: refuses calls without a client certificate before their body is read;
 //!   [`refusals`]: logs and audits refusals, coalesced per peer.
 //! - [`transport`]: the accept loop: connection caps, TLS handshake deadline, backoff.
@@ -21,8 +23,10 @@ pub mod gate;
 pub mod http;
 pub mod metrics;
 pub mod pki;
+pub mod redact;
 pub mod refusals;
 pub mod serve;
 pub mod service;
 pub mod store;
 pub mod transport;
+pub mod validation;

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -22,6 +23,9 @@ pub struct Metrics {
     pub calls: Family<CallLabels, Counter>,
     pub latency: Family<MethodLabels, Histogram>,
     pub versions_created: Counter,
+    /// Role validations running on the blocking pool, and waiting for a turn.
+    pub validations_running: Gauge,
+    pub validations_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -48,11 +52,25 @@ impl Default for Metrics {
             "Role versions stored",
             versions_created.clone(),
         );
+        let validations_running = Gauge::default();
+        registry.register(
+            "role_validations_running",
+            "Role validations running now",
+            validations_running.clone(),
+        );
+        let validations_waiting = Gauge::default();
+        registry.register(
+            "role_validations_waiting",
+            "Role validations waiting for a turn",
+            validations_waiting.clone(),
+        );
         Metrics {
             registry,
             calls,
             latency,
             versions_created,
+            validations_running,
+            validations_waiting,
         }
     }
 }

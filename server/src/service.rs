@@ -17,10 +17,12 @@ use time::format_description::well_known::Rfc3339;
 use tonic::{Code, Request, Response, Status};
 use tracing::{error, info};
 
-use crate::auth::{self, Permission};
+use crate::auth::{self, OperatorRole, Permission};
 use crate::metrics::Metrics;
+use crate::redact;
 use crate::refusals::{Refusal, Refusals};
 use crate::store::{self, Actor, Micros, Store, StoreError};
+use crate::validation::Validator;
 
 /// At most this many files in one role.
 pub const MAX_BUNDLE_FILES: usize = 1_000;
@@ -28,6 +30,8 @@ pub const MAX_BUNDLE_FILES: usize = 1_000;
 pub const MAX_BUNDLE_BYTES: usize = 16 << 20;
 /// Larger gRPC messages are refused before they are decoded.
 pub const MAX_MESSAGE_BYTES: usize = MAX_BUNDLE_BYTES + (4 << 20);
+/// At most this many bytes in a push's message.
+pub const MAX_MESSAGE_TEXT_BYTES: usize = 4 << 10;
 /// Channel used when a request names none.
 pub const DEFAULT_CHANNEL: &str = "production";
 
@@ -37,6 +41,8 @@ pub struct Api {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     refusals: Arc<Refusals>,
+    /// Validates pushed roles (and redacts fetched ones) off the async workers.
+    validator: Arc<Validator>,
 }
 
 pub fn store_status(e: StoreError) -> Status {
@@ -106,6 +112,23 @@ fn check_role_name(role: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// A push's message: shown in tables and stored for good, so bounded and
+/// without control characters (a newline or tab is fine).
+fn check_message(message: &str) -> Result<(), Status> {
+    if message.len() > MAX_MESSAGE_TEXT_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "the message is {} bytes long; at most {MAX_MESSAGE_TEXT_BYTES} are accepted",
+            message.len()
+        )));
+    }
+    if message.contains(|c: char| c.is_control() && c != '\n' && c != '\t') {
+        return Err(Status::invalid_argument(
+            "the message contains a control character; only newlines and tabs are accepted",
+        ));
+    }
+    Ok(())
+}
+
 /// Turns a received bundle into a [`RoleBundle`], refusing anything that is
 /// not a plain set of files inside the role, or that is too large.
 pub fn bundle_from_wire(b: pb::Bundle) -> Result<RoleBundle, Status> {
@@ -128,10 +151,12 @@ pub fn bundle_from_wire(b: pb::Bundle) -> Result<RoleBundle, Status> {
 
 impl Api {
     pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, refusals: Arc<Refusals>) -> Self {
+        let validator = Arc::new(Validator::new(metrics.clone()));
         Api {
             store,
             metrics,
             refusals,
+            validator,
         }
     }
 
@@ -184,20 +209,46 @@ impl pb::roles_server::Roles for Api {
     ) -> Result<Response<pb::PushResponse>, Status> {
         self.observed("push", async {
             let actor = self.authorize(&req, Permission::Publish, "push", "", "push roles").await?;
-            let promote_to = req.get_ref().promote_to.clone();
-            let promote_to = if promote_to.is_empty() { None } else { Some(check_channel(&promote_to)?) };
-            let pb::PushRequest { bundle, message, .. } = req.into_inner();
-            let bundle = bundle_from_wire(bundle.unwrap_or_default())?;
-            let role = match role::load(&bundle, &Facts::placeholder()) {
+            let pb::PushRequest { bundle, message, promote_to } = req.into_inner();
+            // Every refusal of what was sent is audited. The role's name is
+            // not known until it is read: these entries have no target.
+            let checked = check_message(&message)
+                .and_then(|()| match promote_to.as_str() {
+                    "" => Ok(None),
+                    ch => check_channel(ch).map(Some),
+                })
+                .and_then(|ch| Ok((bundle_from_wire(bundle.unwrap_or_default())?, ch)));
+            let (bundle, promote_to) = match checked {
+                Ok(checked) => checked,
+                Err(status) => {
+                    let outcome = format!("rejected: {}", status.message());
+                    self.store.audit(&actor, "push", "", "", &outcome).await.map_err(store_status)?;
+                    return Err(status);
+                }
+            };
+            let (bundle, loaded) = self
+                .validator
+                .run("validating a pushed role", move || {
+                    let loaded = role::load(&bundle, &Facts::placeholder())
+                        .map_err(|diags| (diags_role_name(&bundle), diags));
+                    (bundle, loaded)
+                })
+                .await?;
+            let role = match loaded {
                 Ok(r) => r,
-                Err(diags) => {
-                    let target = diags_role_name(&bundle);
+                Err((target, diags)) => {
                     let outcome = format!("rejected: {} in the role", diags.summary());
                     self.store
                         .audit(&actor, "push", &target, "", &outcome)
                         .await
                         .map_err(store_status)?;
-                    return Err(Status::invalid_argument(format!("the role is invalid; nothing was stored:\n{diags}")));
+                    // In the body: a header carrying hundreds of diagnostics
+                    // would break the HTTP/2 stream instead.
+                    return Ok(pb::PushResponse {
+                        rejected: true,
+                        diagnostics: diags.0.into_iter().map(diagnostic_to_wire).collect(),
+                        ..Default::default()
+                    });
                 }
             };
             let outcome = self
@@ -230,6 +281,7 @@ impl pb::roles_server::Roles for Api {
                 version: Some(version_info(outcome.version)),
                 created: outcome.created,
                 channel: channel.map(|m| channel_info(m.channel)),
+                ..Default::default()
             })
         })
         .await
@@ -280,7 +332,8 @@ impl pb::roles_server::Roles for Api {
     ) -> Result<Response<pb::GetRoleResponse>, Status> {
         self.observed("get", async {
             let pb::GetRoleRequest { role, version } = req.get_ref().clone();
-            self.authorize(&req, Permission::Read, "get", &role, "read roles")
+            let actor = self
+                .authorize(&req, Permission::Read, "get", &role, "read roles")
                 .await?;
             check_role_name(&role)?;
             let (meta, bytes) = self
@@ -295,9 +348,21 @@ impl pb::roles_server::Roles for Api {
                     meta.version
                 ))
             })?;
+            let may_read_secrets = actor
+                .role
+                .parse::<OperatorRole>()
+                .is_ok_and(|r| r >= OperatorRole::Publisher);
+            let (bundle, redacted) = if may_read_secrets {
+                (bundle, vec![])
+            } else {
+                self.validator
+                    .run("redacting a role", move || redact::sensitive(bundle))
+                    .await?
+            };
             Ok(pb::GetRoleResponse {
                 version: Some(version_info(meta)),
                 bundle: Some(bundle),
+                redacted,
             })
         })
         .await
@@ -384,6 +449,19 @@ impl pb::roles_server::Roles for Api {
             })
         })
         .await
+    }
+}
+
+fn diagnostic_to_wire(d: role::Diagnostic) -> pb::Diagnostic {
+    let number = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    pb::Diagnostic {
+        file: d.file,
+        line: number(d.line),
+        column: number(d.column),
+        context: d.context.unwrap_or_default(),
+        field: d.field.unwrap_or_default(),
+        message: d.message,
+        help: d.help.unwrap_or_default(),
     }
 }
 

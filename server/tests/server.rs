@@ -61,9 +61,18 @@ async fn malformed_bundles_are_refused_and_the_server_keeps_serving() {
             vec![manifest("x"), manifest("x")],
             "appears twice",
         ),
+    ];
+    for (what, files, expect) in cases {
+        let err = push(&mut client, files).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains(expect), "{what}: {}", err.message());
+    }
+    // An invalid role is rejected in the response, with its diagnostics.
+    let invalid: Vec<(&str, Vec<pb::BundleFile>, &str, &str)> = vec![
         (
             "no manifest",
             vec![file(b"files/a", b"x")],
+            "role.toml:0:0",
             "role.toml is missing",
         ),
         (
@@ -73,12 +82,19 @@ async fn malformed_bundles_are_refused_and_the_server_keeps_serving() {
                 b"[role]\nname = \"x\"\n\n[[file]]\npath = \"rel\"\ncontent = \"\"\n",
             )],
             "role.toml:5:8",
+            "must be absolute",
         ),
     ];
-    for (what, files, expect) in cases {
-        let err = push(&mut client, files).await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
-        assert!(err.message().contains(expect), "{what}: {}", err.message());
+    for (what, files, location, message) in invalid {
+        let resp = push(&mut client, files).await.unwrap();
+        assert!(resp.rejected && resp.version.is_none(), "{what}: {resp:?}");
+        let d = &resp.diagnostics[0];
+        assert_eq!(
+            format!("{}:{}:{}", d.file, d.line, d.column),
+            location,
+            "{what}"
+        );
+        assert!(d.message.contains(message), "{what}: {d:?}");
     }
     let too_many: Vec<_> = (0..1001)
         .map(|i| file(format!("files/{i}").as_bytes(), b""))

@@ -55,15 +55,27 @@ pub fn check_abs_path(p: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A path inside the role: relative, without `.`, `..` or empty components,
-/// and within the limits of [`check_abs_path`].
-pub(super) fn check_rel_path(p: &str) -> Result<(), &'static str> {
+/// A path inside the role (a bundle's file, a `template` or `source` name):
+/// relative, `/`-separated, without `.`, `..` or empty components, no
+/// backslash, and within the limits of [`check_path_text`]. The one rule for
+/// both, so that what a role names is what a bundle can hold.
+pub fn check_rel_path(p: &str) -> Result<(), &'static str> {
+    if p.is_empty() {
+        return Err("is empty");
+    }
     check_path_text(p)?;
     if p.starts_with('/') {
         return Err("is absolute; it must be relative to the role");
     }
-    if p.is_empty() || p.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
-        return Err("escapes the role or is not a plain relative path");
+    if p.contains('\\') {
+        return Err("contains a backslash");
+    }
+    for part in p.split('/') {
+        match part {
+            "" => return Err("contains an empty component"),
+            "." | ".." => return Err("contains . or .."),
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -4,8 +4,30 @@
 //! which carry the help every caller shares; this adds what only an operator
 //! can do (which credential, which role, which command).
 
+use cairn_proto::bundle::BundleError;
 use cairn_proto::client::{self, Connection, Refusal};
+use cairn_proto::terminal;
 use tonic::{Code, Status};
+
+/// The server found the pushed role invalid; holds its diagnostics as printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.trim_end())]
+pub struct RoleRejected(pub String);
+
+/// Whether `e` is a refusal of the operator's input (the role, a path in
+/// it, its size, the message), not a failure to reach or use the server.
+pub fn is_invalid_input(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.is::<RoleRejected>()
+            || cause
+                .downcast_ref::<BundleError>()
+                .is_some_and(|b| !matches!(b, BundleError::Walk { .. } | BundleError::Read { .. }))
+            || matches!(
+                cause.downcast_ref::<client::Error>(),
+                Some(client::Error::Refused(r)) if r.status.code() == Code::InvalidArgument
+            )
+    })
+}
 
 /// Turns a call's status into an error naming the operation, with the help
 /// the status calls for.
@@ -21,8 +43,10 @@ impl<T> RpcResult<T> for Result<tonic::Response<T>, Status> {
 }
 
 /// Prints the whole chain to stderr, then the help line if the error has one.
+/// The server's messages and the role's diagnostics quote what others
+/// wrote: their control characters are shown, not sent to the terminal.
 pub fn print(e: &anyhow::Error) {
-    eprint!("{}", render(e));
+    eprint!("{}", terminal::escape_lines(&render(e)));
 }
 
 /// The text [`print`] writes.
@@ -44,6 +68,9 @@ pub fn render(e: &anyhow::Error) -> String {
 }
 
 fn help(e: &anyhow::Error) -> Option<String> {
+    if e.chain().any(|c| c.is::<RoleRejected>()) {
+        return Some("fix the problems above and try again".into());
+    }
     // anyhow finds both the root error and a context value at any depth.
     let e = e.downcast_ref::<client::Error>()?;
     if let client::Error::Refused(r) = e

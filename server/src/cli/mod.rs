@@ -33,6 +33,11 @@ use self::output::Render;
 /// Channel used by `promote` and `rollback` when none is given.
 pub const DEFAULT_CHANNEL: &str = "production";
 
+/// Exit code when the input was refused as invalid: the role (its
+/// diagnostics, a path that cannot be written to disk, its limits) or the
+/// message (`EX_DATAERR` of sysexits.h). Any other error exits 1.
+pub const INVALID_INPUT: u8 = 65;
+
 /// Most audit entries one `cairn audit` asks for.
 pub const AUDIT_LIMIT: u32 = 1000;
 
@@ -204,7 +209,11 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error::print(&e);
-            ExitCode::FAILURE
+            if error::is_invalid_input(&e) {
+                ExitCode::from(INVALID_INPUT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -259,6 +268,14 @@ async fn role(server: &Server, cmd: RoleCommand, fmt: Output) -> Result<()> {
                 })
                 .await
                 .rpc(&conn, || format!("could not push role {}", dir.display()))?;
+            if resp.rejected {
+                let rejected = output::RejectedOut::new(resp);
+                if fmt == Output::Json {
+                    emit(&rejected, fmt)?;
+                }
+                let e = anyhow::Error::new(error::RoleRejected(rejected.human()));
+                return Err(e.context(format!("could not push role {}", dir.display())));
+            }
             emit(&output::PushOut::new(resp)?, fmt)
         }
         RoleCommand::List => {
@@ -283,9 +300,12 @@ async fn role(server: &Server, cmd: RoleCommand, fmt: Output) -> Result<()> {
         }
         RoleCommand::Show { role } => {
             let conn = server.connect().await?;
-            let (info, bundle) = fetch(&conn, &role.name, role.version).await?;
+            let (info, bundle, redacted) = fetch(&conn, &role.name, role.version).await?;
             let resources = role::load(&bundle, &Facts::placeholder());
-            emit(&output::ShowOut::new(info, &bundle, resources), fmt)
+            emit(
+                &output::ShowOut::new(info, &bundle, &redacted, resources),
+                fmt,
+            )
         }
         RoleCommand::Diff { name, a, b } => {
             for v in [a, b] {
@@ -294,18 +314,13 @@ async fn role(server: &Server, cmd: RoleCommand, fmt: Output) -> Result<()> {
                 }
             }
             let conn = server.connect().await?;
-            let (_, old) = fetch(&conn, &name, Some(a)).await?;
-            let (_, new) = fetch(&conn, &name, Some(b)).await?;
+            let (_, old, mut redacted) = fetch(&conn, &name, Some(a)).await?;
+            let (_, new, redacted_b) = fetch(&conn, &name, Some(b)).await?;
+            redacted.extend(redacted_b);
+            redacted.sort();
+            redacted.dedup();
             let files = cairn_proto::diff::bundles(&old, &new);
-            emit(
-                &output::DiffOut {
-                    role: name,
-                    from: a,
-                    to: b,
-                    files,
-                },
-                fmt,
-            )
+            emit(&output::DiffOut::new(name, (a, b), files, redacted), fmt)
         }
         RoleCommand::Promote {
             name,
@@ -357,12 +372,13 @@ async fn role(server: &Server, cmd: RoleCommand, fmt: Output) -> Result<()> {
     }
 }
 
-/// One version of a role (the latest for `None`) and its files.
+/// One version of a role (the latest for `None`), its files, and the paths
+/// whose content the server redacted for this caller.
 async fn fetch(
     conn: &Connection,
     name: &str,
     version: Option<u64>,
-) -> Result<(pb::VersionInfo, RoleBundle)> {
+) -> Result<(pb::VersionInfo, RoleBundle, Vec<String>)> {
     let what = || match version {
         Some(v) => format!("version {v} of role {name}"),
         None => format!("the latest version of role {name}"),
@@ -380,20 +396,12 @@ async fn fetch(
         .with_context(|| format!("the server sent {} without its version information", what()))?;
     let bundle = RoleBundle::from_wire(resp.bundle.unwrap_or_default())
         .with_context(|| format!("the server sent an unusable bundle for {}", what()))?;
-    Ok((info, bundle))
+    Ok((info, bundle, resp.redacted))
 }
 
 fn emit<T: Render>(out: &T, fmt: Output) -> Result<()> {
     use std::io::Write;
-    let text = match fmt {
-        Output::Table => out.human(),
-        Output::Json => {
-            let mut s =
-                serde_json::to_string_pretty(out).context("could not encode the output as JSON")?;
-            s.push('\n');
-            s
-        }
-    };
+    let text = output::render(out, fmt)?;
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(text.as_bytes())

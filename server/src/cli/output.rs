@@ -4,11 +4,17 @@
 //!
 //! The generated protobuf types are converted here and never serialized
 //! directly, so a change in the wire format cannot silently change the JSON.
+//!
+//! Everything here comes from the server, and much of it from whoever pushed
+//! a role: [`render`] shows every control character in the text for people
+//! as a visible escape (table cells are escaped before they are laid out, so
+//! columns stay aligned).
 
-use cairn_proto::bundle::{RoleBundle, short_digest};
+use anyhow::Context;
+use cairn_proto::bundle::{MANIFEST, RoleBundle, short_digest};
 use cairn_proto::diff::FileDiff;
 use cairn_proto::pb;
-use cairn_proto::role::{Diagnostics, Role};
+use cairn_proto::role::{Diagnostic, Diagnostics, Role};
 use cairn_proto::terminal;
 use comfy_table::{Table, TableComponent, presets};
 use serde::Serialize;
@@ -17,9 +23,26 @@ use time::format_description::well_known::Rfc3339;
 
 /// Output of one command.
 pub trait Render: Serialize {
-    /// The text for people, ending in a newline.
+    /// The text for people, ending in a newline; [`render`] escapes it.
     fn human(&self) -> String;
 }
+
+/// What a command prints: one JSON document, or the text for people with
+/// every control character escaped (line breaks kept).
+pub fn render<T: Render>(out: &T, fmt: super::Output) -> anyhow::Result<String> {
+    Ok(match fmt {
+        super::Output::Table => terminal::escape_lines(&out.human()),
+        super::Output::Json => {
+            let mut s =
+                serde_json::to_string_pretty(out).context("could not encode the output as JSON")?;
+            s.push('\n');
+            s
+        }
+    })
+}
+
+/// What redacted files say in place of their content, for people.
+pub const REDACTED_NOTE: &str = "redacted: sensitive; a publisher can read it";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Version {
@@ -135,6 +158,90 @@ impl Render for PushOut {
     }
 }
 
+/// One problem in a role, as the server found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DiagnosticOut {
+    pub file: String,
+    /// 1-based; 0 when the problem is the file as a whole.
+    pub line: usize,
+    pub column: usize,
+    pub context: Option<String>,
+    pub field: Option<String>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl From<pb::Diagnostic> for DiagnosticOut {
+    fn from(d: pb::Diagnostic) -> Self {
+        let some = |s: String| Some(s).filter(|s| !s.is_empty());
+        DiagnosticOut {
+            file: d.file,
+            line: d.line as usize,
+            column: d.column as usize,
+            context: some(d.context),
+            field: some(d.field),
+            message: d.message,
+            help: some(d.help),
+        }
+    }
+}
+
+impl From<&DiagnosticOut> for Diagnostic {
+    fn from(d: &DiagnosticOut) -> Self {
+        Diagnostic {
+            file: d.file.clone(),
+            line: d.line,
+            column: d.column,
+            context: d.context.clone(),
+            field: d.field.clone(),
+            message: d.message.clone(),
+            help: d.help.clone(),
+        }
+    }
+}
+
+/// `cairn role push` of a role the server found invalid: nothing was stored.
+#[derive(Debug, Serialize)]
+pub struct RejectedOut {
+    /// Always true: tells this document from a [`PushOut`].
+    pub rejected: bool,
+    /// "3 problems", or "more than 100 problems" when the list was cut.
+    pub summary: String,
+    /// Every diagnostic the server sent, the last saying how many more when cut.
+    pub diagnostics: Vec<DiagnosticOut>,
+}
+
+impl RejectedOut {
+    pub fn new(r: pb::PushResponse) -> Self {
+        let diagnostics: Vec<DiagnosticOut> =
+            r.diagnostics.into_iter().map(DiagnosticOut::from).collect();
+        let summary = if diagnostics.is_empty() {
+            "problems the server did not list".to_string()
+        } else {
+            Diagnostics(diagnostics.iter().map(Diagnostic::from).collect()).summary()
+        };
+        RejectedOut {
+            rejected: true,
+            summary,
+            diagnostics,
+        }
+    }
+}
+
+impl Render for RejectedOut {
+    /// Every diagnostic, then how many; the caller prints it as an error.
+    fn human(&self) -> String {
+        let mut s = format!(
+            "the role is invalid ({}); nothing was stored:\n",
+            self.summary
+        );
+        for d in &self.diagnostics {
+            s.push_str(&format!("{}\n", Diagnostic::from(d)));
+        }
+        s
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct RoleOut {
     pub name: String,
@@ -239,7 +346,10 @@ impl Render for VersionsOut {
 #[derive(Debug, Serialize)]
 pub struct FileOut {
     pub path: String,
+    /// Of the content as received: the marker's when redacted.
     pub size: usize,
+    /// The server replaced its sensitive content (the caller is below publisher).
+    pub redacted: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -264,9 +374,11 @@ pub struct ShowOut {
 }
 
 impl ShowOut {
+    /// `redacted`: the paths whose content the server replaced.
     pub fn new(
         info: pb::VersionInfo,
         bundle: &RoleBundle,
+        redacted: &[String],
         role: Result<Role, Diagnostics>,
     ) -> Self {
         let files = bundle
@@ -274,6 +386,7 @@ impl ShowOut {
             .map(|(p, d)| FileOut {
                 path: p.to_string(),
                 size: d.len(),
+                redacted: redacted.iter().any(|r| r == p),
             })
             .collect();
         let (description, resources, problems) = match role {
@@ -317,7 +430,12 @@ impl Render for ShowOut {
 
         let mut files = table(["FILE", "SIZE"]);
         for f in &self.files {
-            files.add_row([f.path.clone(), f.size.to_string()]);
+            let size = if f.redacted {
+                REDACTED_NOTE.to_string()
+            } else {
+                f.size.to_string()
+            };
+            files.add_row([f.path.clone(), size]);
         }
         s.push_str(&format!("\n{files}\n"));
 
@@ -347,24 +465,53 @@ pub struct DiffOut {
     pub role: String,
     pub from: u64,
     pub to: u64,
-    /// Only the files that differ, in path order.
+    /// Only the files that differ, in path order; a redacted file is left
+    /// out (it is listed in `redacted`), but role.toml is kept, the inline
+    /// content of its sensitive files replaced.
     pub files: Vec<FileDiff>,
+    /// Paths whose content the server replaced in either version because it
+    /// is sensitive (the caller is below publisher): not compared.
+    pub redacted: Vec<String>,
+}
+
+impl DiffOut {
+    /// `redacted`: the paths the server redacted in either version.
+    pub fn new(
+        role: String,
+        (from, to): (u64, u64),
+        files: Vec<FileDiff>,
+        redacted: Vec<String>,
+    ) -> Self {
+        let files = files
+            .into_iter()
+            .filter(|f| f.path == MANIFEST || !redacted.contains(&f.path))
+            .collect();
+        DiffOut {
+            role,
+            from,
+            to,
+            files,
+            redacted,
+        }
+    }
 }
 
 impl Render for DiffOut {
     fn human(&self) -> String {
+        let mut s: String = self.files.iter().map(FileDiff::text).collect();
         if self.files.is_empty() {
-            return format!(
+            s = format!(
                 "versions {} and {} of role {} have the same content\n",
                 self.from, self.to, self.role
             );
         }
-        // The files come from whoever pushed the role: no escape sequence
-        // of theirs reaches the operator's terminal.
-        self.files
-            .iter()
-            .map(|f| terminal::escape_lines(&f.text()))
-            .collect()
+        if !self.redacted.is_empty() {
+            s.push_str(&format!(
+                "not compared ({REDACTED_NOTE}): {}\n",
+                self.redacted.join(", ")
+            ));
+        }
+        s
     }
 }
 
@@ -530,7 +677,25 @@ impl Render for AuditOut {
     }
 }
 
-fn table<const N: usize>(header: [&str; N]) -> Table {
+/// A table whose cells are escaped as they are added: an escape sequence
+/// from the server cannot reach the terminal, and the escaped text is what
+/// the columns are measured on.
+struct Escaped(Table);
+
+impl Escaped {
+    fn add_row<const N: usize>(&mut self, cells: [String; N]) {
+        self.0
+            .add_row(cells.map(|c| terminal::escape(&c).into_owned()));
+    }
+}
+
+impl std::fmt::Display for Escaped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+fn table<const N: usize>(header: [&str; N]) -> Escaped {
     let mut t = Table::new();
     // Lines around the table and under the header; none between rows.
     t.load_preset(presets::UTF8_HORIZONTAL_ONLY)
@@ -539,7 +704,7 @@ fn table<const N: usize>(header: [&str; N]) -> Table {
         .remove_style(TableComponent::LeftBorderIntersections)
         .remove_style(TableComponent::RightBorderIntersections)
         .set_header(header);
-    t
+    Escaped(t)
 }
 
 fn nonzero(v: u64) -> Option<u64> {
@@ -559,6 +724,7 @@ fn short_time(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::Output;
     use cairn_proto::facts::Facts;
 
     fn info(version: u64) -> pb::VersionInfo {
@@ -582,6 +748,7 @@ mod tests {
             version: Some(info(3)),
             created,
             channel,
+            ..Default::default()
         };
         let out = PushOut::new(resp(true, None)).unwrap();
         assert_eq!(
@@ -661,12 +828,12 @@ mod tests {
             ("files/extra", "12345"),
         ]);
         let role = cairn_proto::role::load(&bundle, &Facts::placeholder());
-        let out = ShowOut::new(info(1), &bundle, role);
+        let out = ShowOut::new(info(1), &bundle, &[], role);
         let j = json(&out);
         assert_eq!(j["description"], "status page");
         assert_eq!(
             j["files"][0],
-            serde_json::json!({"path": "files/extra", "size": 5})
+            serde_json::json!({"path": "files/extra", "size": 5, "redacted": false})
         );
         let ids: Vec<_> = out.resources.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["package:nginx", "directory:/srv/www"]);
@@ -684,6 +851,7 @@ mod tests {
         let out = ShowOut::new(
             info(2),
             &bad,
+            &[],
             cairn_proto::role::load(&bad, &Facts::placeholder()),
         );
         assert!(out.resources.is_empty());
@@ -751,14 +919,10 @@ mod tests {
     fn diffs_show_a_pushers_escape_sequences_instead_of_running_them() {
         let bundle =
             |content: &str| cairn_proto::role::bundle_from_files([("files/motd", content)]);
-        let out = DiffOut {
-            role: "web".into(),
-            from: 1,
-            to: 2,
-            files: cairn_proto::diff::bundles(&bundle("hi\n"), &bundle("\u{1b}]0;owned\u{7}\n")),
-        };
+        let files = cairn_proto::diff::bundles(&bundle("hi\n"), &bundle("\u{1b}]0;owned\u{7}\n"));
+        let out = DiffOut::new("web".into(), (1, 2), files, vec![]);
         assert_eq!(
-            out.human(),
+            render(&out, Output::Table).unwrap(),
             "--- a/files/motd\n+++ b/files/motd\n@@ -1 +1 @@\n-hi\n+\\u{1b}]0;owned\\u{7}\n"
         );
         // JSON carries the content as it is; serde escapes it.
@@ -766,14 +930,108 @@ mod tests {
             json(&out)["files"][0]["diff"],
             "--- a/files/motd\n+++ b/files/motd\n@@ -1 +1 @@\n-hi\n+\u{1b}]0;owned\u{7}\n"
         );
-        let same = DiffOut {
-            files: vec![],
-            ..out
-        };
+        let same = DiffOut::new("web".into(), (1, 2), vec![], vec![]);
         assert_eq!(
             same.human(),
             "versions 1 and 2 of role web have the same content\n"
         );
+    }
+
+    #[test]
+    fn redacted_files_are_named_not_compared() {
+        let v1 = cairn_proto::role::bundle_from_files([
+            ("role.toml", "a = 1\n"),
+            ("files/key", "(marker)\n"),
+            ("files/motd", "hi\n"),
+        ]);
+        let v2 = cairn_proto::role::bundle_from_files([
+            ("role.toml", "a = 2\n"),
+            ("files/key", "(other)\n"),
+            ("files/motd", "hi\n"),
+        ]);
+        let files = cairn_proto::diff::bundles(&v1, &v2);
+        let redacted = vec!["files/key".to_string(), "role.toml".to_string()];
+        let out = DiffOut::new("db".into(), (1, 2), files, redacted);
+        let paths: Vec<&str> = out.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["role.toml"]);
+        let text = out.human();
+        assert!(
+            text.ends_with(&format!(
+                "not compared ({REDACTED_NOTE}): files/key, role.toml\n"
+            )),
+            "{text}"
+        );
+        assert_eq!(json(&out)["redacted"][0], "files/key");
+    }
+
+    #[test]
+    fn table_cells_and_lines_from_the_server_are_escaped() {
+        let mut evil = info(1);
+        evil.author = "ada\u{1b}[2J".into();
+        evil.message = "fix\u{1b}]0;owned\u{7}\nsecond line".into();
+        let out = VersionsOut::new(
+            "web".into(),
+            pb::VersionsResponse {
+                versions: vec![evil.clone()],
+            },
+        );
+        let text = render(&out, Output::Table).unwrap();
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text}"
+        );
+        assert!(
+            text.contains("fix\\u{1b}]0;owned\\u{7}\\nsecond line"),
+            "{text}"
+        );
+        evil.role = "web\u{1b}[31m".into();
+        let out = PushOut::new(pb::PushResponse {
+            version: Some(evil),
+            created: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let text = render(&out, Output::Table).unwrap();
+        assert!(
+            text.starts_with("pushed web\\u{1b}[31m version 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_rejected_push_lists_every_diagnostic() {
+        let d = |line: u32, message: &str, help: &str| pb::Diagnostic {
+            file: "role.toml".into(),
+            line,
+            column: 1,
+            message: message.into(),
+            help: help.into(),
+            ..Default::default()
+        };
+        let out = RejectedOut::new(pb::PushResponse {
+            rejected: true,
+            diagnostics: vec![
+                d(3, "bad", ""),
+                d(4, "worse", "fix it"),
+                d(
+                    0,
+                    "and 7 more problems not shown",
+                    "only the first 100 are listed",
+                ),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(
+            out.human(),
+            "the role is invalid (more than 2 problems); nothing was stored:\n\
+             role.toml:3:1: bad\n\
+             role.toml:4:1: worse\n  help: fix it\n\
+             role.toml: and 7 more problems not shown\n  help: only the first 100 are listed\n"
+        );
+        let j = json(&out);
+        assert_eq!(j["rejected"], true);
+        assert_eq!(j["diagnostics"][1]["help"], "fix it");
+        assert_eq!(j["diagnostics"][0]["context"], serde_json::Value::Null);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Running the real server on loopback and talking to it as an operator with
 //! real TLS: in this process ([`Server`]: the test binds the listeners and
 //! calls `serve::run`), or as the `cairn-server` binary ([`Daemon`]) for what
-//! only a process shows (SIGKILL, SIGTERM).
+//! only a process shows (SIGKILL, SIGTERM, memory). The load benchmark
+//! (`benches/load.rs`) uses it too.
 
 #![allow(dead_code)]
 
@@ -151,6 +152,17 @@ impl Daemon {
     /// Starts `cairn-server serve` on `data_dir` listening on `grpc` and
     /// `http`, and waits until it answers `/healthz`.
     pub fn start_in(data_dir: &Path, grpc: SocketAddr, http: SocketAddr) -> Daemon {
+        Self::start_logging(data_dir, grpc, http, "info")
+    }
+
+    /// [`Daemon::start_in`] with `RUST_LOG` set to `rust_log` (the load benchmark
+    /// leaves out the info line of every stored version).
+    pub fn start_logging(
+        data_dir: &Path,
+        grpc: SocketAddr,
+        http: SocketAddr,
+        rust_log: &str,
+    ) -> Daemon {
         let work = data_dir.parent().unwrap().join("work");
         std::fs::create_dir_all(&work).unwrap();
         let log_path = work.join("server.log");
@@ -170,7 +182,7 @@ impl Daemon {
             cmd.args(["--name", name]);
         }
         let child = cmd
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
