@@ -26,7 +26,8 @@ use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat, renameat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{Gid, Group, Uid, UnlinkatFlags, User, fchown, fchownat, fsync, unlinkat};
 
-use self::resolve::{DirFd, Resolver, kind};
+pub use self::resolve::DirFd;
+use self::resolve::{Resolver, kind};
 use super::FileSystem;
 
 mod resolve;
@@ -137,11 +138,11 @@ impl Posix {
         }
     }
 
-    /// Walks to the directory `path` as every change here does, refusing a
-    /// link someone other than root placed; `false` when it does not exist.
-    #[cfg(test)]
-    fn reach_dir(&self, path: &Path) -> Result<bool> {
-        Ok(self.paths.dir(path)?.is_some())
+    /// The directory `path`, reached as every change here reaches it
+    /// (refusing a link someone other than root placed); `None` when it does
+    /// not exist. For files kept open, as the agent's run lock.
+    pub fn dir(&self, path: &Path) -> Result<Option<DirFd>> {
+        self.paths.dir(path)
     }
 
     /// Removes the temporary files an interrupted write left in `dir`, once
@@ -741,7 +742,7 @@ mod tests {
         fs::write(tree.join("a/b/f"), "").unwrap();
         symlink(&outside, tree.join("a/link")).unwrap();
         let files = Posix::default();
-        assert!(files.reach_dir(&tree.join("a")).unwrap(), "cached");
+        assert!(files.dir(&tree.join("a")).unwrap().is_some(), "cached");
         files.remove_dir_all(&tree).unwrap();
         assert!(!tree.exists());
         assert_eq!(fs::read(outside.join("precious")).unwrap(), b"keep");
