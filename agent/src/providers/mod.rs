@@ -3,9 +3,10 @@
 //! Each provider is a small capability set behind a trait. A [`Host`] holds one
 //! of each: given by the caller ([`Providers`]; tests give in-memory ones), or
 //! chosen from facts, where each provider declares when it fits as data
-//! ([`Needs`]) and [`select`] reads that. Choosing touches nothing: a provider
-//! reads the host only when a resource first asks it something, so a role
-//! without services runs where systemd is not running. Files ([`fs`]) and the
+//! ([`Needs`]) and [`select`] reads that. Choosing only looks (a program in
+//! `PATH`, a directory) and runs nothing: a provider reads the host's state
+//! only when a resource first asks it something, so a role without services
+//! runs where systemd is not running. Files ([`fs`]) and the
 //! role's shell commands ([`process`]) are POSIX everywhere and need no choosing.
 
 use std::ffi::OsString;

@@ -443,8 +443,17 @@ impl super::AccountProvider for Shadow {
                 self.check_home(files, home)?;
             }
             self.tool("useradd", a)?;
-            if let Some(home) = &home {
-                self.create_home(files, &user.name, home, user.system)?;
+            if home.is_some() {
+                // The home useradd wrote, should its default differ from ours.
+                let home = match &user.home {
+                    Some(home) => home.clone(),
+                    None => {
+                        self.passwd_line(&user.name)?
+                            .ok_or_else(|| anyhow!("user {} is missing after useradd", user.name))?
+                            .home
+                    }
+                };
+                self.create_home(files, &user.name, &home, user.system)?;
             }
             Ok(())
         };
