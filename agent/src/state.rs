@@ -2,19 +2,30 @@
 //! that were promised by a change but not yet done.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{ErrorKind, Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{File, TryLockError};
+use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
+use nix::unistd::{getegid, geteuid};
+
+use crate::providers::FileSystem;
+use crate::providers::fs::{DirFd, FileKind, Ownership, Posix};
 
 pub const DEFAULT_DIR: &str = "/var/lib/cairn";
 const LOCK_FILE: &str = "agent.lock";
 const PENDING_FILE: &str = "pending-refresh.json";
 
+/// The agent's state directory. Everything in it is reached as the fs
+/// provider reaches a role's files (no link someone other than root placed
+/// is followed, nothing is written through a link), and the directory must
+/// be the agent's own (root's) and closed to everyone else: another user who
+/// could plant a file there could forge owed refreshes or hold the lock.
 pub struct StateDir {
     root: PathBuf,
+    files: Posix,
 }
 
 /// Held for the whole run; the OS releases the lock when the process ends,
@@ -26,28 +37,57 @@ pub struct RunLock {
 
 impl StateDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        StateDir { root: root.into() }
+        StateDir {
+            root: root.into(),
+            files: Posix::default(),
+        }
     }
 
-    fn ensure(&self) -> Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.root)
-            .with_context(|| format!("could not create state directory {}", self.root.display()))
+    /// The state directory, made (0700, the agent's) when missing, closed to
+    /// others when open; refused when it is not a directory or another
+    /// user's.
+    fn ensure(&self) -> Result<DirFd> {
+        let ensure = || -> Result<DirFd> {
+            let (uid, gid) = (geteuid().as_raw(), getegid().as_raw());
+            match self.files.stat(&self.root)? {
+                None => {
+                    self.files.create_parents(&self.root)?;
+                    let own = Ownership {
+                        uid,
+                        gid,
+                        mode: 0o700,
+                    };
+                    self.files.create_dir(&self.root, own)?;
+                }
+                Some(m) if m.kind != FileKind::Directory => {
+                    bail!("it is a {}, not a directory", m.kind.as_str())
+                }
+                Some(m) if m.uid != uid => bail!(
+                    "it is owned by {}, and must be the agent's ({})\n  help: chown {} {}",
+                    self.files.user_name(m.uid),
+                    self.files.user_name(uid),
+                    self.files.user_name(uid),
+                    self.root.display()
+                ),
+                // The agent's own: closing it is safe.
+                Some(m) if m.mode & 0o077 != 0 => self.files.set_mode(&self.root, 0o700)?,
+                Some(_) => {}
+            }
+            self.files
+                .dir(&self.root)?
+                .context("it disappeared while it was being made")
+        };
+        ensure().with_context(|| format!("state directory {}", self.root.display()))
     }
 
     /// Takes the machine-wide run lock, or says who holds it.
     pub fn lock(&self) -> Result<RunLock> {
-        self.ensure()?;
+        let dir = self.ensure()?;
         let path = self.root.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
+        let flags =
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let mut file = openat(&*dir, LOCK_FILE, flags, Mode::S_IRUSR | Mode::S_IWUSR)
+            .map(File::from)
             .with_context(|| format!("could not open lock file {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {}
@@ -74,36 +114,46 @@ impl StateDir {
     /// Resource ids that still owe a refresh from an earlier run.
     pub fn load_pending(&self) -> Result<BTreeSet<String>> {
         let path = self.root.join(PENDING_FILE);
-        match fs::read(&path) {
-            Ok(data) => serde_json::from_slice(&data).with_context(|| {
+        if self.files.stat(&self.root)?.is_none() {
+            return Ok(BTreeSet::new());
+        }
+        self.ensure()?;
+        match self.files.stat_read(&path)? {
+            None => Ok(BTreeSet::new()),
+            Some((_, Some(data))) => serde_json::from_slice(&data).with_context(|| {
                 format!(
                     "could not parse {} (delete it to drop pending refreshes)",
                     path.display()
                 )
             }),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(BTreeSet::new()),
-            Err(e) => Err(e).with_context(|| format!("could not read {}", path.display())),
+            Some((m, None)) => bail!(
+                "{} is a {}, not a file (delete it to drop pending refreshes)",
+                path.display(),
+                m.kind.as_str()
+            ),
         }
     }
 
-    /// Records the pending refreshes durably (write, fsync, rename) before the
-    /// run goes on, so a crash cannot lose a promised restart.
+    /// Records the pending refreshes durably (write, fsync, rename, directory
+    /// fsync) before the run goes on, so a crash cannot lose a promised
+    /// restart.
     pub fn save_pending(&self, pending: &BTreeSet<String>) -> Result<()> {
         self.ensure()?;
         let path = self.root.join(PENDING_FILE);
         let save = || -> Result<()> {
             if pending.is_empty() {
-                match fs::remove_file(&path) {
-                    Err(e) if e.kind() != ErrorKind::NotFound => return Err(e.into()),
-                    _ => {}
+                if self.files.stat(&path)?.is_some() {
+                    self.files.remove_file(&path)?;
                 }
             } else {
-                let mut tmp = tempfile::NamedTempFile::new_in(&self.root)?;
-                serde_json::to_writer(&mut tmp, pending)?;
-                tmp.as_file().sync_all()?;
-                tmp.persist(&path).map_err(|e| e.error)?;
+                let own = Ownership {
+                    uid: geteuid().as_raw(),
+                    gid: getegid().as_raw(),
+                    mode: 0o600,
+                };
+                self.files
+                    .write_atomic(&path, &serde_json::to_vec(pending)?, own)?;
             }
-            File::open(&self.root)?.sync_all()?;
             Ok(())
         };
         save().with_context(|| format!("could not record pending refreshes in {}", path.display()))
@@ -138,5 +188,55 @@ mod tests {
         assert_eq!(state.load_pending().unwrap(), set);
         state.save_pending(&BTreeSet::new()).unwrap();
         assert!(!dir.path().join(PENDING_FILE).exists());
+    }
+
+    #[test]
+    fn links_and_open_state_directories_are_refused() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+
+        let state = StateDir::new(dir.path().join("state"));
+        drop(state.lock().unwrap());
+        // A lock file or a pending file planted as a link is never written
+        // through: the lock is refused, the pending file replaced.
+        std::fs::remove_file(dir.path().join("state").join(LOCK_FILE)).unwrap();
+        symlink(&victim, dir.path().join("state").join(LOCK_FILE)).unwrap();
+        let err = format!("{:#}", state.lock().unwrap_err());
+        assert!(err.starts_with("could not open lock file"), "{err}");
+        symlink(&victim, dir.path().join("state").join(PENDING_FILE)).unwrap();
+        let err = format!("{:#}", state.load_pending().unwrap_err());
+        assert!(err.contains("is a link, not a file"), "{err}");
+        let set: BTreeSet<String> = ["service:x".to_string()].into();
+        state.save_pending(&set).unwrap();
+        assert_eq!(state.load_pending().unwrap(), set);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+
+        // The state directory itself as a link, or another user's; the
+        // agent's own is closed to others.
+        symlink(dir.path().join("state"), dir.path().join("link")).unwrap();
+        let err = format!(
+            "{:#}",
+            StateDir::new(dir.path().join("link")).lock().unwrap_err()
+        );
+        assert!(
+            err.ends_with("link: it is a link, not a directory"),
+            "{err}"
+        );
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let err = format!("{:#}", StateDir::new(&theirs).load_pending().unwrap_err());
+        assert!(
+            err.contains("theirs: it is owned by nobody, and must be the agent's"),
+            "{err}"
+        );
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        StateDir::new(&open).lock().unwrap();
+        let mode = std::fs::metadata(&open).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o700);
     }
 }

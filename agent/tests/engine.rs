@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -267,6 +268,34 @@ impl FileSystem for Fake {
     fn remove_dir_all(&self, path: &Path) -> Result<()> {
         self.change(format!("rm -r {}", path.display()));
         self.world().files.retain(|p, _| !p.starts_with(path));
+        Ok(())
+    }
+
+    fn list_dir(&self, path: &Path) -> Result<Vec<OsString>> {
+        Ok(self
+            .0
+            .borrow()
+            .files
+            .keys()
+            .filter(|p| p.parent() == Some(path))
+            .filter_map(|p| p.file_name().map(OsString::from))
+            .collect())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        self.change(format!("mv {} {}", from.display(), to.display()));
+        let mut w = self.world();
+        let moved: Vec<PathBuf> = w
+            .files
+            .keys()
+            .filter(|p| p.starts_with(from))
+            .cloned()
+            .collect();
+        for old in moved {
+            let file = w.files.remove(&old).expect("listed above");
+            let new = to.join(old.strip_prefix(from).expect("below from"));
+            w.files.insert(new, file);
+        }
         Ok(())
     }
 

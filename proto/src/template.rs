@@ -4,13 +4,18 @@
 //! Templates come from roles, which are hostile input: partials (which can
 //! include each other without end), decorators (which define inline partials)
 //! and the `log` helper (which writes to the log of whoever renders) are
-//! refused when a template is added, and a render stops at
-//! [`MAX_RENDERED_BYTES`].
+//! refused when a template is added, a render stops at [`MAX_RENDERED_BYTES`],
+//! and the loops of one [`Templates`] stop at [`MAX_LOOP_WORK`], so a
+//! template that loops without writing cannot run for ages either.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
-use handlebars::{Handlebars, RenderErrorReason};
+use handlebars::{
+    BlockContext, BlockParams, Context, Handlebars, Helper, HelperDef, HelperResult, JsonValue,
+    Output, RenderContext, RenderError, RenderErrorReason, Renderable, to_json,
+};
 use serde::Serialize;
 
 /// The most a single template may render to.
@@ -20,6 +25,14 @@ pub const MAX_RENDERED_BYTES: usize = 16 << 20;
 /// may nest: rendering recurses once per level, and a few hundred levels
 /// overflow a thread's stack.
 pub const MAX_NESTING: usize = 64;
+
+/// How many template elements the `{{#each}}` loops of one [`Templates`]
+/// may render in all: each pass through a loop costs one plus the number of
+/// elements in its body. Nested loops multiply, and a body that writes
+/// nothing never reaches the size limit, so this bounds the work (about a
+/// second). A file listing ten thousand hosts takes well under a million;
+/// rendering a role's whole 64 MiB in lines of 50 bytes takes about 3.
+pub const MAX_LOOP_WORK: usize = 8 << 20;
 
 /// Helpers a role may not call: `log` writes into the log of the agent or the
 /// server that renders the template.
@@ -35,6 +48,8 @@ pub struct TemplateError {
     pub too_large: bool,
 }
 
+/// The templates of one role. Renders share one loop budget
+/// ([`MAX_LOOP_WORK`]), so many templates cannot add up to unbounded work.
 pub struct Templates {
     hb: Handlebars<'static>,
 }
@@ -47,6 +62,12 @@ impl Default for Templates {
 
 impl Templates {
     pub fn new() -> Self {
+        Self::with_loop_budget(MAX_LOOP_WORK)
+    }
+
+    /// Templates whose loops may do `budget` work in all (see
+    /// [`MAX_LOOP_WORK`]).
+    fn with_loop_budget(budget: usize) -> Self {
         let mut hb = Handlebars::new();
         hb.set_strict_mode(true);
         hb.register_escape_fn(handlebars::no_escape);
@@ -54,6 +75,13 @@ impl Templates {
         for helper in REFUSED_HELPERS {
             hb.unregister_helper(helper);
         }
+        hb.register_helper(
+            "each",
+            Box::new(BoundedEach {
+                budget,
+                work_left: AtomicUsize::new(budget),
+            }),
+        );
         Templates { hb }
     }
 
@@ -257,6 +285,124 @@ fn check_helper(
     Ok(())
 }
 
+/// The `{{#each}}` block helper, as Handlebars has it (`this`, `@index`,
+/// `@key`, `@first`, `@last`, block parameters `as |value key|`, `{{else}}`
+/// for an empty or missing list), except that each loop first takes its work
+/// from a budget and fails once the budget is spent. The budget is charged
+/// up front, before any pass, so a loop over a huge list fails at once.
+struct BoundedEach {
+    budget: usize,
+    /// Shared by every render of one [`Templates`]; atomic only because
+    /// helpers must be `Sync`.
+    work_left: AtomicUsize,
+}
+
+impl HelperDef for BoundedEach {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        r: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        rc: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> HelperResult {
+        let list = h
+            .param(0)
+            .ok_or(RenderErrorReason::ParamNotFoundForIndex("each", 0))?;
+        let Some(body) = h.template() else {
+            return Ok(());
+        };
+        // Each pass as (key, value); `@key` exists for objects only.
+        let passes: Vec<(Option<&String>, &JsonValue)> = match list.value() {
+            JsonValue::Array(items) if !items.is_empty() || h.inverse().is_none() => {
+                items.iter().map(|v| (None, v)).collect()
+            }
+            JsonValue::Object(map) if !map.is_empty() || h.inverse().is_none() => {
+                map.iter().map(|(k, v)| (Some(k), v)).collect()
+            }
+            _ => {
+                return match h.inverse() {
+                    Some(inverse) => inverse.render(r, ctx, rc, out),
+                    None if r.strict_mode() => Err(RenderError::strict_error(list.relative_path())),
+                    None => Ok(()),
+                };
+            }
+        };
+        self.take(passes.len().saturating_mul(1 + body.elements.len()))?;
+        let params = match (h.block_param(), h.block_param_pair()) {
+            (Some(name), _) => Some((name, None)),
+            (None, Some((name, key_name))) => Some((name, Some(key_name))),
+            (None, None) => None,
+        };
+
+        let mut block = BlockContext::new();
+        match list.context_path() {
+            Some(path) => block.base_path_mut().clone_from(path),
+            None => block.set_base_value(list.value().clone()),
+        }
+        rc.push_block(block);
+        let last = passes.len().saturating_sub(1);
+        for (i, (key, value)) in passes.into_iter().enumerate() {
+            let Some(block) = rc.block_mut() else {
+                break;
+            };
+            block.set_local_var("first", to_json(i == 0));
+            block.set_local_var("last", to_json(i == last));
+            block.set_local_var("index", to_json(i));
+            if let Some(key) = key {
+                block.set_local_var("key", to_json(key));
+            }
+            // `this` is the item: a path below the list's when the list has
+            // one (so `../` and lookups resolve), else the value itself.
+            let segment = key.cloned().unwrap_or_else(|| i.to_string());
+            match list.context_path() {
+                Some(path) => {
+                    let mut item = path.clone();
+                    item.push(segment);
+                    *block.base_path_mut() = item;
+                }
+                None => block.set_base_value(value.clone()),
+            }
+            if let Some((name, key_name)) = params {
+                let mut params = BlockParams::new();
+                if list.context_path().is_some() {
+                    params.add_path(name, Vec::new())?;
+                } else {
+                    params.add_value(name, value.clone())?;
+                }
+                if let Some(key_name) = key_name {
+                    params.add_value(key_name, key.map_or_else(|| to_json(i), to_json))?;
+                }
+                block.set_block_params(params);
+            }
+            body.render(r, ctx, rc, out)?;
+        }
+        rc.pop_block();
+        Ok(())
+    }
+}
+
+impl BoundedEach {
+    /// Takes `work` from the budget, or spends it all and fails.
+    fn take(&self, work: usize) -> Result<(), RenderError> {
+        let taken = self
+            .work_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(work)
+            });
+        if taken.is_err() {
+            self.work_left.store(0, Ordering::Relaxed);
+            return Err(RenderErrorReason::Other(format!(
+                "the {{{{#each}}}} loops of the role's templates render more than \
+                 {} elements in all (nested loops multiply)",
+                self.budget
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
 /// Collects output up to `cap` bytes; past it, fails with
 /// [`io::ErrorKind::FileTooLarge`] so the render stops.
 struct CappedWriter {
@@ -372,5 +518,90 @@ mod tests {
         // The limit is never above MAX_RENDERED_BYTES.
         let data = json!({"vars": {"l": [1, 2, 3], "s": "x".repeat(6 << 20)}});
         assert!(t.render("big", &data, usize::MAX).unwrap_err().too_large);
+    }
+
+    #[test]
+    fn each_renders_as_handlebars_does() {
+        let mut plain = Handlebars::new();
+        plain.set_strict_mode(true);
+        plain.register_escape_fn(handlebars::no_escape);
+        let data = json!({"vars": {
+            "l": ["a", "b", "c"],
+            "m": {"x": 1, "y": {"z": 2}},
+            "n": [[1, 2], [3]],
+            "e": [],
+            "o": {},
+            "p": 7,
+        }});
+        let cases = [
+            "{{#each vars.l}}{{@index}}{{@first}}{{@last}}{{this}}{{../vars.p}}|{{/each}}",
+            "{{#each vars.m}}{{@key}}={{@index}}{{@first}}{{@last}}:{{this}}{{/each}}",
+            "{{#each vars.m.y as |v k|}}{{k}}->{{v}}{{/each}}",
+            "{{#each vars.l as |v i|}}{{i}}{{v}}{{#each ../vars.n as |w|}}[{{w.0}}{{@../index}}]{{/each}}{{/each}}",
+            "{{#each vars.n}}{{#each this}}{{this}}{{@../index}}{{lookup ../this 0}}{{/each}};{{/each}}",
+            "{{#each vars.e}}x{{else}}empty{{/each}}|{{#each vars.o}}x{{else}}none{{/each}}|{{#each vars.e}}x{{/each}}",
+            "{{#each vars.p}}x{{else}}not a list{{/each}}",
+            "{{#each (lookup vars \"l\")}}{{this}}{{@last}}{{/each}}",
+            "{{#each vars.l}}{{#with ../vars.m}}{{x}}{{@index}}{{/with}}{{/each}}",
+            "{{#each vars.l}}{{#if @first}}first {{else}}{{#unless @last}}mid {{/unless}}{{/if}}{{/each}}",
+            "{{#each vars.missing}}x{{/each}}",
+            "{{#each vars.p}}x{{/each}}",
+            "{{#each}}x{{/each}}",
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            let name = format!("t{i}");
+            let mut t = Templates::new();
+            t.add(&name, case).unwrap();
+            plain.register_template_string(&name, case).unwrap();
+            let ours = t
+                .render(&name, &data, MAX_RENDERED_BYTES)
+                .map_err(|e| e.message);
+            let theirs = plain
+                .render(&name, &data)
+                .map_err(|e| e.reason().to_string());
+            match theirs {
+                Ok(out) => assert_eq!(ours, Ok(out), "{case}"),
+                Err(_) => assert!(ours.is_err(), "{case}: {ours:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn loops_that_write_nothing_are_bounded() {
+        // 10^11 comments rendered to nothing: never near the size limit, and
+        // this used to render for days.
+        let l: Vec<u32> = (0..10_000).collect();
+        let data = json!({"vars": {"l": l}});
+        let mut t = Templates::new();
+        let body = "{{! nothing }}".repeat(1000);
+        let source = format!(
+            "ok\n{{{{#each vars.l}}}}{{{{#each ../vars.l}}}}{body}{{{{/each}}}}{{{{/each}}}}"
+        );
+        t.add("loops", &source).unwrap();
+        let e = t.render("loops", &data, MAX_RENDERED_BYTES).unwrap_err();
+        assert!(!e.too_large, "{e:?}");
+        assert_eq!(
+            (e.line, e.column, e.message.as_str()),
+            (
+                2,
+                17,
+                "the {{#each}} loops of the role's templates render more than 8388608 \
+                 elements in all (nested loops multiply)"
+            )
+        );
+        // The budget is shared by the role's templates: small renders add up.
+        let mut t = Templates::with_loop_budget(100_000);
+        t.add(
+            "one",
+            "{{#each vars.l}}{{#each ../vars.l}}{{/each}}{{/each}}",
+        )
+        .unwrap();
+        let data = json!({"vars": {"l": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}});
+        let mut renders = 0;
+        while t.render("one", &data, MAX_RENDERED_BYTES).is_ok() {
+            renders += 1;
+        }
+        // Each render takes 10 * 2 + 10 * 10 * 1.
+        assert_eq!(renders, 100_000 / 120);
     }
 }

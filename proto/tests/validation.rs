@@ -581,10 +581,13 @@ fn rendered_size_is_bounded_per_template_and_per_role() {
         d[0].to_string(),
         "templates/x.hbs:1:199: rendering for file:/etc/x: the template renders to more than 16 MiB\n  help: use `source` for large files"
     );
-    // 4^10 × 12 bytes, 12 MiB each: five files fit, not six.
+    // 4^9 × 48 bytes, 12 MiB each: five files fit, not six.
     let template = format!("{each}{}", "{{/each}}".repeat(9)).replace(
         "{{#each @root.vars.l}}{{/each}}",
-        "{{#each @root.vars.l}}{{#each @root.vars.l}}0123456789ab{{/each}}{{/each}}",
+        &format!(
+            "{{{{#each @root.vars.l}}}}{}{{{{/each}}}}",
+            "0123456789ab".repeat(4)
+        ),
     );
     let files: String = (0..6)
         .map(|i| format!("[[file]]\npath = \"/etc/x{i}\"\ntemplate = \"x.hbs\"\n"))

@@ -185,3 +185,89 @@ fn system_users_get_their_declared_home_only_and_no_skeleton() {
         "{dir} should not exist"
     );
 }
+
+/// Swaps each home named on its command line, in order, for a link to root's
+/// directory the moment it appears under `/home/eve/homes`: an unprivileged
+/// user who owns the parent racing whoever makes the home, between making
+/// it and filling it from `/etc/skel`. Each wait spins on one `lstat`, so the
+/// swap comes within microseconds.
+const HOME_SWAPPER: &str = r#"
+my $dir = "/home/eve/homes";
+my $swaps = 0;
+$SIG{TERM} = sub { print "swaps $swaps\n"; exit 0 };
+$| = 1;
+print "swapping\n";
+for my $name (@ARGV) {
+    1 until !-l "$dir/$name" && -d _;
+    rename("$dir/$name", "$dir/moved-$name") or die "rename: $!";
+    symlink("/root/secret", "$dir/$name") or die "symlink: $!";
+    $swaps++;
+}
+print "swaps $swaps\n";
+"#;
+
+/// Homes made for users are made through the agent's walk: a home swapped
+/// for a link while it is made and filled from `/etc/skel` is refused, by
+/// name, and root's directory the link leads to is untouched.
+#[test]
+fn a_home_swapped_for_a_link_while_it_is_made_is_refused() {
+    let m = Machine::boot("home-race");
+    m.sh_ok(
+        "useradd --create-home eve && mkdir -m 0700 /root/secret \
+         && echo root > /root/secret/keys && chmod 0600 /root/secret/keys \
+         && runuser -u eve -- mkdir /home/eve/homes",
+    );
+    let victim = "cd /root/secret && find . -printf '%p %u:%g %m\\n' | sort && cat keys";
+    let before = m.sh_ok(victim);
+    m.write_file("/tmp/swapper.pl", HOME_SWAPPER);
+    let names: Vec<String> = (0..5)
+        .flat_map(|round| (0..10).map(move |i| format!("u{round}{i}")))
+        .collect();
+    m.sh_ok(&format!(
+        "runuser -u eve -- perl /tmp/swapper.pl {} >/tmp/swapper.log 2>&1 &",
+        names.join(" ")
+    ));
+    m.sh_ok(
+        "for i in $(seq 50); do grep -q swapping /tmp/swapper.log && exit 0; sleep 0.1; done; \
+         cat /tmp/swapper.log; exit 1",
+    );
+    // Users whose home the swap caught: their creation is refused, naming
+    // the link (or the home gone, between the swapper's two steps).
+    let mut caught = 0;
+    for round in 0..5 {
+        if caught > 0 {
+            break;
+        }
+        let mut role = format!("[role]\nname = \"homes{round}\"\n");
+        for i in 0..10 {
+            role += &format!(
+                "\n[[user]]\nname = \"u{round}{i}\"\nhome = \"/home/eve/homes/u{round}{i}\"\n"
+            );
+        }
+        m.write_file("/root/roles/homes/role.toml", role);
+        let run = m.apply_json("/root/roles/homes", &[]);
+        assert_eq!(m.sh_ok(victim), before, "the victim changed:\n{run}");
+        for r in &run.report.resources {
+            let Some(err) = &r.error else {
+                continue;
+            };
+            let link = format!("/home/eve/{}", r.id.replace("user:", "homes/"));
+            assert!(
+                err.contains(&format!(
+                    "{link} is a symbolic link owned by eve; Cairn does not write through it"
+                )) || err.contains("it is a symbolic link; Cairn does not follow it")
+                    // Caught between the swapper's rename and its link.
+                    || err.contains(&format!("{link} does not exist")),
+                "{}: {err}\n{run}",
+                r.id
+            );
+            caught += 1;
+        }
+    }
+    let log = m.sh_ok("pkill -TERM -u eve; sleep 0.5; cat /tmp/swapper.log");
+    assert_eq!(m.sh_ok(victim), before);
+    assert!(
+        caught > 0,
+        "no home was swapped while it was made; swapper: {log}"
+    );
+}

@@ -120,35 +120,37 @@ fn links_planted_by_a_user_are_not_followed() {
     );
 }
 
-/// Files the user swaps for links while the agent changes their mode.
+/// Files the user swaps for links while the agent changes their owner and mode.
 const SWAPPED: usize = 20;
 
-/// Swaps each `fN` in the user's home for a link to root's file the moment
-/// something reads it (inotify through Perl's `syscall`, Perl being always
-/// there on Debian): after the agent has checked the file, before it sets
-/// the mode.
+/// Flips each `fN` in the user's home between the user's own file (content
+/// the role declares, so only owner and mode drift) and a link to root's
+/// file, as fast as it can, until killed: some flips land between the
+/// agent's check and its change. Plain Perl, no system call numbers, so it
+/// runs on any architecture. Prints how many flips it made on SIGTERM.
 const SWAPPER: &str = r#"
 my $home = "/home/eve";
 chdir $home or die;
-my $fd = syscall(294, 0);                      # inotify_init1 (x86_64 numbers)
-syscall(254, $fd, $home, 0x10) >= 0 or die;    # add_watch, IN_CLOSE_NOWRITE
-open(my $in, "<&=", $fd) or die;
+my $flips = 0;
+$SIG{TERM} = sub { print "flips $flips\n"; exit 0 };
 $| = 1;
-print "watching\n";
-while (sysread($in, my $buf, 65536) > 0) {
-    for (my $off = 0; $off < length $buf;) {
-        my ($wd, $mask, $cookie, $len) = unpack("iIII", substr($buf, $off, 16));
-        my $name = unpack("Z*", substr($buf, $off + 16, $len));
-        $off += 16 + $len;
-        next unless $name =~ /^f\d+$/;
-        symlink("/root/secret/keys", "l$name");
-        rename("l$name", $name);
+print "swapping\n";
+while (1) {
+    for my $i (0 .. COUNT - 1) {
+        symlink("/root/secret/keys", "l$i") or die "symlink: $!";
+        rename("l$i", "f$i") or die "rename: $!";
+        open(my $f, ">", "n$i") or die "open: $!";
+        print $f "x\n";
+        close $f;
+        rename("n$i", "f$i") or die "rename: $!";
+        $flips++;
     }
 }
 "#;
 
-/// A file swapped for a link between the agent's check and its chmod: the
-/// mode lands on the file or nowhere, never on the link's target.
+/// A file swapped for a link between the agent's check and its change: the
+/// owner and mode land on a file of the agent's own or nowhere, never on the
+/// link's target.
 #[test]
 fn a_file_swapped_for_a_link_never_gets_the_mode() {
     let m = Machine::boot("links-race");
@@ -165,44 +167,74 @@ fn a_file_swapped_for_a_link_never_gets_the_mode() {
         );
     }
     m.write_file("/root/roles/mode/role.toml", role);
-    m.write_file("/tmp/swapper.pl", SWAPPER);
+    m.write_file(
+        "/tmp/swapper.pl",
+        SWAPPER.replace("COUNT", &SWAPPED.to_string()),
+    );
     m.sh_ok(&format!(
         "runuser -u {USER} -- perl /tmp/swapper.pl >/tmp/swapper.log 2>&1 &"
     ));
-    // Waits for the watch, so no run goes by unwatched.
     m.sh_ok(
-        "for i in $(seq 50); do grep -q watching /tmp/swapper.log && exit 0; sleep 0.1; done; \
+        "for i in $(seq 50); do grep -q swapping /tmp/swapper.log && exit 0; sleep 0.1; done; \
          cat /tmp/swapper.log; exit 1",
     );
-    let mut caught = 0;
-    for _ in 0..20 {
-        if caught >= 10 {
-            break;
-        }
-        // The user's own files again, before each run.
-        as_user(
-            &m,
-            &format!(
-                "cd && for i in $(seq 0 {}); do echo x > n$i && mv -T n$i f$i; done",
-                SWAPPED - 1
-            ),
-        );
+    // Runs that met a link: in their check (the link is replaced) or later
+    // (the change is refused).
+    let mut met = 0;
+    for _ in 0..10 {
         let run = m.apply_json("/root/roles/mode", &[]);
         assert_eq!(victim_state(&m), before, "the victim changed:\n{run}");
-        caught += run
-            .report
-            .resources
-            .iter()
-            .filter(|r| {
-                r.error
-                    .as_deref()
-                    .is_some_and(|e| e.contains("symbolic link; Cairn does not follow it"))
+        met += (0..SWAPPED)
+            .filter(|i| {
+                let id = format!("file:/home/{USER}/f{i}");
+                run.has_change(&id, "ensure", "link", "file")
+                    || run
+                        .resource(&id)
+                        .error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("symbolic link"))
             })
             .count();
     }
-    let log = m.sh_ok("pkill -u eve; cat /tmp/swapper.log");
-    assert!(
-        caught > 0,
-        "no file was swapped between check and chmod; swapper: {log}"
+    let log = m.sh_ok("pkill -TERM -u eve; sleep 0.5; cat /tmp/swapper.log");
+    assert_eq!(victim_state(&m), before);
+    assert!(met > 0, "the agent never met a link; swapper: {log}");
+}
+
+/// A managed file that is a hard link to root's file (as a user can make
+/// with `fs.protected_hardlinks` off; made here by root): its content already
+/// matches, so only owner and mode drift, and changing them in place would
+/// change root's file. The managed path gets a file of its own instead.
+#[test]
+fn a_hard_link_to_a_root_file_gets_a_file_of_its_own() {
+    let m = Machine::boot("links-hard");
+    m.sh_ok(&format!(
+        "useradd --create-home {USER} && mkdir -m 0700 {VICTIM} \
+         && echo root > {VICTIM}/keys && chmod 0600 {VICTIM}/keys \
+         && ln {VICTIM}/keys /home/{USER}/keys"
+    ));
+    let before = victim_state(&m);
+    m.write_file(
+        "/root/roles/hard/role.toml",
+        format!(
+            "[role]\nname = \"hard\"\n\n[[file]]\npath = \"/home/{USER}/keys\"\n\
+             content = \"root\\n\"\nowner = \"{USER}\"\nmode = \"0644\"\n"
+        ),
     );
+    let run = m.apply_json("/root/roles/hard", &[]);
+    assert_eq!(
+        run.ids(Changed),
+        [format!("file:/home/{USER}/keys")],
+        "{run}"
+    );
+    assert_eq!(victim_state(&m), before, "the victim changed:\n{run}");
+    assert_eq!(
+        m.sh_ok(&format!(
+            "stat -c '%U %a %h' /home/{USER}/keys {VICTIM}/keys && cat /home/{USER}/keys"
+        )),
+        format!("{USER} 644 1\nroot 600 1\nroot\n")
+    );
+    // Converged: a second run changes nothing.
+    let again = m.apply_json("/root/roles/hard", &[]);
+    assert!(again.ids(Changed).is_empty(), "{again}");
 }

@@ -16,18 +16,18 @@ use std::hash::{BuildHasher, RandomState};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::thread::LocalKey;
 
 use anyhow::{Context, Result, anyhow, bail};
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat, renameat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{Gid, Group, Uid, UnlinkatFlags, User, fchown, fchownat, fsync, unlinkat};
 
-use self::resolve::{DirFd, Resolver, kind};
+pub use self::resolve::DirFd;
+use self::resolve::{Resolver, kind};
 use super::FileSystem;
 
 mod resolve;
@@ -59,6 +59,34 @@ pub struct Meta {
     pub gid: u32,
     /// Permission bits, including setuid, setgid and sticky (`0o7777`).
     pub mode: u32,
+}
+
+/// One version of a file or directory, known without reading it: which file
+/// (device, inode) and which state of it (size, modification and change
+/// times; a write, a new entry, a chmod or chown each move the change time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+pub fn stamp(st: &FileStat) -> Stamp {
+    Stamp {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        size: st.st_size,
+        mtime: (st.st_mtime, st.st_mtime_nsec),
+        ctime: (st.st_ctime, st.st_ctime_nsec),
+    }
+}
+
+/// The [`Stamp`] of what `path` names now, links followed: for files the
+/// agent only reads, as the account files.
+pub fn stamp_path(path: &Path) -> nix::Result<Stamp> {
+    nix::sys::stat::stat(path).map(|st| stamp(&st))
 }
 
 /// Ownership and permissions for something being created or changed.
@@ -102,40 +130,24 @@ impl Posix {
         }
     }
 
-    /// Walks to the directory `path` as every change here does, refusing a
-    /// link someone other than root placed; `false` when it does not exist.
-    pub fn reach_dir(&self, path: &Path) -> Result<bool> {
-        Ok(self.paths.dir(path)?.is_some())
+    /// Notes that the agent changed the entries of the directory holding
+    /// `path`, so its cached handle stays in use (see [`Resolver::touched`]).
+    fn changed_entries_of(&self, path: &Path) {
+        if let Some(parent) = path.parent() {
+            self.paths.touched(parent);
+        }
     }
 
-    /// Creates the missing directories above `path` as `mkdir -p` does:
-    /// root's, mode 0755.
-    pub fn create_parents(&self, path: &Path) -> Result<()> {
-        let Some(parent) = path.parent() else {
-            return Ok(());
-        };
-        // From the top down, `/` left out.
-        let mut above: Vec<&Path> = parent
-            .ancestors()
-            .take_while(|p| p.parent().is_some())
-            .collect();
-        above.reverse();
-        for dir in above {
-            if self.stat(dir)?.is_none() {
-                let own = Ownership {
-                    uid: 0,
-                    gid: 0,
-                    mode: 0o755,
-                };
-                self.create_dir(dir, own)?;
-            }
-        }
-        Ok(())
+    /// The directory `path`, reached as every change here reaches it
+    /// (refusing a link someone other than root placed); `None` when it does
+    /// not exist. For files kept open, as the agent's run lock.
+    pub fn dir(&self, path: &Path) -> Result<Option<DirFd>> {
+        self.paths.dir(path)
     }
 
     /// Removes the temporary files an interrupted write left in `dir`, once
     /// per directory and run.
-    fn sweep(&self, dir: &DirFd) -> Result<()> {
+    fn sweep(&self, dir: &DirFd, path: &Path) -> Result<()> {
         let st = fstat(&**dir)?;
         if !self.swept.borrow_mut().insert((st.st_dev, st.st_ino)) {
             return Ok(());
@@ -155,7 +167,8 @@ impl Posix {
             .collect();
         for name in leftovers {
             match unlinkat(&**dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
-                Ok(()) | Err(Errno::ENOENT) => {}
+                Ok(()) => self.changed_entries_of(path),
+                Err(Errno::ENOENT) => {}
                 Err(e) => {
                     return Err(e).with_context(|| {
                         format!("could not remove the leftover {}", name.to_string_lossy())
@@ -214,7 +227,7 @@ impl FileSystem for Posix {
     fn write_atomic(&self, path: &Path, data: &[u8], own: Ownership) -> Result<()> {
         let write = || -> Result<()> {
             let (dir, name) = self.parent_of(path)?;
-            self.sweep(&dir)?;
+            self.sweep(&dir, path)?;
             let (temp, fd) = create_temp(&dir, name)?;
             let fill = || -> Result<()> {
                 let mut f = fs::File::from(fd);
@@ -233,10 +246,12 @@ impl FileSystem for Posix {
                     .context("could not rename into place")?;
                 Ok(())
             };
-            if let Err(e) = fill() {
+            let filled = fill();
+            if filled.is_err() {
                 let _ = unlinkat(&*dir, temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-                return Err(e);
             }
+            self.changed_entries_of(path);
+            filled?;
             sync_dir(&dir)
         };
         write().with_context(|| format!("could not write {}", path.display()))
@@ -247,6 +262,7 @@ impl FileSystem for Posix {
             let (dir, name) = self.parent_of(path)?;
             // Nobody else's until it has its owner and mode.
             mkdirat(&*dir, name, Mode::S_IRWXU)?;
+            self.changed_entries_of(path);
             let fd = open_at(&dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
             fchown(
                 &fd,
@@ -262,12 +278,21 @@ impl FileSystem for Posix {
     fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> Result<()> {
         let chown = || -> Result<()> {
             let (dir, name) = self.parent_of(path)?;
-            fchownat(
+            // The owner goes to what was opened and checked: a link itself,
+            // never its target.
+            let fd = openat(
                 &*dir,
                 name,
+                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            refuse_shared(&fstat(&fd)?)?;
+            fchownat(
+                &fd,
+                "",
                 Some(Uid::from_raw(uid)),
                 Some(Gid::from_raw(gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
+                AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
             )?;
             Ok(())
         };
@@ -279,9 +304,11 @@ impl FileSystem for Posix {
             let (dir, name) = self.parent_of(path)?;
             // The mode goes to what was opened: never a link's target.
             let fd = open_at(&dir, name, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
-            if !matches!(kind(&fstat(&fd)?), SFlag::S_IFREG | SFlag::S_IFDIR) {
+            let st = fstat(&fd)?;
+            if !matches!(kind(&st), SFlag::S_IFREG | SFlag::S_IFDIR) {
                 bail!("not a regular file or directory");
             }
+            refuse_shared(&st)?;
             fchmod(&fd, Mode::from_bits_truncate(mode))?;
             Ok(())
         };
@@ -292,6 +319,7 @@ impl FileSystem for Posix {
         let remove = || -> Result<()> {
             let (dir, name) = self.parent_of(path)?;
             unlinkat(&*dir, name, UnlinkatFlags::NoRemoveDir)?;
+            self.changed_entries_of(path);
             sync_dir(&dir)
         };
         remove().with_context(|| format!("could not remove {}", path.display()))
@@ -300,11 +328,60 @@ impl FileSystem for Posix {
     fn remove_dir_all(&self, path: &Path) -> Result<()> {
         let remove = || -> Result<()> {
             let (dir, name) = self.parent_of(path)?;
-            self.paths.forget(path);
-            remove_tree(&*dir, name)?;
+            let removed = remove_tree(&*dir, name);
+            self.changed_entries_of(path);
+            removed?;
             sync_dir(&dir)
         };
         remove().with_context(|| format!("could not remove directory {}", path.display()))
+    }
+
+    fn list_dir(&self, path: &Path) -> Result<Vec<OsString>> {
+        let list = || -> Result<Vec<OsString>> {
+            let dir = self
+                .paths
+                .dir(path)?
+                .ok_or_else(|| anyhow!("it does not exist"))?;
+            let mut entries = Dir::openat(
+                &*dir,
+                ".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            let mut names = Vec::new();
+            for entry in entries.iter() {
+                let name = entry?.file_name().to_bytes().to_vec();
+                if name != b"." && name != b".." {
+                    names.push(OsString::from_vec(name));
+                }
+            }
+            names.sort();
+            Ok(names)
+        };
+        list().with_context(|| format!("could not list directory {}", path.display()))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<()> {
+        let rename = || -> Result<()> {
+            let (from_dir, from_name) = self.parent_of(from)?;
+            let (to_dir, to_name) = self.parent_of(to)?;
+            match renameat2(
+                &*from_dir,
+                from_name,
+                &*to_dir,
+                to_name,
+                RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Ok(()) => {}
+                Err(Errno::EXDEV) => bail!("they are on different file systems"),
+                Err(e) => return Err(e.into()),
+            }
+            self.changed_entries_of(from);
+            self.changed_entries_of(to);
+            sync_dir(&from_dir)?;
+            sync_dir(&to_dir)
+        };
+        rename().with_context(|| format!("could not move {} to {}", from.display(), to.display()))
     }
 
     fn uid_of(&self, user: &str) -> Result<u32> {
@@ -372,6 +449,20 @@ fn read_file(dir: &DirFd, name: &OsStr) -> Result<(FileStat, Vec<u8>)> {
     let mut data = Vec::with_capacity(usize::try_from(st.st_size).unwrap_or(0));
     fs::File::from(fd).take(u64::MAX).read_to_end(&mut data)?;
     Ok((st, data))
+}
+
+/// Refuses to change the owner or mode of a regular file with other names
+/// (hard links): that would change every one of them, and one may be a file
+/// its owner had no right to change (with `fs.protected_hardlinks` off).
+fn refuse_shared(st: &FileStat) -> Result<()> {
+    if kind(st) == SFlag::S_IFREG && st.st_nlink > 1 {
+        bail!(
+            "it is one of {} hard links to one file; Cairn does not change the owner or mode \
+             of a file shared with other names",
+            st.st_nlink
+        );
+    }
+    Ok(())
 }
 
 /// Whether `name` is a temporary file of an atomic write.
@@ -480,7 +571,7 @@ fn owner_name(uid: u32) -> String {
 /// for the same few owners of every file.
 #[derive(Default)]
 struct NameCache {
-    stamp: Option<(u64, i64, i64, u64)>,
+    stamp: Option<Stamp>,
     names: HashMap<u32, String>,
 }
 
@@ -495,11 +586,9 @@ fn cached_name(
     id: u32,
     lookup: impl FnOnce(u32) -> Option<String>,
 ) -> String {
-    // Inode, mtime and size: a user added during the run (even by a rename
-    // over the file) makes the cache start again.
-    let stamp = fs::metadata(file)
-        .ok()
-        .map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.size()));
+    // A user added during the run (even by a rename over the file) makes the
+    // cache start again.
+    let stamp = stamp_path(Path::new(file)).ok();
     cache.with(|c| {
         let mut c = c.borrow_mut();
         if c.stamp != stamp {
@@ -515,7 +604,7 @@ fn cached_name(
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 
     use super::*;
 
@@ -653,7 +742,7 @@ mod tests {
         fs::write(tree.join("a/b/f"), "").unwrap();
         symlink(&outside, tree.join("a/link")).unwrap();
         let files = Posix::default();
-        assert!(files.reach_dir(&tree.join("a")).unwrap(), "cached");
+        assert!(files.dir(&tree.join("a")).unwrap().is_some(), "cached");
         files.remove_dir_all(&tree).unwrap();
         assert!(!tree.exists());
         assert_eq!(fs::read(outside.join("precious")).unwrap(), b"keep");
@@ -676,5 +765,59 @@ mod tests {
             .unwrap();
         let m = files.stat(&dir.path().join("x/y/z")).unwrap().unwrap();
         assert_eq!((m.kind, m.mode), (FileKind::Directory, 0o2750));
+    }
+
+    #[test]
+    fn a_file_with_other_names_is_never_moded_or_chowned_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "secret").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        let managed = dir.path().join("f");
+        fs::hard_link(&victim, &managed).unwrap();
+        let files = Posix::default();
+        let me = mine(0);
+        for e in [
+            files.set_mode(&managed, 0o644).unwrap_err(),
+            files.set_owner(&managed, me.uid, me.gid + 1).unwrap_err(),
+        ] {
+            assert!(
+                format!("{e:#}").ends_with(
+                    "it is one of 2 hard links to one file; Cairn does not change the owner \
+                     or mode of a file shared with other names"
+                ),
+                "{e:#}"
+            );
+        }
+        let st = fs::metadata(&victim).unwrap();
+        assert_eq!((st.mode() & 0o7777, st.gid()), (0o600, me.gid));
+        // A write gives the managed name its own file.
+        files.write_atomic(&managed, b"mine", mine(0o644)).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"secret");
+        assert_eq!(mode_of(&victim), 0o600);
+    }
+
+    #[test]
+    fn the_agents_own_changes_keep_a_directory_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Posix::default();
+        let first = files.paths.dir(dir.path()).unwrap().unwrap();
+        files
+            .write_atomic(&dir.path().join("a"), b"a", mine(0o644))
+            .unwrap();
+        files
+            .create_dir(&dir.path().join("d"), mine(0o755))
+            .unwrap();
+        files.remove_file(&dir.path().join("a")).unwrap();
+        files.remove_dir_all(&dir.path().join("d")).unwrap();
+        let again = files.paths.dir(dir.path()).unwrap().unwrap();
+        assert!(std::rc::Rc::ptr_eq(&first, &again), "walked again");
+        // Someone else's change still makes the next use walk again.
+        fs::write(dir.path().join("b"), "b").unwrap();
+        let after = files.paths.dir(dir.path()).unwrap().unwrap();
+        assert!(
+            !std::rc::Rc::ptr_eq(&first, &after),
+            "cached across a foreign change"
+        );
     }
 }

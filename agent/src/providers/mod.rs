@@ -3,11 +3,13 @@
 //! Each provider is a small capability set behind a trait. A [`Host`] holds one
 //! of each: given by the caller ([`Providers`]; tests give in-memory ones), or
 //! chosen from facts, where each provider declares when it fits as data
-//! ([`Needs`]) and [`select`] reads that. Choosing touches nothing: a provider
-//! reads the host only when a resource first asks it something, so a role
-//! without services runs where systemd is not running. Files ([`fs`]) and the
+//! ([`Needs`]) and [`select`] reads that. Choosing only looks (a program in
+//! `PATH`, a directory) and runs nothing: a provider reads the host's state
+//! only when a resource first asks it something, so a role without services
+//! runs where systemd is not running. Files ([`fs`]) and the
 //! role's shell commands ([`process`]) are POSIX everywhere and need no choosing.
 
+use std::ffi::OsString;
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
@@ -107,8 +109,10 @@ pub trait AccountProvider {
     fn create_group(&self, group: &cairn_proto::role::Group) -> Result<()>;
     fn set_gid(&self, name: &str, gid: u32) -> Result<()>;
     fn delete_group(&self, name: &str) -> Result<()>;
-    fn create_user(&self, user: &cairn_proto::role::User) -> Result<()>;
-    fn modify_user(&self, name: &str, changes: &UserChanges) -> Result<()>;
+    /// Creates `user`; its home, if any, is made through `files`.
+    fn create_user(&self, user: &cairn_proto::role::User, files: &dyn FileSystem) -> Result<()>;
+    /// Changes `name`; a home it moves is moved through `files`.
+    fn modify_user(&self, name: &str, changes: &UserChanges, files: &dyn FileSystem) -> Result<()>;
     fn delete_user(&self, name: &str) -> Result<()>;
 }
 
@@ -140,6 +144,35 @@ pub trait FileSystem {
     fn remove_file(&self, path: &Path) -> Result<()>;
     /// Removes a directory with everything in it.
     fn remove_dir_all(&self, path: &Path) -> Result<()>;
+    /// Creates the missing directories above `path` as `mkdir -p` does:
+    /// root's, mode 0755.
+    fn create_parents(&self, path: &Path) -> Result<()> {
+        let Some(parent) = path.parent() else {
+            return Ok(());
+        };
+        // From the top down, `/` left out.
+        let mut above: Vec<&Path> = parent
+            .ancestors()
+            .take_while(|p| p.parent().is_some())
+            .collect();
+        above.reverse();
+        for dir in above {
+            if self.stat(dir)?.is_none() {
+                let own = Ownership {
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o755,
+                };
+                self.create_dir(dir, own)?;
+            }
+        }
+        Ok(())
+    }
+    /// The names in the directory `path`, sorted.
+    fn list_dir(&self, path: &Path) -> Result<Vec<OsString>>;
+    /// Moves `from` to `to`, which must not exist; an error across file
+    /// systems.
+    fn rename(&self, from: &Path, to: &Path) -> Result<()>;
     /// The uid of the user named `user`; an error when there is none.
     fn uid_of(&self, user: &str) -> Result<u32>;
     /// The gid of the group named `group`; an error when there is none.

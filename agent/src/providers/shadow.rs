@@ -3,9 +3,14 @@
 //! Reads parse `/etc/passwd` and `/etc/group` directly: a run asks about many
 //! accounts, and parsing both files once costs less than spawning one process.
 //! The parsed files are cached and trusted only while both files keep the same
-//! inode, size and modification time (shadow tools replace them by rename), so
+//! [`Stamp`] (shadow tools replace them by rename), so
 //! changes made by hand or by another tool are seen, and the cache is dropped
 //! after every change made here.
+//!
+//! Homes are made, filled from `/etc/skel` and moved here, through the
+//! host's [`FileSystem`], never by the tools: they work by path as root, so a
+//! user owning a directory on the way could swap a component for a link
+//! between a check and their call.
 //!
 //! Only local accounts are seen and managed: a user that exists only in LDAP
 //! (through NSS) reads as absent here, and creating it makes a local one.
@@ -13,13 +18,12 @@
 use std::cell::RefCell;
 use std::ffi::OsString;
 use std::io::ErrorKind;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use cairn_proto::role;
 
-use super::fs::{FileKind, Ownership, Posix};
+use super::fs::{FileKind, Ownership, Stamp, stamp_path};
 use super::process::run_ok;
 use super::{FileSystem, GroupEntry, Needs, UserChanges, UserEntry};
 
@@ -30,13 +34,14 @@ pub const NEEDS: &[Needs] = &[Needs::Command("useradd"), Needs::Command("groupad
 /// `adduser --system` uses (`SYS_DIR_MODE`).
 const SYSTEM_HOME_MODE: u32 = 0o755;
 
+/// How deep `/etc/skel` is copied: it is root's, but a loop is a loop.
+const MAX_SKEL_DEPTH: usize = 16;
+
 pub struct Shadow {
     /// `/` for this system. Another directory holds a copy of `etc/` (an image
     /// being built, or a test), and every command gets `--prefix` for it.
     root: PathBuf,
     cache: RefCell<Option<Db>>,
-    /// Homes are looked at and made through it, so no link is followed there.
-    files: Posix,
 }
 
 /// One line of `/etc/passwd`.
@@ -56,16 +61,6 @@ pub struct GroupLine {
     pub name: String,
     pub gid: u32,
     pub members: Vec<String>,
-}
-
-/// Identifies one version of a file without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: i64,
-    mtime_nsec: i64,
 }
 
 struct Db {
@@ -91,7 +86,6 @@ impl Shadow {
         Shadow {
             root: root.into(),
             cache: RefCell::new(None),
-            files: Posix::default(),
         }
     }
 
@@ -144,63 +138,147 @@ impl Shadow {
     }
 
     /// Refuses a home that a link someone other than root placed leads to or
-    /// through: useradd and usermod create, fill and chown it by path, as root.
-    fn check_home(&self, home: &str) -> Result<()> {
-        self.files
-            .reach_dir(&self.host_path(home))
+    /// through, before the account is created or changed.
+    fn check_home(&self, files: &dyn FileSystem, home: &str) -> Result<()> {
+        files
+            .stat(&self.host_path(home))
             .map(drop)
             .with_context(|| format!("will not make the home {home}"))
+    }
+
+    /// A value of `/etc/login.defs` (`KEY value`), as useradd reads it.
+    fn login_def(&self, key: &str) -> Option<String> {
+        let defs = std::fs::read_to_string(self.root.join("etc/login.defs")).ok()?;
+        defs.lines().find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(key)).then(|| words.next().map(str::to_string))?
+        })
+    }
+
+    /// The mode useradd gives a new home: `HOME_MODE`, else what `UMASK`
+    /// leaves of 0777 (Debian: 022, so 0755).
+    fn home_mode(&self) -> u32 {
+        let octal = |key| {
+            self.login_def(key)
+                .and_then(|v| u32::from_str_radix(&v, 8).ok())
+        };
+        octal("HOME_MODE").unwrap_or_else(|| 0o777 & !octal("UMASK").unwrap_or(0o022)) & 0o7777
+    }
+
+    /// The value of `KEY=` in `/etc/default/useradd`.
+    fn useradd_default(&self, key: &str) -> Option<String> {
+        let defaults = std::fs::read_to_string(self.root.join("etc/default/useradd")).ok()?;
+        let prefix = format!("{key}=");
+        defaults
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&prefix).map(str::to_string))
     }
 
     /// The home useradd gives `name` when the role declares none: under
     /// `HOME` of `/etc/default/useradd`, else `/home`.
     fn default_home(&self, name: &str) -> String {
-        let defaults = std::fs::read_to_string(self.root.join("etc/default/useradd"));
-        let base = defaults
-            .ok()
-            .and_then(|d| {
-                d.lines()
-                    .find_map(|l| l.trim().strip_prefix("HOME=").map(str::to_string))
-            })
+        let base = self
+            .useradd_default("HOME")
             .filter(|b| b.starts_with('/'))
             .unwrap_or_else(|| "/home".into());
         format!("{}/{name}", base.trim_end_matches('/'))
     }
 
-    /// Creates a system user's declared home the way `adduser --system` does:
-    /// owned by the user and its primary group, without copying `/etc/skel`
-    /// (a service account needs no shell dotfiles). An existing directory is
-    /// left as it is.
-    fn create_system_home(&self, name: &str, home: &str) -> Result<()> {
+    /// Makes the home of the user `name` as `useradd --create-home` would,
+    /// unless something is at its path already (useradd leaves that alone
+    /// too): missing parents root's and 0755, the home the user's with
+    /// [`Self::home_mode`] (`SYSTEM_HOME_MODE` for a system user), filled from
+    /// the skeleton directory (`SKEL` of `/etc/default/useradd`, else
+    /// `/etc/skel`) unless `skel` is false.
+    fn create_home(
+        &self,
+        files: &dyn FileSystem,
+        name: &str,
+        home: &str,
+        system: bool,
+    ) -> Result<()> {
         let path = self.host_path(home);
-        if self.files.stat(&path)?.is_some() {
+        if files.stat(&path)?.is_some() {
             return Ok(());
         }
         let entry = self
             .passwd_line(name)?
             .ok_or_else(|| anyhow!("user {name} is missing right after useradd created it"))?;
-        self.files.create_parents(&path)?;
-        self.files.create_dir(
+        let mode = if system {
+            SYSTEM_HOME_MODE
+        } else {
+            self.home_mode()
+        };
+        files.create_parents(&path)?;
+        files.create_dir(
             &path,
             Ownership {
                 uid: entry.uid,
                 gid: entry.gid,
-                mode: SYSTEM_HOME_MODE,
+                mode,
             },
-        )
+        )?;
+        if system {
+            // As `adduser --system`: a service account needs no dotfiles.
+            return Ok(());
+        }
+        let skel = self
+            .useradd_default("SKEL")
+            .filter(|s| s.starts_with('/'))
+            .unwrap_or_else(|| "/etc/skel".into());
+        let skel = self.host_path(&skel);
+        if files
+            .stat(&skel)?
+            .is_some_and(|m| m.kind == FileKind::Directory)
+        {
+            copy_skel(files, &skel, &path, (entry.uid, entry.gid), 0)
+                .with_context(|| format!("could not fill {home} from {}", skel.display()))?;
+        }
+        Ok(())
     }
 }
 
+/// Copies the regular files and directories of `from` into `to`, owned by
+/// `owner` with their modes; other entries (links, devices) are skipped, as
+/// they could point anywhere. Every write goes through `files`, so nothing a
+/// user placed in the new home since it was made is followed.
+fn copy_skel(
+    files: &dyn FileSystem,
+    from: &Path,
+    to: &Path,
+    (uid, gid): (u32, u32),
+    depth: usize,
+) -> Result<()> {
+    if depth > MAX_SKEL_DEPTH {
+        bail!(
+            "{} is nested more than {MAX_SKEL_DEPTH} deep",
+            from.display()
+        );
+    }
+    for name in files.list_dir(from)? {
+        let (src, dst) = (from.join(&name), to.join(&name));
+        let Some((meta, data)) = files.stat_read(&src)? else {
+            continue;
+        };
+        let own = Ownership {
+            uid,
+            gid,
+            mode: meta.mode,
+        };
+        match (meta.kind, data) {
+            (FileKind::File, Some(data)) => files.write_atomic(&dst, &data, own)?,
+            (FileKind::Directory, _) => {
+                files.create_dir(&dst, own)?;
+                copy_skel(files, &src, &dst, (uid, gid), depth + 1)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn stamp(path: &Path) -> Result<Stamp> {
-    let m =
-        std::fs::metadata(path).with_context(|| format!("could not stat {}", path.display()))?;
-    Ok(Stamp {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec(),
-    })
+    stamp_path(path).with_context(|| format!("could not stat {}", path.display()))
 }
 
 fn read(path: &Path) -> Result<String> {
@@ -326,19 +404,19 @@ impl super::AccountProvider for Shadow {
             .with_context(|| format!("could not delete group {name}"))
     }
 
-    /// Creates the user with every declared property. Homes: a normal user gets
-    /// `useradd --create-home` (the directory, filled from `/etc/skel`); a system
-    /// user gets its home directory only when the role declares one, made
-    /// without skeleton files, as `adduser --system` does; otherwise it keeps
-    /// useradd's default home field with no directory, as Debian's `useradd
-    /// --system` does.
-    fn create_user(&self, user: &role::User) -> Result<()> {
+    /// Creates the user with every declared property. Homes: a normal user
+    /// gets what `useradd --create-home` makes (the directory, filled from
+    /// `/etc/skel`); a system user gets its home directory only when the role
+    /// declares one, made without skeleton files, as `adduser --system` does;
+    /// otherwise it keeps useradd's default home field with no directory, as
+    /// Debian's `useradd --system` does. Homes are made here (see the module
+    /// documentation), useradd only writes the account.
+    fn create_user(&self, user: &role::User, files: &dyn FileSystem) -> Result<()> {
         let mut a = Vec::new();
         if user.system {
-            a.extend(args(["--system", "--no-create-home"]));
-        } else {
-            a.push("--create-home".into());
+            a.push("--system".into());
         }
+        a.push("--no-create-home".into());
         if let Some(uid) = user.uid {
             a.extend(args(["--uid", &uid.to_string()]));
         }
@@ -356,26 +434,37 @@ impl super::AccountProvider for Shadow {
         }
         a.push(user.name.clone().into());
         let create = || -> Result<()> {
-            match (&user.home, user.system) {
-                (Some(home), _) => self.check_home(home)?,
-                (None, false) => self.check_home(&self.default_home(&user.name))?,
-                (None, true) => {}
+            let home = match (&user.home, user.system) {
+                (Some(home), _) => Some(home.clone()),
+                (None, false) => Some(self.default_home(&user.name)),
+                (None, true) => None,
+            };
+            if let Some(home) = &home {
+                self.check_home(files, home)?;
             }
             self.tool("useradd", a)?;
-            if user.system
-                && let Some(home) = &user.home
-            {
-                self.create_system_home(&user.name, home)?;
+            if home.is_some() {
+                // The home useradd wrote, should its default differ from ours.
+                let home = match &user.home {
+                    Some(home) => home.clone(),
+                    None => {
+                        self.passwd_line(&user.name)?
+                            .ok_or_else(|| anyhow!("user {} is missing after useradd", user.name))?
+                            .home
+                    }
+                };
+                self.create_home(files, &user.name, &home, user.system)?;
             }
             Ok(())
         };
         create().with_context(|| format!("could not create user {}", user.name))
     }
 
-    /// Changes what `changes` names. A new home gets the old one's content moved
-    /// over (`usermod --move-home`) when the old directory exists and the new
-    /// path does not; otherwise only the account's home field changes.
-    fn modify_user(&self, name: &str, changes: &UserChanges) -> Result<()> {
+    /// Changes what `changes` names. A new home gets the old one moved over
+    /// (as `usermod --move-home` would, but through `files`, and only within
+    /// one file system) when the old directory exists and the new path does
+    /// not; otherwise only the account's home field changes.
+    fn modify_user(&self, name: &str, changes: &UserChanges, files: &dyn FileSystem) -> Result<()> {
         if changes == &UserChanges::default() {
             return Ok(());
         }
@@ -384,19 +473,21 @@ impl super::AccountProvider for Shadow {
             if let Some(uid) = changes.uid {
                 a.extend(args(["--uid", &uid.to_string()]));
             }
+            // The old home and where it moves, when it does.
+            let mut moved = None;
             if let Some(home) = &changes.home {
                 a.extend(args(["--home", home]));
                 let old = self
                     .passwd_line(name)?
                     .ok_or_else(|| anyhow!("user {name} does not exist"))?
                     .home;
-                let old_is_dir = self
-                    .files
-                    .stat(&self.host_path(&old))?
+                let (from, to) = (self.host_path(&old), self.host_path(home));
+                let old_is_dir = files
+                    .stat(&from)?
                     .is_some_and(|m| m.kind == FileKind::Directory);
-                self.check_home(home)?;
-                if old_is_dir && self.files.stat(&self.host_path(home))?.is_none() {
-                    a.push("--move-home".into());
+                self.check_home(files, home)?;
+                if old_is_dir && files.stat(&to)?.is_none() {
+                    moved = Some((from, to));
                 }
             }
             if let Some(shell) = &changes.shell {
@@ -413,7 +504,18 @@ impl super::AccountProvider for Shadow {
                 ]));
             }
             a.push(name.into());
-            self.tool("usermod", a)
+            if let Some((from, to)) = &moved {
+                files.create_parents(to)?;
+                files.rename(from, to)?;
+            }
+            let changed = self.tool("usermod", a);
+            if changed.is_err()
+                && let Some((from, to)) = &moved
+            {
+                // The account still names the old home: put it back.
+                let _ = files.rename(to, from);
+            }
+            changed
         };
         modify().with_context(|| format!("could not modify user {name}"))
     }
@@ -430,6 +532,7 @@ impl super::AccountProvider for Shadow {
 mod tests {
     use super::*;
     use crate::providers::AccountProvider;
+    use crate::providers::fs::Posix;
     use cairn_proto::role::Presence;
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash
@@ -528,6 +631,7 @@ bad:x:
         std::fs::write(etc.join("group"), "root:x:0:\n").unwrap();
         std::fs::write(etc.join("gshadow"), "root:*::\n").unwrap();
         let shadow = Shadow::with_root(dir.path());
+        let files = Posix::default();
         let group = role::Group {
             name: "web".into(),
             gid: Some(4321),
@@ -549,13 +653,13 @@ bad:x:
             system: true,
             state: Presence::Present,
         };
-        shadow.create_user(&user).unwrap();
+        shadow.create_user(&user, &files).unwrap();
         let entry = shadow.user("svc").unwrap().unwrap();
         assert_eq!(
             (entry.uid, entry.home.as_str(), entry.shell.as_str()),
             (4500, "/srv/svc", "/usr/sbin/nologin")
         );
-        let home = Posix::default()
+        let home = files
             .stat(&dir.path().join("srv/svc"))
             .unwrap()
             .expect("system home created");
@@ -570,7 +674,7 @@ bad:x:
             add_groups: vec!["web".into()],
             ..Default::default()
         };
-        shadow.modify_user("svc", &changes).unwrap();
+        shadow.modify_user("svc", &changes, &files).unwrap();
         let entry = shadow.user("svc").unwrap().unwrap();
         assert_eq!(
             (entry.shell.as_str(), entry.comment.as_str()),
@@ -592,5 +696,87 @@ bad:x:
         );
         shadow.delete_group("web").unwrap();
         assert_eq!(shadow.group("web").unwrap(), None);
+    }
+
+    /// A user's home is made here, not by useradd: filled from the skeleton
+    /// directory with the user's ownership, and never through a link
+    /// someone other than root placed on the way.
+    #[test]
+    fn homes_are_made_from_skel_through_the_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir_all(etc.join("skel/.config")).unwrap();
+        std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        std::fs::write(etc.join("shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+        std::fs::write(etc.join("group"), "root:x:0:\n").unwrap();
+        std::fs::write(etc.join("gshadow"), "root:*::\n").unwrap();
+        std::fs::write(etc.join("login.defs"), "USERGROUPS_ENAB yes\nUMASK 027\n").unwrap();
+        std::fs::write(etc.join("skel/.bashrc"), "# bashrc\n").unwrap();
+        std::fs::write(etc.join("skel/.config/app"), "x").unwrap();
+        let mode = |p: &Path, m| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        };
+        mode(&etc.join("skel/.config/app"), 0o600);
+        mode(&etc.join("skel/.config"), 0o700);
+        std::os::unix::fs::symlink("/etc/shadow", etc.join("skel/shadow")).unwrap();
+        let shadow = Shadow::with_root(dir.path());
+        let user = |name: &str, home: Option<&str>| role::User {
+            name: name.into(),
+            uid: Some(4600),
+            groups: vec![],
+            shell: None,
+            home: home.map(str::to_string),
+            comment: None,
+            system: false,
+            state: Presence::Present,
+        };
+        let files = Posix::default();
+        shadow.create_user(&user("alice", None), &files).unwrap();
+        let meta = |rel: &str| files.stat(&dir.path().join(rel)).unwrap();
+        let home = meta("home/alice").expect("home made");
+        assert_eq!(
+            (home.kind, home.uid, home.mode),
+            (FileKind::Directory, 4600, 0o750)
+        );
+        let parent = meta("home").unwrap();
+        assert_eq!((parent.uid, parent.mode), (0, 0o755));
+        let bashrc = meta("home/alice/.bashrc").unwrap();
+        assert_eq!(
+            (bashrc.uid, bashrc.gid, bashrc.mode),
+            (4600, home.gid, 0o644)
+        );
+        assert_eq!(
+            files.read(&dir.path().join("home/alice/.bashrc")).unwrap(),
+            b"# bashrc\n"
+        );
+        assert_eq!(meta("home/alice/.config").unwrap().mode, 0o700);
+        assert_eq!(meta("home/alice/.config/app").unwrap().mode, 0o600);
+        assert_eq!(meta("home/alice/shadow"), None, "links are not copied");
+
+        // A link on the way that root did not place: no account, no home.
+        std::fs::create_dir(dir.path().join("victim")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("victim"), dir.path().join("home/evil"))
+            .unwrap();
+        let wary = Posix::trusting(u32::MAX - 7);
+        let err = shadow
+            .create_user(&user("bob", Some("/home/evil/bob")), &wary)
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.starts_with("could not create user bob: will not make the home /home/evil/bob")
+                && err.contains(&format!(
+                    "{} is a symbolic link owned by root; Cairn does not write through it",
+                    dir.path().join("home/evil").display()
+                )),
+            "{err}"
+        );
+        assert_eq!(shadow.user("bob").unwrap(), None);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("victim"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }

@@ -86,19 +86,20 @@ impl Resource for FileResource<'_> {
         Ok(drift)
     }
 
-    fn apply(&self, host: &Host, drift: &Drift) -> Result<()> {
+    fn apply(&self, host: &Host, _drift: &Drift) -> Result<()> {
         let files = host.files();
         let path = self.path();
         let Some(want) = &self.0.content else {
             return files.remove_file(path);
         };
-        if drift.has("ensure") || drift.has("content") {
-            // Keep what the role leaves unmanaged from the file being replaced.
-            let old = files.stat(path)?.filter(|m| m.kind == FileKind::File);
-            let own = self.perms().for_new(files, old, DEFAULT_MODE)?;
-            return files.write_atomic(path, want, own);
-        }
-        self.perms().apply(files, path, drift)
+        // Owner and mode too are fixed by writing the file anew, never by
+        // changing it in place: its inode may have other names (hard links),
+        // perhaps one its owner had no right to change. Whatever drifted, the
+        // role's content goes to a new file with the right owner and mode.
+        // Keep what the role leaves unmanaged from the file being replaced.
+        let old = files.stat(path)?.filter(|m| m.kind == FileKind::File);
+        let own = self.perms().for_new(files, old, DEFAULT_MODE)?;
+        files.write_atomic(path, want, own)
     }
 }
 

@@ -79,7 +79,7 @@ impl Resource for UserResource<'_> {
             return accounts.delete_user(&u.name);
         }
         if drift.has("ensure") {
-            return accounts.create_user(u);
+            return accounts.create_user(u, host.files());
         }
         // Only what drifted; each value comes from the spec, which `check`
         // compared it with.
@@ -98,6 +98,6 @@ impl Resource for UserResource<'_> {
                 .ok_or_else(|| anyhow!("user {} disappeared since it was checked", u.name))?;
             changes.add_groups = self.missing_groups(&current);
         }
-        accounts.modify_user(&u.name, &changes)
+        accounts.modify_user(&u.name, &changes, host.files())
     }
 }

@@ -24,6 +24,8 @@ use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, OFlag, openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, stat};
 
+use super::{Stamp, stamp};
+
 /// Links one path may pass through, as the kernel's limit (`ELOOP`).
 const MAX_LINKS: usize = 40;
 
@@ -49,13 +51,6 @@ pub struct Resolver {
 struct Cached {
     fd: DirFd,
     stamp: Stamp,
-}
-
-/// What identifies one state of a directory: device, inode, change time.
-type Stamp = (u64, u64, i64, i64);
-
-fn stamp(st: &FileStat) -> Stamp {
-    (st.st_dev, st.st_ino, st.st_ctime, st.st_ctime_nsec)
 }
 
 impl Resolver {
@@ -96,16 +91,30 @@ impl Resolver {
         Ok((self.dir(parent)?, name))
     }
 
-    /// Drops every cached directory at or below `path` (it is being removed).
-    pub fn forget(&self, path: &Path) {
-        self.cache.borrow_mut().retain(|p, _| !p.starts_with(path));
+    /// Notes that the agent itself just changed the entries of the directory
+    /// `path` (a rename, a removal, a new entry), which changes its change
+    /// time: the cached handle stays valid, so the next file there costs no
+    /// new walk. The stamp is taken from the handle, so a path swapped
+    /// meanwhile still misses.
+    pub fn touched(&self, path: &Path) {
+        if let Some(entry) = self.cache.borrow_mut().get_mut(path)
+            && let Ok(st) = fstat(&*entry.fd)
+        {
+            entry.stamp = stamp(&st);
+        }
     }
 
+    /// The cached handle of `path` while the path still names that very
+    /// directory, unchanged; a stale entry is dropped (a removed directory's
+    /// handle is not kept open).
     fn cached(&self, path: &Path) -> Option<DirFd> {
-        let cache = self.cache.borrow();
+        let mut cache = self.cache.borrow_mut();
         let entry = cache.get(path)?;
-        let now = stat(path).ok()?;
-        (stamp(&now) == entry.stamp).then(|| Rc::clone(&entry.fd))
+        if stat(path).is_ok_and(|now| stamp(&now) == entry.stamp) {
+            return Some(Rc::clone(&entry.fd));
+        }
+        cache.remove(path);
+        None
     }
 
     /// The directory `path` names and its status, reached safely.
