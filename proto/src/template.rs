@@ -34,6 +34,14 @@ pub const MAX_NESTING: usize = 64;
 /// rendering a role's whole 64 MiB in lines of 50 bytes takes about 3.
 pub const MAX_LOOP_WORK: usize = 8 << 20;
 
+/// How many tags (`{{…}}`) one template may hold, and all templates of one
+/// [`Templates`] together: Handlebars compiles a template in time quadratic
+/// in its tags (2,000 blocks take about 0.4 s in a release build, 8,000 about
+/// 5 s), so these bound the work of parsing what a role brings. A large
+/// configuration file template holds a few hundred.
+pub const MAX_TAGS: usize = 2_000;
+pub const MAX_ROLE_TAGS: usize = 10_000;
+
 /// Helpers a role may not call: `log` writes into the log of the agent or the
 /// server that renders the template.
 const REFUSED_HELPERS: [&str; 1] = ["log"];
@@ -52,6 +60,8 @@ pub struct TemplateError {
 /// ([`MAX_LOOP_WORK`]), so many templates cannot add up to unbounded work.
 pub struct Templates {
     hb: Handlebars<'static>,
+    /// Tags the role's templates may still add ([`MAX_ROLE_TAGS`]).
+    tags_left: usize,
 }
 
 impl Default for Templates {
@@ -82,13 +92,27 @@ impl Templates {
                 work_left: AtomicUsize::new(budget),
             }),
         );
-        Templates { hb }
+        Templates {
+            hb,
+            tags_left: MAX_ROLE_TAGS,
+        }
     }
 
     /// Parses and registers a template under `name`, refusing what roles may
     /// not use (see the module documentation).
     pub fn add(&mut self, name: &str, source: &str) -> Result<(), TemplateError> {
-        check_nesting(source)?;
+        let tags = check_nesting(source)?;
+        if tags > self.tags_left {
+            return Err(TemplateError {
+                line: 1,
+                column: 1,
+                message: format!(
+                    "the role's templates hold more than {MAX_ROLE_TAGS} tags ({{{{…}}}}) in all"
+                ),
+                too_large: false,
+            });
+        }
+        self.tags_left -= tags;
         let template = Template::compile_with_name(source, name.to_string()).map_err(|e| {
             let (line, column) = e.pos().unwrap_or((1, 1));
             TemplateError {
@@ -148,8 +172,10 @@ impl Templates {
 /// quadratic in the length of an `{{else if}}` chain. Scans the tags (`{{…}}`)
 /// outside string literals: `(` opens a subexpression, `{{#…}}` and
 /// `{{^…}}` a block, `{{else…}}` one level more until the block closes. It
-/// errs on the side of refusing.
-fn check_nesting(source: &str) -> Result<(), TemplateError> {
+/// errs on the side of refusing. Also refuses more than [`MAX_TAGS`] tags, and
+/// returns how many there are.
+fn check_nesting(source: &str) -> Result<usize, TemplateError> {
+    let mut tags = 0;
     // Levels each open block holds: itself and its `else` branches; `levels`
     // is their sum, kept as they change rather than summed per character.
     let mut blocks: Vec<usize> = Vec::new();
@@ -165,6 +191,17 @@ fn check_nesting(source: &str) -> Result<(), TemplateError> {
         let Some(text) = &mut tag else {
             if c == '{' && chars.peek() == Some(&'{') {
                 tag = Some(String::new());
+                tags += 1;
+                if tags > MAX_TAGS {
+                    return Err(TemplateError {
+                        line,
+                        column,
+                        message: format!(
+                            "the template holds more than {MAX_TAGS} tags ({{{{…}}}})"
+                        ),
+                        too_large: false,
+                    });
+                }
             }
             continue;
         };
@@ -209,7 +246,7 @@ fn check_nesting(source: &str) -> Result<(), TemplateError> {
             });
         }
     }
-    Ok(())
+    Ok(tags)
 }
 
 /// Walks a parsed template, into blocks and subexpressions, for what a role
@@ -564,6 +601,28 @@ mod tests {
                 Err(_) => assert!(ours.is_err(), "{case}: {ours:?}"),
             }
         }
+    }
+
+    #[test]
+    fn tags_are_bounded_per_template_and_per_role() {
+        // Compiling is quadratic in the tags: 100,000 would take minutes.
+        let mut t = Templates::new();
+        let e = t
+            .add("many", &"{{#if x}}{{/if}}\n".repeat(50_000))
+            .unwrap_err();
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (1_001, "the template holds more than 2000 tags ({{…}})")
+        );
+        let full = "{{x}}".repeat(MAX_TAGS);
+        for i in 0..MAX_ROLE_TAGS / MAX_TAGS {
+            t.add(&format!("t{i}"), &full).unwrap();
+        }
+        let e = t.add("one-more", "{{x}}").unwrap_err();
+        assert_eq!(
+            e.message,
+            "the role's templates hold more than 10000 tags ({{…}}) in all"
+        );
     }
 
     #[test]
