@@ -136,7 +136,7 @@ pub struct AuditRecord {
     pub detail: String,
     pub peer: String,
     pub outcome: String,
-    /// Chains the entry to the one before: see [`audit`].
+    /// Chains the entry to the one before: see [`audit`](self::audit).
     pub hash: String,
     /// Set when a field was longer than its bound, which only entries stored
     /// before the bounds existed can be: the fields above are then cut (see
@@ -240,7 +240,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends an entry for an action that changes nothing else (a denied
     /// request, a rejected push). Every field is cut to its bound first
-    /// ([`audit`]), and every entry written by any method carries its chain hash.
+    /// ([`audit`](self::audit)), and every entry written by any method carries its chain hash.
     async fn audit(
         &self,
         actor: &Actor,
