@@ -189,6 +189,10 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // A connection is a file this process holds open, which nothing
+            // breaks between uses: checking it before each use (sqlx's default)
+            // only costs a round trip to its thread, on every call.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await
             .map_err(db(format!("open {}", path.display())))?;
