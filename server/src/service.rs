@@ -31,6 +31,10 @@ pub const MAX_MESSAGE_BYTES: usize = MAX_BUNDLE_BYTES + (4 << 20);
 const REFUSED_TARGET_CHARS: usize = 128;
 /// Channel used when a request names none.
 pub const DEFAULT_CHANNEL: &str = "production";
+/// At most this many audit entries in one response.
+pub const MAX_AUDIT_PAGE_ENTRIES: u32 = 1000;
+/// An audit response stops before the entry that would take it past this size.
+pub const MAX_AUDIT_PAGE_BYTES: usize = 1 << 20;
 
 /// The handlers; they see storage only as `dyn Store`.
 #[derive(Clone)]
@@ -471,11 +475,6 @@ impl pb::audit_server::Audit for Api {
         .await
     }
 }
-
-/// At most this many audit entries in one response.
-pub const MAX_AUDIT_PAGE_ENTRIES: u32 = 1000;
-/// An audit response stops before the entry that would take it past this size.
-pub const MAX_AUDIT_PAGE_BYTES: usize = 1 << 20;
 
 fn audit_entry(r: store::AuditRecord) -> pb::AuditEntry {
     pb::AuditEntry {

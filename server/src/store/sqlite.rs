@@ -317,7 +317,7 @@ impl SqliteStore {
             .await
             .map_err(db("read unchained audit entries"))?;
             let Some(first) = rows.first() else { break };
-            let mut previous = last_hash(&mut tx, Some(first.id)).await?;
+            let mut previous = hash_before(&mut tx, first.id).await?;
             for row in rows {
                 after = row.id;
                 let record = AuditRecord::from(row);
@@ -337,15 +337,14 @@ impl SqliteStore {
     }
 }
 
-/// The hash of the newest audit entry (before id `before`, if given); empty
-/// when there is none.
-async fn last_hash(tx: &mut Transaction<'static, Sqlite>, before: Option<i64>) -> Result<String> {
+/// The hash of the audit entry before the one with id `id`; empty when there is none.
+async fn hash_before(tx: &mut Transaction<'static, Sqlite>, id: i64) -> Result<String> {
     let hash: Option<Option<String>> =
         sqlx::query_scalar("SELECT hash FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT 1")
-            .bind(before.unwrap_or(i64::MAX))
+            .bind(id)
             .fetch_optional(&mut **tx)
             .await
-            .map_err(db("read the last audit entry"))?;
+            .map_err(db("read the audit entry before"))?;
     Ok(hash.flatten().unwrap_or_default())
 }
 
@@ -363,7 +362,7 @@ async fn append_audit(
             .fetch_optional(&mut **tx)
             .await
             .map_err(db("read the last audit entry"))?;
-    let (last_id, previous) = last.map_or((0, None), |(id, hash)| (id, hash));
+    let (last_id, previous) = last.unwrap_or((0, None));
     let entry = audit::cut(&AuditRecord {
         id: last_id as u64 + 1,
         at: now_micros(),
