@@ -133,10 +133,9 @@ impl Error {
     pub fn help(&self) -> Option<String> {
         match self {
             Error::Unreachable { url, .. } => Some(format!(
-                "is cairn-server running at {url}? The URL's host must be one of the server \
-                 certificate's names (`cairn-server serve --name`). If it is running, it may have \
-                 refused this credential's certificate, or the credential's CA is not this \
-                 server's: use a credential issued by that server"
+                "{}; also, the URL's host must be one of the server certificate's names \
+                 (`cairn-server serve --name`), and the credential's CA must be that server's",
+                not_running_or_refused(url)
             )),
             Error::Url { .. } => Some("give the server as https://HOST:PORT".into()),
             Error::Refused(r) => r.help(),
@@ -145,6 +144,15 @@ impl Error {
             }
         }
     }
+}
+
+/// The help when the server at `url` did not answer, or may have refused the
+/// credential's certificate during the handshake.
+fn not_running_or_refused(url: &str) -> String {
+    format!(
+        "is cairn-server running at {url}? If it is, it may have refused this credential's \
+         certificate: use a credential issued by that server"
+    )
 }
 
 /// The server answered a call with an error status.
@@ -195,10 +203,7 @@ impl Refused {
         Some(match self.status.code() {
             // A refused client certificate shows as any of these, depending on
             // when the server's TLS alert arrives.
-            Code::Unavailable | Code::Unknown | Code::Cancelled => format!(
-                "is cairn-server running at {url}? If it is, it may have refused this credential's \
-                 certificate: use a credential issued by that server"
-            ),
+            Code::Unavailable | Code::Unknown | Code::Cancelled => not_running_or_refused(url),
             Code::DeadlineExceeded => {
                 format!("the server at {url} is slow or overloaded; try again")
             }

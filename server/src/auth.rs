@@ -2,15 +2,20 @@
 //!
 //! Operators authenticate with a client certificate issued by the server's CA
 //! (checked by the TLS handshake); its CN is the operator's name and its OU the
-//! operator's role. Every gRPC handler asks [`authorize`] first.
+//! operator's role. The store then says whether that certificate is still the
+//! operator's (see [`Standing`]): `operator add` replaces it, `operator revoke`
+//! revokes it, and the store is asked on every call, so either counts at once.
+//! The gate ([`crate::gate`]) authenticates every call before its body is
+//! read; every gRPC handler then asks [`authorize`] whether the caller may.
 
 use std::fmt;
 use std::str::FromStr;
 
+use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
 use x509_parser::prelude::*;
 
-use crate::store::Actor;
+use crate::store::{Actor, Standing, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum OperatorRole {
@@ -86,15 +91,36 @@ pub fn operator_of(der: &[u8]) -> Result<(String, OperatorRole), String> {
     Ok((name, role))
 }
 
+/// The SHA-256 of a certificate (DER), hex: what the store records of it.
+pub fn fingerprint(der: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(der))
+}
+
 /// A refusal: the status to return and the actor to record it against.
 pub struct Denied {
     pub actor: Actor,
     pub status: Status,
 }
 
-/// Identifies the caller and checks it may do `what` (for messages, e.g.
-/// "push roles").
-pub fn authorize<T>(req: &Request<T>, need: Permission, what: &str) -> Result<Actor, Box<Denied>> {
+/// An operator whose certificate was checked against the store for this call;
+/// the gate puts it in the request's extensions so the handler does not ask
+/// the store again.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub actor: Actor,
+    pub role: OperatorRole,
+}
+
+/// Identifies the caller and checks its certificate is still valid (already
+/// done if the request carries [`Authenticated`]). A store that cannot say
+/// whether the certificate is valid refuses the call too.
+pub async fn authenticate<T>(
+    req: &Request<T>,
+    store: &dyn Store,
+) -> Result<Authenticated, Box<Denied>> {
+    if let Some(known) = req.extensions().get::<Authenticated>() {
+        return Ok(known.clone());
+    }
     let peer = req
         .remote_addr()
         .map_or_else(|| "unknown".to_string(), |a| a.to_string());
@@ -123,6 +149,38 @@ pub fn authorize<T>(req: &Request<T>, need: Permission, what: &str) -> Result<Ac
         role: role.as_str().into(),
         peer,
     };
+    let revoked = |why: String| {
+        Err(Box::new(Denied {
+            status: Status::unauthenticated(format!("credential revoked: {why}")),
+            actor: actor.clone(),
+        }))
+    };
+    let name = &actor.name;
+    match store.standing(name, &fingerprint(cert.as_ref())).await {
+        Ok(Standing::Current | Standing::Unrecorded) => {}
+        Ok(Standing::Revoked) => return revoked(format!("operator {name} was revoked")),
+        Ok(Standing::Replaced) => {
+            return revoked(format!(
+                "a newer credential was issued for operator {name}; this one no longer counts"
+            ));
+        }
+        Ok(Standing::Unknown) => {
+            return revoked(format!("no operator {name} is on record on this server"));
+        }
+        Err(e) => {
+            return Err(Box::new(Denied {
+                status: crate::service::store_status(e),
+                actor: actor.clone(),
+            }));
+        }
+    }
+    Ok(Authenticated { actor, role })
+}
+
+/// Checks an authenticated operator may do `what` (for messages, e.g. "push
+/// roles"), which needs `need`.
+pub fn permit(who: Authenticated, need: Permission, what: &str) -> Result<Actor, Box<Denied>> {
+    let Authenticated { actor, role } = who;
     if role < need.least_role() {
         let status = Status::permission_denied(format!(
             "operator {} is {} {role} and may not {what}; that needs the {} role or above",
@@ -137,4 +195,14 @@ pub fn authorize<T>(req: &Request<T>, need: Permission, what: &str) -> Result<Ac
         return Err(Box::new(Denied { actor, status }));
     }
     Ok(actor)
+}
+
+/// [`authenticate`], then [`permit`].
+pub async fn authorize<T>(
+    req: &Request<T>,
+    need: Permission,
+    what: &str,
+    store: &dyn Store,
+) -> Result<Actor, Box<Denied>> {
+    permit(authenticate(req, store).await?, need, what)
 }

@@ -1,8 +1,8 @@
-//! The `cairn-server` command line: `serve` and `operator add`.
+//! The `cairn-server` command line: `serve`, `operator add` and `operator revoke`.
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -17,8 +17,6 @@ use crate::store::{self, Actor};
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/cairn-server";
 const DEFAULT_PORT: u16 = 7443;
-/// The SQLite database's file in the data directory, when `--database` is not given.
-const DB_FILE: &str = "cairn.db";
 
 #[derive(Parser)]
 #[command(
@@ -61,7 +59,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum OperatorCommand {
-    /// Issue a credential file for a new operator.
+    /// Issue a credential file for an operator; for a name issued before, its
+    /// earlier credentials stop working at once.
     Add {
         name: String,
         #[arg(long)]
@@ -79,6 +78,16 @@ enum OperatorCommand {
         /// (default: https://<first name of the server certificate>:7443).
         #[arg(long)]
         server: Option<String>,
+    },
+    /// Revoke every credential of an operator, at once, also for a running server.
+    Revoke {
+        name: String,
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The server's database, where operators are recorded (as for `serve`)
+        /// [default: sqlite://DATA_DIR/cairn.db]
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
     },
 }
 
@@ -154,16 +163,15 @@ async fn run(cli: Cli) -> Result<()> {
                     server,
                 },
         } => {
-            if !is_operator_name(&name) {
-                anyhow::bail!(
-                    "invalid operator name {name:?}: use letters, digits, '.', '_', '@' and '-'"
-                );
-            }
+            check_operator_name(&name)?;
             let pki = Pki::init_or_load(&data_dir)?;
             let server = match server {
                 Some(s) => s,
                 None => format!("https://{}:{DEFAULT_PORT}", default_names()[0]),
             };
+            let store = store::open(&database_url(database, &data_dir)?)
+                .await
+                .context("could not open the database to record the new operator")?;
             let id = pki.issue_operator(&name, role)?;
             let creds = Credentials {
                 server,
@@ -174,37 +182,81 @@ async fn run(cli: Cli) -> Result<()> {
                 key: id.key_pem,
             };
             crate::pki::write_secret(&out, &creds.to_toml())?;
+            // Recorded after the file is written: a credential that was never
+            // handed out does not revoke the one in use.
+            let replaced = match store
+                .add_operator(&name, role.as_str(), &id.fingerprint, &local_actor())
+                .await
+            {
+                Ok(replaced) => replaced,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&out);
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "could not record operator {name}; nothing was issued"
+                    )));
+                }
+            };
+            println!("wrote credentials for {name} ({role}) to {}", out.display());
+            if replaced {
+                println!("earlier credentials of {name} no longer work");
+            }
+            Ok(())
+        }
+        Command::Operator {
+            command:
+                OperatorCommand::Revoke {
+                    name,
+                    data_dir,
+                    database,
+                },
+        } => {
+            check_operator_name(&name)?;
+            crate::pki::ensure_data_dir(&data_dir)?;
             let store = store::open(&database_url(database, &data_dir)?)
                 .await
-                .context("could not open the database to record the new operator")?;
-            let local = Actor {
-                name: whoami(),
-                role: "local".into(),
-                peer: "local".into(),
-            };
-            store
-                .audit(&local, "operator add", &name, &format!("role {role}"), "ok")
-                .await
-                .context("could not record the new operator in the audit log")?;
-            println!("wrote credentials for {name} ({role}) to {}", out.display());
+                .context("could not open the database to revoke the operator")?;
+            match store.revoke_operator(&name, &local_actor()).await {
+                Ok(()) => {}
+                Err(store::StoreError::NotFound(_)) => anyhow::bail!(
+                    "no operator {name} to revoke: that name was never added on this server\n  \
+                     help: the audit log (`cairn audit`) lists every `operator add`"
+                ),
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("could not revoke operator {name}"))
+                    );
+                }
+            }
+            println!(
+                "revoked every credential of {name}; a running server refuses them from its next call on"
+            );
             Ok(())
         }
     }
 }
 
 /// `--database`, or SQLite in the data directory.
-fn database_url(given: Option<String>, data_dir: &Path) -> Result<String> {
-    if let Some(url) = given {
-        return Ok(url);
+fn database_url(given: Option<String>, data_dir: &std::path::Path) -> Result<String> {
+    match given {
+        Some(url) => Ok(url),
+        None => Ok(store::default_url(data_dir)?),
     }
-    let file = data_dir.join(DB_FILE);
-    match file.to_str() {
-        Some(path) => Ok(format!("sqlite://{path}")),
-        None => anyhow::bail!(
-            "the data directory {} is not UTF-8, so it cannot be written as a database URL: pass --database sqlite://PATH",
-            data_dir.display()
-        ),
+}
+
+/// Who acts when `cairn-server operator …` runs on the server machine.
+fn local_actor() -> Actor {
+    Actor {
+        name: whoami(),
+        role: "local".into(),
+        peer: "local".into(),
     }
+}
+
+fn check_operator_name(name: &str) -> Result<()> {
+    if !is_operator_name(name) {
+        anyhow::bail!("invalid operator name {name:?}: use letters, digits, '.', '_', '@' and '-'");
+    }
+    Ok(())
 }
 
 fn is_operator_name(n: &str) -> bool {

@@ -1,9 +1,10 @@
 //! The certificate gate: a layer in front of every gRPC service that refuses a
-//! call whose connection presented no valid client certificate, from its
-//! headers and the connection's TLS state alone. The request body is never
-//! polled, so such a caller cannot make the server read or decode a message;
-//! the refusal is recorded by [`Refusals`]. What an operator may do is still
-//! checked by each handler (`PERMISSION_DENIED`).
+//! call whose connection presented no valid client certificate (none, unusable,
+//! or revoked: [`auth::authenticate`]), from its headers and the connection's
+//! TLS state alone. The request body is never polled, so such a caller cannot
+//! make the server read or decode a message; the refusal is recorded by
+//! [`Refusals`]. An accepted call carries its [`auth::Authenticated`] operator
+//! to the handler, which checks what it may do (`PERMISSION_DENIED`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,8 +18,9 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower_layer::Layer;
 
-use crate::auth::{self, Permission};
+use crate::auth;
 use crate::refusals::{Refusal, Refusals};
+use crate::store::Store;
 
 /// gRPC paths (`/package.Service/Method`) a caller without a certificate may
 /// reach, for a handler that authenticates its caller another way. None yet.
@@ -27,13 +29,22 @@ pub const EXEMPT_PATHS: &[&str] = &[];
 /// Wraps each gRPC service in a [`Gate`].
 #[derive(Clone)]
 pub struct GateLayer {
+    store: Arc<dyn Store>,
     refusals: Arc<Refusals>,
     exempt: &'static [&'static str],
 }
 
 impl GateLayer {
-    pub fn new(refusals: Arc<Refusals>, exempt: &'static [&'static str]) -> Self {
-        GateLayer { refusals, exempt }
+    pub fn new(
+        store: Arc<dyn Store>,
+        refusals: Arc<Refusals>,
+        exempt: &'static [&'static str],
+    ) -> Self {
+        GateLayer {
+            store,
+            refusals,
+            exempt,
+        }
     }
 }
 
@@ -43,6 +54,7 @@ impl<S> Layer<S> for GateLayer {
     fn layer(&self, inner: S) -> Gate<S> {
         Gate {
             inner,
+            store: self.store.clone(),
             refusals: self.refusals.clone(),
             exempt: self.exempt,
         }
@@ -52,15 +64,17 @@ impl<S> Layer<S> for GateLayer {
 #[derive(Clone)]
 pub struct Gate<S> {
     inner: S,
+    store: Arc<dyn Store>,
     refusals: Arc<Refusals>,
     exempt: &'static [&'static str],
 }
 
 impl<S, B> Service<Request<B>> for Gate<S>
 where
-    S: Service<Request<B>, Response = Response<Body>>,
+    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -70,36 +84,43 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let path = req.uri().path();
-        if self.exempt.contains(&path) {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if self.exempt.contains(&req.uri().path()) {
             return Box::pin(self.inner.call(req));
         }
-        // The same identification the handlers make, on the connection's TLS
-        // state only; the lowest permission, so only a missing or unusable
-        // certificate is refused here.
-        let mut extensions = tonic::Extensions::new();
-        if let Some(tls) = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() {
-            extensions.insert(tls.clone());
-        }
-        let probe = tonic::Request::from_parts(MetadataMap::new(), extensions, ());
-        let Err(denied) = auth::authorize(&probe, Permission::Read, "call this server") else {
-            return Box::pin(self.inner.call(req));
-        };
-        let action = path.trim_start_matches('/').to_string();
-        // The body is dropped unread: hyper resets the stream after the refusal.
-        drop(req);
+        // The service that was polled ready is the one to call; a clone takes
+        // its place for the next request.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let store = self.store.clone();
         let refusals = self.refusals.clone();
         Box::pin(async move {
-            refusals
-                .record(Refusal {
-                    actor: &denied.actor,
-                    action: &action,
-                    target: "",
-                    status: &denied.status,
-                })
-                .await;
-            Ok(denied.status.into_http())
+            // The handlers' identification, on the connection's TLS state only.
+            let mut extensions = tonic::Extensions::new();
+            if let Some(tls) = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() {
+                extensions.insert(tls.clone());
+            }
+            let probe = tonic::Request::from_parts(MetadataMap::new(), extensions, ());
+            match auth::authenticate(&probe, store.as_ref()).await {
+                Ok(known) => {
+                    req.extensions_mut().insert(known);
+                    inner.call(req).await
+                }
+                Err(denied) => {
+                    let action = req.uri().path().trim_start_matches('/').to_string();
+                    // The body is dropped unread: hyper resets the stream after the refusal.
+                    drop(req);
+                    refusals
+                        .record(Refusal {
+                            actor: &denied.actor,
+                            action: &action,
+                            target: "",
+                            status: &denied.status,
+                        })
+                        .await;
+                    Ok(denied.status.into_http())
+                }
+            }
         })
     }
 }

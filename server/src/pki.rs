@@ -35,6 +35,8 @@ pub struct Pki {
 pub struct Identity {
     pub cert_pem: String,
     pub key_pem: String,
+    /// The certificate's [`crate::auth::fingerprint`].
+    pub fingerprint: String,
 }
 
 /// Creates the data directory with mode 0700 if it does not exist, and
@@ -112,6 +114,7 @@ impl Pki {
         Ok(Identity {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            fingerprint: crate::auth::fingerprint(cert.der()),
         })
     }
 
@@ -221,6 +224,7 @@ mod tests {
         let der = rustls_pemfile_free_der(&op.cert_pem);
         let (name, role) = crate::auth::operator_of(&der).unwrap();
         assert_eq!((name.as_str(), role), ("alice", OperatorRole::Publisher));
+        assert_eq!(op.fingerprint, crate::auth::fingerprint(&der));
 
         fs::remove_file(data.join(CA_KEY)).unwrap();
         assert!(

@@ -158,7 +158,11 @@ pub async fn run(
     let grpc_server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(60))
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .layer(GateLayer::new(refusals.clone(), EXEMPT_PATHS))
+        .layer(GateLayer::new(
+            store.clone(),
+            refusals.clone(),
+            EXEMPT_PATHS,
+        ))
         .add_service(
             RolesServer::new(api.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

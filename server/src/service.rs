@@ -34,6 +34,10 @@ pub const MAX_MESSAGE_BYTES: usize = MAX_BUNDLE_BYTES + (4 << 20);
 pub const MAX_MESSAGE_TEXT_BYTES: usize = 4 << 10;
 /// Channel used when a request names none.
 pub const DEFAULT_CHANNEL: &str = "production";
+/// At most this many audit entries in one response.
+pub const MAX_AUDIT_PAGE_ENTRIES: u32 = 1000;
+/// An audit response stops before the entry that would take it past this size.
+pub const MAX_AUDIT_PAGE_BYTES: usize = 1 << 20;
 
 /// The handlers; they see storage only as `dyn Store`.
 #[derive(Clone)]
@@ -184,7 +188,7 @@ impl Api {
         target: &str,
         what: &str,
     ) -> Result<Actor, Status> {
-        match auth::authorize(req, need, what) {
+        match auth::authorize(req, need, what, self.store.as_ref()).await {
             Ok(actor) => Ok(actor),
             Err(denied) => {
                 self.refusals
@@ -495,7 +499,13 @@ impl pb::audit_server::Audit for Api {
         self.observed("audit", async {
             self.authorize(&req, Permission::Read, "audit", "", "read the audit log")
                 .await?;
-            let pb::AuditRequest { since, limit } = req.get_ref().clone();
+            let pb::AuditRequest {
+                since,
+                limit,
+                after_id,
+                newest_first,
+                before_id,
+            } = req.get_ref().clone();
             let since = if since.is_empty() {
                 None
             } else {
@@ -506,29 +516,58 @@ impl pb::audit_server::Audit for Api {
                 })?;
                 Some((t.unix_timestamp_nanos() / 1000) as Micros)
             };
-            let limit = if limit == 0 { 1000 } else { limit.min(10_000) };
-            let entries = self
+            let limit = match limit {
+                0 => MAX_AUDIT_PAGE_ENTRIES,
+                n => n.min(MAX_AUDIT_PAGE_ENTRIES),
+            };
+            let from = if newest_first {
+                store::AuditCursor::Before((before_id > 0).then_some(before_id))
+            } else {
+                store::AuditCursor::After(after_id)
+            };
+            // One more than a page, to know whether there is more.
+            let mut records = self
                 .store
-                .audit_log(since, limit)
+                .audit_log(store::AuditQuery {
+                    since,
+                    from,
+                    limit: limit + 1,
+                })
                 .await
                 .map_err(store_status)?;
-            Ok(pb::AuditResponse {
-                entries: entries
-                    .into_iter()
-                    .map(|e| pb::AuditEntry {
-                        id: e.id,
-                        at: rfc3339(e.at),
-                        actor: e.actor,
-                        actor_role: e.actor_role,
-                        action: e.action,
-                        target: e.target,
-                        detail: e.detail,
-                        peer: e.peer,
-                        outcome: e.outcome,
-                    })
-                    .collect(),
-            })
+            let mut more = records.len() > limit as usize;
+            records.truncate(limit as usize);
+            let mut entries = Vec::with_capacity(records.len());
+            let mut size = 0;
+            for r in records {
+                let entry = audit_entry(r);
+                // Every entry is bounded (a few KiB), so one always fits.
+                size += entry.encoded_len() + 8;
+                if size > MAX_AUDIT_PAGE_BYTES && !entries.is_empty() {
+                    more = true;
+                    break;
+                }
+                entries.push(entry);
+            }
+            Ok(pb::AuditResponse { entries, more })
         })
         .await
+    }
+}
+
+fn audit_entry(r: store::AuditRecord) -> pb::AuditEntry {
+    pb::AuditEntry {
+        id: r.id,
+        at: rfc3339(r.at),
+        actor: r.actor,
+        actor_role: r.actor_role,
+        action: r.action,
+        target: r.target,
+        detail: r.detail,
+        peer: r.peer,
+        outcome: r.outcome,
+        hash: r.hash,
+        at_micros: r.at,
+        full_digest: r.full_digest.unwrap_or_default(),
     }
 }

@@ -190,8 +190,8 @@ async fn denied(conn: &Connection) -> Vec<pb::AuditEntry> {
     let entries = conn
         .audit()
         .list(pb::AuditRequest {
-            since: String::new(),
             limit: 10_000,
+            ..Default::default()
         })
         .await
         .unwrap()

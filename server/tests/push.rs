@@ -431,7 +431,9 @@ fn stored_text_with_escape_sequences_prints_escaped() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = store::open(&database(&data)).await.unwrap();
+        let store = store::open(&store::default_url(&data).unwrap())
+            .await
+            .unwrap();
         let bundle =
             cairn_proto::role::bundle_from_files([("role.toml", "[role]\nname = \"web\"\n")]);
         let actor = Actor {

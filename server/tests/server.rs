@@ -469,7 +469,7 @@ async fn a_second_server_on_one_data_directory_is_refused() {
     let server = Server::start();
     let config = ServeConfig {
         data_dir: server.data_dir.clone(),
-        database: database(&server.data_dir),
+        database: cairn_server::store::default_url(&server.data_dir).unwrap(),
         names: vec!["localhost".into()],
     };
     let err = serve::Server::open(&config)
@@ -499,7 +499,7 @@ async fn a_data_directory_others_can_read_is_refused() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let config = ServeConfig {
         data_dir: dir.clone(),
-        database: database(&dir),
+        database: cairn_server::store::default_url(&dir).unwrap(),
         names: vec!["localhost".into()],
     };
     let err = serve::Server::open(&config)

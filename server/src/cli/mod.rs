@@ -8,6 +8,7 @@
 //!
 //! The command line is a contract scripts rely on: rename nothing.
 
+pub mod audit;
 pub mod connect;
 pub mod error;
 pub mod output;
@@ -38,7 +39,7 @@ pub const DEFAULT_CHANNEL: &str = "production";
 /// message (`EX_DATAERR` of sysexits.h). Any other error exits 1.
 pub const INVALID_INPUT: u8 = 65;
 
-/// Most audit entries one `cairn audit` asks for.
+/// Most audit entries `cairn audit` lists unless told otherwise.
 pub const AUDIT_LIMIT: u32 = 1000;
 
 #[derive(Debug, Parser)]
@@ -80,14 +81,23 @@ pub enum Command {
     #[command(subcommand)]
     Role(RoleCommand),
     /// The audit log: who did what, and whether it was allowed.
+    #[command(args_conflicts_with_subcommands = true)]
     Audit {
+        #[command(subcommand)]
+        command: Option<AuditCommand>,
         /// Only entries younger than this (e.g. 1h, 2days) or after this RFC 3339 time.
         #[arg(long, value_parser = parse_since)]
         since: Option<Since>,
-        /// At most this many entries, oldest first.
-        #[arg(long, default_value_t = AUDIT_LIMIT)]
+        /// The newest this many entries, listed oldest first.
+        #[arg(long, default_value_t = AUDIT_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of the whole log; fails naming the first entry that breaks it.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,21 +237,30 @@ pub async fn run(cli: Cli) -> Result<()> {
     let fmt = cli.global.output;
     match cli.command {
         Command::Role(cmd) => role(&server, cmd, fmt).await,
-        Command::Audit { since, limit } => {
+        Command::Audit {
+            command: Some(AuditCommand::Verify),
+            ..
+        } => {
+            let conn = server.connect().await?;
+            let out = audit::verify(&conn).await?;
+            emit(&out, fmt)?;
+            match out.broken {
+                Some(b) => bail!("the audit log's hash chain breaks at entry {}", b.id),
+                None => Ok(()),
+            }
+        }
+        Command::Audit {
+            command: None,
+            since,
+            limit,
+        } => {
             let since = match &since {
                 Some(s) => s.to_rfc3339(OffsetDateTime::now_utc())?,
                 None => String::new(),
             };
             let conn = server.connect().await?;
-            let resp = conn
-                .audit()
-                .list(pb::AuditRequest {
-                    since: since.clone(),
-                    limit,
-                })
-                .await
-                .rpc(&conn, || "could not read the audit log".to_string())?;
-            emit(&output::AuditOut::new(resp), fmt)
+            let entries = audit::newest(&conn, &since, limit).await?;
+            emit(&output::AuditOut::new(entries), fmt)
         }
     }
 }
@@ -529,5 +548,19 @@ mod tests {
         assert!(err.contains("\"yesterday\""), "{err}");
         assert!(parse(&["audit", "--since", "1h"]).is_ok());
         assert!(parse(&["audit", "--since", "soon"]).is_err());
+    }
+
+    #[test]
+    fn audit_lists_or_verifies() {
+        let cli = parse(&["audit", "verify", "--output", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Audit {
+                command: Some(AuditCommand::Verify),
+                ..
+            }
+        ));
+        assert!(parse(&["audit", "--limit", "5", "verify"]).is_err());
+        assert!(parse(&["audit", "--limit", "0"]).is_err());
     }
 }

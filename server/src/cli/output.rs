@@ -621,6 +621,8 @@ pub struct AuditEntry {
     pub peer: String,
     /// `ok`, `denied` or `failed: …`.
     pub outcome: String,
+    /// Chains the entry to the one before (`cairn audit verify` checks it).
+    pub hash: String,
 }
 
 /// `cairn audit`.
@@ -631,10 +633,10 @@ pub struct AuditOut {
 }
 
 impl AuditOut {
-    pub fn new(r: pb::AuditResponse) -> Self {
+    /// `entries` oldest first.
+    pub fn new(entries: Vec<pb::AuditEntry>) -> Self {
         AuditOut {
-            entries: r
-                .entries
+            entries: entries
                 .into_iter()
                 .map(|e| AuditEntry {
                     id: e.id,
@@ -646,6 +648,7 @@ impl AuditOut {
                     detail: e.detail,
                     peer: e.peer,
                     outcome: e.outcome,
+                    hash: e.hash,
                 })
                 .collect(),
         }

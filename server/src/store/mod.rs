@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod audit;
 pub mod sqlite;
 
 /// The database URLs [`open`] understands, for messages.
@@ -31,6 +32,20 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         ))),
         None => Err(StoreError::Url(format!(
             "the database URL has no scheme; supported: {SUPPORTED_URLS}"
+        ))),
+    }
+}
+
+/// The SQLite database's file in the data directory, when `--database` is not given.
+pub const DEFAULT_DB_FILE: &str = "cairn.db";
+
+/// The database URL used when none is given: SQLite in the data directory.
+pub fn default_url(data_dir: &Path) -> Result<String> {
+    match data_dir.join(DEFAULT_DB_FILE).to_str() {
+        Some(path) => Ok(format!("sqlite://{path}")),
+        None => Err(StoreError::Url(format!(
+            "the data directory {} is not UTF-8, so it cannot be written as a database URL: pass --database sqlite://PATH",
+            data_dir.display()
         ))),
     }
 }
@@ -121,8 +136,51 @@ pub struct AuditRecord {
     pub detail: String,
     pub peer: String,
     pub outcome: String,
+    /// Chains the entry to the one before: see [`audit`](self::audit).
+    pub hash: String,
+    /// Set when a field was longer than its bound, which only entries stored
+    /// before the bounds existed can be: the fields above are then cut (see
+    /// [`audit::cut`]) and this is the full entry's [`audit::content_digest`],
+    /// so that the chain can still be checked.
+    pub full_digest: Option<String>,
 }
 
+/// Which audit entries to read; every read is one page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only entries at or after this time.
+    pub since: Option<Micros>,
+    pub from: AuditCursor,
+    /// At most this many entries.
+    pub limit: u32,
+}
+
+/// Where a page of the audit log starts, and which way it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditCursor {
+    /// Entries with a larger id, oldest first (`After(0)`: from the first).
+    After(u64),
+    /// Entries with a smaller id, newest first (`Before(None)`: from the newest).
+    Before(Option<u64>),
+}
+
+/// What the store knows of a client certificate, by operator name and
+/// certificate fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// The operator's current certificate.
+    Current,
+    /// The operator was added before certificates were recorded, and has not
+    /// been added again or revoked since: any certificate of the CA for the
+    /// name is accepted.
+    Unrecorded,
+    /// `operator revoke` revoked the operator.
+    Revoked,
+    /// A newer certificate was issued for the name (`operator add` again).
+    Replaced,
+    /// No operator of that name was ever added.
+    Unknown,
+}
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} not found")]
@@ -139,6 +197,10 @@ pub enum StoreError {
     /// `--database` names nothing [`open`] can open.
     #[error("{0}")]
     Url(String),
+    /// The database lost a protection of the audit log; the message says
+    /// which and what to do.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -177,7 +239,8 @@ pub trait Store: Send + Sync + 'static {
     async fn channels(&self, role: &str) -> Result<(Vec<Channel>, Vec<ChannelEvent>)>;
 
     /// Appends an entry for an action that changes nothing else (a denied
-    /// request, an operator added).
+    /// request, a rejected push). Every field is cut to its bound first
+    /// ([`audit`](self::audit)), and every entry written by any method carries its chain hash.
     async fn audit(
         &self,
         actor: &Actor,
@@ -187,8 +250,28 @@ pub trait Store: Send + Sync + 'static {
         outcome: &str,
     ) -> Result<()>;
 
-    /// Audit entries at or after `since`, oldest first, at most `limit`.
-    async fn audit_log(&self, since: Option<Micros>, limit: u32) -> Result<Vec<AuditRecord>>;
+    /// One page of audit entries, in the cursor's direction. Entries stored
+    /// before the bounds existed come back cut, with their full digest.
+    async fn audit_log(&self, query: AuditQuery) -> Result<Vec<AuditRecord>>;
+
+    /// Records `fingerprint` as the one valid certificate of operator `name`,
+    /// replacing (so revoking) any earlier one. Audited as `operator add`.
+    /// Returns whether an earlier certificate was replaced.
+    async fn add_operator(
+        &self,
+        name: &str,
+        role: &str,
+        fingerprint: &str,
+        actor: &Actor,
+    ) -> Result<bool>;
+
+    /// Revokes every certificate of operator `name`; `NotFound` for a name never
+    /// added, `Conflict` for one already revoked. Audited as `operator revoke`.
+    async fn revoke_operator(&self, name: &str, actor: &Actor) -> Result<()>;
+
+    /// The standing of the certificate with `fingerprint` presented by `name`.
+    /// Read on every call, so a revocation by another process counts at once.
+    async fn standing(&self, name: &str, fingerprint: &str) -> Result<Standing>;
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<()>;
@@ -359,7 +442,20 @@ pub(crate) mod tests {
             .audit(&actor("eve"), "push", "web", "", "denied")
             .await
             .unwrap();
-        let log = store.audit_log(None, 1000).await.unwrap();
+        let page = |from, limit| {
+            let store = store.clone();
+            async move {
+                store
+                    .audit_log(AuditQuery {
+                        since: None,
+                        from,
+                        limit,
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        let log = page(AuditCursor::After(0), 1000).await;
         let pushes: Vec<&str> = log
             .iter()
             .filter(|e| e.action == "push" && e.outcome == "ok")
@@ -378,9 +474,132 @@ pub(crate) mod tests {
             log.windows(2)
                 .all(|w| w[0].id < w[1].id && w[0].at <= w[1].at)
         );
-        let recent = store.audit_log(Some(last.at), 1000).await.unwrap();
+        // Each entry is chained to the one before, from the first.
+        let mut previous = String::new();
+        for e in &log {
+            assert_eq!(e.hash, audit::entry_hash(&previous, e), "entry {}", e.id);
+            previous = e.hash.clone();
+        }
+        let recent = store
+            .audit_log(AuditQuery {
+                since: Some(last.at),
+                from: AuditCursor::After(0),
+                limit: 1000,
+            })
+            .await
+            .unwrap();
         assert!(recent.iter().all(|e| e.at >= last.at) && !recent.is_empty());
-        assert_eq!(store.audit_log(None, 2).await.unwrap().len(), 2);
+        // Pages: forward from a cursor, or backward from the newest.
+        let ids = |page: Vec<AuditRecord>| page.iter().map(|e| e.id).collect::<Vec<_>>();
+        let all = ids(log.clone());
+        assert_eq!(ids(page(AuditCursor::After(0), 2).await), all[..2]);
+        assert_eq!(ids(page(AuditCursor::After(all[1]), 2).await), all[2..4]);
+        let n = all.len();
+        assert_eq!(
+            ids(page(AuditCursor::Before(None), 2).await),
+            [all[n - 1], all[n - 2]]
+        );
+        assert_eq!(
+            ids(page(AuditCursor::Before(Some(all[n - 2])), 1).await),
+            [all[n - 3]]
+        );
+        assert!(page(AuditCursor::After(all[n - 1]), 10).await.is_empty());
+
+        // Whatever a caller sends, a stored entry is bounded.
+        let huge = "r".repeat(1 << 20);
+        let hostile = Actor {
+            name: huge.clone(),
+            role: huge.clone(),
+            peer: huge.clone(),
+        };
+        store
+            .audit(&hostile, &huge, &huge, &huge, &huge)
+            .await
+            .unwrap();
+        let stored = page(AuditCursor::Before(None), 1).await.remove(0);
+        assert_eq!(
+            stored.full_digest, None,
+            "stored within bounds, not cut on reading"
+        );
+        for (text, max) in audit::fields(&stored) {
+            assert_eq!(text.chars().count(), max);
+            assert!(text.ends_with(audit::CUT_MARKER));
+        }
+
+        // Operators: one valid certificate each, replaced by a new one, revoked.
+        let admin = actor("root");
+        assert_eq!(
+            store.standing("olga", "f1").await.unwrap(),
+            Standing::Unknown
+        );
+        assert!(
+            !store
+                .add_operator("olga", "admin", "f1", &admin)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.standing("olga", "f1").await.unwrap(),
+            Standing::Current
+        );
+        assert!(
+            store
+                .add_operator("olga", "admin", "f2", &admin)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.standing("olga", "f1").await.unwrap(),
+            Standing::Replaced
+        );
+        assert_eq!(
+            store.standing("olga", "f2").await.unwrap(),
+            Standing::Current
+        );
+        store.revoke_operator("olga", &admin).await.unwrap();
+        assert_eq!(
+            store.standing("olga", "f2").await.unwrap(),
+            Standing::Revoked
+        );
+        assert!(matches!(
+            store.revoke_operator("olga", &admin).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.revoke_operator("nobody", &admin).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(
+            !store
+                .add_operator("olga", "auditor", "f3", &admin)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.standing("olga", "f3").await.unwrap(),
+            Standing::Current
+        );
+        let ops: Vec<(String, String)> = page(AuditCursor::Before(None), 4)
+            .await
+            .into_iter()
+            .rev()
+            .map(|e| (e.action, e.detail))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                ("operator add".into(), "role admin".into()),
+                (
+                    "operator add".into(),
+                    "role admin; earlier certificates revoked".into()
+                ),
+                (
+                    "operator revoke".into(),
+                    "role admin; every certificate revoked".into()
+                ),
+                ("operator add".into(), "role auditor".into()),
+            ]
+        );
         store.ping().await.unwrap();
     }
 }

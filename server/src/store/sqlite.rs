@@ -3,9 +3,20 @@
 //! Durability: WAL journal with `synchronous = FULL`, so a transaction that
 //! committed (and so was acknowledged) survives the process being killed at any
 //! moment, and the machine losing power. Writers are serialized in-process by
-//! a mutex, so version numbers are assigned one push at a time.
+//! a mutex, so version numbers are assigned one push at a time, and across
+//! processes (`cairn-server operator add` next to a running server) by taking
+//! the write lock when the transaction begins (`BEGIN IMMEDIATE`), so that
+//! each audit entry is chained to the entry that is really the last one.
+//!
+//! Files: the database and its `-wal` and `-shm` files are mode 0600 whatever
+//! the umask (SQLite gives the latter two the database file's mode).
+//!
+//! Opening refuses a database whose audit log lost its protection: see
+//! [`PROTECTIONS`].
 
-use std::path::Path;
+use std::fs::{File, OpenOptions, Permissions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -29,6 +40,8 @@ fn db<E: std::error::Error + Send + Sync + 'static>(
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The database file, for messages.
+    path: PathBuf,
     /// Held by every write transaction; dropped at the end of it. Bounds the
     /// writers to one, which is all SQLite allows anyway, without BUSY retries.
     write: Mutex<()>,
@@ -89,13 +102,83 @@ struct AuditRow {
     detail: String,
     peer: String,
     outcome: String,
+    hash: Option<String>,
+}
+
+impl From<AuditRow> for AuditRecord {
+    fn from(r: AuditRow) -> Self {
+        AuditRecord {
+            id: r.id as u64,
+            at: r.at,
+            actor: r.actor,
+            actor_role: r.actor_role,
+            action: r.action,
+            target: r.target,
+            detail: r.detail,
+            peer: r.peer,
+            outcome: r.outcome,
+            hash: r.hash.unwrap_or_default(),
+            full_digest: None,
+        }
+    }
+}
+
+const AUDIT_COLUMNS: &str =
+    "id, at, actor, actor_role, action, target, detail, peer, outcome, hash";
+
+/// The triggers that keep the audit log append-only and chained (and versions
+/// immutable), each with what it guards; the server refuses to start without
+/// any of them (see `server/migrations/sqlite/` for their definitions).
+pub const PROTECTIONS: [(&str, &str); 4] = [
+    ("audit_log_no_update", "refuses changes to audit entries"),
+    ("audit_log_no_delete", "refuses removal of audit entries"),
+    (
+        "audit_log_hash_required",
+        "refuses audit entries without their chain hash",
+    ),
+    (
+        "role_versions_immutable",
+        "refuses changes to stored versions",
+    ),
+];
+
+/// Creates the database file with mode 0600 if it does not exist, and takes
+/// group and other permissions away from it and its `-wal` and `-shm` files if
+/// it does: SQLite would create it 0644 and give the others the same mode.
+fn restrict_files(path: &Path) -> Result<()> {
+    let restrict = |file: File, path: &Path| {
+        file.set_permissions(Permissions::from_mode(0o600))
+            .map_err(db(format!("make {} private (mode 0600)", path.display())))
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(db(format!("create {}", path.display())))?;
+    restrict(file, path)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let side = PathBuf::from(name);
+        match OpenOptions::new().append(true).open(&side) {
+            Ok(file) => restrict(file, &side)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(db(format!("open {}", side.display()))(e)),
+        }
+    }
+    Ok(())
 }
 
 const VERSION_COLUMNS: &str = "role, version, digest, author, message, created_at";
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and migrates it.
+    /// Opens (creating if needed) the database at `path`, migrates it, chains
+    /// audit entries stored before the chain existed, and checks that the
+    /// audit log is still protected.
     pub async fn open(path: &Path) -> Result<Self> {
+        restrict_files(path)?;
         let opts = SqliteConnectOptions::from_str("sqlite:")
             .map_err(db("configure sqlite"))?
             .filename(path)
@@ -106,6 +189,10 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // A connection is a file this process holds open, which nothing
+            // breaks between uses: checking it before each use (sqlx's default)
+            // only costs a round trip to its thread, on every call.
+            .test_before_acquire(false)
             .connect_with(opts)
             .await
             .map_err(db(format!("open {}", path.display())))?;
@@ -113,15 +200,152 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(db("apply database migrations"))?;
-        Ok(SqliteStore {
+        let store = SqliteStore {
             pool,
+            path: path.to_path_buf(),
             write: Mutex::new(()),
-        })
+        };
+        store.check_protections().await?;
+        store.chain_unchained().await?;
+        Ok(store)
     }
 
+    /// A write transaction, holding SQLite's write lock from its start.
     async fn begin(&self, op: &'static str) -> Result<Transaction<'static, Sqlite>> {
-        self.pool.begin().await.map_err(db(op))
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db(op))
     }
+
+    fn damaged(&self, what: String) -> StoreError {
+        StoreError::Damaged(format!(
+            "the audit log in {} is no longer protected: {what}\n  \
+             help: the database was changed outside cairn-server. Restore it from a backup, \
+             or recreate what is missing from server/migrations/sqlite/; then check the log \
+             with `cairn audit verify`",
+            self.path.display()
+        ))
+    }
+
+    /// Refuses a database whose audit log lost its chain column or one of
+    /// [`PROTECTIONS`], or whose triggers no longer refuse what they should.
+    async fn check_protections(&self) -> Result<()> {
+        let columns: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_table_info('audit_log')")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read the audit log's columns"))?;
+        if !columns.iter().any(|c| c == "hash") {
+            return Err(self.damaged("its column `hash` (the chain) is missing".into()));
+        }
+        let triggers: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read the database's triggers"))?;
+        let missing: Vec<String> = PROTECTIONS
+            .iter()
+            .filter(|(name, _)| !triggers.iter().any(|t| t == name))
+            .map(|(name, what)| format!("trigger {name} ({what})"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(self.damaged(format!("missing {}", missing.join(", "))));
+        }
+        // A trigger of the right name could have been replaced by one that
+        // refuses nothing: try what they must refuse, then undo everything.
+        let mut tx = self.begin("begin audit log check").await?;
+        let refused = |r: std::result::Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error>,
+                       why: &str| {
+            r.is_err_and(|e| e.to_string().contains(why))
+        };
+        let probe = "INSERT INTO audit_log (at, actor, actor_role, action, target, detail, peer, outcome, hash)
+                     VALUES (0, '', '', 'protection check', '', '', '', '', ?)";
+        let unhashed = sqlx::query(probe)
+            .bind(None::<String>)
+            .execute(&mut *tx)
+            .await;
+        sqlx::query(probe)
+            .bind("check")
+            .execute(&mut *tx)
+            .await
+            .map_err(db("check the audit log's triggers"))?;
+        let last = "(SELECT MAX(id) FROM audit_log)";
+        let changed = sqlx::query(&format!(
+            "UPDATE audit_log SET detail = 'x' WHERE id = {last}"
+        ))
+        .execute(&mut *tx)
+        .await;
+        let removed = sqlx::query(&format!("DELETE FROM audit_log WHERE id = {last}"))
+            .execute(&mut *tx)
+            .await;
+        tx.rollback()
+            .await
+            .map_err(db("undo the audit log check"))?;
+        let failed: Vec<&str> = [
+            (refused(unhashed, "chain hash"), "audit_log_hash_required"),
+            (refused(changed, "append-only"), "audit_log_no_update"),
+            (refused(removed, "append-only"), "audit_log_no_delete"),
+        ]
+        .into_iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, name)| name)
+        .collect();
+        if !failed.is_empty() {
+            return Err(self.damaged(format!(
+                "trigger {} no longer refuses what it should",
+                failed.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Gives entries stored before the chain existed (a prefix of the log)
+    /// their hashes, in id order, in one transaction.
+    async fn chain_unchained(&self) -> Result<()> {
+        const BATCH: i64 = 100;
+        let _writer = self.write.lock().await;
+        let mut tx = self.begin("begin chaining the audit log").await?;
+        let mut after: i64 = 0;
+        loop {
+            let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE hash IS NULL AND id > ? ORDER BY id LIMIT ?"
+            ))
+            .bind(after)
+            .bind(BATCH)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("read unchained audit entries"))?;
+            let Some(first) = rows.first() else { break };
+            let mut previous = hash_before(&mut tx, first.id).await?;
+            for row in rows {
+                after = row.id;
+                let record = AuditRecord::from(row);
+                let hash = audit::entry_hash(&previous, &record);
+                sqlx::query("UPDATE audit_log SET hash = ? WHERE id = ?")
+                    .bind(&hash)
+                    .bind(record.id as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("chain an earlier audit entry"))?;
+                previous = hash;
+            }
+        }
+        tx.commit()
+            .await
+            .map_err(db("commit the chained audit entries"))
+    }
+}
+
+/// The hash of the audit entry before the one with id `id`; empty when there is none.
+async fn hash_before(tx: &mut Transaction<'static, Sqlite>, id: i64) -> Result<String> {
+    let hash: Option<Option<String>> =
+        sqlx::query_scalar("SELECT hash FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT 1")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db("read the audit entry before"))?;
+    Ok(hash.flatten().unwrap_or_default())
 }
 
 async fn append_audit(
@@ -132,18 +356,41 @@ async fn append_audit(
     detail: &str,
     outcome: &str,
 ) -> Result<()> {
+    // The transaction holds the write lock, so the last entry stays the last.
+    let last: Option<(i64, Option<String>)> =
+        sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db("read the last audit entry"))?;
+    let (last_id, previous) = last.unwrap_or((0, None));
+    let entry = audit::cut(&AuditRecord {
+        id: last_id as u64 + 1,
+        at: now_micros(),
+        actor: actor.name.clone(),
+        actor_role: actor.role.clone(),
+        action: action.into(),
+        target: target.into(),
+        detail: detail.into(),
+        peer: actor.peer.clone(),
+        outcome: outcome.into(),
+        hash: String::new(),
+        full_digest: None,
+    });
+    let hash = audit::entry_hash(previous.as_deref().unwrap_or(""), &entry);
     sqlx::query(
-        "INSERT INTO audit_log (at, actor, actor_role, action, target, detail, peer, outcome)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit_log (id, at, actor, actor_role, action, target, detail, peer, outcome, hash)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(now_micros())
-    .bind(&actor.name)
-    .bind(&actor.role)
-    .bind(action)
-    .bind(target)
-    .bind(detail)
-    .bind(&actor.peer)
-    .bind(outcome)
+    .bind(entry.id as i64)
+    .bind(entry.at)
+    .bind(&entry.actor)
+    .bind(&entry.actor_role)
+    .bind(&entry.action)
+    .bind(&entry.target)
+    .bind(&entry.detail)
+    .bind(&entry.peer)
+    .bind(&entry.outcome)
+    .bind(&hash)
     .execute(&mut **tx)
     .await
     .map_err(db("append audit entry"))?;
@@ -474,31 +721,140 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db("commit audit entry"))
     }
 
-    async fn audit_log(&self, since: Option<Micros>, limit: u32) -> Result<Vec<AuditRecord>> {
-        let rows: Vec<AuditRow> = sqlx::query_as(
-            "SELECT * FROM (SELECT id, at, actor, actor_role, action, target, detail, peer, outcome
-                            FROM audit_log WHERE at >= ? ORDER BY id DESC LIMIT ?)
-             ORDER BY id",
-        )
-        .bind(since.unwrap_or(i64::MIN))
-        .bind(limit as i64)
+    async fn audit_log(&self, query: AuditQuery) -> Result<Vec<AuditRecord>> {
+        // Fields are read only up to one character past their bound: entries
+        // stored before the bounds existed may be huge, and a page holds many.
+        let cut =
+            |column: &str, max: usize| format!("substr({column}, 1, {}) AS {column}", max + 1);
+        let (name, text) = (audit::MAX_NAME_CHARS, audit::MAX_TEXT_CHARS);
+        let (order, id_bound) = match query.from {
+            AuditCursor::After(id) => ("ASC", format!("id > {id}")),
+            AuditCursor::Before(Some(id)) => ("DESC", format!("id < {id}")),
+            AuditCursor::Before(None) => ("DESC", "1".to_string()),
+        };
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT id, at, {}, {}, {}, {}, {}, {}, {}, hash FROM audit_log
+             WHERE at >= ? AND {id_bound} ORDER BY id {order} LIMIT ?",
+            cut("actor", name),
+            cut("actor_role", name),
+            cut("action", name),
+            cut("target", name),
+            cut("detail", text),
+            cut("peer", name),
+            cut("outcome", text),
+        ))
+        .bind(query.since.unwrap_or(i64::MIN))
+        .bind(query.limit as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(db("read audit log"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| AuditRecord {
-                id: r.id as u64,
-                at: r.at,
-                actor: r.actor,
-                actor_role: r.actor_role,
-                action: r.action,
-                target: r.target,
-                detail: r.detail,
-                peer: r.peer,
-                outcome: r.outcome,
-            })
-            .collect())
+        let mut records = Vec::with_capacity(rows.len());
+        for row in rows {
+            let record = AuditRecord::from(row);
+            if !audit::oversized(&record) {
+                records.push(record);
+                continue;
+            }
+            // One oversized entry at a time, whole, for its digest.
+            let full: AuditRow = sqlx::query_as(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE id = ?"
+            ))
+            .bind(record.id as i64)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("read an oversized audit entry"))?;
+            let full = AuditRecord::from(full);
+            records.push(AuditRecord {
+                full_digest: Some(audit::content_digest(&full)),
+                ..audit::cut(&full)
+            });
+        }
+        Ok(records)
+    }
+
+    async fn add_operator(
+        &self,
+        name: &str,
+        role: &str,
+        fingerprint: &str,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let _writer = self.write.lock().await;
+        let mut tx = self.begin("begin operator add").await?;
+        let before: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT revoked_at FROM operators WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("read operator"))?;
+        let replaced = matches!(before, Some(None));
+        sqlx::query(
+            "INSERT INTO operators (name, role, fingerprint, updated_at, revoked_at) VALUES (?, ?, ?, ?, NULL)
+             ON CONFLICT (name) DO UPDATE SET role = excluded.role, fingerprint = excluded.fingerprint,
+                 updated_at = excluded.updated_at, revoked_at = NULL",
+        )
+        .bind(name)
+        .bind(role)
+        .bind(fingerprint)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("record operator"))?;
+        let detail = if replaced {
+            format!("role {role}; earlier certificates revoked")
+        } else {
+            format!("role {role}")
+        };
+        append_audit(&mut tx, actor, "operator add", name, &detail, "ok").await?;
+        tx.commit().await.map_err(db("commit operator add"))?;
+        Ok(replaced)
+    }
+
+    async fn revoke_operator(&self, name: &str, actor: &Actor) -> Result<()> {
+        let _writer = self.write.lock().await;
+        let mut tx = self.begin("begin operator revoke").await?;
+        let before: Option<(String, Option<i64>)> =
+            sqlx::query_as("SELECT role, revoked_at FROM operators WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("read operator"))?;
+        let role = match before {
+            None => return Err(StoreError::NotFound(format!("operator {name}"))),
+            Some((_, Some(_))) => {
+                return Err(StoreError::Conflict(format!(
+                    "operator {name} is already revoked"
+                )));
+            }
+            Some((role, None)) => role,
+        };
+        let now = now_micros();
+        sqlx::query("UPDATE operators SET revoked_at = ?, updated_at = ? WHERE name = ?")
+            .bind(now)
+            .bind(now)
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("revoke operator"))?;
+        let detail = format!("role {role}; every certificate revoked");
+        append_audit(&mut tx, actor, "operator revoke", name, &detail, "ok").await?;
+        tx.commit().await.map_err(db("commit operator revoke"))
+    }
+
+    async fn standing(&self, name: &str, fingerprint: &str) -> Result<Standing> {
+        let row: Option<(Option<String>, Option<i64>)> =
+            sqlx::query_as("SELECT fingerprint, revoked_at FROM operators WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("read operator"))?;
+        Ok(match row {
+            None => Standing::Unknown,
+            Some((_, Some(_))) => Standing::Revoked,
+            Some((None, None)) => Standing::Unrecorded,
+            Some((Some(current), None)) if current == fingerprint => Standing::Current,
+            Some((Some(_), None)) => Standing::Replaced,
+        })
     }
 
     async fn ping(&self) -> Result<()> {
@@ -525,27 +881,187 @@ mod tests {
         assert!(path.is_file(), "the URL's path is the database file");
     }
 
+    fn someone() -> Actor {
+        Actor {
+            name: "a".into(),
+            role: "admin".into(),
+            peer: "p".into(),
+        }
+    }
+
     #[tokio::test]
     async fn the_audit_log_is_append_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("cairn.db"))
             .await
             .unwrap();
-        let actor = Actor {
-            name: "a".into(),
-            role: "admin".into(),
-            peer: "p".into(),
-        };
-        store.audit(&actor, "x", "y", "", "ok").await.unwrap();
-        let err = sqlx::query("DELETE FROM audit_log")
-            .execute(&store.pool)
+        store.audit(&someone(), "x", "y", "", "ok").await.unwrap();
+        for refused in [
+            "DELETE FROM audit_log",
+            "UPDATE audit_log SET actor = 'b'",
+            "UPDATE audit_log SET hash = 'b'",
+        ] {
+            let err = sqlx::query(refused).execute(&store.pool).await.unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{refused}: {err}");
+        }
+        let err = sqlx::query(
+            "INSERT INTO audit_log (at, actor, actor_role, action, target, detail, peer, outcome)
+             VALUES (0, '', '', '', '', '', '', '')",
+        )
+        .execute(&store.pool)
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("chain hash"), "{err}");
+    }
+
+    /// A database as the server before the chain left it: only the first migration.
+    async fn old_database(path: &Path) -> SqlitePool {
+        let pool = SqlitePool::connect_with(
+            SqliteConnectOptions::from_str("sqlite:")
+                .unwrap()
+                .filename(path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        let mut first = sqlx::migrate!("./migrations/sqlite");
+        first.migrations = first
+            .migrations
+            .iter()
+            .filter(|m| m.version == 1)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        first.run(&pool).await.unwrap();
+        pool
+    }
+
+    #[tokio::test]
+    async fn entries_from_before_the_chain_are_chained_and_their_operators_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.db");
+        let old = old_database(&path).await;
+        let huge = "h".repeat(2 << 20);
+        for (actor, role, action, target, detail) in [
+            ("root", "local", "operator add", "ada", "role admin"),
+            ("anonymous", "none", "push", huge.as_str(), ""),
+            ("root", "local", "operator add", "bob", "role publisher"),
+            ("root", "local", "operator add", "bob", "role auditor"),
+            ("ada", "admin", "operator add", "eve", "role admin"),
+        ] {
+            sqlx::query(
+                "INSERT INTO audit_log (at, actor, actor_role, action, target, detail, peer, outcome)
+                 VALUES (?, ?, ?, ?, ?, ?, 'local', 'ok')",
+            )
+            .bind(now_micros())
+            .bind(actor)
+            .bind(role)
+            .bind(action)
+            .bind(target)
+            .bind(detail)
+            .execute(&old)
             .await
-            .unwrap_err();
-        assert!(err.to_string().contains("append-only"), "{err}");
-        let err = sqlx::query("UPDATE audit_log SET actor = 'b'")
-            .execute(&store.pool)
+            .unwrap();
+        }
+        old.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.audit(&someone(), "x", "y", "", "ok").await.unwrap();
+        let log = store
+            .audit_log(AuditQuery {
+                since: None,
+                from: AuditCursor::After(0),
+                limit: 100,
+            })
             .await
-            .unwrap_err();
-        assert!(err.to_string().contains("append-only"), "{err}");
+            .unwrap();
+        assert_eq!(log.len(), 6);
+        let mut previous = String::new();
+        for e in &log {
+            let content = e
+                .full_digest
+                .clone()
+                .unwrap_or_else(|| audit::content_digest(e));
+            assert_eq!(e.hash, audit::link(&previous, &content), "entry {}", e.id);
+            previous = e.hash.clone();
+        }
+        // The oversized old entry comes back cut, with the digest of all of it.
+        assert!(log[1].full_digest.is_some());
+        assert_eq!(log[1].target.chars().count(), audit::MAX_NAME_CHARS);
+        assert!(
+            log.iter()
+                .enumerate()
+                .all(|(i, e)| i == 1 || e.full_digest.is_none())
+        );
+
+        // Operators added locally before keep working, with their newest role;
+        // an entry not done locally adds nobody.
+        for name in ["ada", "bob"] {
+            assert_eq!(
+                store.standing(name, "any").await.unwrap(),
+                Standing::Unrecorded,
+                "{name}"
+            );
+        }
+        let role: String = sqlx::query_scalar("SELECT role FROM operators WHERE name = 'bob'")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(role, "auditor");
+        assert_eq!(
+            store.standing("eve", "any").await.unwrap(),
+            Standing::Unknown
+        );
+    }
+
+    /// Runs `sql` on its own connection, as someone with the file would.
+    async fn tamper(path: &Path, sql: &str) {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect_with(
+            &SqliteConnectOptions::from_str("sqlite:")
+                .unwrap()
+                .filename(path),
+        )
+        .await
+        .unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_database_without_its_protections_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.db");
+        drop(SqliteStore::open(&path).await.unwrap());
+        tamper(&path, "DROP TRIGGER audit_log_no_delete").await;
+        let err = SqliteStore::open(&path).await.err().unwrap().to_string();
+        assert!(
+            err.contains("missing trigger audit_log_no_delete (refuses removal of audit entries)")
+                && err.contains("help: ")
+                && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+        // One of the right name that refuses nothing is no better.
+        tamper(
+            &path,
+            "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log BEGIN SELECT 1; END",
+        )
+        .await;
+        let err = SqliteStore::open(&path).await.err().unwrap().to_string();
+        assert!(
+            err.contains("trigger audit_log_no_delete no longer refuses what it should"),
+            "{err}"
+        );
+        tamper(
+            &path,
+            "DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_hash_required;
+             ALTER TABLE audit_log DROP COLUMN hash",
+        )
+        .await;
+        let err = SqliteStore::open(&path).await.err().unwrap().to_string();
+        assert!(
+            err.contains("column `hash` (the chain) is missing"),
+            "{err}"
+        );
     }
 }

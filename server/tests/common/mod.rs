@@ -20,11 +20,6 @@ use tempfile::TempDir;
 /// The names the server certificate is issued for.
 const NAMES: [&str; 2] = ["127.0.0.1", "localhost"];
 
-/// `cairn-server serve`'s default database: SQLite in the data directory.
-pub fn database(data_dir: &Path) -> String {
-    format!("sqlite://{}", data_dir.join("cairn.db").display())
-}
-
 /// The server running in this process, on its own thread and runtime (so sync
 /// and async tests alike can use it), on loopback ports the test bound.
 pub struct Server {
@@ -59,7 +54,7 @@ impl Server {
         std::fs::create_dir_all(&work).unwrap();
         let config = ServeConfig {
             data_dir: data_dir.to_path_buf(),
-            database: database(data_dir),
+            database: cairn_server::store::default_url(data_dir).unwrap(),
             names: NAMES.map(String::from).to_vec(),
         };
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
