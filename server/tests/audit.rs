@@ -13,35 +13,13 @@ use std::time::{Duration, Instant};
 
 use cairn_proto::pb;
 use cairn_server::store::{self, Actor, audit};
+use common::cli::*;
 use common::*;
 use prost::Message;
 use serde_json::Value;
 use tonic::Code;
 
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 const SERVER: &str = env!("CARGO_BIN_EXE_cairn-server");
-
-fn cairn(creds: &Path, args: &[&str]) -> Output {
-    Command::new(CAIRN)
-        .env_remove("CAIRN_SERVER")
-        .env("CAIRN_CREDENTIALS", creds)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// `cairn ARGS --output json`, which must succeed, parsed.
-#[track_caller]
-fn json(creds: &Path, args: &[&str]) -> Value {
-    let args: Vec<&str> = args.iter().copied().chain(["--output", "json"]).collect();
-    let o = cairn(creds, &args);
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
-    assert!(o.status.success(), "cairn {args:?} failed:\n{err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("cairn {args:?}: {e}:\n{out}"))
-}
 
 /// `cairn-server ARGS`.
 fn server_cmd(args: &[&str], data_dir: &Path) -> Output {

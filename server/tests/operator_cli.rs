@@ -4,62 +4,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use cairn_proto::bundle::RoleBundle;
 use cairn_proto::client::Credentials;
 use cairn_proto::facts::Facts;
+use common::cli::*;
 use common::{Server, add_operator};
 use serde_json::Value;
-
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
-
-/// Runs `cairn` with only this credential (no ambient CAIRN_* settings).
-fn cairn(creds: &Path, args: &[&str]) -> Output {
-    Command::new(CAIRN)
-        .env_remove("CAIRN_SERVER")
-        .env("CAIRN_CREDENTIALS", creds)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-#[track_caller]
-fn ok(creds: &Path, args: &[&str]) -> String {
-    let o = cairn(creds, args);
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
-    assert!(
-        o.status.success(),
-        "cairn {args:?} failed:\n{err}\nstdout:\n{out}"
-    );
-    out.into_owned()
-}
-
-/// Runs a command expected to fail; returns its stderr.
-#[track_caller]
-fn fails(creds: &Path, args: &[&str]) -> String {
-    let o = cairn(creds, args);
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
-    assert!(!o.status.success(), "cairn {args:?} succeeded:\n{out}");
-    assert!(out.is_empty(), "a failed command printed a result: {out}");
-    assert!(err.starts_with("error: "), "{err}");
-    err.into_owned()
-}
-
-/// The command with `--output json`, parsed: one JSON document.
-#[track_caller]
-fn json(creds: &Path, args: &[&str]) -> Value {
-    let args: Vec<&str> = args.iter().copied().chain(["--output", "json"]).collect();
-    let out = ok(creds, &args);
-    serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("cairn {args:?} printed invalid JSON ({e}):\n{out}"))
-}
 
 fn recipes() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes")

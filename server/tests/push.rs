@@ -7,39 +7,16 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cairn_proto::client::Connection;
 use cairn_proto::pb;
 use cairn_server::store::{self, Actor};
+use common::cli::*;
 use common::*;
 use prost::Message;
 use serde_json::Value;
 use tonic::Code;
-
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
-
-/// Runs `cairn` with only this credential (no ambient CAIRN_* settings).
-fn cairn(creds: &Path, args: &[&str]) -> Output {
-    Command::new(CAIRN)
-        .env_remove("CAIRN_SERVER")
-        .env("CAIRN_CREDENTIALS", creds)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-#[track_caller]
-fn ok(creds: &Path, args: &[&str]) -> String {
-    let o = cairn(creds, args);
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-    );
-    assert!(o.status.success(), "cairn {args:?} failed:\n{err}\n{out}");
-    out.into_owned()
-}
 
 /// Writes `files` (path, content) as a role directory `work/name`.
 fn role_dir(work: &Path, name: &str, files: &[(&str, &str)]) -> String {
