@@ -250,7 +250,7 @@ impl pb::roles_server::Roles for Api {
                     // would break the HTTP/2 stream instead.
                     return Ok(pb::PushResponse {
                         rejected: true,
-                        diagnostics: diags.0.into_iter().map(diagnostic_to_wire).collect(),
+                        diagnostics: diags.0.into_iter().map(pb::Diagnostic::from).collect(),
                         ..Default::default()
                     });
                 }
@@ -453,19 +453,6 @@ impl pb::roles_server::Roles for Api {
             })
         })
         .await
-    }
-}
-
-fn diagnostic_to_wire(d: role::Diagnostic) -> pb::Diagnostic {
-    let number = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    pb::Diagnostic {
-        file: d.file,
-        line: number(d.line),
-        column: number(d.column),
-        context: d.context.unwrap_or_default(),
-        field: d.field.unwrap_or_default(),
-        message: d.message,
-        help: d.help.unwrap_or_default(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::ops::Range;
 use crate::bundle::MANIFEST;
 
 /// One problem in a role, located to a file, line and (where known) field.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Diagnostic {
     /// Path inside the role: `role.toml`, `templates/site.conf.hbs`, …
     pub file: String,
@@ -39,6 +39,37 @@ impl fmt::Display for Diagnostic {
             write!(f, "\n  help: {help}")?;
         }
         Ok(())
+    }
+}
+
+/// On the wire (a rejected push), absent fields are empty strings.
+impl From<Diagnostic> for crate::pb::Diagnostic {
+    fn from(d: Diagnostic) -> Self {
+        let number = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        crate::pb::Diagnostic {
+            file: d.file,
+            line: number(d.line),
+            column: number(d.column),
+            context: d.context.unwrap_or_default(),
+            field: d.field.unwrap_or_default(),
+            message: d.message,
+            help: d.help.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<crate::pb::Diagnostic> for Diagnostic {
+    fn from(d: crate::pb::Diagnostic) -> Self {
+        let some = |s: String| Some(s).filter(|s| !s.is_empty());
+        Diagnostic {
+            file: d.file,
+            line: d.line as usize,
+            column: d.column as usize,
+            context: some(d.context),
+            field: some(d.field),
+            message: d.message,
+            help: some(d.help),
+        }
     }
 }
 

@@ -158,48 +158,6 @@ impl Render for PushOut {
     }
 }
 
-/// One problem in a role, as the server found it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DiagnosticOut {
-    pub file: String,
-    /// 1-based; 0 when the problem is the file as a whole.
-    pub line: usize,
-    pub column: usize,
-    pub context: Option<String>,
-    pub field: Option<String>,
-    pub message: String,
-    pub help: Option<String>,
-}
-
-impl From<pb::Diagnostic> for DiagnosticOut {
-    fn from(d: pb::Diagnostic) -> Self {
-        let some = |s: String| Some(s).filter(|s| !s.is_empty());
-        DiagnosticOut {
-            file: d.file,
-            line: d.line as usize,
-            column: d.column as usize,
-            context: some(d.context),
-            field: some(d.field),
-            message: d.message,
-            help: some(d.help),
-        }
-    }
-}
-
-impl From<&DiagnosticOut> for Diagnostic {
-    fn from(d: &DiagnosticOut) -> Self {
-        Diagnostic {
-            file: d.file.clone(),
-            line: d.line,
-            column: d.column,
-            context: d.context.clone(),
-            field: d.field.clone(),
-            message: d.message.clone(),
-            help: d.help.clone(),
-        }
-    }
-}
-
 /// `cairn role push` of a role the server found invalid: nothing was stored.
 #[derive(Debug, Serialize)]
 pub struct RejectedOut {
@@ -208,22 +166,21 @@ pub struct RejectedOut {
     /// "3 problems", or "more than 100 problems" when the list was cut.
     pub summary: String,
     /// Every diagnostic the server sent, the last saying how many more when cut.
-    pub diagnostics: Vec<DiagnosticOut>,
+    pub diagnostics: Vec<Diagnostic>,
 }
 
 impl RejectedOut {
     pub fn new(r: pb::PushResponse) -> Self {
-        let diagnostics: Vec<DiagnosticOut> =
-            r.diagnostics.into_iter().map(DiagnosticOut::from).collect();
-        let summary = if diagnostics.is_empty() {
+        let diagnostics = Diagnostics(r.diagnostics.into_iter().map(Diagnostic::from).collect());
+        let summary = if diagnostics.0.is_empty() {
             "problems the server did not list".to_string()
         } else {
-            Diagnostics(diagnostics.iter().map(Diagnostic::from).collect()).summary()
+            diagnostics.summary()
         };
         RejectedOut {
             rejected: true,
             summary,
-            diagnostics,
+            diagnostics: diagnostics.0,
         }
     }
 }
@@ -236,7 +193,7 @@ impl Render for RejectedOut {
             self.summary
         );
         for d in &self.diagnostics {
-            s.push_str(&format!("{}\n", Diagnostic::from(d)));
+            s.push_str(&format!("{d}\n"));
         }
         s
     }
