@@ -483,6 +483,8 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(db("read latest version"))?;
+        // The latest row has the highest number, and the write lock keeps it so.
+        let version = latest.as_ref().map_or(0, |l| l.version) + 1;
         if let Some(latest) = latest.filter(|l| l.digest == new.digest) {
             let detail = format!("identical to version {}; nothing stored", latest.version);
             append_audit(&mut tx, actor, "push", &new.role, &detail, "ok").await?;
@@ -492,13 +494,6 @@ impl Store for SqliteStore {
                 created: false,
             });
         }
-        let version: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM role_versions WHERE role = ?",
-        )
-        .bind(&new.role)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db("number new version"))?;
         let meta = VersionMeta {
             role: new.role,
             version: version as u64,
