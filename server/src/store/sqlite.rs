@@ -13,12 +13,21 @@
 //!
 //! Opening refuses a database whose audit log lost its protection: see
 //! [`PROTECTIONS`].
+//!
+//! Every call asks whether the caller's certificate still counts
+//! ([`Store::standing`]); answers are kept in memory and dropped as soon as
+//! the operators table changes, which [`OperatorChanges`] tells with a read
+//! of a small file instead of a query.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions, Permissions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -45,6 +54,92 @@ pub struct SqliteStore {
     /// Held by every write transaction; dropped at the end of it. Bounds the
     /// writers to one, which is all SQLite allows anyway, without BUSY retries.
     write: Mutex<()>,
+    changes: OperatorChanges,
+    standings: std::sync::Mutex<Standings>,
+    head: ChainHead,
+}
+
+/// At most this many certificates' standings are kept; past it, all are dropped.
+const MAX_STANDINGS: usize = 4096;
+/// Kept standings are dropped at least this often, so that a change whose
+/// count was never written (its process died between commit and count) is
+/// seen within this time.
+const STANDINGS_TTL: Duration = Duration::from_secs(60);
+
+/// The standings read while the operators table was at `generation`.
+struct Standings {
+    generation: u64,
+    since: Instant,
+    known: HashMap<(String, String), Standing>,
+}
+
+/// A count of the changes to the operators table, in a file next to the
+/// database (`cairn.db-operators`), shared by every process that opens it:
+/// whoever changes the table counts the change after committing it. Reading it
+/// is one small file read, which lets a server keep standings in memory and
+/// still see a revocation made by `cairn-server operator revoke` at once.
+struct OperatorChanges {
+    path: PathBuf,
+}
+
+impl OperatorChanges {
+    fn new(db: &Path) -> Self {
+        let mut name = db.as_os_str().to_owned();
+        name.push("-operators");
+        OperatorChanges {
+            path: PathBuf::from(name),
+        }
+    }
+
+    fn open(&self, create: bool) -> std::io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(create)
+            .create(create)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&self.path)
+    }
+
+    /// The count; 0 before the first change. Any change of it, even back to 0
+    /// (the file removed), drops what was kept.
+    fn read(&self) -> Result<u64> {
+        let mut bytes = [0; 8];
+        match self.open(false) {
+            Ok(mut file) => {
+                let n = file
+                    .read(&mut bytes)
+                    .map_err(db(format!("read {}", self.path.display())))?;
+                if n < bytes.len() {
+                    bytes = [0; 8];
+                }
+                Ok(u64::from_le_bytes(bytes))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(db(format!("open {}", self.path.display()))(e)),
+        }
+    }
+
+    /// Counts one change; called after the change committed.
+    fn count(&self) -> Result<()> {
+        let file = self
+            .open(true)
+            .map_err(db(format!("open {}", self.path.display())))?;
+        let file = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| db(format!("lock {}", self.path.display()))(e))?;
+        let mut bytes = [0; 8];
+        let n = file
+            .read_at(&mut bytes, 0)
+            .map_err(db(format!("read {}", self.path.display())))?;
+        let next = if n < bytes.len() {
+            1
+        } else {
+            u64::from_le_bytes(bytes).wrapping_add(1)
+        };
+        file.write_all_at(&next.to_le_bytes(), 0)
+            .map_err(db(format!("write {}", self.path.display())))
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -204,6 +299,13 @@ impl SqliteStore {
             pool,
             path: path.to_path_buf(),
             write: Mutex::new(()),
+            changes: OperatorChanges::new(path),
+            standings: std::sync::Mutex::new(Standings {
+                generation: 0,
+                since: Instant::now(),
+                known: HashMap::new(),
+            }),
+            head: ChainHead::default(),
         };
         store.check_protections().await?;
         store.chain_unchained().await?;
@@ -216,6 +318,23 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db(op))
+    }
+
+    /// What the operators table says of this certificate.
+    async fn read_standing(&self, name: &str, fingerprint: &str) -> Result<Standing> {
+        let row: Option<(Option<String>, Option<i64>)> =
+            sqlx::query_as("SELECT fingerprint, revoked_at FROM operators WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("read operator"))?;
+        Ok(match row {
+            None => Standing::Unknown,
+            Some((_, Some(_))) => Standing::Revoked,
+            Some((None, None)) => Standing::Unrecorded,
+            Some((Some(current), None)) if current == fingerprint => Standing::Current,
+            Some((Some(_), None)) => Standing::Replaced,
+        })
     }
 
     fn damaged(&self, what: String) -> StoreError {
@@ -348,14 +467,64 @@ async fn hash_before(tx: &mut Transaction<'static, Sqlite>, id: i64) -> Result<S
     Ok(hash.flatten().unwrap_or_default())
 }
 
+/// The newest audit entry this process wrote, `(id, hash)`: the next entry is
+/// chained to it without reading the log's end back first, provided the log
+/// still ends there (checked by the insert itself).
+type ChainHead = std::sync::Mutex<Option<(i64, String)>>;
+
 async fn append_audit(
     tx: &mut Transaction<'static, Sqlite>,
+    head: &ChainHead,
     actor: &Actor,
     action: &str,
     target: &str,
     detail: &str,
     outcome: &str,
 ) -> Result<()> {
+    let entry = |after: i64, previous: &str| {
+        let entry = audit::cut(&AuditRecord {
+            id: after as u64 + 1,
+            at: now_micros(),
+            actor: actor.name.clone(),
+            actor_role: actor.role.clone(),
+            action: action.into(),
+            target: target.into(),
+            detail: detail.into(),
+            peer: actor.peer.clone(),
+            outcome: outcome.into(),
+            hash: String::new(),
+            full_digest: None,
+        });
+        let hash = audit::entry_hash(previous, &entry);
+        (entry, hash)
+    };
+    let guess = head.lock().expect("chain head lock").clone();
+    // Chained to the remembered head only if the log still ends with it (another
+    // process may have appended, or this process's transaction rolled back).
+    if let Some((last_id, previous)) = guess {
+        let (new, hash) = entry(last_id, &previous);
+        let added = bind_entry(
+            sqlx::query(
+                "INSERT INTO audit_log (id, at, actor, actor_role, action, target, detail, peer, outcome, hash)
+                 SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+                 WHERE (SELECT MAX(id) FROM audit_log) = ?
+                   AND (SELECT hash FROM audit_log WHERE id = ?) = ?",
+            ),
+            &new,
+            &hash,
+        )
+        .bind(last_id)
+        .bind(last_id)
+        .bind(&previous)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("append audit entry"))?
+        .rows_affected();
+        if added == 1 {
+            *head.lock().expect("chain head lock") = Some((new.id as i64, hash));
+            return Ok(());
+        }
+    }
     // The transaction holds the write lock, so the last entry stays the last.
     let last: Option<(i64, Option<String>)> =
         sqlx::query_as("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
@@ -363,38 +532,38 @@ async fn append_audit(
             .await
             .map_err(db("read the last audit entry"))?;
     let (last_id, previous) = last.unwrap_or((0, None));
-    let entry = audit::cut(&AuditRecord {
-        id: last_id as u64 + 1,
-        at: now_micros(),
-        actor: actor.name.clone(),
-        actor_role: actor.role.clone(),
-        action: action.into(),
-        target: target.into(),
-        detail: detail.into(),
-        peer: actor.peer.clone(),
-        outcome: outcome.into(),
-        hash: String::new(),
-        full_digest: None,
-    });
-    let hash = audit::entry_hash(previous.as_deref().unwrap_or(""), &entry);
-    sqlx::query(
-        "INSERT INTO audit_log (id, at, actor, actor_role, action, target, detail, peer, outcome, hash)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    let (new, hash) = entry(last_id, previous.as_deref().unwrap_or(""));
+    bind_entry(
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, actor, actor_role, action, target, detail, peer, outcome, hash)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        ),
+        &new,
+        &hash,
     )
-    .bind(entry.id as i64)
-    .bind(entry.at)
-    .bind(&entry.actor)
-    .bind(&entry.actor_role)
-    .bind(&entry.action)
-    .bind(&entry.target)
-    .bind(&entry.detail)
-    .bind(&entry.peer)
-    .bind(&entry.outcome)
-    .bind(&hash)
     .execute(&mut **tx)
     .await
     .map_err(db("append audit entry"))?;
+    *head.lock().expect("chain head lock") = Some((new.id as i64, hash));
     Ok(())
+}
+
+fn bind_entry<'q>(
+    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    entry: &'q AuditRecord,
+    hash: &'q str,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    query
+        .bind(entry.id as i64)
+        .bind(entry.at)
+        .bind(&entry.actor)
+        .bind(&entry.actor_role)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(&entry.detail)
+        .bind(&entry.peer)
+        .bind(&entry.outcome)
+        .bind(hash)
 }
 
 async fn current_channel(
@@ -417,6 +586,7 @@ async fn current_channel(
 #[allow(clippy::too_many_arguments)]
 async fn move_channel(
     tx: &mut Transaction<'static, Sqlite>,
+    head: &ChainHead,
     role: &str,
     channel: &str,
     version: u64,
@@ -458,7 +628,7 @@ async fn move_channel(
         Some(p) => format!("{channel}: {p} → {version}"),
         None => format!("{channel}: → {version}"),
     };
-    append_audit(tx, actor, action, role, &detail, "ok").await?;
+    append_audit(tx, head, actor, action, role, &detail, "ok").await?;
     Ok(ChannelMove {
         channel: Channel {
             role: role.to_string(),
@@ -487,7 +657,7 @@ impl Store for SqliteStore {
         let version = latest.as_ref().map_or(0, |l| l.version) + 1;
         if let Some(latest) = latest.filter(|l| l.digest == new.digest) {
             let detail = format!("identical to version {}; nothing stored", latest.version);
-            append_audit(&mut tx, actor, "push", &new.role, &detail, "ok").await?;
+            append_audit(&mut tx, &self.head, actor, "push", &new.role, &detail, "ok").await?;
             tx.commit().await.map_err(db("commit push"))?;
             return Ok(PushOutcome {
                 version: latest.into(),
@@ -517,7 +687,10 @@ impl Store for SqliteStore {
         .await
         .map_err(db("store version"))?;
         let detail = format!("version {version} {}", meta.digest);
-        append_audit(&mut tx, actor, "push", &meta.role, &detail, "ok").await?;
+        append_audit(
+            &mut tx, &self.head, actor, "push", &meta.role, &detail, "ok",
+        )
+        .await?;
         tx.commit().await.map_err(db("commit push"))?;
         Ok(PushOutcome {
             version: meta,
@@ -619,7 +792,10 @@ impl Store for SqliteStore {
                 "version {version} of role {role}"
             )));
         }
-        let moved = move_channel(&mut tx, role, channel, version, "promote", None, actor).await?;
+        let moved = move_channel(
+            &mut tx, &self.head, role, channel, version, "promote", None, actor,
+        )
+        .await?;
         tx.commit().await.map_err(db("commit promote"))?;
         Ok(moved)
     }
@@ -654,7 +830,17 @@ impl Store for SqliteStore {
                 )));
             }
         };
-        let moved = move_channel(&mut tx, role, channel, to, "rollback", Some(id), actor).await?;
+        let moved = move_channel(
+            &mut tx,
+            &self.head,
+            role,
+            channel,
+            to,
+            "rollback",
+            Some(id),
+            actor,
+        )
+        .await?;
         tx.commit().await.map_err(db("commit rollback"))?;
         Ok(moved)
     }
@@ -712,7 +898,7 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let _writer = self.write.lock().await;
         let mut tx = self.begin("begin audit").await?;
-        append_audit(&mut tx, actor, action, target, detail, outcome).await?;
+        append_audit(&mut tx, &self.head, actor, action, target, detail, outcome).await?;
         tx.commit().await.map_err(db("commit audit entry"))
     }
 
@@ -800,8 +986,18 @@ impl Store for SqliteStore {
         } else {
             format!("role {role}")
         };
-        append_audit(&mut tx, actor, "operator add", name, &detail, "ok").await?;
+        append_audit(
+            &mut tx,
+            &self.head,
+            actor,
+            "operator add",
+            name,
+            &detail,
+            "ok",
+        )
+        .await?;
         tx.commit().await.map_err(db("commit operator add"))?;
+        self.changes.count()?;
         Ok(replaced)
     }
 
@@ -832,24 +1028,49 @@ impl Store for SqliteStore {
             .await
             .map_err(db("revoke operator"))?;
         let detail = format!("role {role}; every certificate revoked");
-        append_audit(&mut tx, actor, "operator revoke", name, &detail, "ok").await?;
-        tx.commit().await.map_err(db("commit operator revoke"))
+        append_audit(
+            &mut tx,
+            &self.head,
+            actor,
+            "operator revoke",
+            name,
+            &detail,
+            "ok",
+        )
+        .await?;
+        tx.commit().await.map_err(db("commit operator revoke"))?;
+        self.changes.count()
     }
 
     async fn standing(&self, name: &str, fingerprint: &str) -> Result<Standing> {
-        let row: Option<(Option<String>, Option<i64>)> =
-            sqlx::query_as("SELECT fingerprint, revoked_at FROM operators WHERE name = ?")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("read operator"))?;
-        Ok(match row {
-            None => Standing::Unknown,
-            Some((_, Some(_))) => Standing::Revoked,
-            Some((None, None)) => Standing::Unrecorded,
-            Some((Some(current), None)) if current == fingerprint => Standing::Current,
-            Some((Some(_), None)) => Standing::Replaced,
-        })
+        let key = (name.to_string(), fingerprint.to_string());
+        let before = self.changes.read()?;
+        {
+            let kept = self.standings.lock().expect("standings lock");
+            if kept.generation == before
+                && kept.since.elapsed() < STANDINGS_TTL
+                && let Some(standing) = kept.known.get(&key)
+            {
+                return Ok(*standing);
+            }
+        }
+        let standing = self.read_standing(name, fingerprint).await?;
+        // Kept only if no change was counted while it was read: a change that
+        // committed but is not counted yet is counted before its command
+        // returns, and drops this at the next call.
+        if self.changes.read()? == before {
+            let mut kept = self.standings.lock().expect("standings lock");
+            if kept.generation != before
+                || kept.since.elapsed() >= STANDINGS_TTL
+                || kept.known.len() >= MAX_STANDINGS
+            {
+                kept.generation = before;
+                kept.since = Instant::now();
+                kept.known.clear();
+            }
+            kept.known.insert(key, standing);
+        }
+        Ok(standing)
     }
 
     async fn ping(&self) -> Result<()> {
@@ -882,6 +1103,89 @@ mod tests {
             role: "admin".into(),
             peer: "p".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn the_chain_holds_when_processes_interleave_and_a_write_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.db");
+        let server = SqliteStore::open(&path).await.unwrap();
+        let command = SqliteStore::open(&path).await.unwrap();
+        let who = someone();
+        server.audit(&who, "a", "", "", "ok").await.unwrap();
+        server.audit(&who, "b", "", "", "ok").await.unwrap();
+        // Another process appends: the server's remembered head is stale.
+        command.audit(&who, "c", "", "", "ok").await.unwrap();
+        server.audit(&who, "d", "", "", "ok").await.unwrap();
+        // An entry written in a transaction that rolls back leaves a head that
+        // is not in the log.
+        {
+            let mut tx = server.begin("test").await.unwrap();
+            append_audit(&mut tx, &server.head, &who, "gone", "", "", "ok")
+                .await
+                .unwrap();
+            tx.rollback().await.unwrap();
+        }
+        command.audit(&who, "e", "", "", "ok").await.unwrap();
+        server.audit(&who, "f", "", "", "ok").await.unwrap();
+        let log = server
+            .audit_log(AuditQuery {
+                since: None,
+                from: AuditCursor::After(0),
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["a", "b", "c", "d", "e", "f"]);
+        let mut previous = String::new();
+        for e in &log {
+            assert_eq!(e.hash, audit::entry_hash(&previous, e), "entry {}", e.id);
+            previous = e.hash.clone();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_by_another_process_is_seen_at_the_next_call() {
+        // Two stores on one file are two processes: the server, and
+        // `cairn-server operator …` next to it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.db");
+        let server = SqliteStore::open(&path).await.unwrap();
+        let command = SqliteStore::open(&path).await.unwrap();
+        command
+            .add_operator("ann", "admin", "fp1", &someone())
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            // The second answer comes from memory.
+            assert_eq!(
+                server.standing("ann", "fp1").await.unwrap(),
+                Standing::Current
+            );
+        }
+        command
+            .add_operator("ann", "admin", "fp2", &someone())
+            .await
+            .unwrap();
+        assert_eq!(
+            server.standing("ann", "fp1").await.unwrap(),
+            Standing::Replaced
+        );
+        assert_eq!(
+            server.standing("ann", "fp2").await.unwrap(),
+            Standing::Current
+        );
+        command.revoke_operator("ann", &someone()).await.unwrap();
+        assert_eq!(
+            server.standing("ann", "fp2").await.unwrap(),
+            Standing::Revoked
+        );
+        let mode = std::fs::metadata(dir.path().join("cairn.db-operators"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[tokio::test]
