@@ -70,7 +70,10 @@ const STANDINGS_TTL: Duration = Duration::from_secs(60);
 struct Standings {
     generation: u64,
     since: Instant,
-    known: HashMap<(String, String), Standing>,
+    /// By operator name, then certificate fingerprint (looked up without
+    /// allocating a key: this is on every call).
+    known: HashMap<String, HashMap<String, Standing>>,
+    entries: usize,
 }
 
 /// A count of the changes to the operators table, in a file next to the
@@ -304,6 +307,7 @@ impl SqliteStore {
                 generation: 0,
                 since: Instant::now(),
                 known: HashMap::new(),
+                entries: 0,
             }),
             head: ChainHead::default(),
         };
@@ -1043,13 +1047,12 @@ impl Store for SqliteStore {
     }
 
     async fn standing(&self, name: &str, fingerprint: &str) -> Result<Standing> {
-        let key = (name.to_string(), fingerprint.to_string());
         let before = self.changes.read()?;
         {
             let kept = self.standings.lock().expect("standings lock");
             if kept.generation == before
                 && kept.since.elapsed() < STANDINGS_TTL
-                && let Some(standing) = kept.known.get(&key)
+                && let Some(standing) = kept.known.get(name).and_then(|f| f.get(fingerprint))
             {
                 return Ok(*standing);
             }
@@ -1062,13 +1065,20 @@ impl Store for SqliteStore {
             let mut kept = self.standings.lock().expect("standings lock");
             if kept.generation != before
                 || kept.since.elapsed() >= STANDINGS_TTL
-                || kept.known.len() >= MAX_STANDINGS
+                || kept.entries >= MAX_STANDINGS
             {
                 kept.generation = before;
                 kept.since = Instant::now();
                 kept.known.clear();
+                kept.entries = 0;
             }
-            kept.known.insert(key, standing);
+            let added = kept
+                .known
+                .entry(name.to_string())
+                .or_default()
+                .insert(fingerprint.to_string(), standing)
+                .is_none();
+            kept.entries += usize::from(added);
         }
         Ok(standing)
     }
