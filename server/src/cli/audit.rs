@@ -115,14 +115,9 @@ impl Chain {
             return false;
         }
         self.entries += 1;
-        let content = if e.full_digest.is_empty() {
-            audit::content_digest(&record_of(e))
-        } else {
-            e.full_digest.clone()
-        };
         let reason = if e.id <= self.last_id {
             Some(format!("its id does not follow entry {}", self.last_id))
-        } else if audit::link(&self.head, &content) != e.hash {
+        } else if audit::expected_hash(&self.head, &record_of(e)) != e.hash {
             Some(format!(
                 "its stored hash {} does not follow from its content and the hash of the entry \
                  before it: this entry was changed, or one before it was removed or inserted, \
@@ -171,7 +166,7 @@ fn record_of(e: &pb::AuditEntry) -> AuditRecord {
         peer: e.peer.clone(),
         outcome: e.outcome.clone(),
         hash: e.hash.clone(),
-        full_digest: None,
+        full_digest: Some(e.full_digest.clone()).filter(|d| !d.is_empty()),
     }
 }
 

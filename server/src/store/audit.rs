@@ -112,6 +112,28 @@ pub fn entry_hash(previous: &str, r: &AuditRecord) -> String {
     link(previous, &content_digest(r))
 }
 
+/// The hash `r` must carry after the entry whose hash is `previous`; an entry
+/// the store cut on reading is checked by the digest of its whole content.
+pub fn expected_hash(previous: &str, r: &AuditRecord) -> String {
+    match &r.full_digest {
+        Some(content) => link(previous, content),
+        None => entry_hash(previous, r),
+    }
+}
+
+/// The id of the first entry of `log` (oldest first, from the log's first
+/// entry) whose hash does not follow from the one before; `None` if all do.
+pub fn first_break(log: &[AuditRecord]) -> Option<u64> {
+    let mut previous = "";
+    for e in log {
+        if e.hash != expected_hash(previous, e) {
+            return Some(e.id);
+        }
+        previous = &e.hash;
+    }
+    None
+}
+
 fn length_prefixed(h: &mut Sha256, text: &str) {
     h.update((text.len() as u64).to_be_bytes());
     h.update(text.as_bytes());
