@@ -1,6 +1,12 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=cairn");
-    tonic_prost_build::configure()
-        .compile_protos(&["cairn/v1/report.proto", "cairn/v1/server.proto"], &["."])?;
+    tonic_prost_build::configure().compile_protos(
+        &[
+            "cairn/v1/report.proto",
+            "cairn/v1/server.proto",
+            "cairn/v1/nodes.proto",
+        ],
+        &["."],
+    )?;
     Ok(())
 }

@@ -104,6 +104,10 @@ pub fn run(role: &Role, host: &Host, state: &StateDir, opts: RunOptions) -> Resu
         started_at,
         finished_at: now(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        // Where the role came from is the caller's to say (`run::run_once`).
+        channel: String::new(),
+        role_version: 0,
+        from_cache: false,
         summary: RunSummary::of(&reports),
         resources: reports,
     })

@@ -26,6 +26,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Status};
 
 use crate::pb::audit_client::AuditClient;
+use crate::pb::nodes_client::NodesClient;
 use crate::pb::roles_client::RolesClient;
 
 /// How long to wait for the TCP and TLS handshakes.
@@ -244,6 +245,14 @@ impl Connection {
     /// The `Audit` service.
     pub fn audit(&self) -> AuditClient<Channel> {
         AuditClient::new(self.channel()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The `Nodes` service (what an enrolled node calls), accepting and
+    /// sending messages up to [`MAX_MESSAGE`].
+    pub fn nodes(&self) -> NodesClient<Channel> {
+        NodesClient::new(self.channel())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
     }
 }
 

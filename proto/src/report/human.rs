@@ -121,6 +121,9 @@ mod tests {
             started_at: "2026-01-01T00:00:00Z".into(),
             finished_at: finished_at.into(),
             agent_version: "0.1.0".into(),
+            channel: String::new(),
+            role_version: 0,
+            from_cache: false,
             summary: RunSummary::of(&resources),
             resources,
         }

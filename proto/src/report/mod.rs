@@ -89,6 +89,15 @@ pub struct RunReport {
     pub started_at: String,
     pub finished_at: String,
     pub agent_version: String,
+    /// The channel and version the role was fetched at; empty and 0 for a
+    /// role applied from a directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub channel: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub role_version: u64,
+    /// No server answered: the role is the last good one cached on the node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_cache: bool,
     pub summary: RunSummary,
     pub resources: Vec<ResourceReport>,
 }
@@ -126,6 +135,10 @@ impl TryFrom<pb::ResourceStatus> for ResourceStatus {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 impl From<RunReport> for pb::RunReport {
     fn from(r: RunReport) -> Self {
         pb::RunReport {
@@ -137,6 +150,9 @@ impl From<RunReport> for pb::RunReport {
             started_at: r.started_at,
             finished_at: r.finished_at,
             agent_version: r.agent_version,
+            channel: r.channel,
+            role_version: r.role_version,
+            from_cache: r.from_cache,
             summary: Some(pb::RunSummary {
                 total: r.summary.total,
                 unchanged: r.summary.unchanged,
@@ -205,6 +221,9 @@ impl TryFrom<pb::RunReport> for RunReport {
             started_at: r.started_at,
             finished_at: r.finished_at,
             agent_version: r.agent_version,
+            channel: r.channel,
+            role_version: r.role_version,
+            from_cache: r.from_cache,
             // Derived, so a sender cannot make it disagree with the resources.
             summary: RunSummary::of(&resources),
             resources,
@@ -245,6 +264,9 @@ mod tests {
             started_at: "2026-01-01T00:00:00Z".into(),
             finished_at: "2026-01-01T00:00:01Z".into(),
             agent_version: "0.1.0".into(),
+            channel: "stable".into(),
+            role_version: 7,
+            from_cache: true,
             summary: RunSummary::of(&resources),
             resources,
         };
