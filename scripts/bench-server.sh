@@ -9,7 +9,9 @@
 #
 # CAIRN_BENCH_CLIENTS (default 64) and CAIRN_BENCH_SECS (default 10, per load)
 # change the load; CAIRN_BENCH_DIR where the data directory is created
-# (default: the system's temporary directory, often tmpfs).
+# (default: the system's temporary directory, often tmpfs); CAIRN_BENCH_PIN=0/1
+# puts the server on CPU 0 and the clients on CPU 1; CAIRN_SERVER_BIN runs
+# another build of cairn-server under the same load (to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

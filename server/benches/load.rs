@@ -24,7 +24,9 @@
 //! Run with `scripts/bench-server.sh` (or `cargo bench -p cairn-server --bench load`).
 //! `CAIRN_BENCH_CLIENTS` and `CAIRN_BENCH_SECS` change the client count and the
 //! length of each load (defaults 64 and 10); `CAIRN_BENCH_DIR` the directory
-//! the data directory is created in (default: the system's temporary directory).
+//! the data directory is created in (default: the system's temporary directory);
+//! `CAIRN_BENCH_PIN` the CPUs of the server and of the clients (`0/1`), and
+//! `CAIRN_SERVER_BIN` another build of the server to run (to compare two builds).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -93,9 +95,17 @@ fn run() -> Result<()> {
     let data = dir.path().join("data");
     let filesystem = filesystem_of(dir.path())?;
     let (grpc, http) = common::free_ports();
+    let pinning = Pinning::from_env()?;
+    if let Some(p) = &pinning {
+        p.pin(&p.server)?;
+    }
     // Per-request info lines (one per stored version) are left out.
     let mut server = Daemon::start_logging(&data, grpc, http, "warn");
     let creds = server.operator("bench", "publisher");
+    // The runtime's threads inherit the affinity of the thread that makes them.
+    if let Some(p) = &pinning {
+        p.pin(&p.clients)?;
+    }
 
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     let (phases, acked) = runtime.block_on(bench(&creds, server.child.id(), clients, duration))?;
@@ -123,6 +133,7 @@ fn run() -> Result<()> {
         peak_rss_kib,
         &load_before,
         &filesystem,
+        pinning.as_ref().map(|p| p.text.as_str()),
     );
     let errors: u64 = report.phases.iter().map(|p| p.errors).sum();
     if errors > 0 {
@@ -140,6 +151,53 @@ fn run() -> Result<()> {
         bail!("after the restart, stored versions differ from acknowledged pushes: {problem}");
     }
     Ok(())
+}
+
+/// `CAIRN_BENCH_PIN=SERVER_CPUS/CLIENT_CPUS` (e.g. `0/1`): the server and the
+/// clients on separate CPUs, so that neither steals the other's time and runs
+/// of two builds can be compared.
+struct Pinning {
+    server: nix::sched::CpuSet,
+    clients: nix::sched::CpuSet,
+    text: String,
+}
+
+impl Pinning {
+    fn from_env() -> Result<Option<Pinning>> {
+        let Ok(text) = std::env::var("CAIRN_BENCH_PIN") else {
+            return Ok(None);
+        };
+        let (server, clients) = text.split_once('/').with_context(|| {
+            format!("CAIRN_BENCH_PIN={text:?}: expected SERVER_CPUS/CLIENT_CPUS")
+        })?;
+        Ok(Some(Pinning {
+            server: cpu_set(server)
+                .with_context(|| format!("CAIRN_BENCH_PIN={text:?}: server CPUs"))?,
+            clients: cpu_set(clients)
+                .with_context(|| format!("CAIRN_BENCH_PIN={text:?}: client CPUs"))?,
+            text,
+        }))
+    }
+
+    /// Pins the calling thread; processes and threads it starts inherit the set.
+    fn pin(&self, set: &nix::sched::CpuSet) -> Result<()> {
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), set)
+            .with_context(|| format!("could not pin to CPUs {}", self.text))
+    }
+}
+
+/// `0,2` → CPUs 0 and 2.
+fn cpu_set(list: &str) -> Result<nix::sched::CpuSet> {
+    let mut set = nix::sched::CpuSet::new();
+    for cpu in list.split(',') {
+        let cpu: usize = cpu
+            .trim()
+            .parse()
+            .with_context(|| format!("{cpu:?} is not a CPU number"))?;
+        set.set(cpu)
+            .with_context(|| format!("CPU {cpu} is out of range"))?;
+    }
+    Ok(set)
 }
 
 /// The filesystem `path` is on, from the mount with the longest mount point
@@ -647,6 +705,7 @@ fn print_report(
     peak_rss_kib: u64,
     load_before: &str,
     filesystem: &str,
+    pinned: Option<&str>,
 ) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!();
@@ -654,8 +713,12 @@ fn print_report(
         "cairn-server load: {clients} clients (one TLS connection and tokio task each), {secs} s per load, loopback"
     );
     println!(
-        "machine: {cores} cores ({}); clients and server share them; load average before: {}",
+        "machine: {cores} cores ({}); {}; load average before: {}",
         cpu_model(),
+        match pinned {
+            Some(p) => format!("server/clients pinned to CPUs {p}"),
+            None => "clients and server share them".into(),
+        },
         load_before,
     );
     println!("data directory on: {filesystem}");

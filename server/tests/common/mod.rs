@@ -168,7 +168,7 @@ impl Daemon {
             .append(true)
             .open(&log_path)
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn-server"));
+        let mut cmd = Command::new(server_bin());
         cmd.args(["serve", "--data-dir"]).arg(data_dir).args([
             "--listen",
             &grpc.to_string(),
@@ -249,10 +249,18 @@ impl Drop for Daemon {
     }
 }
 
+/// The `cairn-server` binary to run: this build's, or `CAIRN_SERVER_BIN` (the
+/// load benchmark compares two builds under the same load).
+pub fn server_bin() -> PathBuf {
+    std::env::var_os("CAIRN_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cairn-server")))
+}
+
 /// `cairn-server operator add NAME --role ROLE`, the file written into `work`.
 pub fn add_operator(data_dir: &Path, work: &Path, name: &str, role: &str, url: &str) -> PathBuf {
     let out = work.join(format!("{name}.toml"));
-    let o = Command::new(env!("CARGO_BIN_EXE_cairn-server"))
+    let o = Command::new(server_bin())
         .args(["operator", "add", name, "--role", role, "--out"])
         .arg(&out)
         .arg("--data-dir")
