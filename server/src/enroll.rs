@@ -17,7 +17,7 @@ use std::time::Duration;
 use cairn_proto::node::{self, Assignment};
 use cairn_proto::pb;
 use sha2::{Digest, Sha256};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::auth::{NODE_UNIT, Permission};
@@ -78,24 +78,48 @@ pub fn secret_sha256(secret: &str) -> String {
     format!("{:x}", Sha256::digest(secret.as_bytes()))
 }
 
-/// The status for a token that admits no enrollment, saying which case it is.
-fn token_status(id: &str, refusal: TokenRefusal) -> Status {
+/// A refused enrollment: the status to return, and the audit action naming
+/// the case (one of a few fixed texts: refusals from one peer are counted
+/// per case, so each case shows in the audit log).
+struct Refused(Status, &'static str);
+
+const UNKNOWN_TOKEN: &str = "enroll (unknown token)";
+
+fn invalid(status: Status) -> Refused {
+    Refused(status, "enroll (invalid request)")
+}
+
+/// Not the caller's doing: logged, not counted against it.
+fn failed(status: Status) -> Refused {
+    Refused(status, "")
+}
+
+/// The refusal for a token that admits no enrollment, saying which case it is.
+fn token_refused(id: &str, refusal: TokenRefusal) -> Refused {
     let ask = "ask an admin for a new one (`cairn token create`)";
     match refusal {
-        TokenRefusal::Unknown => {
-            Status::unauthenticated(format!("unknown join token {id}, or a wrong secret: {ask}"))
-        }
-        TokenRefusal::Expired { at } => {
-            Status::permission_denied(format!("join token {id} expired at {}: {ask}", rfc3339(at)))
-        }
-        TokenRefusal::UsedUp { uses } => Status::permission_denied(format!(
-            "join token {id} is used up (it admitted {uses} enrollment{}): {ask}",
-            if uses == 1 { "" } else { "s" }
-        )),
-        TokenRefusal::Revoked { at } => Status::permission_denied(format!(
-            "join token {id} was revoked at {}: {ask}",
-            rfc3339(at)
-        )),
+        TokenRefusal::Unknown => Refused(
+            Status::unauthenticated(format!("unknown join token {id}, or a wrong secret: {ask}")),
+            UNKNOWN_TOKEN,
+        ),
+        TokenRefusal::Expired { at } => Refused(
+            Status::permission_denied(format!("join token {id} expired at {}: {ask}", rfc3339(at))),
+            "enroll (expired token)",
+        ),
+        TokenRefusal::UsedUp { uses } => Refused(
+            Status::permission_denied(format!(
+                "join token {id} is used up (it admitted {uses} enrollment{}): {ask}",
+                if uses == 1 { "" } else { "s" }
+            )),
+            "enroll (used-up token)",
+        ),
+        TokenRefusal::Revoked { at } => Refused(
+            Status::permission_denied(format!(
+                "join token {id} was revoked at {}: {ask}",
+                rfc3339(at)
+            )),
+            "enroll (revoked token)",
+        ),
     }
 }
 
@@ -111,12 +135,12 @@ impl Enroller {
         Enroller { api, pki }
     }
 
-    /// Checks an enrollment and carries it out; a refusal is the status to return.
+    /// Checks an enrollment and carries it out.
     async fn admit(
         &self,
         req: pb::EnrollRequest,
         peer: &str,
-    ) -> Result<pb::EnrollResponse, Status> {
+    ) -> Result<pb::EnrollResponse, Refused> {
         let pb::EnrollRequest {
             token,
             csr_pem,
@@ -124,39 +148,48 @@ impl Enroller {
             facts_json,
         } = req;
         let (id, secret) = split_token(token.trim()).ok_or_else(|| {
-            Status::unauthenticated(
-                "malformed join token: expected ID.SECRET, as `cairn token create` prints it",
+            Refused(
+                Status::unauthenticated(
+                    "malformed join token: expected ID.SECRET, as `cairn token create` prints it",
+                ),
+                UNKNOWN_TOKEN,
             )
         })?;
         let secret = secret_sha256(secret);
         let store = self.api.store.as_ref();
-        if let Err(refused) = store.check_token(id, &secret).await.map_err(store_status)? {
-            return Err(token_status(id, refused));
+        let checked = store.check_token(id, &secret).await;
+        if let Err(refused) = checked.map_err(|e| failed(store_status(e)))? {
+            return Err(token_refused(id, refused));
         }
-        node::check_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        node::check_name(&name).map_err(|e| invalid(Status::invalid_argument(e.to_string())))?;
         let facts_json = match facts_json.as_str() {
             "" => None,
             text if text.len() > MAX_FACTS_BYTES => {
-                return Err(Status::invalid_argument(format!(
+                return Err(invalid(Status::invalid_argument(format!(
                     "the facts are {} bytes long; at most {MAX_FACTS_BYTES} are accepted",
                     text.len()
-                )));
+                ))));
             }
             text => {
                 serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| {
-                    Status::invalid_argument(format!("the facts are not JSON: {e}"))
+                    invalid(Status::invalid_argument(format!(
+                        "the facts are not JSON: {e}"
+                    )))
                 })?;
                 Some(facts_json)
             }
         };
-        let request = NodeRequest::from_pem(&csr_pem).map_err(Status::invalid_argument)?;
+        let request =
+            NodeRequest::from_pem(&csr_pem).map_err(|e| invalid(Status::invalid_argument(e)))?;
         let cert = self.pki.sign_node(request, &name).map_err(|e| {
             tracing::error!(
                 error = format!("{e:#}"),
                 node = name,
                 "could not sign a node certificate"
             );
-            Status::internal("the server could not sign the certificate; see its log")
+            failed(Status::internal(
+                "the server could not sign the certificate; see its log",
+            ))
         })?;
         let actor = Actor {
             name: name.clone(),
@@ -175,8 +208,8 @@ impl Enroller {
                 &actor,
             )
             .await
-            .map_err(store_status)?
-            .map_err(|refused| token_status(id, refused))?;
+            .map_err(|e| failed(store_status(e)))?
+            .map_err(|refused| token_refused(id, refused))?;
         let assignment = enrolled.node.assignment;
         info!(node = name, token = id, %assignment, replaced = enrolled.replaced.is_some(), peer, "node enrolled");
         Ok(pb::EnrollResponse {
@@ -201,10 +234,11 @@ impl pb::enrollment_server::Enrollment for Enroller {
                     .map_or_else(|| "unknown".to_string(), |a| a.to_string());
                 let req = req.into_inner();
                 let target = req.node_name.clone();
-                let result = self.admit(req, &peer).await;
-                if let Err(status) = &result
-                    && status.code() != Code::Internal
-                {
+                let Refused(status, action) = match self.admit(req, &peer).await {
+                    Ok(response) => return Ok(response),
+                    Err(refused) => refused,
+                };
+                if !action.is_empty() {
                     // The caller is nobody yet: the name it asked for is the target.
                     let anonymous = Actor {
                         name: "anonymous".into(),
@@ -215,13 +249,13 @@ impl pb::enrollment_server::Enrollment for Enroller {
                         .refusals
                         .record(Refusal {
                             actor: &anonymous,
-                            action: "enroll",
+                            action,
                             target: &target,
-                            status,
+                            status: &status,
                         })
                         .await;
                 }
-                result
+                Err(status)
             })
             .await
     }

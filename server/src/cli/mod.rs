@@ -1,5 +1,6 @@
 //! `cairn`, the operator CLI: pushes roles to cairn-server, inspects and
-//! compares their versions, moves channels and reads the audit log.
+//! compares their versions, moves channels, reads the audit log, and makes
+//! join tokens and revokes nodes ([`access`]).
 //!
 //! - [`connect`]: which server and credential (the connection is `cairn_proto::client`'s).
 //! - [`output`]: what each command prints, as a table for people or one JSON
@@ -8,6 +9,7 @@
 //!
 //! The command line is a contract scripts rely on: rename nothing.
 
+pub mod access;
 pub mod audit;
 pub mod connect;
 pub mod error;
@@ -92,6 +94,44 @@ pub enum Command {
         #[arg(long, default_value_t = AUDIT_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
+    /// Join tokens, for enrolling nodes.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Enrolled nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+/// Join tokens: what lets a new node enroll (admins only).
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token that enrolls nodes into a role at a channel; prints it once.
+    Create {
+        /// The role enrolled nodes converge to; it must have a pushed version.
+        #[arg(long)]
+        role: String,
+        /// The channel they follow.
+        #[arg(long, default_value = DEFAULT_CHANNEL)]
+        channel: String,
+        /// How long the token admits enrollments (e.g. 30m, 1h, 2days; at most 30days).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How many nodes it may enroll.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        uses: u32,
+    },
+    /// Every token (never its secret), newest first.
+    List,
+    /// Make a token admit no more enrollments.
+    Revoke { id: String },
+}
+
+/// Enrolled nodes.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// End a node's access at once: its certificate is refused from its next
+    /// call on (it may enroll again with a new token).
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,6 +301,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             let conn = server.connect().await?;
             let entries = audit::newest(&conn, &since, limit).await?;
             emit(&output::AuditOut::new(entries), fmt)
+        }
+        Command::Token(TokenCommand::Create {
+            role,
+            channel,
+            ttl,
+            uses,
+        }) => access::create_token(&server, role, channel, ttl, uses, fmt).await,
+        Command::Token(TokenCommand::List) => access::list_tokens(&server, fmt).await,
+        Command::Token(TokenCommand::Revoke { id }) => access::revoke_token(&server, id, fmt).await,
+        Command::Node(NodeCommand::Revoke { name }) => {
+            access::revoke_node(&server, name, fmt).await
         }
     }
 }
@@ -548,6 +599,31 @@ mod tests {
         assert!(err.contains("\"yesterday\""), "{err}");
         assert!(parse(&["audit", "--since", "1h"]).is_ok());
         assert!(parse(&["audit", "--since", "soon"]).is_err());
+    }
+
+    #[test]
+    fn token_create_defaults_to_one_use_for_an_hour_on_the_default_channel() {
+        let cli = parse(&["token", "create", "--role", "web"]).unwrap();
+        let Command::Token(TokenCommand::Create {
+            role,
+            channel,
+            ttl,
+            uses,
+        }) = cli.command
+        else {
+            panic!("not token create: {cli:?}");
+        };
+        assert_eq!(
+            (role.as_str(), channel.as_str(), ttl, uses),
+            ("web", DEFAULT_CHANNEL, Duration::from_secs(3600), 1)
+        );
+        assert!(parse(&["token", "create", "--role", "web", "--ttl", "soon"]).is_err());
+        assert!(parse(&["token", "create", "--role", "web", "--uses", "0"]).is_err());
+        assert!(parse(&["token", "create"]).is_err(), "--role is required");
+        assert!(matches!(
+            parse(&["node", "revoke", "web-1"]).unwrap().command,
+            Command::Node(NodeCommand::Revoke { .. })
+        ));
     }
 
     #[test]
