@@ -1,0 +1,260 @@
+//! `cairn-agent enroll`, the real binary, against the real `cairn-server`
+//! on loopback: a token from `cairn token create` enrolls the node, which
+//! keeps its identity privately in the state directory given and deletes the
+//! token file; a wrong pin or a used token fail with the token file kept.
+//! Boots no machine and touches nothing outside its temporary directory.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use cairn_e2e::{agent_binary, workspace_binary, workspace_root};
+use serde_json::Value;
+
+/// `cairn-server serve` on loopback ports of its choosing.
+struct Server {
+    child: Child,
+    url: String,
+    data: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let data = dir.join("data");
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let mut child = Command::new(workspace_binary("cairn-server"))
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(["--name", "127.0.0.1"])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // It says where it listens once it does.
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let grpc = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("grpc="))
+            .unwrap_or_else(|| {
+                panic!(
+                    "cairn-server did not start: {line:?}\n{}",
+                    std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+                )
+            });
+        Server {
+            url: format!("https://{grpc}"),
+            child,
+            data,
+        }
+    }
+
+    fn pin(&self) -> String {
+        let out = run(Command::new(workspace_binary("cairn-server"))
+            .args(["ca", "pin", "--data-dir"])
+            .arg(&self.data));
+        out.trim().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command that must succeed; its stdout.
+#[track_caller]
+fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn cairn(creds: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(workspace_binary("cairn"));
+    cmd.env_remove("CAIRN_SERVER")
+        .env("CAIRN_CREDENTIALS", creds)
+        .args(args);
+    cmd
+}
+
+/// A new join token for role `web`, written to `path` as a node gets it.
+fn token_file(creds: &Path, path: &Path) -> String {
+    let out = run(&mut cairn(
+        creds,
+        &["token", "create", "--role", "web", "--output", "json"],
+    ));
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let token = created["token"].as_str().unwrap().to_string();
+    std::fs::write(path, format!("{token}\n")).unwrap();
+    token
+}
+
+fn enroll(args: &[&str], state: &Path, token: &Path, config: &Path) -> Output {
+    Command::new(agent_binary())
+        .arg("enroll")
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--token-file")
+        .arg(token)
+        .arg("--config")
+        .arg(config)
+        .env_remove("CAIRN_STATE_DIR")
+        .output()
+        .unwrap()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn the_agent_enrolls_with_a_token_and_keeps_its_identity_privately() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let server = Server::start(dir);
+    let creds = dir.join("ada.toml");
+    run(Command::new(workspace_binary("cairn-server"))
+        .args(["operator", "add", "ada", "--role", "admin", "--out"])
+        .arg(&creds)
+        .arg("--data-dir")
+        .arg(&server.data)
+        .args(["--server", &server.url]));
+    run(&mut cairn(
+        &creds,
+        &[
+            "role",
+            "push",
+            workspace_root().join("recipes/web").to_str().unwrap(),
+        ],
+    ));
+    let pin = server.pin();
+
+    // The configuration names a server that does not answer first, then the
+    // real one, and the pin; the flags give the name.
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "servers = [\"https://127.0.0.1:1\", \"{}\"]\nca_pin = \"{pin}\"\n",
+            server.url
+        ),
+    )
+    .unwrap();
+    let state = dir.join("state");
+    let token = dir.join("token");
+    token_file(&creds, &token);
+    let o = enroll(&["--name", "web-1"], &state, &token, &config);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("enrolled node web-1 (role web at channel production)"),
+        "{stdout}"
+    );
+    assert!(!token.exists(), "the token file is deleted once enrolled");
+    let identity = state.join("node.toml");
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&identity), 0o600);
+    let stored = std::fs::read_to_string(&identity).unwrap();
+    for part in [
+        "name = \"web-1\"",
+        "BEGIN PRIVATE KEY",
+        "BEGIN CERTIFICATE",
+        &server.url,
+        "https://127.0.0.1:1",
+        "[assignment]",
+        "role = \"web\"",
+        "channel = \"production\"",
+    ] {
+        assert!(stored.contains(part), "{part} not in {stored}");
+    }
+    let audit = run(&mut cairn(&creds, &["audit", "--output", "json"]));
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    let enrolled = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "node enroll")
+        .expect("the enrollment is audited");
+    assert_eq!(enrolled["actor"], "web-1");
+
+    // A wrong pin (here: flags over the file): refused before the token is
+    // sent; the token file is kept.
+    token_file(&creds, &token);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let o = enroll(
+        &[
+            "--name",
+            "web-2",
+            "--server",
+            &server.url,
+            "--ca-pin",
+            &wrong,
+        ],
+        &dir.join("state2"),
+        &token,
+        &config,
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not the one pinned") && stderr.contains(&format!("not {wrong}")),
+        "{stderr}"
+    );
+    assert!(token.exists(), "the token file is kept on failure");
+    assert!(!dir.join("state2").join("node.toml").exists());
+
+    // The same token again, once used: refused, saying so; the file is kept.
+    let used = dir.join("used");
+    let first = token_file(&creds, &used);
+    let o = enroll(&["--name", "web-3"], &dir.join("state3"), &used, &config);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::write(&used, &first).unwrap();
+    let o = enroll(&["--name", "web-4"], &dir.join("state4"), &used, &config);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("could not enroll node web-4")
+            && stderr.contains("is used up")
+            && stderr.contains("is kept"),
+        "{stderr}"
+    );
+    assert!(used.exists());
+
+    // The machine rebuilt (a new state directory), a fresh token, the name
+    // it had, which is the default: it enrolls again.
+    let o = enroll(&[], &dir.join("rebuilt"), &token, &config);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let name = stdout
+        .strip_prefix("enrolled node ")
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+    if machine_id.trim().len() >= 12 {
+        assert!(name.starts_with(&machine_id.trim()[..12]), "{name}");
+    }
+    token_file(&creds, &token);
+    let o = enroll(&[], &dir.join("rebuilt-again"), &token, &config);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let audit = run(&mut cairn(&creds, &["audit", "--output", "json"]));
+    assert!(
+        audit.contains("replaced the certificate enrolled at"),
+        "{audit}"
+    );
+}
