@@ -706,6 +706,33 @@ mod tests {
         assert!(matches!(err, Error::Url { .. }), "{err:?}");
     }
 
+    #[test]
+    fn pins_parse_print_and_refuse_what_is_not_one() {
+        let text = format!("sha256:{}", "0a".repeat(32));
+        let pin: CaPin = text.parse().unwrap();
+        assert_eq!(pin.to_string(), text);
+        assert_eq!(
+            text.to_uppercase()
+                .replace("SHA256", "sha256")
+                .parse::<CaPin>(),
+            Ok(pin),
+            "hex digits in either case"
+        );
+        for bad in [
+            "",
+            "0a0a",
+            &format!("sha1:{}", "0a".repeat(32)),
+            &format!("sha256:{}", "0a".repeat(31)),
+            &format!("sha256:{}", "zz".repeat(32)),
+            &format!("sha256:{}é", "0a".repeat(31)),
+        ] {
+            let err = bad.parse::<CaPin>().unwrap_err();
+            assert!(err.contains("expected sha256:"), "{bad}: {err}");
+        }
+        assert!(CaPin::of_cert_pem("no certificate").is_err());
+        assert!(CaPin::of_cert(b"not DER").is_err());
+    }
+
     fn refused(status: Status) -> Error {
         Error::Refused(Refused {
             status,

@@ -74,15 +74,16 @@ fn help(e: &anyhow::Error) -> Option<String> {
     // anyhow finds both the root error and a context value at any depth.
     let e = e.downcast_ref::<client::Error>()?;
     if let client::Error::Refused(r) = e
-        && let Some(help) = operator_help(r.status.code())
+        && let Some(help) = operator_help(r.status.code(), r.status.message())
     {
         return Some(help.to_string());
     }
     e.help()
 }
 
-/// What an operator can do about a refusal whose remedy depends on the caller.
-fn operator_help(code: Code) -> Option<&'static str> {
+/// What an operator can do about a refusal whose remedy depends on the caller
+/// (and, for something not found, on what it was).
+fn operator_help(code: Code, message: &str) -> Option<&'static str> {
     Some(match code {
         Code::Unauthenticated => {
             "use an operator credential from `cairn-server operator add` \
@@ -93,6 +94,10 @@ fn operator_help(code: Code) -> Option<&'static str> {
              (`cairn-server operator add NAME --role ROLE`)"
         }
         Code::InvalidArgument => "fix the problems above and try again",
+        Code::NotFound if message.starts_with("token ") => {
+            "`cairn token list` shows the join tokens"
+        }
+        Code::NotFound if message.starts_with("node ") => return None,
         Code::NotFound => {
             "`cairn role list` shows the roles, `cairn role versions NAME` their versions"
         }
