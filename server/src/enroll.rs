@@ -42,6 +42,8 @@ const TOKEN_ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// The longest a token may live.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// At most this many tokens (the newest) in a list.
+pub const MAX_LISTED_TOKENS: u32 = 1000;
 /// The most enrollments one token may admit.
 pub const MAX_TOKEN_USES: u32 = 10_000;
 
@@ -375,7 +377,12 @@ impl pb::access_server::Access for Enroller {
                     )
                     .await?;
                 let now = now_micros();
-                let tokens = self.api.store.tokens().await.map_err(store_status)?;
+                let tokens = self
+                    .api
+                    .store
+                    .tokens(MAX_LISTED_TOKENS)
+                    .await
+                    .map_err(store_status)?;
                 Ok(pb::ListTokensResponse {
                     tokens: tokens.into_iter().map(|t| token_info(t, now)).collect(),
                 })

@@ -120,7 +120,7 @@ pub enum TokenCommand {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         uses: u32,
     },
-    /// Every token (never its secret), newest first.
+    /// The newest join tokens (up to 1,000; never a secret), newest first.
     List,
     /// Make a token admit no more enrollments.
     Revoke { id: String },

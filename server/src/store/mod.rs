@@ -371,8 +371,8 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a join token. `Conflict` if its id is taken. Audited as `token create`.
     async fn create_token(&self, token: NewToken, actor: &Actor) -> Result<TokenRecord>;
 
-    /// Every token, newest first.
-    async fn tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// The newest `limit` tokens, newest first.
+    async fn tokens(&self, limit: u32) -> Result<Vec<TokenRecord>>;
 
     /// Revokes a token: it admits no more enrollments. `NotFound` for an
     /// unknown id, `Conflict` for one already revoked. Audited as `token revoke`.
@@ -862,7 +862,7 @@ pub(crate) mod tests {
             Err(StoreError::NotFound(_))
         ));
         let ids: Vec<(String, u32)> = store
-            .tokens()
+            .tokens(100)
             .await
             .unwrap()
             .into_iter()

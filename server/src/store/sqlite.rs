@@ -1140,8 +1140,8 @@ impl Store for SqliteStore {
         self.create_token_(token, actor).await
     }
 
-    async fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        self.tokens_().await
+    async fn tokens(&self, limit: u32) -> Result<Vec<TokenRecord>> {
+        self.tokens_(limit).await
     }
 
     async fn revoke_token(&self, id: &str, actor: &Actor) -> Result<TokenRecord> {

@@ -224,10 +224,11 @@ impl SqliteStore {
         Ok(record)
     }
 
-    pub(super) async fn tokens_(&self) -> Result<Vec<TokenRecord>> {
+    pub(super) async fn tokens_(&self, limit: u32) -> Result<Vec<TokenRecord>> {
         let rows: Vec<TokenRow> = sqlx::query_as(&format!(
-            "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at DESC, id"
+            "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at DESC, id LIMIT ?"
         ))
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await
         .map_err(db("list tokens"))?;
@@ -394,5 +395,70 @@ impl SqliteStore {
         .await?;
         tx.commit().await.map_err(db("commit node revoke"))?;
         self.changes.count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_node_revoked_by_another_process_is_refused_at_the_next_call() {
+        // Two stores on one file are two processes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.db");
+        let server = SqliteStore::open(&path).await.unwrap();
+        let command = SqliteStore::open(&path).await.unwrap();
+        let admin = Actor {
+            name: "a".into(),
+            role: "admin".into(),
+            peer: "p".into(),
+        };
+        let assignment = Assignment {
+            role: "web".into(),
+            channel: "production".into(),
+        };
+        command
+            .create_token(
+                NewToken {
+                    id: "tttttt".into(),
+                    secret_sha256: "s".into(),
+                    assignment: assignment.clone(),
+                    expires_at: now_micros() + 60_000_000,
+                    uses_allowed: 2,
+                },
+                &admin,
+            )
+            .await
+            .unwrap();
+        let enroll = |fingerprint: &str| Enrollment {
+            token_id: "tttttt".into(),
+            secret_sha256: "s".into(),
+            name: "web-1".into(),
+            fingerprint: fingerprint.into(),
+            facts_json: None,
+        };
+        command.enroll(enroll("f1"), &admin).await.unwrap().unwrap();
+        for _ in 0..2 {
+            // The second answer comes from memory.
+            assert_eq!(
+                server.node_standing("web-1", "f1").await.unwrap(),
+                NodeStanding::Current(assignment.clone())
+            );
+        }
+        command.revoke_node("web-1", &admin).await.unwrap();
+        assert_eq!(
+            server.node_standing("web-1", "f1").await.unwrap(),
+            NodeStanding::Revoked
+        );
+        command.enroll(enroll("f2"), &admin).await.unwrap().unwrap();
+        assert_eq!(
+            server.node_standing("web-1", "f1").await.unwrap(),
+            NodeStanding::Replaced
+        );
+        assert_eq!(
+            server.node_standing("web-1", "f2").await.unwrap(),
+            NodeStanding::Current(assignment)
+        );
     }
 }
