@@ -9,7 +9,7 @@
 //! caller without one makes the server do nothing more), the name, the facts,
 //! the certificate request; then the certificate is signed and the node
 //! recorded in the same transaction that takes the token's use. Every refusal
-//! is logged and audited through [`Refusals`], coalesced per peer.
+//! is logged and audited through [`crate::refusals`], coalesced per peer.
 
 use std::sync::Arc;
 use std::time::Duration;

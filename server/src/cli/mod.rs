@@ -117,7 +117,7 @@ pub enum TokenCommand {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
         /// How many nodes it may enroll.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::enroll::MAX_TOKEN_USES)))]
         uses: u32,
     },
     /// The newest join tokens (up to 1,000; never a secret), newest first.
