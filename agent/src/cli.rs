@@ -73,7 +73,8 @@ enum Command {
         /// the machine id's first 12 digits and the hostname].
         #[arg(long)]
         name: Option<String>,
-        /// The agent's configuration file.
+        /// The agent's configuration file [default: /etc/cairn/agent.toml, if
+        /// it exists].
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Where the node's identity is stored [default: `state_dir` of the
