@@ -165,9 +165,15 @@ pub async fn enroll(req: &Request, facts: &Facts) -> Result<NodeIdentity> {
 /// The error and its causes on one line each, then its help.
 fn describe(e: &client::Error) -> String {
     let mut text = e.to_string();
+    let mut last = text.clone();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
-        text.push_str(&format!("\n  caused by: {cause}"));
+        // Transport errors often repeat their source's message; say it once.
+        let line = cause.to_string();
+        if line != last {
+            text.push_str(&format!("\n  caused by: {line}"));
+        }
+        last = line;
         source = cause.source();
     }
     if let Some(help) = e.help() {

@@ -218,6 +218,23 @@ fn the_agent_enrolls_with_a_token_and_keeps_its_identity_privately() {
     assert!(token.exists(), "the token file is kept on failure");
     assert!(!dir.join("state2").join("node.toml").exists());
 
+    // The right pin, but a name the server's certificate was not issued for
+    // (it has only 127.0.0.1): the whole chain is checked, names included.
+    let by_name = server.url.replace("127.0.0.1", "localhost");
+    let o = enroll(
+        &["--name", "web-2", "--server", &by_name, "--ca-pin", &pin],
+        &dir.join("state2"),
+        &token,
+        &config,
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("certificate not valid for name \"localhost\""),
+        "{stderr}"
+    );
+    assert!(token.exists());
+
     // The same token again, once used: refused, saying so; the file is kept.
     let used = dir.join("used");
     let first = token_file(&creds, &used);
