@@ -372,21 +372,19 @@ pub fn cloud_facts(path: &Path) -> Option<CloudFacts> {
     })
 }
 
-/// The parts of `instance-data.json` Cairn takes; everything else is skipped
-/// unread into memory.
+/// The parts of `instance-data.json` Cairn takes; the rest is parsed past,
+/// not kept. A missing key, or `null` (a data source that does not know),
+/// reads as empty.
 #[derive(Deserialize)]
 struct InstanceData {
     v1: V1,
-    #[serde(default)]
     ds: Option<Ds>,
 }
 
-/// cloud-init's standard, provider-neutral keys. `null` (a data source that
-/// does not know) reads as empty.
+/// cloud-init's standard, provider-neutral keys.
 #[derive(Deserialize)]
 struct V1 {
     cloud_name: Option<String>,
-    #[serde(default)]
     cloud_id: Option<String>,
     platform: Option<String>,
     region: Option<String>,
@@ -399,7 +397,6 @@ struct V1 {
 /// instance's size, where the metadata names it.
 #[derive(Deserialize)]
 struct Ds {
-    #[serde(default)]
     meta_data: Option<serde_json::Value>,
 }
 

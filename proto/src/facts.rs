@@ -25,7 +25,6 @@ pub struct Facts {
     pub cloud_provider: String,
     /// What cloud-init says about this instance, where it has run; `None`
     /// (JSON `null`, so `{{#if facts.cloud}}` works in strict mode) elsewhere.
-    #[serde(default)]
     pub cloud: Option<CloudFacts>,
 }
 
