@@ -50,6 +50,7 @@ rm -f "$TMP/.complete"
 # mounted on the host; no service is started in the chroot.
 printf '#!/bin/sh\nexit 101\n' >"$TMP/usr/sbin/policy-rc.d"
 chmod 0755 "$TMP/usr/sbin/policy-rc.d"
+# shellcheck disable=SC2016 # $1 is the inner shell's
 unshare --mount --propagation private -- /bin/sh -c '
     mount -t proc proc "$1/proc" &&
     chroot "$1" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 \
