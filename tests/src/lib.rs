@@ -99,8 +99,9 @@ fn image_dir() -> PathBuf {
 }
 
 /// The image with cloud-init: `CAIRN_TEST_CLOUD_INIT_IMAGE`, else the base
-/// image's path with `-cloud-init` appended.
-fn cloud_init_image_dir() -> PathBuf {
+/// image's path with `-cloud-init` appended. Panics, saying how to build it,
+/// when it is not complete.
+pub fn cloud_init_image_dir() -> PathBuf {
     let image = std::env::var_os("CAIRN_TEST_CLOUD_INIT_IMAGE").map_or_else(
         || {
             let mut path = base_image().into_os_string();

@@ -11,7 +11,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use cairn_e2e::{FileServer, Machine, NoCloudSeed, static_agent_binary, workspace_root};
+use cairn_e2e::{
+    FileServer, Machine, NoCloudSeed, cloud_init_image_dir, static_agent_binary, workspace_root,
+};
 
 /// Where the example is, and the comment that comes right before it.
 const DOC: &str = "docs/cloud-init.md";
@@ -84,6 +86,35 @@ fn until_enrollment_exists(user_data: &str) -> String {
         server_lines,
         "  - cairn-agent apply /etc/cairn/role\n",
     )
+}
+
+#[test]
+fn the_cloud_init_image_is_fresh_and_reads_only_nocloud() {
+    let image = cloud_init_image_dir();
+    let read = |path: &str| std::fs::read_to_string(image.join(path)).unwrap_or_default();
+    assert_eq!(
+        read("etc/machine-id"),
+        "",
+        "systemd makes up the machine id at boot"
+    );
+    let cfg = read("etc/cloud/cloud.cfg.d/90-cairn-test.cfg");
+    assert!(
+        cfg.contains("datasource_list: [ NoCloud, None ]") && cfg.contains("locale: C.UTF-8"),
+        "{cfg}"
+    );
+    assert!(
+        !image.join("var/lib/cloud").exists(),
+        "no cloud-init state: every machine is a first boot"
+    );
+    let lists: Vec<_> = std::fs::read_dir(image.join("var/lib/apt/lists"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "partial" && n != "lock")
+        .collect();
+    assert!(
+        lists.is_empty(),
+        "package lists left in the image: {lists:?}"
+    );
 }
 
 #[test]
