@@ -49,7 +49,7 @@ if [ -n "${CAIRN_SETUP_FUNCTIONS_ONLY:-}" ]; then
   return 0 2>/dev/null || exit 0
 fi
 
-packages=(build-essential pkg-config protobuf-compiler debootstrap systemd-container curl ca-certificates python3)
+packages=(build-essential pkg-config protobuf-compiler debootstrap systemd-container curl ca-certificates python3 file)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

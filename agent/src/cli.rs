@@ -11,6 +11,7 @@ use cairn_proto::role::Diagnostics;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
+use crate::progress::Printer;
 use crate::run::{self, RunInput};
 use crate::{enroll, facts, state};
 
@@ -188,14 +189,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             detailed_exitcodes,
             state_dir,
         } => {
-            let report = run::run_once(
-                RunInput::from_dir(&role_dir)?,
-                &run::Options { noop, state_dir },
-            )?;
-            // One write for the whole report, not one per line.
+            let input = RunInput::from_dir(&role_dir)?;
+            let options = run::Options { noop, state_dir };
+            let report = match format {
+                // Each resource is printed as it finishes; the summary closes.
+                Format::Human => run::run_once_observed(input, &options, &mut Printer::stdout())?,
+                Format::Json => run::run_once(input, &options)?,
+            };
+            // One write for the rest of the report, not one per line.
             let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
             match format {
-                Format::Human => stdout.write_all(report.human().as_bytes())?,
+                Format::Human => stdout.write_all(report.human_summary().as_bytes())?,
                 Format::Json => {
                     serde_json::to_writer_pretty(&mut stdout, &report)?;
                     writeln!(stdout)?;

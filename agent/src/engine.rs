@@ -13,6 +13,7 @@ use cairn_proto::role::{ResourceId, Role};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::progress::Observer;
 use crate::providers::Host;
 use crate::resources::{self, Drift};
 use crate::state::StateDir;
@@ -23,9 +24,16 @@ pub struct RunOptions {
     pub noop: bool,
 }
 
-/// Converges `host` to `role`. Fails only when the run cannot start (its state
-/// cannot be read); a failing resource is a result in the report.
-pub fn run(role: &Role, host: &Host, state: &StateDir, opts: RunOptions) -> Result<RunReport> {
+/// Converges `host` to `role`, telling `observer` as each resource starts and
+/// finishes. Fails only when the run cannot start (its state cannot be read);
+/// a failing resource is a result in the report.
+pub fn run(
+    role: &Role,
+    host: &Host,
+    state: &StateDir,
+    opts: RunOptions,
+    observer: &mut dyn Observer,
+) -> Result<RunReport> {
     let started_at = now();
     let mut pending: BTreeSet<String> = state.load_pending()?;
     // A refresh owed to a resource the role no longer has cannot be done.
@@ -39,7 +47,9 @@ pub fn run(role: &Role, host: &Host, state: &StateDir, opts: RunOptions) -> Resu
     let mut status: HashMap<&ResourceId, ResourceStatus> = HashMap::new();
     let mut reports = Vec::with_capacity(role.resources.len());
 
-    for r in &role.resources {
+    let total = role.resources.len();
+    for (index, r) in role.resources.iter().enumerate() {
+        observer.started(index, total, &r.id);
         let t0 = Instant::now();
         let id = r.id.to_string();
         // What must converge first: what it requires and what notifies it.
@@ -93,6 +103,7 @@ pub fn run(role: &Role, host: &Host, state: &StateDir, opts: RunOptions) -> Resu
             duration_us: t0.elapsed().as_micros() as u64,
             error: outcome.error,
         });
+        observer.finished(reports.last().expect("just pushed"));
     }
 
     Ok(RunReport {

@@ -10,11 +10,23 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use cairn_proto::facts::{Facts, IpFacts, MemoryFacts, OsFacts};
+use cairn_proto::facts::{CloudFacts, Facts, IpFacts, MemoryFacts, OsFacts};
 use nix::net::if_::InterfaceFlags;
+use serde::Deserialize;
+
+use crate::providers::fs::Posix;
 
 const OS_RELEASE: [&str; 2] = ["/etc/os-release", "/usr/lib/os-release"];
 const DMI_ROOT: &str = "/sys/class/dmi/id";
+/// Where cloud-init leaves what it learnt about the instance, readable by all
+/// (its secrets go to `instance-data-sensitive.json`, which is not read).
+pub const INSTANCE_DATA: &str = "/run/cloud-init/instance-data.json";
+/// The most instance data read: real files are a few to a few hundred KiB
+/// (the data source's whole metadata is in them).
+const INSTANCE_DATA_LIMIT: u64 = 4 << 20;
+/// The longest value taken into `facts.cloud`; a longer one makes the file
+/// count as malformed.
+const CLOUD_VALUE_LIMIT: usize = 1024;
 
 /// Observes the node this agent runs on.
 pub fn gather() -> Result<Facts> {
@@ -50,7 +62,8 @@ pub fn gather() -> Result<Facts> {
         },
         ip_addresses: ip_addresses()?,
         machine_id,
-        cloud: detect_cloud(Path::new(DMI_ROOT))?.to_string(),
+        cloud_provider: detect_cloud(Path::new(DMI_ROOT))?.to_string(),
+        cloud: cloud_facts(Path::new(INSTANCE_DATA)),
     })
 }
 
@@ -332,6 +345,107 @@ pub fn classify_cloud(dmi: &Dmi) -> &'static str {
     }
 }
 
+// ---------------------------------------------------------------------------
+// cloud-init's instance data
+// ---------------------------------------------------------------------------
+
+/// `facts.cloud` from cloud-init's instance data at `path`: `None` where
+/// cloud-init has not run (no file). A file that cannot be read or parsed
+/// also gives `None`, with a warning on stderr: the run goes on, as it would
+/// on a machine without cloud-init, and a template that needs the values
+/// fails in strict mode, naming `facts.cloud`.
+pub fn cloud_facts(path: &Path) -> Option<CloudFacts> {
+    let read = || -> Result<Option<CloudFacts>> {
+        let Some(data) = Posix::default().read_bounded(path, INSTANCE_DATA_LIMIT)? else {
+            return Ok(None);
+        };
+        parse_instance_data(&data).map(Some).with_context(|| {
+            format!(
+                "could not read cloud-init's instance data {}",
+                path.display()
+            )
+        })
+    };
+    read().unwrap_or_else(|e| {
+        eprintln!("warning: facts.cloud is left out: {e:#}");
+        None
+    })
+}
+
+/// The parts of `instance-data.json` Cairn takes; the rest is parsed past,
+/// not kept. A missing key, or `null` (a data source that does not know),
+/// reads as empty.
+#[derive(Deserialize)]
+struct InstanceData {
+    v1: V1,
+    ds: Option<Ds>,
+}
+
+/// cloud-init's standard, provider-neutral keys.
+#[derive(Deserialize)]
+struct V1 {
+    cloud_name: Option<String>,
+    cloud_id: Option<String>,
+    platform: Option<String>,
+    region: Option<String>,
+    availability_zone: Option<String>,
+    instance_id: Option<String>,
+    local_hostname: Option<String>,
+}
+
+/// The data source's own metadata, for the one thing `v1` lacks: the
+/// instance's size, where the metadata names it.
+#[derive(Deserialize)]
+struct Ds {
+    meta_data: Option<serde_json::Value>,
+}
+
+/// Parses cloud-init's `instance-data.json`.
+pub fn parse_instance_data(data: &[u8]) -> Result<CloudFacts> {
+    let parsed: InstanceData =
+        serde_json::from_slice(data).context("it is not the JSON cloud-init writes")?;
+    let v1 = parsed.v1;
+    let value = |key: &str, v: Option<String>| -> Result<String> {
+        let v = v.unwrap_or_default();
+        if v.len() > CLOUD_VALUE_LIMIT {
+            bail!("v1.{key} is longer than {CLOUD_VALUE_LIMIT} bytes");
+        }
+        Ok(v)
+    };
+    let cloud_name = value("cloud_name", v1.cloud_name)?;
+    let cloud_id = match value("cloud_id", v1.cloud_id)? {
+        id if id.is_empty() => cloud_name.clone(),
+        id => id,
+    };
+    let meta = parsed.ds.and_then(|ds| ds.meta_data).unwrap_or_default();
+    Ok(CloudFacts {
+        cloud_name,
+        cloud_id,
+        platform: value("platform", v1.platform)?,
+        region: value("region", v1.region)?,
+        availability_zone: value("availability_zone", v1.availability_zone)?,
+        instance_id: value("instance_id", v1.instance_id)?,
+        instance_type: instance_type(&meta),
+        local_hostname: value("local_hostname", v1.local_hostname)?,
+    })
+}
+
+/// The instance's size from the data source's metadata: EC2 and the clouds
+/// that serve EC2-style metadata (`instance-type`), Azure's IMDS
+/// (`imds.compute.vmSize`); empty elsewhere, or when the value is not a short
+/// string.
+fn instance_type(meta: &serde_json::Value) -> String {
+    let azure = || meta.get("imds")?.get("compute")?.get("vmSize");
+    ["instance-type", "instance_type"]
+        .iter()
+        .find_map(|k| meta.get(*k))
+        .or_else(azure)
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| s.len() <= CLOUD_VALUE_LIMIT)
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,6 +645,121 @@ UBUNTU_CODENAME=noble
         assert_eq!(detect_cloud(dir.path()).unwrap(), "azure");
         std::fs::write(dir.path().join("sys_vendor"), "Hetzner\n").unwrap();
         assert_eq!(detect_cloud(dir.path()).unwrap(), "hetzner");
+    }
+
+    fn sample(name: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/instance-data")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn instance_data_of_nocloud_as_cloud_init_wrote_it() {
+        // Written by cloud-init 22.4 (Debian 12) booted with a NoCloud seed.
+        let cloud = parse_instance_data(&sample("nocloud.json")).unwrap();
+        assert_eq!(
+            cloud,
+            CloudFacts {
+                cloud_name: "unknown".into(),
+                cloud_id: "nocloud".into(),
+                platform: "nocloud".into(),
+                region: String::new(),
+                availability_zone: String::new(),
+                instance_id: "i-test-1".into(),
+                instance_type: String::new(),
+                local_hostname: "citest".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn instance_data_of_ec2_with_region_zone_and_size() {
+        let cloud = parse_instance_data(&sample("ec2.json")).unwrap();
+        assert_eq!(
+            cloud,
+            CloudFacts {
+                cloud_name: "aws".into(),
+                cloud_id: "aws".into(),
+                platform: "ec2".into(),
+                region: "eu-central-1".into(),
+                availability_zone: "eu-central-1b".into(),
+                instance_id: "i-0abc1234def567890".into(),
+                instance_type: "t3.micro".into(),
+                local_hostname: "ip-10-0-1-23".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn instance_data_sizes_from_azure_and_none_elsewhere() {
+        let azure = br#"{"v1": {"cloud_name": "azure", "platform": "azure", "region": "westeurope",
+            "availability_zone": null, "instance_id": "id", "local_hostname": "vm"},
+            "ds": {"meta_data": {"imds": {"compute": {"vmSize": "Standard_B1s"}}}}}"#;
+        let cloud = parse_instance_data(azure).unwrap();
+        assert_eq!(
+            (cloud.instance_type.as_str(), cloud.cloud_id.as_str()),
+            ("Standard_B1s", "azure"),
+            "cloud_id falls back to cloud_name when cloud-init gives none"
+        );
+        // Odd metadata is not an error: no size.
+        let odd = br#"{"v1": {"cloud_name": "x", "platform": "x", "region": null,
+            "availability_zone": null, "instance_id": "i", "local_hostname": "h"},
+            "ds": {"meta_data": ["not", "a", "map"]}}"#;
+        assert_eq!(parse_instance_data(odd).unwrap().instance_type, "");
+        let numeric = br#"{"v1": {"cloud_name": "x", "platform": "x", "region": null,
+            "availability_zone": null, "instance_id": "i", "local_hostname": "h"},
+            "ds": {"meta_data": {"instance-type": 7}}}"#;
+        assert_eq!(parse_instance_data(numeric).unwrap().instance_type, "");
+    }
+
+    #[test]
+    fn malformed_instance_data_is_an_error_naming_what() {
+        let long = format!(r#"{{"v1": {{"region": "{}"}}}}"#, "a".repeat(2000));
+        for (data, says) in [
+            (&b"not json"[..], "not the JSON"),
+            (br#"{"ds": {}}"#, "not the JSON"),
+            (br#"{"v1": {"region": 5}}"#, "not the JSON"),
+            (long.as_bytes(), "v1.region is longer than 1024 bytes"),
+        ] {
+            let err = format!("{:#}", parse_instance_data(data).unwrap_err());
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn instance_data_is_read_only_from_a_plain_bounded_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("instance-data.json");
+        assert_eq!(cloud_facts(&path), None, "no cloud-init, no facts.cloud");
+        std::fs::write(&path, sample("nocloud.json")).unwrap();
+        assert_eq!(cloud_facts(&path).unwrap().platform, "nocloud");
+
+        // Malformed: left out (with a warning), the run goes on.
+        std::fs::write(&path, b"{").unwrap();
+        assert_eq!(cloud_facts(&path), None);
+        // Larger than the limit: not read past it.
+        let big = std::fs::File::create(&path).unwrap();
+        big.set_len(INSTANCE_DATA_LIMIT + 1).unwrap();
+        let err = Posix::default()
+            .read_bounded(&path, INSTANCE_DATA_LIMIT)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("larger than"), "{err:#}");
+        assert_eq!(cloud_facts(&path), None);
+
+        // A link at the path is not followed, even to good data.
+        let good = dir.path().join("good.json");
+        std::fs::write(&good, sample("ec2.json")).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&good, &path).unwrap();
+        let err = Posix::default().read_bounded(&path, 1 << 20).unwrap_err();
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+        assert_eq!(cloud_facts(&path), None);
+
+        // A pipe does not hang the gather.
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRUSR).unwrap();
+        assert_eq!(cloud_facts(&path), None);
     }
 
     #[test]

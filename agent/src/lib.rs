@@ -4,6 +4,8 @@
 //!   host → engine → report), for `cairn-agent apply` and the daemon.
 //! - [`facts`]: what the node is (OS, addresses, cloud), gathered once per run.
 //! - [`engine`]: decides: order, skip, check → apply → verify, refresh, report.
+//! - [`progress`]: what the engine tells as each resource starts and finishes;
+//!   the lines `apply` prints as a run goes.
 //! - [`resources`]: one type per resource kind; each owns its properties.
 //! - [`providers`]: the only code that touches the host (apt, systemd, shadow, files, processes).
 //! - [`state`]: the run lock and refreshes owed, under `/var/lib/cairn/`.
@@ -20,6 +22,7 @@ pub mod engine;
 pub mod enroll;
 pub mod facts;
 pub mod identity;
+pub mod progress;
 pub mod providers;
 pub mod resources;
 pub mod run;

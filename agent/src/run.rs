@@ -12,6 +12,7 @@ use cairn_proto::role::{self, Diagnostics, Role};
 
 use crate::engine::{self, RunOptions};
 use crate::facts;
+use crate::progress::{Observer, Silent};
 use crate::providers::{Host, Providers};
 use crate::state::StateDir;
 
@@ -74,7 +75,17 @@ pub struct Options {
 /// carrying its [`Diagnostics`] and changes nothing. Fails only when the run
 /// cannot happen (invalid role, facts, lock, state); a failing resource is a
 /// result in the report.
-pub fn run_once(mut input: RunInput, options: &Options) -> Result<RunReport> {
+pub fn run_once(input: RunInput, options: &Options) -> Result<RunReport> {
+    run_once_observed(input, options, &mut Silent)
+}
+
+/// [`run_once`], telling `observer` as each resource starts and finishes
+/// (`cairn-agent apply` prints them as they happen).
+pub fn run_once_observed(
+    mut input: RunInput,
+    options: &Options,
+    observer: &mut dyn Observer,
+) -> Result<RunReport> {
     let facts = match input.facts.take() {
         Some(f) => f,
         None => facts::gather()?,
@@ -84,7 +95,13 @@ pub fn run_once(mut input: RunInput, options: &Options) -> Result<RunReport> {
     let _lock = state.lock()?;
     let mut host = Host::with_providers(facts, input.providers);
     host.prepare(&role);
-    engine::run(&role, &host, &state, RunOptions { noop: options.noop })
+    engine::run(
+        &role,
+        &host,
+        &state,
+        RunOptions { noop: options.noop },
+        observer,
+    )
 }
 
 /// Makes diagnostic file names point into the directory the user named.

@@ -19,8 +19,38 @@ pub struct Facts {
     pub ip_addresses: IpFacts,
     /// Contents of `/etc/machine-id`, empty when the image has none yet.
     pub machine_id: String,
-    /// `aws`, `gcp`, `azure`, `digitalocean`, `openstack`, `hetzner` or `none`.
-    pub cloud: String,
+    /// What the hardware says the cloud is, from DMI, with or without
+    /// cloud-init: `aws`, `gcp`, `azure`, `digitalocean`, `openstack`,
+    /// `hetzner` or `none`.
+    pub cloud_provider: String,
+    /// What cloud-init says about this instance, where it has run; `None`
+    /// (JSON `null`, so `{{#if facts.cloud}}` works in strict mode) elsewhere.
+    pub cloud: Option<CloudFacts>,
+}
+
+/// The provider-neutral instance data cloud-init keeps in
+/// `/run/cloud-init/instance-data.json` (its standard `v1` keys), read
+/// without calling any provider's API. A value the data source does not know
+/// (NoCloud has no region) is an empty string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudFacts {
+    /// cloud-init's name of the cloud: `aws`, `gce`, `azure`, `openstack`,
+    /// `nocloud`, … (`v1.cloud_name`).
+    pub cloud_name: String,
+    /// The cloud and any partition of it: `aws`, `aws-china`, `azure-gov`, …
+    /// (`v1.cloud_id`; `cloud_name` when cloud-init gives none).
+    pub cloud_id: String,
+    /// The data source's platform: `ec2`, `gce`, `nocloud`, `openstack`, …
+    pub platform: String,
+    pub region: String,
+    pub availability_zone: String,
+    pub instance_id: String,
+    /// The instance's size (`t3.micro`, `n2-standard-2`) where the data source
+    /// publishes it in its metadata as `instance_type`, `instance-type` or
+    /// `machine_type`; cloud-init's `v1` has no such key.
+    pub instance_type: String,
+    /// The hostname the cloud gave the instance (`v1.local_hostname`).
+    pub local_hostname: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +105,56 @@ impl Facts {
                 ipv6: vec![],
             },
             machine_id: "00000000000000000000000000000000".into(),
-            cloud: "none".into(),
+            cloud_provider: "none".into(),
+            cloud: Some(CloudFacts {
+                cloud_name: "nocloud".into(),
+                cloud_id: "nocloud".into(),
+                platform: "nocloud".into(),
+                region: "region-1".into(),
+                availability_zone: "region-1a".into(),
+                instance_id: "i-0123456789abcdef0".into(),
+                instance_type: "small".into(),
+                local_hostname: "node".into(),
+            }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::template::Templates;
+
+    /// Renders `source` with `facts` as templates see them (`facts.…`).
+    fn render(source: &str, facts: &Facts) -> Result<String, String> {
+        let mut t = Templates::new();
+        t.add("t", source).map_err(|e| e.message)?;
+        t.render("t", &serde_json::json!({ "facts": facts }), 1 << 20)
+            .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn placeholder_facts_let_templates_name_every_cloud_key() {
+        let every_key = "{{facts.cloud_provider}} {{facts.cloud.cloud_name}} {{facts.cloud.cloud_id}} \
+             {{facts.cloud.platform}} {{facts.cloud.region}} {{facts.cloud.availability_zone}} \
+             {{facts.cloud.instance_id}} {{facts.cloud.instance_type}} {{facts.cloud.local_hostname}}";
+        assert!(render(every_key, &Facts::placeholder()).is_ok());
+        // Strict mode: a misspelt key fails against the placeholder, as on a node.
+        let err = render("{{facts.cloud.regoin}}", &Facts::placeholder()).unwrap_err();
+        assert!(err.contains("regoin"), "{err}");
+    }
+
+    #[test]
+    fn a_template_branches_on_whether_cloud_init_ran() {
+        let branch = "{{#if facts.cloud}}in {{facts.cloud.region}}{{else}}no cloud-init{{/if}}";
+        let mut node = Facts::placeholder();
+        assert_eq!(render(branch, &node).unwrap(), "in region-1");
+        node.cloud = None;
+        assert_eq!(render(branch, &node).unwrap(), "no cloud-init");
+        // Unguarded, the value is missing: an error, never an empty string.
+        assert!(render("{{facts.cloud.region}}", &node).is_err());
+        // `null` in JSON, so the key itself exists for `#if`.
+        let json = serde_json::to_value(&node).unwrap();
+        assert_eq!(json["cloud"], serde_json::Value::Null);
     }
 }

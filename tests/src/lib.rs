@@ -6,6 +6,9 @@
 //!   systemd as PID 1; binds the agent at `/usr/local/bin/cairn-agent` and the
 //!   repository's `recipes/` at `/srv/recipes`; and waits until systemd says
 //!   the system is up.
+//! - [`Machine::boot_cloud_init`] boots the image with real cloud-init
+//!   (`tests/machine/build-cloud-init-image.sh`) with a [`NoCloudSeed`]
+//!   (meta-data and user-data) in its layer, and waits for cloud-init too.
 //! - [`Machine::sh`], [`Machine::agent`], [`Machine::apply_json`] run commands
 //!   inside, entering the machine's namespaces with `nsenter`.
 //! - Dropping a [`Machine`] halts it, waits for it, and removes its layer.
@@ -20,10 +23,12 @@
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_proto::report::{PropertyChange, ResourceReport, ResourceStatus, RunReport};
@@ -39,6 +44,8 @@ pub const GUEST_RECIPES: &str = "/srv/recipes";
 
 /// How long a machine may take to boot before the test gives up.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long cloud-init may take, all its stages (runcmd's commands too).
+const CLOUD_INIT_TIMEOUT: Duration = Duration::from_secs(240);
 /// How long a machine may take to halt before it is killed.
 const HALT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The environment commands run with inside: nothing of the test's own.
@@ -73,15 +80,43 @@ pub fn recipe_names() -> Vec<String> {
     names
 }
 
+/// The base image: `CAIRN_TEST_IMAGE`, else [`DEFAULT_IMAGE`].
+fn base_image() -> PathBuf {
+    std::env::var_os("CAIRN_TEST_IMAGE").map_or_else(|| PathBuf::from(DEFAULT_IMAGE), PathBuf::from)
+}
+
 fn image_dir() -> PathBuf {
-    let image = std::env::var_os("CAIRN_TEST_IMAGE")
-        .map_or_else(|| PathBuf::from(DEFAULT_IMAGE), PathBuf::from);
+    let image = base_image();
     if !image.join(".complete").is_file() {
         panic!(
             "no machine image at {img} (or it is incomplete)\n\
              help: build it once with `sudo tests/machine/build-image.sh {img}` \
              (or point CAIRN_TEST_IMAGE at an image it built)",
             img = image.display()
+        );
+    }
+    image
+}
+
+/// The image with cloud-init: `CAIRN_TEST_CLOUD_INIT_IMAGE`, else the base
+/// image's path with `-cloud-init` appended. Panics, saying how to build it,
+/// when it is not complete.
+pub fn cloud_init_image_dir() -> PathBuf {
+    let image = std::env::var_os("CAIRN_TEST_CLOUD_INIT_IMAGE").map_or_else(
+        || {
+            let mut path = base_image().into_os_string();
+            path.push("-cloud-init");
+            PathBuf::from(path)
+        },
+        PathBuf::from,
+    );
+    if !image.join(".complete").is_file() {
+        panic!(
+            "no cloud-init machine image at {img} (or it is incomplete)\n\
+             help: build it once with `sudo tests/machine/build-cloud-init-image.sh {base} {img}` \
+             (or point CAIRN_TEST_CLOUD_INIT_IMAGE at an image it built)",
+            img = image.display(),
+            base = base_image().display(),
         );
     }
     image
@@ -130,6 +165,26 @@ pub fn agent_binary() -> PathBuf {
             bin.display()
         );
     }
+    bin
+}
+
+/// The statically linked agent (`scripts/build-static-agent.sh`):
+/// `CAIRN_STATIC_AGENT_BIN`, else the debug build for the gnu target.
+pub fn static_agent_binary() -> PathBuf {
+    let bin = std::env::var_os("CAIRN_STATIC_AGENT_BIN").map_or_else(
+        || {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+            target.join("x86_64-unknown-linux-gnu/debug/cairn-agent")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        bin.is_file(),
+        "the static agent {} does not exist\n\
+         help: run `scripts/build-static-agent.sh` first (or set CAIRN_STATIC_AGENT_BIN)",
+        bin.display()
+    );
     bin
 }
 
@@ -199,9 +254,30 @@ impl Machine {
     /// Like [`Machine::boot`], with more host paths bound read-only into the
     /// machine: `(host path, guest path)`.
     pub fn boot_with(name: &str, binds: &[(&Path, &str)]) -> Machine {
-        let t0 = Instant::now();
-        let image = image_dir();
         let agent = agent_binary();
+        let mut all = vec![(agent.as_path(), GUEST_AGENT)];
+        all.extend_from_slice(binds);
+        Self::start(name, &image_dir(), &all, None)
+    }
+
+    /// Boots the image with real cloud-init (built by
+    /// `tests/machine/build-cloud-init-image.sh`) with `seed` as its NoCloud
+    /// data, waits until cloud-init has finished every stage (`cloud-init
+    /// status --wait`; runcmd runs in the last one), then until systemd says
+    /// the system is up. No agent is bound in: the user-data installs one.
+    /// `binds` as in [`Machine::boot_with`]. Whether cloud-init succeeded is
+    /// for the test to ask ([`Machine::cloud_init_status`]).
+    pub fn boot_cloud_init(name: &str, seed: &NoCloudSeed, binds: &[(&Path, &str)]) -> Machine {
+        Self::start(name, &cloud_init_image_dir(), binds, Some(seed))
+    }
+
+    fn start(
+        name: &str,
+        image: &Path,
+        binds: &[(&Path, &str)],
+        seed: Option<&NoCloudSeed>,
+    ) -> Machine {
+        let t0 = Instant::now();
         let recipes = workspace_root().join("recipes");
         let name = unique_name(name);
 
@@ -230,7 +306,12 @@ impl Machine {
             fs::create_dir(layer)
                 .unwrap_or_else(|e| panic!("could not create {}: {e}", layer.display()));
         }
-        for path in [image.as_path(), dir.path()] {
+        // The seed goes into the machine's own layer, as a cloud's NoCloud
+        // disk would give it: the image stays untouched.
+        if let Some(seed) = seed {
+            seed.write_into(&layers[0]);
+        }
+        for path in [image, dir.path()] {
             let p = path.to_string_lossy();
             assert!(
                 !p.contains([',', ':']),
@@ -253,10 +334,9 @@ impl Machine {
             .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
             .arg(r#"mount -t overlay cairn-machine -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" && root=$4 && shift 4 && exec systemd-nspawn -D "$root" "$@""#)
             .arg("sh")
-            .arg(&image)
+            .arg(image)
             .args(&layers)
             .args(["--quiet", "-M", &name, "--boot", "--register=no", "--keep-unit", "--console=pipe"])
-            .arg(format!("--bind-ro={}:{GUEST_AGENT}", agent.display()))
             .arg(format!("--bind-ro={}:{GUEST_RECIPES}", recipes.display()))
             .args(
                 binds
@@ -279,6 +359,9 @@ impl Machine {
         };
         // From here on a panic drops `machine`, which halts and removes it.
         machine.init = machine.find_init();
+        if seed.is_some() {
+            machine.wait_for_cloud_init();
+        }
         machine.wait_until_up();
         eprintln!(
             "machine {} up in {:.2} s",
@@ -363,6 +446,44 @@ impl Machine {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits until cloud-init has run its last stage (or given up), at most
+    /// [`CLOUD_INIT_TIMEOUT`]: `cloud-init status --wait` inside.
+    fn wait_for_cloud_init(&mut self) {
+        let t0 = Instant::now();
+        let wait = format!(
+            "timeout {} cloud-init status --wait >/dev/null",
+            CLOUD_INIT_TIMEOUT.as_secs()
+        );
+        let out = self.sh(&wait);
+        self.assert_nspawn_alive("running cloud-init");
+        // 124: `timeout` stopped it. Any other code is cloud-init's answer
+        // (1 for an error in a module), which the test reads.
+        assert!(
+            out.status.code() != Some(124),
+            "cloud-init did not finish within {CLOUD_INIT_TIMEOUT:?} in {}; its log:\n{}\nconsole:\n{}",
+            self.name,
+            self.cloud_init_output(),
+            self.console_log()
+        );
+        eprintln!(
+            "machine {}: cloud-init finished in {:.2} s",
+            self.name,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+
+    /// `cloud-init status --long` once cloud-init has finished: `status:
+    /// done` when every module succeeded.
+    pub fn cloud_init_status(&self) -> String {
+        stdout(&self.sh("cloud-init status --long"))
+    }
+
+    /// What cloud-init's modules printed, runcmd's commands included
+    /// (`/var/log/cloud-init-output.log`).
+    pub fn cloud_init_output(&self) -> String {
+        stdout(&self.sh("cat /var/log/cloud-init-output.log"))
     }
 
     /// `nsenter` into the machine: mount, UTS, IPC, network and PID namespaces
@@ -541,6 +662,147 @@ impl Drop for Machine {
             t0.elapsed().as_secs_f64()
         );
     }
+}
+
+/// A NoCloud seed, as a cloud hands a fresh instance its identity and
+/// user-data: `meta-data` and `user-data` in `/var/lib/cloud/seed/nocloud/`.
+#[derive(Debug, Clone)]
+pub struct NoCloudSeed {
+    /// cloud-init's `instance-id`: a new one makes cloud-init run again.
+    pub instance_id: String,
+    /// The hostname cloud-init sets.
+    pub local_hostname: String,
+    /// The user-data, as given (`#cloud-config` …).
+    pub user_data: String,
+}
+
+impl NoCloudSeed {
+    /// Writes the seed under `root`, a machine's root directory (or layer).
+    fn write_into(&self, root: &Path) {
+        for (what, value) in [
+            ("instance-id", &self.instance_id),
+            ("local-hostname", &self.local_hostname),
+        ] {
+            // Plain YAML scalars, nothing to quote.
+            assert!(
+                !value.is_empty()
+                    && value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')),
+                "NoCloud {what} {value:?}: use letters, digits, '-' and '.'"
+            );
+        }
+        let dir = root.join("var/lib/cloud/seed/nocloud");
+        fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("could not create {}: {e}", dir.display()));
+        let meta = format!(
+            "instance-id: {}\nlocal-hostname: {}\n",
+            self.instance_id, self.local_hostname
+        );
+        for (file, content) in [("meta-data", meta.as_str()), ("user-data", &self.user_data)] {
+            let path = dir.join(file);
+            fs::write(&path, content)
+                .unwrap_or_else(|e| panic!("could not write {}: {e}", path.display()));
+        }
+    }
+}
+
+/// Serves files over plain HTTP on 127.0.0.1, as an operator's download
+/// server serves the agent; machines share the host's network, so they reach
+/// it at [`FileServer::url`]. Stops when dropped.
+pub struct FileServer {
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FileServer {
+    /// Serves each `(URL path, host file)`: `GET /cairn-agent`; any other
+    /// request gets 404.
+    pub fn serve(files: &[(&str, &Path)]) -> FileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("could not listen on 127.0.0.1");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        listener
+            .set_nonblocking(true)
+            .expect("could not make the listener non-blocking");
+        let files: Vec<(String, PathBuf)> = files
+            .iter()
+            .map(|(url, path)| (url.to_string(), path.to_path_buf()))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        if let Err(e) = answer(conn, &files) {
+                            eprintln!("file server: {e}");
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => eprintln!("file server: accept: {e}"),
+                }
+            }
+        });
+        FileServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The URL of `path` (`/cairn-agent`).
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Answers one HTTP/1.x request on `conn` from `files`, then closes it.
+fn answer(mut conn: TcpStream, files: &[(String, PathBuf)]) -> std::io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+        if conn.read(&mut byte)? == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let mut words = head.split_whitespace();
+    let path = match (words.next(), words.next()) {
+        (Some("GET"), Some(path)) => path,
+        _ => "",
+    };
+    match files.iter().find(|(url, _)| url == path) {
+        Some((_, file)) => {
+            let mut f = File::open(file)?;
+            let len = f.metadata()?.len();
+            write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+            )?;
+            std::io::copy(&mut f, &mut conn)?;
+        }
+        None => conn.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?,
+    }
+    conn.flush()
 }
 
 /// Names the test process that owns a machine's directory.

@@ -145,6 +145,35 @@ impl Posix {
         self.paths.dir(path)
     }
 
+    /// The content of the regular file `path`, reached as every change here
+    /// reaches it (no link someone other than root placed is followed, nor a
+    /// link at `path` itself), or `None` when it does not exist. A file of
+    /// more than `limit` bytes is an error, read no further. For files the
+    /// agent reads but does not manage, such as cloud-init's instance data.
+    pub fn read_bounded(&self, path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+        let read = || -> Result<Option<Vec<u8>>> {
+            let (Some(dir), name) = self.paths.parent(path)? else {
+                return Ok(None);
+            };
+            // Non-blocking: a pipe swapped in for the file must not hang.
+            let fd = match open_at(&dir, name, OFlag::O_RDONLY | OFlag::O_NONBLOCK) {
+                Ok(fd) => fd,
+                Err(e) if e.downcast_ref::<Errno>() == Some(&Errno::ENOENT) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if kind(&fstat(&fd)?) != SFlag::S_IFREG {
+                bail!("not a regular file");
+            }
+            let mut data = Vec::new();
+            fs::File::from(fd).take(limit + 1).read_to_end(&mut data)?;
+            if data.len() as u64 > limit {
+                bail!("it is larger than {limit} bytes");
+            }
+            Ok(Some(data))
+        };
+        read().with_context(|| format!("could not read {}", path.display()))
+    }
+
     /// Removes the temporary files an interrupted write left in `dir`, once
     /// per directory and run.
     fn sweep(&self, dir: &DirFd, path: &Path) -> Result<()> {

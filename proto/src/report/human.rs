@@ -1,6 +1,7 @@
 //! A run report for people: one block per resource that changed, would
-//! change, failed or was skipped, then a summary line. The agent prints it
-//! after a run; the server shows a stored report the same way.
+//! change, failed or was skipped, then a summary line. The server shows a
+//! stored report so; the agent prints each resource's block as it finishes
+//! (with its duration, unchanged ones too), then the summary line.
 //!
 //! Every string in a report comes from a role or a node, so each is printed
 //! through [`crate::terminal::escape`]: a hostile resource id or diff line
@@ -11,7 +12,7 @@ use std::fmt::Write;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{ResourceStatus, RunReport};
+use super::{ResourceReport, ResourceStatus, RunReport};
 use crate::bundle::short_digest;
 use crate::terminal::escape;
 
@@ -19,52 +20,29 @@ use crate::terminal::escape;
 const INDENT: &str = "    ";
 
 impl RunReport {
-    /// The report as printed for people, ending in a newline.
+    /// The report as printed for people, ending in a newline: the block of
+    /// every resource that did not stay unchanged, then [`RunReport::human_summary`].
     pub fn human(&self) -> String {
         let mut out = String::new();
         for r in &self.resources {
-            let label = match r.status {
-                ResourceStatus::Unchanged => continue,
-                ResourceStatus::Changed => "changed",
-                ResourceStatus::WouldChange => "would change",
-                ResourceStatus::Failed => "FAILED",
-                ResourceStatus::Skipped => "skipped",
-            };
-            let _ = writeln!(out, "{label:<12} {}", escape(&r.id));
-            for c in &r.changes {
-                let property = escape(&c.property);
-                let after = escape(&c.after);
-                let _ = if c.before.is_empty() {
-                    writeln!(out, "{INDENT}{property}: {after}")
-                } else {
-                    writeln!(out, "{INDENT}{property}: {} → {after}", escape(&c.before))
-                };
-            }
-            if let Some(diff) = &r.diff {
-                for line in diff.split_terminator('\n') {
-                    let _ = writeln!(out, "{INDENT}{}", escape(line));
-                }
-            }
-            if let Some(err) = &r.error {
-                // A command's error carries its stderr on further lines: keep
-                // them under the first, aligned after `error: `.
-                let mut lines = err.split_terminator('\n');
-                let first = lines.next().unwrap_or_default();
-                let _ = writeln!(out, "{INDENT}error: {}", escape(first));
-                for line in lines {
-                    let _ = writeln!(out, "{INDENT}       {}", escape(line));
-                }
+            if r.status != ResourceStatus::Unchanged {
+                out.push_str(&r.human(false));
             }
         }
+        out.push_str(&self.human_summary());
+        out
+    }
+
+    /// The closing line: what the run did in all, on which node, how long it took.
+    pub fn human_summary(&self) -> String {
         let s = &self.summary;
         let changed = if self.noop {
             format!("{} would change", s.would_change)
         } else {
             format!("{} changed", s.changed)
         };
-        let _ = writeln!(
-            out,
-            "{} role {} ({}) on {}: {changed}, {} failed, {} skipped, {} unchanged ({} resources) in {}",
+        format!(
+            "{} role {} ({}) on {}: {changed}, {} failed, {} skipped, {} unchanged ({} resources) in {}\n",
             if self.noop { "Checked" } else { "Applied" },
             escape(&self.role),
             escape(short_digest(&self.role_digest)),
@@ -74,30 +52,80 @@ impl RunReport {
             s.unchanged,
             s.total,
             self.elapsed(),
-        );
-        out
+        )
     }
 
     /// From start to finish, `9.8 ms` or `8.40 s`; `?` if either time is unreadable.
     fn elapsed(&self) -> String {
         let parse = |s: &str| OffsetDateTime::parse(s, &Rfc3339).ok();
-        let Some(secs) = parse(&self.started_at)
+        match parse(&self.started_at)
             .zip(parse(&self.finished_at))
             .map(|(a, b)| (b - a).as_seconds_f64())
-        else {
-            return "?".into();
-        };
-        if secs < 1.0 {
-            format!("{:.1} ms", secs * 1000.0)
-        } else {
-            format!("{secs:.2} s")
+        {
+            Some(secs) => seconds(secs),
+            None => "?".into(),
         }
+    }
+}
+
+impl ResourceReport {
+    /// One resource for people, ending in a newline: its status and id (with
+    /// `duration`, how long it took), then its changes, diff and error,
+    /// indented.
+    pub fn human(&self, duration: bool) -> String {
+        let mut out = String::new();
+        let label = match self.status {
+            ResourceStatus::Unchanged => "unchanged",
+            ResourceStatus::Changed => "changed",
+            ResourceStatus::WouldChange => "would change",
+            ResourceStatus::Failed => "FAILED",
+            ResourceStatus::Skipped => "skipped",
+        };
+        let _ = write!(out, "{label:<12} {}", escape(&self.id));
+        if duration {
+            let _ = write!(out, " ({})", seconds(self.duration_us as f64 / 1e6));
+        }
+        out.push('\n');
+        for c in &self.changes {
+            let property = escape(&c.property);
+            let after = escape(&c.after);
+            let _ = if c.before.is_empty() {
+                writeln!(out, "{INDENT}{property}: {after}")
+            } else {
+                writeln!(out, "{INDENT}{property}: {} → {after}", escape(&c.before))
+            };
+        }
+        if let Some(diff) = &self.diff {
+            for line in diff.split_terminator('\n') {
+                let _ = writeln!(out, "{INDENT}{}", escape(line));
+            }
+        }
+        if let Some(err) = &self.error {
+            // A command's error carries its stderr on further lines: keep
+            // them under the first, aligned after `error: `.
+            let mut lines = err.split_terminator('\n');
+            let first = lines.next().unwrap_or_default();
+            let _ = writeln!(out, "{INDENT}error: {}", escape(first));
+            for line in lines {
+                let _ = writeln!(out, "{INDENT}       {}", escape(line));
+            }
+        }
+        out
+    }
+}
+
+/// A duration for people: `9.8 ms` under a second, else `8.40 s`.
+fn seconds(secs: f64) -> String {
+    if secs < 1.0 {
+        format!("{:.1} ms", secs * 1000.0)
+    } else {
+        format!("{secs:.2} s")
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{PropertyChange, ResourceReport, RunSummary};
+    use super::super::{PropertyChange, RunSummary};
     use super::*;
 
     fn resource(id: &str, status: ResourceStatus) -> ResourceReport {
@@ -220,5 +248,19 @@ changed      file:/tmp/\\u{1b}[2Jx
 Applied role web (sha256:aa3cb36ec69e) on web-1\\u{1b}[1A: 1 changed, 0 failed, 0 skipped, 0 unchanged (1 resources) in 1.00 s
 "
         );
+    }
+
+    #[test]
+    fn a_resource_alone_with_its_duration() {
+        let mut boom = resource("exec:boom", ResourceStatus::Failed);
+        boom.duration_us = 8_400_000;
+        boom.error = Some("exit status 3\nstderr: no".into());
+        assert_eq!(
+            boom.human(true),
+            "FAILED       exec:boom (8.40 s)\n    error: exit status 3\n           stderr: no\n"
+        );
+        let ok = resource("package:nginx", ResourceStatus::Unchanged);
+        assert_eq!(ok.human(true), "unchanged    package:nginx (0.0 ms)\n");
+        assert_eq!(ok.human(false), "unchanged    package:nginx\n");
     }
 }
