@@ -181,6 +181,134 @@ pub enum Standing {
     /// No operator of that name was ever added.
     Unknown,
 }
+// Reports and fleet (fleet)
+
+/// How a run went, from its report: a resource failed, else one changed, else none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Failed,
+    Changed,
+    Unchanged,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Failed => "failed",
+            RunStatus::Changed => "changed",
+            RunStatus::Unchanged => "unchanged",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        match s {
+            "failed" => Some(RunStatus::Failed),
+            "changed" => Some(RunStatus::Changed),
+            "unchanged" => Some(RunStatus::Unchanged),
+            _ => None,
+        }
+    }
+}
+
+/// What a stored report is listed by (the whole report is kept encoded beside it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportMeta {
+    /// The server's number for it; 0 before it is stored.
+    pub id: u64,
+    pub node: String,
+    pub run_id: String,
+    pub role: String,
+    pub channel: String,
+    pub role_version: u64,
+    pub role_digest: String,
+    pub status: RunStatus,
+    pub noop: bool,
+    pub from_cache: bool,
+    pub resources: u64,
+    pub changed: u64,
+    pub failed: u64,
+    /// By the node's clock.
+    pub finished_at: Micros,
+    /// By the server's clock, when stored.
+    pub received_at: Micros,
+}
+
+/// A checked report to store, and what it says of its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReport {
+    pub meta: ReportMeta,
+    /// The agent's run interval, in seconds.
+    pub interval_secs: u64,
+    /// The node's facts at the run, JSON (bounded by the caller).
+    pub facts_json: String,
+    /// The whole report, protobuf-encoded.
+    pub report: Vec<u8>,
+}
+
+/// Which reports to list: newest first, one page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportQuery {
+    pub node: Option<String>,
+    pub role: Option<String>,
+    pub status: Option<RunStatus>,
+    /// Only reports received at or after this time.
+    pub since: Option<Micros>,
+    /// Only reports with a smaller id (the cursor of the next page).
+    pub before_id: Option<u64>,
+    pub limit: u32,
+}
+
+/// A node's newest run, and when the server last heard from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRun {
+    pub report_id: u64,
+    pub role: String,
+    pub channel: String,
+    pub role_version: u64,
+    pub status: RunStatus,
+    pub from_cache: bool,
+    pub finished_at: Micros,
+    /// When its newest report arrived (server's clock).
+    pub seen_at: Micros,
+    pub interval_secs: u64,
+}
+
+impl LastRun {
+    /// Not heard from for two of its intervals at `now`.
+    pub fn stale(&self, now: Micros) -> bool {
+        now.saturating_sub(self.seen_at) > 2 * (self.interval_secs as i64).saturating_mul(1_000_000)
+    }
+}
+
+/// A node as operators see it: its assignment and its newest run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetNode {
+    pub name: String,
+    pub role: String,
+    pub channel: String,
+    pub revoked: bool,
+    /// `None` until it reports.
+    pub last: Option<LastRun>,
+}
+
+/// The nodes assigned to one role and channel, by their newest run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelStatus {
+    pub role: String,
+    pub channel: String,
+    /// `None` when nothing was promoted to the channel.
+    pub promoted: Option<u64>,
+    pub nodes: u64,
+    /// Its newest run applied the promoted version and did not fail.
+    pub on_promoted: u64,
+    /// Its newest run applied another version (or role) and did not fail.
+    pub on_older: u64,
+    pub failing: u64,
+    /// Not heard from for two of its intervals, whatever its run.
+    pub stale: u64,
+    pub never_reported: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} not found")]
@@ -275,6 +403,41 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<()>;
+
+    // Reports and fleet (fleet)
+
+    /// Stores each report not stored before (by node and run id) in one
+    /// transaction, committed before this returns, and records for its node
+    /// when it was last heard from; the node's last run and facts change only
+    /// for a report that finished later than the one recorded (a spooled
+    /// report delivered late does not hide a newer run). Returns, per report,
+    /// whether it was stored now (false: it was already). Not audited.
+    async fn store_reports(&self, reports: &[NewReport]) -> Result<Vec<bool>>;
+
+    /// One page of reports, newest (largest id) first.
+    async fn reports(&self, query: &ReportQuery) -> Result<Vec<ReportMeta>>;
+
+    /// One report and its encoded body; `NotFound` for an unknown id.
+    async fn report(&self, id: u64) -> Result<(ReportMeta, Vec<u8>)>;
+
+    /// Deletes at most `limit` of the reports received before `before`, oldest
+    /// first; returns how many it deleted.
+    async fn delete_reports_before(&self, before: Micros, limit: u32) -> Result<u64>;
+
+    /// The version `channel` of `role` points at, without its bundle; `None`
+    /// when nothing was promoted to it.
+    async fn channel_version(&self, role: &str, channel: &str) -> Result<Option<VersionMeta>>;
+
+    /// Nodes by name after `after`, at most `limit`, with their newest run.
+    async fn fleet_nodes(&self, after: &str, limit: u32) -> Result<Vec<FleetNode>>;
+
+    /// One node with its newest run and the facts of that run (JSON, empty
+    /// when it never reported); `NotFound` for an unknown name.
+    async fn fleet_node(&self, name: &str) -> Result<(FleetNode, String)>;
+
+    /// Per role and channel that unrevoked nodes are assigned to, by name:
+    /// how their newest runs stand at `now` (see [`ChannelStatus`]).
+    async fn fleet_status(&self, now: Micros) -> Result<Vec<ChannelStatus>>;
 }
 
 #[cfg(test)]
@@ -596,6 +759,190 @@ pub(crate) mod tests {
                 ("operator add".into(), "role auditor".into()),
             ]
         );
+        reports_and_fleet(store.clone()).await;
         store.ping().await.unwrap();
+    }
+
+    fn new_report(node: &str, run_id: &str, finished_at: Micros, status: RunStatus) -> NewReport {
+        NewReport {
+            meta: ReportMeta {
+                id: 0,
+                node: node.into(),
+                run_id: run_id.into(),
+                role: "web".into(),
+                channel: "production".into(),
+                role_version: 2,
+                role_digest: "d2".into(),
+                status,
+                noop: false,
+                from_cache: false,
+                resources: 3,
+                changed: u64::from(status == RunStatus::Changed),
+                failed: u64::from(status == RunStatus::Failed),
+                finished_at,
+                received_at: now_micros(),
+            },
+            interval_secs: 1800,
+            facts_json: format!("{{\"run\":\"{run_id}\"}}"),
+            report: run_id.as_bytes().to_vec(),
+        }
+    }
+
+    /// Reports: stored once per node and run, listed newest first and
+    /// filtered, deleted by age in batches. Runs after [`suite`] left
+    /// channel `production` of `web` at version 1.
+    async fn reports_and_fleet(store: Arc<dyn Store>) {
+        let v = store
+            .channel_version("web", "production")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((v.version, v.digest.as_str()), (1, "d1"));
+        assert_eq!(store.channel_version("web", "nope").await.unwrap(), None);
+        assert_eq!(
+            store.channel_version("nope", "production").await.unwrap(),
+            None
+        );
+
+        let t = now_micros();
+        let first = [
+            new_report("n1", "r1", t, RunStatus::Changed),
+            new_report("n1", "r2", t + 10, RunStatus::Unchanged),
+            // The same run id from another node is another run.
+            new_report("n2", "r1", t, RunStatus::Failed),
+        ];
+        assert_eq!(
+            store.store_reports(&first).await.unwrap(),
+            [true, true, true]
+        );
+        // Delivered again (with another body, even): nothing stored.
+        let mut again = new_report("n1", "r1", t, RunStatus::Failed);
+        again.report = b"other".to_vec();
+        assert_eq!(
+            store
+                .store_reports(&[again, new_report("n1", "r3", t + 20, RunStatus::Failed)])
+                .await
+                .unwrap(),
+            [false, true]
+        );
+        let all = store
+            .reports(&ReportQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let listed: Vec<(&str, &str)> = all
+            .iter()
+            .map(|r| (r.node.as_str(), r.run_id.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [("n1", "r3"), ("n2", "r1"), ("n1", "r2"), ("n1", "r1")]
+        );
+        assert!(all.windows(2).all(|w| w[0].id > w[1].id));
+        let (meta, body) = store.report(all[3].id).await.unwrap();
+        assert_eq!(
+            (meta.status, body.as_slice()),
+            (RunStatus::Changed, &b"r1"[..])
+        );
+        assert_eq!(meta, all[3]);
+        assert!(matches!(
+            store.report(999_999).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        let ids = |q: ReportQuery| {
+            let store = store.clone();
+            async move {
+                let limit = if q.limit == 0 { 100 } else { q.limit };
+                store
+                    .reports(&ReportQuery { limit, ..q })
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| (r.node, r.run_id))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let pair = |n: &str, r: &str| (n.to_string(), r.to_string());
+        assert_eq!(
+            ids(ReportQuery {
+                node: Some("n2".into()),
+                ..Default::default()
+            })
+            .await,
+            [pair("n2", "r1")]
+        );
+        assert_eq!(
+            ids(ReportQuery {
+                status: Some(RunStatus::Failed),
+                ..Default::default()
+            })
+            .await,
+            [pair("n1", "r3"), pair("n2", "r1")]
+        );
+        assert_eq!(
+            ids(ReportQuery {
+                node: Some("n1".into()),
+                status: Some(RunStatus::Failed),
+                role: Some("web".into()),
+                ..Default::default()
+            })
+            .await,
+            [pair("n1", "r3")]
+        );
+        assert!(
+            ids(ReportQuery {
+                role: Some("db".into()),
+                ..Default::default()
+            })
+            .await
+            .is_empty()
+        );
+        assert_eq!(
+            ids(ReportQuery {
+                before_id: Some(all[1].id),
+                limit: 1,
+                ..Default::default()
+            })
+            .await,
+            [pair("n1", "r2")]
+        );
+        assert!(
+            ids(ReportQuery {
+                since: Some(now_micros() + 60_000_000),
+                ..Default::default()
+            })
+            .await
+            .is_empty()
+        );
+
+        // Retention: by the server's clock, in batches.
+        let old = |run: &str| {
+            let mut r = new_report("n3", run, t, RunStatus::Unchanged);
+            r.meta.received_at = t - 40 * 86_400_000_000;
+            r
+        };
+        store
+            .store_reports(&[old("o1"), old("o2"), old("o3")])
+            .await
+            .unwrap();
+        let cutoff = t - 30 * 86_400_000_000;
+        assert_eq!(store.delete_reports_before(cutoff, 2).await.unwrap(), 2);
+        assert_eq!(store.delete_reports_before(cutoff, 2).await.unwrap(), 1);
+        assert_eq!(store.delete_reports_before(cutoff, 2).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .reports(&ReportQuery {
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len(),
+            4,
+            "younger reports are kept"
+        );
     }
 }
