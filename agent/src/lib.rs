@@ -7,13 +7,19 @@
 //! - [`resources`]: one type per resource kind; each owns its properties.
 //! - [`providers`]: the only code that touches the host (apt, systemd, shadow, files, processes).
 //! - [`state`]: the run lock and refreshes owed, under `/var/lib/cairn/`.
+//! - [`config`]: `/etc/cairn/agent.toml`: servers, CA pin, state directory, interval.
+//! - [`identity`]: the node's name, assignment, certificate and key from enrollment.
+//! - [`enroll`]: `cairn-agent enroll`: key made here, certificate from a server pinned by its CA.
 //! - [`cli`]: the command line; `main` only calls it.
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod config;
 pub mod engine;
+pub mod enroll;
 pub mod facts;
+pub mod identity;
 pub mod providers;
 pub mod resources;
 pub mod run;
