@@ -269,6 +269,8 @@ pub enum NodeStanding {
     Replaced,
     /// No node of that name ever enrolled.
     Unknown,
+}
+
 // Reports and fleet (fleet)
 
 /// How a run went, from its report: a resource failed, else one changed, else none.
@@ -537,6 +539,7 @@ pub trait Store: Send + Sync + 'static {
     /// `name`; as [`Store::standing`], a change by another process counts at
     /// once.
     async fn node_standing(&self, name: &str, fingerprint: &str) -> Result<NodeStanding>;
+
     // Reports and fleet (fleet)
 
     /// Stores each report not stored before (by node and run id) in one
@@ -1298,7 +1301,10 @@ pub(crate) mod tests {
         let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["n1", "n2", "n4", "n5", "n6"]);
         let n1 = &nodes[0];
-        assert_eq!((n1.role.as_str(), n1.channel.as_str()), ("web", "production"));
+        assert_eq!(
+            (n1.role.as_str(), n1.channel.as_str()),
+            ("web", "production")
+        );
         let last = n1.last.as_ref().unwrap();
         assert_eq!((last.status, last.finished_at), (RunStatus::Failed, t + 20));
         assert_eq!(last.report_id, all[0].id, "r3, the newest run");
@@ -1315,7 +1321,10 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(page, ["n4", "n5"]);
         let (n1, facts) = store.fleet_node("n1").await.unwrap();
-        assert_eq!((n1.name.as_str(), facts.as_str()), ("n1", r#"{"run":"r3"}"#));
+        assert_eq!(
+            (n1.name.as_str(), facts.as_str()),
+            ("n1", r#"{"run":"r3"}"#)
+        );
         assert!(matches!(
             store.fleet_node("n3").await,
             Err(StoreError::NotFound(_))

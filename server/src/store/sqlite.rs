@@ -1181,6 +1181,8 @@ impl Store for SqliteStore {
             enroll::read_node_standing(&self.pool, name, fingerprint),
         )
         .await
+    }
+
     // Reports and fleet (fleet): in `sqlite/reports.rs`.
 
     async fn store_reports(&self, reports: &[NewReport]) -> Result<Vec<bool>> {
