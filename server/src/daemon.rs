@@ -375,3 +375,57 @@ fn whoami() -> String {
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "root".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(["cairn-server", "serve"].iter().chain(args)).map(|c| c.command)
+    }
+
+    #[test]
+    fn connection_caps_and_retention_are_flags_with_fleet_defaults() {
+        let Command::Serve {
+            max_connections,
+            max_connections_per_peer,
+            report_retention,
+            ..
+        } = serve(&[]).unwrap()
+        else {
+            panic!("not serve");
+        };
+        assert_eq!(
+            (max_connections, max_connections_per_peer, report_retention),
+            (65_536, 1024, 30)
+        );
+        let Command::Serve {
+            max_connections,
+            max_connections_per_peer,
+            report_retention,
+            ..
+        } = serve(&[
+            "--max-connections",
+            "30000",
+            "--max-connections-per-peer",
+            "5000",
+            "--report-retention",
+            "7",
+        ])
+        .unwrap()
+        else {
+            panic!("not serve");
+        };
+        assert_eq!(
+            (max_connections, max_connections_per_peer, report_retention),
+            (30_000, 5000, 7)
+        );
+        for bad in [
+            ["--max-connections", "0"],
+            ["--max-connections-per-peer", "-1"],
+            ["--report-retention", "0"],
+        ] {
+            assert!(serve(&bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -603,6 +603,41 @@ mod tests {
     }
 
     #[test]
+    fn fleet_commands_and_their_filters() {
+        use fleet::{NodeCommand, ReportCommand, RunStatusArg};
+        let cli = parse(&["node", "show", "web-1", "--history", "5"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Fleet(FleetCommand::Node(NodeCommand::Show { history: 5, .. }))
+        ));
+        assert!(parse(&["node", "show", "web-1", "--history", "101"]).is_err());
+        let cli = parse(&[
+            "report", "list", "--node", "n", "--status", "failed", "--since", "1h",
+        ])
+        .unwrap();
+        let Command::Fleet(FleetCommand::Report(ReportCommand::List {
+            node,
+            status,
+            since,
+            limit,
+            ..
+        })) = cli.command
+        else {
+            panic!("not report list: {cli:?}");
+        };
+        assert_eq!(node.as_deref(), Some("n"));
+        assert_eq!(status, Some(RunStatusArg::Failed));
+        assert_eq!(since, Some(Since::Ago(Duration::from_secs(3600))));
+        assert_eq!(limit, fleet::REPORT_LIMIT);
+        assert!(parse(&["report", "list", "--status", "broken"]).is_err());
+        assert!(parse(&["report", "show", "x"]).is_err());
+        assert!(matches!(
+            parse(&["status"]).unwrap().command,
+            Command::Fleet(FleetCommand::Status)
+        ));
+    }
+
+    #[test]
     fn audit_lists_or_verifies() {
         let cli = parse(&["audit", "verify", "--output", "json"]).unwrap();
         assert!(matches!(
