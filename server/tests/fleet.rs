@@ -327,6 +327,23 @@ async fn a_watch_gets_the_current_version_then_every_move() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+
+    // Shutting down ends the stream, so an agent's watch does not hold up the
+    // drain (at most 20 s) but reconnects elsewhere at once.
+    let started = std::time::Instant::now();
+    let mut server = server;
+    let stopping = tokio::task::spawn_blocking(move || server.stop());
+    let end = tokio::time::timeout(DEADLINE, moves.message())
+        .await
+        .expect("the watch stream was still open after the shutdown began");
+    assert!(matches!(end, Ok(None) | Err(_)), "{end:?}");
+    drop((moves, node, ops));
+    stopping.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "stopping took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
