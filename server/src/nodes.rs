@@ -29,10 +29,10 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::{error, info};
 
-use crate::auth;
+use crate::auth::{self, NodeCaller};
 use crate::refusals::Refusal;
 use crate::service::{Api, DEFAULT_CHANNEL, check_channel, store_status};
-use crate::store::{self, Actor, Assignment, Micros, NewReport, ReportMeta, RunStatus, Store};
+use crate::store::{self, Actor, Micros, NewReport, ReportMeta, RunStatus, Store};
 
 /// Largest report message a node may send (the gRPC decoding limit of `Nodes`).
 pub const MAX_REPORT_BYTES: usize = 4 << 20;
@@ -56,12 +56,6 @@ const MAX_INGEST_BATCH: usize = 256;
 /// At most this many bytes of reports wait to be stored at once; more wait to be queued.
 const MAX_INGEST_BYTES: usize = 64 << 20;
 
-/// The node calling, identified by its certificate and checked against the store.
-struct Caller {
-    actor: Actor,
-    assignment: Assignment,
-}
-
 /// The Nodes service: the operator [`Api`] (store, metrics, refusals, channel
 /// moves) and the report queue.
 #[derive(Clone)]
@@ -78,12 +72,9 @@ impl NodeApi {
     }
 
     /// Identifies the calling node; a refusal is recorded.
-    async fn caller<T>(&self, req: &Request<T>, action: &str) -> Result<Caller, Status> {
+    async fn caller<T>(&self, req: &Request<T>, action: &str) -> Result<NodeCaller, Status> {
         match auth::node_caller(req, self.api.store.as_ref()).await {
-            Ok(node) => Ok(Caller {
-                actor: node.actor,
-                assignment: node.assignment,
-            }),
+            Ok(node) => Ok(node),
             Err(denied) => Err(self.refuse(&denied.actor, action, "", denied.status).await),
         }
     }
@@ -106,7 +97,7 @@ impl NodeApi {
     /// means the default one); a node asking for another is refused, audited.
     async fn own_assignment(
         &self,
-        caller: &Caller,
+        caller: &NodeCaller,
         asked: Option<pb::Assignment>,
         action: &str,
     ) -> Result<(String, String), Status> {
@@ -120,10 +111,12 @@ impl NodeApi {
         if asked.role == own.role && channel == own.channel {
             return Ok((own.role.clone(), own.channel.clone()));
         }
-        let target = format!("{}@{channel}", asked.role);
+        // What was asked comes from the request: cut, as it goes into a header.
+        let (role, channel) = (cut(&asked.role), cut(channel));
+        let target = format!("{role}@{channel}");
         let status = Status::permission_denied(format!(
-            "node {} is assigned role {} at channel {} and may not {action} role {} at channel {channel}",
-            caller.actor.name, own.role, own.channel, asked.role
+            "node {} is assigned role {} at channel {} and may not {action} role {role} at channel {channel}",
+            caller.actor.name, own.role, own.channel
         ));
         Err(self.refuse(&caller.actor, action, &target, status).await)
     }
@@ -221,13 +214,12 @@ impl pb::nodes_server::Nodes for NodeApi {
                 } = req.into_inner();
                 let report = report.unwrap_or_default();
                 if report.node != caller.actor.name {
+                    let other = cut(&report.node);
                     let status = Status::permission_denied(format!(
-                        "node {} may not send a report of node {}",
-                        caller.actor.name, report.node
+                        "node {} may not send a report of node {other}",
+                        caller.actor.name
                     ));
-                    return Err(self
-                        .refuse(&caller.actor, "report", &report.node, status)
-                        .await);
+                    return Err(self.refuse(&caller.actor, "report", &other, status).await);
                 }
                 let new = check_report(report, facts_json, interval_secs, store::now_micros())?;
                 let created = self.ingest.store(new, size).await?;

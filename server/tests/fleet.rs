@@ -241,6 +241,12 @@ async fn a_node_fetches_its_own_role_and_is_refused_another() {
         "{refusals:?}"
     );
 
+    // What a node asks for is cut in the refusal, which travels in a header.
+    let huge = "x".repeat(100_000);
+    let err = fetch(&node, &huge, "production", "").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().len() < 500, "{} bytes", err.message().len());
+
     // A channel nothing was promoted to yet.
     let early = enroll(&server, "web-2", "web", "staging").await;
     let err = fetch(&early, "web", "staging", "").await.unwrap_err();
