@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use cairn_proto::client::CaPin;
+use cairn_proto::client::{CaPin, Connection};
 use cairn_proto::pb;
 use serde::Serialize;
 
@@ -207,13 +207,14 @@ pub async fn revoke_token(server: &Server, id: String, fmt: Output) -> Result<()
     emit(&RevokedTokenOut { token: resp.into() }, fmt)
 }
 
-pub async fn revoke_node(server: &Server, name: String, fmt: Output) -> Result<()> {
-    let conn = server.connect().await?;
+/// `cairn node revoke` (a `node` subcommand beside the fleet's reads, so it
+/// takes their connection).
+pub async fn revoke_node(conn: &Connection, name: String, fmt: Output) -> Result<()> {
     let resp = conn
         .access()
         .revoke_node(pb::RevokeNodeRequest { name: name.clone() })
         .await
-        .rpc(&conn, || format!("could not revoke node {name}"))?;
+        .rpc(conn, || format!("could not revoke node {name}"))?;
     let a = resp.assignment.unwrap_or_default();
     emit(
         &RevokedNodeOut {

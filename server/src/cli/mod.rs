@@ -13,6 +13,7 @@ pub mod access;
 pub mod audit;
 pub mod connect;
 pub mod error;
+pub mod fleet;
 pub mod output;
 
 use std::path::PathBuf;
@@ -97,9 +98,20 @@ pub enum Command {
     /// Join tokens, for enrolling nodes.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Enrolled nodes.
+    #[command(flatten)]
+    Fleet(FleetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Enrolled nodes and their last runs.
     #[command(subcommand)]
-    Node(NodeCommand),
+    Node(fleet::NodeCommand),
+    /// The run reports nodes sent.
+    #[command(subcommand)]
+    Report(fleet::ReportCommand),
+    /// Per role and channel: nodes on the promoted version, on an older one, failing, stale.
+    Status,
 }
 
 /// Join tokens: what lets a new node enroll (admins only).
@@ -124,14 +136,6 @@ pub enum TokenCommand {
     List,
     /// Make a token admit no more enrollments.
     Revoke { id: String },
-}
-
-/// Enrolled nodes.
-#[derive(Debug, Subcommand)]
-pub enum NodeCommand {
-    /// End a node's access at once: its certificate is refused from its next
-    /// call on (it may enroll again with a new token).
-    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -310,9 +314,46 @@ pub async fn run(cli: Cli) -> Result<()> {
         }) => access::create_token(&server, role, channel, ttl, uses, fmt).await,
         Command::Token(TokenCommand::List) => access::list_tokens(&server, fmt).await,
         Command::Token(TokenCommand::Revoke { id }) => access::revoke_token(&server, id, fmt).await,
-        Command::Node(NodeCommand::Revoke { name }) => {
-            access::revoke_node(&server, name, fmt).await
+        Command::Fleet(cmd) => fleet_command(&server, cmd, fmt).await,
+    }
+}
+
+async fn fleet_command(server: &Server, cmd: FleetCommand, fmt: Output) -> Result<()> {
+    use fleet::{NodeCommand, ReportCommand};
+    let conn = server.connect().await?;
+    match cmd {
+        FleetCommand::Node(NodeCommand::Revoke { name }) => {
+            access::revoke_node(&conn, name, fmt).await
         }
+        FleetCommand::Node(NodeCommand::List { limit }) => {
+            emit(&fleet::node_list(&conn, limit).await?, fmt)
+        }
+        FleetCommand::Node(NodeCommand::Show { name, history }) => {
+            emit(&fleet::node_show(&conn, &name, history).await?, fmt)
+        }
+        FleetCommand::Report(ReportCommand::List {
+            node,
+            role,
+            status,
+            since,
+            limit,
+        }) => {
+            let filter = pb::ListReportsRequest {
+                node: node.unwrap_or_default(),
+                role: role.unwrap_or_default(),
+                status: fleet::status_filter(status),
+                since: match &since {
+                    Some(s) => s.to_rfc3339(OffsetDateTime::now_utc())?,
+                    None => String::new(),
+                },
+                ..Default::default()
+            };
+            emit(&fleet::report_list(&conn, filter, limit).await?, fmt)
+        }
+        FleetCommand::Report(ReportCommand::Show { id }) => {
+            emit(&fleet::report_show(&conn, id).await?, fmt)
+        }
+        FleetCommand::Status => emit(&fleet::status(&conn).await?, fmt),
     }
 }
 
@@ -622,7 +663,43 @@ mod tests {
         assert!(parse(&["token", "create"]).is_err(), "--role is required");
         assert!(matches!(
             parse(&["node", "revoke", "web-1"]).unwrap().command,
-            Command::Node(NodeCommand::Revoke { .. })
+            Command::Fleet(FleetCommand::Node(fleet::NodeCommand::Revoke { .. }))
+        ));
+    }
+
+    #[test]
+
+    fn fleet_commands_and_their_filters() {
+        use fleet::{NodeCommand, ReportCommand, RunStatusArg};
+        let cli = parse(&["node", "show", "web-1", "--history", "5"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Fleet(FleetCommand::Node(NodeCommand::Show { history: 5, .. }))
+        ));
+        assert!(parse(&["node", "show", "web-1", "--history", "101"]).is_err());
+        let cli = parse(&[
+            "report", "list", "--node", "n", "--status", "failed", "--since", "1h",
+        ])
+        .unwrap();
+        let Command::Fleet(FleetCommand::Report(ReportCommand::List {
+            node,
+            status,
+            since,
+            limit,
+            ..
+        })) = cli.command
+        else {
+            panic!("not report list: {cli:?}");
+        };
+        assert_eq!(node.as_deref(), Some("n"));
+        assert_eq!(status, Some(RunStatusArg::Failed));
+        assert_eq!(since, Some(Since::Ago(Duration::from_secs(3600))));
+        assert_eq!(limit, fleet::REPORT_LIMIT);
+        assert!(parse(&["report", "list", "--status", "broken"]).is_err());
+        assert!(parse(&["report", "show", "x"]).is_err());
+        assert!(matches!(
+            parse(&["status"]).unwrap().command,
+            Command::Fleet(FleetCommand::Status)
         ));
     }
 
