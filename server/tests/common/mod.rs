@@ -175,6 +175,17 @@ impl Daemon {
         http: SocketAddr,
         rust_log: &str,
     ) -> Daemon {
+        Self::start_with(data_dir, grpc, http, rust_log, &[])
+    }
+
+    /// [`Daemon::start_logging`] with more arguments for `cairn-server serve`.
+    pub fn start_with(
+        data_dir: &Path,
+        grpc: SocketAddr,
+        http: SocketAddr,
+        rust_log: &str,
+        args: &[&str],
+    ) -> Daemon {
         let work = data_dir.parent().unwrap().join("work");
         std::fs::create_dir_all(&work).unwrap();
         let log_path = work.join("server.log");
@@ -193,6 +204,7 @@ impl Daemon {
         for name in NAMES {
             cmd.args(["--name", name]);
         }
+        cmd.args(args);
         let child = cmd
             .env("RUST_LOG", rust_log)
             .stdout(log.try_clone().unwrap())
