@@ -7,14 +7,17 @@
 //! - [`resources`]: one type per resource kind; each owns its properties.
 //! - [`providers`]: the only code that touches the host (apt, systemd, shadow, files, processes).
 //! - [`state`]: the run lock and refreshes owed, under `/var/lib/cairn/`.
+//! - [`cache`]: the last good bundle; [`spool`]: reports waiting for a server.
 //! - [`cli`]: the command line; `main` only calls it.
 
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod cli;
 pub mod engine;
 pub mod facts;
 pub mod providers;
 pub mod resources;
 pub mod run;
+pub mod spool;
 pub mod state;

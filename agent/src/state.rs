@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use nix::fcntl::{OFlag, openat};
@@ -47,17 +47,22 @@ impl StateDir {
     /// others when open; refused when it is not a directory or another
     /// user's.
     fn ensure(&self) -> Result<DirFd> {
+        self.ensure_dir(&self.root)
+    }
+
+    /// [`StateDir::ensure`] for `dir`, the state directory or one in it.
+    fn ensure_dir(&self, dir: &Path) -> Result<DirFd> {
         let ensure = || -> Result<DirFd> {
             let (uid, gid) = (geteuid().as_raw(), getegid().as_raw());
-            match self.files.stat(&self.root)? {
+            match self.files.stat(dir)? {
                 None => {
-                    self.files.create_parents(&self.root)?;
+                    self.files.create_parents(dir)?;
                     let own = Ownership {
                         uid,
                         gid,
                         mode: 0o700,
                     };
-                    self.files.create_dir(&self.root, own)?;
+                    self.files.create_dir(dir, own)?;
                 }
                 Some(m) if m.kind != FileKind::Directory => {
                     bail!("it is a {}, not a directory", m.kind.as_str())
@@ -67,17 +72,17 @@ impl StateDir {
                     self.files.user_name(m.uid),
                     self.files.user_name(uid),
                     self.files.user_name(uid),
-                    self.root.display()
+                    dir.display()
                 ),
                 // The agent's own: closing it is safe.
-                Some(m) if m.mode & 0o077 != 0 => self.files.set_mode(&self.root, 0o700)?,
+                Some(m) if m.mode & 0o077 != 0 => self.files.set_mode(dir, 0o700)?,
                 Some(_) => {}
             }
             self.files
-                .dir(&self.root)?
+                .dir(dir)?
                 .context("it disappeared while it was being made")
         };
-        ensure().with_context(|| format!("state directory {}", self.root.display()))
+        ensure().with_context(|| format!("state directory {}", dir.display()))
     }
 
     /// Takes the machine-wide run lock, or says who holds it.
@@ -113,24 +118,15 @@ impl StateDir {
 
     /// Resource ids that still owe a refresh from an earlier run.
     pub fn load_pending(&self) -> Result<BTreeSet<String>> {
-        let path = self.root.join(PENDING_FILE);
-        if self.files.stat(&self.root)?.is_none() {
-            return Ok(BTreeSet::new());
-        }
-        self.ensure()?;
-        match self.files.stat_read(&path)? {
+        let help = "(delete it to drop pending refreshes)";
+        match self.read(PENDING_FILE).with_context(|| help)? {
             None => Ok(BTreeSet::new()),
-            Some((_, Some(data))) => serde_json::from_slice(&data).with_context(|| {
+            Some(data) => serde_json::from_slice(&data).with_context(|| {
                 format!(
-                    "could not parse {} (delete it to drop pending refreshes)",
-                    path.display()
+                    "could not parse {} {help}",
+                    self.path(PENDING_FILE).display()
                 )
             }),
-            Some((m, None)) => bail!(
-                "{} is a {}, not a file (delete it to drop pending refreshes)",
-                path.display(),
-                m.kind.as_str()
-            ),
         }
     }
 
@@ -138,25 +134,80 @@ impl StateDir {
     /// fsync) before the run goes on, so a crash cannot lose a promised
     /// restart.
     pub fn save_pending(&self, pending: &BTreeSet<String>) -> Result<()> {
-        self.ensure()?;
-        let path = self.root.join(PENDING_FILE);
         let save = || -> Result<()> {
             if pending.is_empty() {
-                if self.files.stat(&path)?.is_some() {
-                    self.files.remove_file(&path)?;
-                }
+                self.remove(PENDING_FILE)
             } else {
-                let own = Ownership {
-                    uid: geteuid().as_raw(),
-                    gid: getegid().as_raw(),
-                    mode: 0o600,
-                };
-                self.files
-                    .write_atomic(&path, &serde_json::to_vec(pending)?, own)?;
+                self.write(PENDING_FILE, &serde_json::to_vec(pending)?)
             }
-            Ok(())
         };
-        save().with_context(|| format!("could not record pending refreshes in {}", path.display()))
+        save().with_context(|| {
+            format!(
+                "could not record pending refreshes in {}",
+                self.path(PENDING_FILE).display()
+            )
+        })
+    }
+
+    /// Where `name`, a path relative to the state directory, is.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// The content of the file `name` in the state directory; `None` when it
+    /// (or the state directory) does not exist. Anything but a regular file
+    /// there is an error: a link is never followed.
+    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        if self.files.stat(&self.root)?.is_none() {
+            return Ok(None);
+        }
+        self.ensure()?;
+        let path = self.path(name);
+        match self.files.stat_read(&path)? {
+            None => Ok(None),
+            Some((_, Some(data))) => Ok(Some(data)),
+            Some((m, None)) => bail!("{} is a {}, not a file", path.display(), m.kind.as_str()),
+        }
+    }
+
+    /// Writes the file `name` in the state directory (mode 0600), atomically
+    /// and durably, making the directory holding it when missing.
+    pub fn write(&self, name: &str, data: &[u8]) -> Result<()> {
+        let path = self.path(name);
+        self.ensure()?;
+        if let Some(dir) = path.parent() {
+            self.ensure_dir(dir)?;
+        }
+        let own = Ownership {
+            uid: geteuid().as_raw(),
+            gid: getegid().as_raw(),
+            mode: 0o600,
+        };
+        self.files.write_atomic(&path, data, own)
+    }
+
+    /// Removes the file `name` from the state directory, durably; a missing
+    /// file is no error.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let path = self.path(name);
+        if self.files.stat(&path)?.is_some() {
+            self.files.remove_file(&path)?;
+        }
+        Ok(())
+    }
+
+    /// The names in the directory `dir` of the state directory (made when
+    /// missing), sorted; names that are not UTF-8 are not the agent's and
+    /// are left out.
+    pub fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let path = self.path(dir);
+        self.ensure()?;
+        self.ensure_dir(&path)?;
+        let names = self.files.list_dir(&path)?;
+        Ok(names
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
+            .collect())
     }
 }
 
