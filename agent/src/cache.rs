@@ -87,7 +87,7 @@ impl Fetched {
 /// or whose bundle is not the digest it was kept with is an error naming the
 /// file.
 pub fn load(state: &StateDir) -> Result<Option<Fetched>> {
-    let path = state.path(CACHE_FILE);
+    let path = state.path().join(CACHE_FILE);
     let load = || -> Result<Option<Fetched>> {
         let Some(data) = state.read(CACHE_FILE)? else {
             return Ok(None);
@@ -108,11 +108,11 @@ pub fn load(state: &StateDir) -> Result<Option<Fetched>> {
 /// atomically: a crash leaves one or the other whole.
 pub fn save(state: &StateDir, fetched: &Fetched) -> Result<()> {
     state
-        .write(CACHE_FILE, &fetched.to_wire().encode_to_vec())
+        .write(CACHE_FILE, &fetched.to_wire().encode_to_vec(), 0o600)
         .with_context(|| {
             format!(
                 "could not cache the role bundle in {}",
-                state.path(CACHE_FILE).display()
+                state.path().join(CACHE_FILE).display()
             )
         })
 }

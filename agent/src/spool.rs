@@ -96,9 +96,12 @@ impl<'s> Spool<'s> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let name = format!("{nanos:020}.{run_id}.{bytes}.report");
-        self.state
-            .write(&format!("{SPOOL_DIR}/{name}"), &data)
-            .with_context(|| format!("could not spool the report of run {run_id}"))?;
+        let write = || -> Result<()> {
+            self.state.make_dir(SPOOL_DIR)?;
+            self.state
+                .write(&format!("{SPOOL_DIR}/{name}"), &data, 0o600)
+        };
+        write().with_context(|| format!("could not spool the report of run {run_id}"))?;
         self.trim()
     }
 
@@ -159,7 +162,7 @@ impl<'s> Spool<'s> {
     }
 
     fn path(&self, entry: &Entry) -> std::path::PathBuf {
-        self.state.path(&format!("{SPOOL_DIR}/{}", entry.name))
+        self.state.path().join(SPOOL_DIR).join(&entry.name)
     }
 }
 

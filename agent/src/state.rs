@@ -118,15 +118,24 @@ impl StateDir {
 
     /// Resource ids that still owe a refresh from an earlier run.
     pub fn load_pending(&self) -> Result<BTreeSet<String>> {
-        let help = "(delete it to drop pending refreshes)";
-        match self.read(PENDING_FILE).with_context(|| help)? {
+        let path = self.root.join(PENDING_FILE);
+        if self.files.stat(&self.root)?.is_none() {
+            return Ok(BTreeSet::new());
+        }
+        self.ensure()?;
+        match self.files.stat_read(&path)? {
             None => Ok(BTreeSet::new()),
-            Some(data) => serde_json::from_slice(&data).with_context(|| {
+            Some((_, Some(data))) => serde_json::from_slice(&data).with_context(|| {
                 format!(
-                    "could not parse {} {help}",
-                    self.path(PENDING_FILE).display()
+                    "could not parse {} (delete it to drop pending refreshes)",
+                    path.display()
                 )
             }),
+            Some((m, None)) => bail!(
+                "{} is a {}, not a file (delete it to drop pending refreshes)",
+                path.display(),
+                m.kind.as_str()
+            ),
         }
     }
 
@@ -134,35 +143,41 @@ impl StateDir {
     /// fsync) before the run goes on, so a crash cannot lose a promised
     /// restart.
     pub fn save_pending(&self, pending: &BTreeSet<String>) -> Result<()> {
+        self.ensure()?;
+        let path = self.root.join(PENDING_FILE);
         let save = || -> Result<()> {
             if pending.is_empty() {
-                self.remove(PENDING_FILE)
+                if self.files.stat(&path)?.is_some() {
+                    self.files.remove_file(&path)?;
+                }
             } else {
-                self.write(PENDING_FILE, &serde_json::to_vec(pending)?)
+                let own = Ownership {
+                    uid: geteuid().as_raw(),
+                    gid: getegid().as_raw(),
+                    mode: 0o600,
+                };
+                self.files
+                    .write_atomic(&path, &serde_json::to_vec(pending)?, own)?;
             }
+            Ok(())
         };
-        save().with_context(|| {
-            format!(
-                "could not record pending refreshes in {}",
-                self.path(PENDING_FILE).display()
-            )
-        })
+        save().with_context(|| format!("could not record pending refreshes in {}", path.display()))
     }
 
-    /// Where `name`, a path relative to the state directory, is.
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.root
     }
 
-    /// The content of the file `name` in the state directory; `None` when it
-    /// (or the state directory) does not exist. Anything but a regular file
-    /// there is an error: a link is never followed.
+    /// The content of file `name` in the directory, `None` when it (or the
+    /// directory) does not exist; an error when it is not a plain file (a
+    /// link is never followed).
     pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.root.join(name);
         if self.files.stat(&self.root)?.is_none() {
             return Ok(None);
         }
         self.ensure()?;
-        let path = self.path(name);
         match self.files.stat_read(&path)? {
             None => Ok(None),
             Some((_, Some(data))) => Ok(Some(data)),
@@ -170,40 +185,43 @@ impl StateDir {
         }
     }
 
-    /// Writes the file `name` in the state directory (mode 0600), atomically
-    /// and durably, making the directory holding it when missing.
-    pub fn write(&self, name: &str, data: &[u8]) -> Result<()> {
-        let path = self.path(name);
+    /// Replaces file `name` in the directory (made if missing) with `data`,
+    /// the agent's, with `mode` from its creation; durably and atomically
+    /// (write, fsync, rename, directory fsync), never through a link.
+    pub fn write(&self, name: &str, data: &[u8], mode: u32) -> Result<()> {
         self.ensure()?;
-        if let Some(dir) = path.parent() {
-            self.ensure_dir(dir)?;
-        }
         let own = Ownership {
             uid: geteuid().as_raw(),
             gid: getegid().as_raw(),
-            mode: 0o600,
+            mode,
         };
-        self.files.write_atomic(&path, data, own)
+        self.files.write_atomic(&self.root.join(name), data, own)
     }
 
-    /// Removes the file `name` from the state directory, durably; a missing
-    /// file is no error.
+    /// Removes file `name` from the directory, durably; a missing file is no
+    /// error.
     pub fn remove(&self, name: &str) -> Result<()> {
-        let path = self.path(name);
+        let path = self.root.join(name);
         if self.files.stat(&path)?.is_some() {
             self.files.remove_file(&path)?;
         }
         Ok(())
     }
 
-    /// The names in the directory `dir` of the state directory (made when
+    /// Makes the directory `name` in the directory, as the directory itself
+    /// is made (0700, the agent's; a link or another user's refused), so
+    /// that files can be written into it.
+    pub fn make_dir(&self, name: &str) -> Result<()> {
+        self.ensure()?;
+        self.ensure_dir(&self.root.join(name)).map(drop)
+    }
+
+    /// The names in the directory `name` of the directory (made when
     /// missing), sorted; names that are not UTF-8 are not the agent's and
     /// are left out.
-    pub fn list(&self, dir: &str) -> Result<Vec<String>> {
-        let path = self.path(dir);
-        self.ensure()?;
-        self.ensure_dir(&path)?;
-        let names = self.files.list_dir(&path)?;
+    pub fn list(&self, name: &str) -> Result<Vec<String>> {
+        self.make_dir(name)?;
+        let names = self.files.list_dir(&self.root.join(name))?;
         Ok(names
             .into_iter()
             .filter_map(|n| n.into_string().ok())
