@@ -1,4 +1,4 @@
-//! The command line: `apply`, `validate`, `facts`.
+//! The command line: `apply`, `validate`, `facts`, `enroll`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,8 +10,9 @@ use cairn_proto::report::RunReport;
 use cairn_proto::role::Diagnostics;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::config::{self, Config};
 use crate::run::{self, RunInput};
-use crate::{facts, state};
+use crate::{enroll, facts, state};
 
 /// What `--version` prints: a debug build says so, so that a benchmark can
 /// refuse to measure it.
@@ -53,6 +54,33 @@ enum Command {
     Validate { role_dir: PathBuf },
     /// Print the facts this machine presents to templates, as JSON.
     Facts,
+    /// Get this node's certificate from a server, with a join token; the key
+    /// is made here and never leaves this machine.
+    Enroll {
+        /// A server to enroll with, https://HOST:PORT (repeatable; tried in
+        /// order) [default: `servers` of the configuration file].
+        #[arg(long = "server", value_name = "URL")]
+        servers: Vec<String>,
+        /// The pin of the servers' CA, as `cairn-server ca pin` prints it
+        /// (sha256:…) [default: `ca_pin` of the configuration file].
+        #[arg(long, value_name = "PIN")]
+        ca_pin: Option<cairn_proto::client::CaPin>,
+        /// A file holding the join token from `cairn token create`; deleted
+        /// once the node is enrolled.
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        /// The node's name [default: `name` of the configuration file, else
+        /// the machine id's first 12 digits and the hostname].
+        #[arg(long)]
+        name: Option<String>,
+        /// The agent's configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where the node's identity is stored [default: `state_dir` of the
+        /// configuration file, else /var/lib/cairn].
+        #[arg(long, env = "CAIRN_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -103,6 +131,53 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 role.resources.len(),
                 role.digest
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Enroll {
+            servers,
+            ca_pin,
+            token_file,
+            name,
+            config,
+            state_dir,
+        } => {
+            let file = match &config {
+                Some(path) => Config::load(path, true)?,
+                None => Config::load(config::DEFAULT_PATH.as_ref(), false)?,
+            };
+            let facts = facts::gather()?;
+            let name = match name.or(file.name) {
+                Some(name) => {
+                    cairn_proto::node::check_name(&name)?;
+                    name
+                }
+                None => enroll::default_name(&facts)?,
+            };
+            let request = enroll::Request {
+                servers: if servers.is_empty() { file.servers } else { servers },
+                ca_pin: ca_pin.or(file.ca_pin).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no CA pin: give --ca-pin sha256:… (or `ca_pin` in the configuration file)\n  \
+                         help: `cairn-server ca pin` on the server prints it"
+                    )
+                })?,
+                token_file,
+                name,
+                state_dir: state_dir.unwrap_or(file.state_dir),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let identity = runtime.block_on(enroll::enroll(&request, &facts))?;
+            println!(
+                "enrolled node {} ({}); identity stored in {}",
+                identity.name,
+                identity.assignment,
+                request.state_dir.join(crate::identity::FILE).display()
+            );
+            if let Some(warning) = enroll::delete_token_file(&request.token_file) {
+                eprintln!("{warning}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Apply {

@@ -8,14 +8,20 @@
 //! - [`providers`]: the only code that touches the host (apt, systemd, shadow, files, processes).
 //! - [`state`]: the run lock and refreshes owed, under `/var/lib/cairn/`.
 //! - [`cache`]: the last good bundle; [`spool`]: reports waiting for a server.
+//! - [`config`]: `/etc/cairn/agent.toml`: servers, CA pin, state directory, interval.
+//! - [`identity`]: the node's name, assignment, certificate and key from enrollment.
+//! - [`enroll`]: `cairn-agent enroll`: key made here, certificate from a server pinned by its CA.
 //! - [`cli`]: the command line; `main` only calls it.
 
 #![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod cli;
+pub mod config;
 pub mod engine;
+pub mod enroll;
 pub mod facts;
+pub mod identity;
 pub mod providers;
 pub mod resources;
 pub mod run;

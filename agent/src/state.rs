@@ -1,5 +1,7 @@
-//! The agent's own state under `/var/lib/cairn/`: the run lock, and refreshes
-//! that were promised by a change but not yet done.
+//! The agent's own state under `/var/lib/cairn/`: the run lock, refreshes
+//! that were promised by a change but not yet done, and the files others keep
+//! there through [`StateDir::read`] and [`StateDir::write`] (the node's
+//! identity: [`crate::identity`]).
 
 use std::collections::BTreeSet;
 use std::fs::{File, TryLockError};
@@ -116,6 +118,40 @@ impl StateDir {
         Ok(RunLock { _file: file })
     }
 
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The content of file `name` in the directory, `None` when it (or the
+    /// directory) does not exist; an error when it is not a plain file (a
+    /// link is never followed).
+    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.root.join(name);
+        if self.files.stat(&self.root)?.is_none() {
+            return Ok(None);
+        }
+        self.ensure()?;
+        match self.files.stat_read(&path)? {
+            None => Ok(None),
+            Some((_, Some(data))) => Ok(Some(data)),
+            Some((m, None)) => bail!("{} is a {}, not a file", path.display(), m.kind.as_str()),
+        }
+    }
+
+    /// Replaces file `name` in the directory (made if missing) with `data`,
+    /// the agent's, with `mode` from its creation; durably and atomically
+    /// (write, fsync, rename, directory fsync), never through a link.
+    pub fn write(&self, name: &str, data: &[u8], mode: u32) -> Result<()> {
+        self.ensure()?;
+        let own = Ownership {
+            uid: geteuid().as_raw(),
+            gid: getegid().as_raw(),
+            mode,
+        };
+        self.files.write_atomic(&self.root.join(name), data, own)
+    }
+
     /// Resource ids that still owe a refresh from an earlier run.
     pub fn load_pending(&self) -> Result<BTreeSet<String>> {
         let path = self.root.join(PENDING_FILE);
@@ -162,40 +198,6 @@ impl StateDir {
             Ok(())
         };
         save().with_context(|| format!("could not record pending refreshes in {}", path.display()))
-    }
-
-    /// The directory's path.
-    pub fn path(&self) -> &Path {
-        &self.root
-    }
-
-    /// The content of file `name` in the directory, `None` when it (or the
-    /// directory) does not exist; an error when it is not a plain file (a
-    /// link is never followed).
-    pub fn read(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let path = self.root.join(name);
-        if self.files.stat(&self.root)?.is_none() {
-            return Ok(None);
-        }
-        self.ensure()?;
-        match self.files.stat_read(&path)? {
-            None => Ok(None),
-            Some((_, Some(data))) => Ok(Some(data)),
-            Some((m, None)) => bail!("{} is a {}, not a file", path.display(), m.kind.as_str()),
-        }
-    }
-
-    /// Replaces file `name` in the directory (made if missing) with `data`,
-    /// the agent's, with `mode` from its creation; durably and atomically
-    /// (write, fsync, rename, directory fsync), never through a link.
-    pub fn write(&self, name: &str, data: &[u8], mode: u32) -> Result<()> {
-        self.ensure()?;
-        let own = Ownership {
-            uid: geteuid().as_raw(),
-            gid: getegid().as_raw(),
-            mode,
-        };
-        self.files.write_atomic(&self.root.join(name), data, own)
     }
 
     /// Removes file `name` from the directory, durably; a missing file is no

@@ -19,13 +19,25 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
+
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio_rustls::rustls::pki_types::CertificateDer;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Status};
 
+use crate::pb::access_client::AccessClient;
 use crate::pb::audit_client::AuditClient;
+use crate::pb::enrollment_client::EnrollmentClient;
 use crate::pb::nodes_client::NodesClient;
 use crate::pb::roles_client::RolesClient;
 
@@ -126,6 +138,14 @@ pub enum Error {
     /// The server answered a call with an error status.
     #[error(transparent)]
     Refused(#[from] Refused),
+    /// The server's chain has no CA with the pin, so it was not trusted:
+    /// nothing was sent to it.
+    #[error("the server at {url} is not the one pinned: {found}")]
+    PinMismatch {
+        url: String,
+        /// What the server presented, for the message.
+        found: String,
+    },
 }
 
 impl Error {
@@ -139,6 +159,11 @@ impl Error {
                 not_running_or_refused(url)
             )),
             Error::Url { .. } => Some("give the server as https://HOST:PORT".into()),
+            Error::PinMismatch { .. } => Some(
+                "check the pin against `cairn-server ca pin` on the server; if it is right, \
+                 this address does not reach that server (a wrong address, or an impostor)"
+                    .into(),
+            ),
             Error::Refused(r) => r.help(),
             Error::ReadCredentials { .. } | Error::ParseCredentials { .. } | Error::Tls { .. } => {
                 None
@@ -247,6 +272,17 @@ impl Connection {
         AuditClient::new(self.channel()).max_decoding_message_size(MAX_MESSAGE)
     }
 
+    /// The `Enrollment` service (a node getting its certificate; see
+    /// [`connect_pinned`]).
+    pub fn enrollment(&self) -> EnrollmentClient<Channel> {
+        EnrollmentClient::new(self.channel())
+    }
+
+    /// The `Access` service: join tokens, node revocation.
+    pub fn access(&self) -> AccessClient<Channel> {
+        AccessClient::new(self.channel())
+    }
+
     /// The `Nodes` service (what an enrolled node calls), accepting and
     /// sending messages up to [`MAX_MESSAGE`].
     pub fn nodes(&self) -> NodesClient<Channel> {
@@ -292,6 +328,188 @@ pub async fn connect(
     })
 }
 
+/// Opens a connection to `url` (`https://HOST:PORT`) for a party that knows
+/// the server's CA only by its [`CaPin`] (a node enrolling): the server's
+/// chain must hold a certificate with that pin, and the server's certificate
+/// must verify against it (names included), or the handshake fails with
+/// [`Error::PinMismatch`] before anything is sent. No client certificate is
+/// presented. The TLS is done here rather than by tonic, which cannot trust a
+/// CA it is not given; tonic sees a plain stream.
+pub async fn connect_pinned(url: &str, pin: CaPin) -> Result<Connection, Error> {
+    let uri = check_url(url)?;
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let server_name = ServerName::try_from(host.clone()).map_err(|_| Error::Url {
+        url: url.to_string(),
+        reason: "its host is neither a DNS name nor an IP address",
+    })?;
+    let verifier = Arc::new(pinned::PinnedCa::new(pin));
+    let mut config = ClientConfig::builder_with_provider(pinned::provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = TlsConnector::from(Arc::new(config));
+    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let (tls, server_name, host) = (tls.clone(), server_name.clone(), host.clone());
+        async move {
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            let stream = tls.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    // The scheme says the connector's stream needs no TLS from tonic.
+    let plain = format!("http://{}", uri.authority().map_or("", |a| a.as_str()));
+    let endpoint = Channel::from_shared(plain)
+        .map_err(|_| Error::Url {
+            url: url.to_string(),
+            reason: "expected https://HOST:PORT",
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT);
+    let channel =
+        endpoint
+            .connect_with_connector(connector)
+            .await
+            .map_err(|source| match verifier.mismatch() {
+                Some(found) => Error::PinMismatch {
+                    url: url.to_string(),
+                    found,
+                },
+                None => Error::Unreachable {
+                    url: url.to_string(),
+                    source,
+                },
+            })?;
+    Ok(Connection {
+        url: url.to_string(),
+        channel,
+    })
+}
+
+mod pinned {
+    //! The verifier behind [`super::connect_pinned`].
+
+    use std::sync::{Arc, Mutex};
+
+    use tokio_rustls::rustls::client::WebPkiServerVerifier;
+    use tokio_rustls::rustls::client::danger::{
+        HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+    };
+    use tokio_rustls::rustls::crypto::{self, CryptoProvider};
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use tokio_rustls::rustls::{DigitallySignedStruct, Error, RootCertStore, SignatureScheme};
+
+    use super::CaPin;
+
+    pub fn provider() -> Arc<CryptoProvider> {
+        Arc::new(crypto::ring::default_provider())
+    }
+
+    /// Trusts the certificate of the server's chain whose pin is the one
+    /// given, and nothing else; remembers why it refused.
+    #[derive(Debug)]
+    pub struct PinnedCa {
+        pin: CaPin,
+        provider: Arc<CryptoProvider>,
+        /// What the server presented, when no certificate of it had the pin.
+        mismatch: Mutex<Option<String>>,
+    }
+
+    impl PinnedCa {
+        pub fn new(pin: CaPin) -> Self {
+            PinnedCa {
+                pin,
+                provider: provider(),
+                mismatch: Mutex::new(None),
+            }
+        }
+
+        /// Why the last handshake's chain was refused, if it had no pinned CA.
+        pub fn mismatch(&self) -> Option<String> {
+            self.mismatch.lock().expect("pin mismatch lock").clone()
+        }
+    }
+
+    impl ServerCertVerifier for PinnedCa {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp_response: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            let Some(ca) = intermediates
+                .iter()
+                .find(|c| CaPin::of_cert(c).is_ok_and(|p| p == self.pin))
+            else {
+                let found: Vec<String> = intermediates
+                    .iter()
+                    .filter_map(|c| CaPin::of_cert(c).ok())
+                    .map(|p| p.to_string())
+                    .collect();
+                let found = if found.is_empty() {
+                    "it sent no CA certificate (is it a cairn-server?)".to_string()
+                } else {
+                    format!("its CA's pin is {}, not {}", found.join(", "), self.pin)
+                };
+                *self.mismatch.lock().expect("pin mismatch lock") = Some(found.clone());
+                return Err(Error::General(found));
+            };
+            let mut roots = RootCertStore::empty();
+            roots
+                .add(ca.clone().into_owned())
+                .map_err(|e| Error::General(format!("the pinned CA is unusable: {e}")))?;
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| Error::General(format!("the pinned CA is unusable: {e}")))?
+                .verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+}
+
 /// The server URL must be `https://HOST:PORT`: servers speak only mutual
 /// TLS, and HOST is checked against the server certificate's names. Returns
 /// it parsed.
@@ -318,6 +536,66 @@ pub fn check_url(url: &str) -> Result<tonic::codegen::http::Uri, Error> {
         return bad("it has a path; give only https://HOST:PORT");
     }
     Ok(uri)
+}
+
+/// A pin of a server's CA, as `cairn-server ca pin` prints it and a node's
+/// user-data carries it: `sha256:` and the hex SHA-256 of the CA
+/// certificate's SubjectPublicKeyInfo (DER), as kubeadm's
+/// `discovery-token-ca-cert-hash`. A node that knows it can tell the server's
+/// CA from any other before it trusts it with a join token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaPin([u8; 32]);
+
+impl CaPin {
+    /// The pin of a CA certificate (DER).
+    pub fn of_cert(der: &[u8]) -> Result<CaPin, String> {
+        let cert = CertificateDer::from(der);
+        let anchor = webpki::anchor_from_trusted_cert(&cert)
+            .map_err(|e| format!("unreadable CA certificate: {e}"))?;
+        Ok(CaPin(
+            Sha256::digest(webpki::spki_for_anchor(&anchor).as_ref()).into(),
+        ))
+    }
+
+    /// The pin of the first certificate in `pem`.
+    pub fn of_cert_pem(pem: &str) -> Result<CaPin, String> {
+        let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()
+            .ok_or("no certificate in the PEM text")?
+            .map_err(|e| format!("unreadable PEM certificate: {e}"))?;
+        CaPin::of_cert(&der)
+    }
+}
+
+impl fmt::Display for CaPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sha256:")?;
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::str::FromStr for CaPin {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<CaPin, String> {
+        let bad = || {
+            format!(
+                "invalid CA pin {:?}: expected sha256: followed by 64 hex digits \
+                 (`cairn-server ca pin` prints it)",
+                s.chars().take(80).collect::<String>()
+            )
+        };
+        let hex = s.strip_prefix("sha256:").ok_or_else(bad)?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let mut pin = [0; 32];
+        for (byte, pair) in pin.iter_mut().zip(hex.as_bytes().chunks(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| bad())?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(CaPin(pin))
+    }
 }
 
 /// Unwraps a call's response, or turns its status into [`Error::Refused`]

@@ -5,17 +5,20 @@
 //! - [`bundle`]: a role as an in-memory set of files, and its content digest.
 //! - [`template`]: Handlebars rendering in strict mode, shared by validation and the agent.
 //! - [`facts`]: what the agent knows about its node; templates see it as `facts`.
+//! - [`node`]: a node's name rule and its assignment (role and channel).
 //! - [`report`]: the run report, printed by the agent and stored by the server,
 //!   and its rendering for people.
 //! - [`diff`]: unified diffs of file content and of two role bundles.
 //! - [`terminal`]: escaping text from outside before it is printed.
-//! - [`client`]: reaching a server: credential file, mutual-TLS connection, errors with help.
+//! - [`client`]: reaching a server: credential file, mutual-TLS connection (or one pinned by
+//!   the CA's hash, to enroll), errors with help.
 //! - [`pb`]: generated wire types; only this crate and the gRPC edges use them.
 
 pub mod bundle;
 pub mod client;
 pub mod diff;
 pub mod facts;
+pub mod node;
 pub mod report;
 pub mod role;
 pub mod template;

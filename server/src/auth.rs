@@ -1,12 +1,15 @@
 //! Who is calling, and what they may do.
 //!
-//! Operators authenticate with a client certificate issued by the server's CA
-//! (checked by the TLS handshake); its CN is the operator's name and its OU the
-//! operator's role. The store then says whether that certificate is still the
-//! operator's (see [`Standing`]): `operator add` replaces it, `operator revoke`
-//! revokes it, and the store is asked on every call, so either counts at once.
-//! The gate ([`crate::gate`]) authenticates every call before its body is
-//! read; every gRPC handler then asks [`authorize`] whether the caller may.
+//! Operators and nodes authenticate with a client certificate issued by the
+//! server's CA (checked by the TLS handshake); its CN is the operator's or
+//! node's name and its OU the operator's role, or [`NODE_UNIT`] for a node.
+//! The store then says whether that certificate is still the operator's (see
+//! [`Standing`]: `operator add` replaces it, `operator revoke` revokes it) or
+//! the node's ([`NodeStanding`]: enrolling again replaces it, `node revoke`
+//! revokes it), and the store is asked on every call, so either counts at
+//! once. The gate ([`crate::gate`]) authenticates every call before its body
+//! is read; every operator handler then asks [`authorize`] whether the caller
+//! may, and every node handler asks [`node_caller`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,7 +18,10 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
 use x509_parser::prelude::*;
 
-use crate::store::{Actor, Standing, Store};
+use crate::store::{Actor, Assignment, NodeStanding, Standing, Store};
+
+/// The OU of a node certificate (an operator's is its role).
+pub const NODE_UNIT: &str = "node";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum OperatorRole {
@@ -75,8 +81,17 @@ impl Permission {
     }
 }
 
-/// The operator name and role in a client certificate (DER).
-pub fn operator_of(der: &[u8]) -> Result<(String, OperatorRole), String> {
+/// What a client certificate says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    Operator(OperatorRole),
+    Node,
+}
+
+/// The name and holder in a client certificate (DER): an operator and its
+/// role, or a node (whose name must be one [`cairn_proto::node::check_name`]
+/// accepts).
+pub fn subject_of(der: &[u8]) -> Result<(String, Holder), String> {
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| format!("unreadable client certificate: {e}"))?;
     let subject = cert.subject();
@@ -85,10 +100,13 @@ pub fn operator_of(der: &[u8]) -> Result<(String, OperatorRole), String> {
     };
     let name =
         first(subject.iter_common_name().next()).ok_or("client certificate has no common name")?;
-    let role = first(subject.iter_organizational_unit().next())
-        .ok_or("client certificate names no operator role")?
-        .parse()?;
-    Ok((name, role))
+    let unit = first(subject.iter_organizational_unit().next())
+        .ok_or("client certificate names no operator role or node")?;
+    if unit == NODE_UNIT {
+        cairn_proto::node::check_name(&name).map_err(|e| e.to_string())?;
+        return Ok((name, Holder::Node));
+    }
+    Ok((name, Holder::Operator(unit.parse()?)))
 }
 
 /// The SHA-256 of a certificate (DER), hex: what the store records of it.
@@ -102,13 +120,21 @@ pub struct Denied {
     pub status: Status,
 }
 
-/// An operator whose certificate was checked against the store for this call;
-/// the gate puts it in the request's extensions so the handler does not ask
-/// the store again.
+/// Who a checked certificate belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Operator(OperatorRole),
+    /// A node, with its assignment as the store has it now.
+    Node(Assignment),
+}
+
+/// An operator or node whose certificate was checked against the store for
+/// this call; the gate puts it in the request's extensions so the handler does
+/// not ask the store again. A node's actor has the role [`NODE_UNIT`].
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     pub actor: Actor,
-    pub role: OperatorRole,
+    pub principal: Principal,
 }
 
 /// Identifies the caller and checks its certificate is still valid (already
@@ -142,11 +168,14 @@ pub async fn authenticate<T>(
     let Some(cert) = certs.first() else {
         return Err(anonymous(Status::unauthenticated("no client certificate")));
     };
-    let (name, role) =
-        operator_of(cert.as_ref()).map_err(|e| anonymous(Status::unauthenticated(e)))?;
+    let (name, holder) =
+        subject_of(cert.as_ref()).map_err(|e| anonymous(Status::unauthenticated(e)))?;
     let actor = Actor {
         name,
-        role: role.as_str().into(),
+        role: match holder {
+            Holder::Operator(role) => role.as_str().into(),
+            Holder::Node => NODE_UNIT.into(),
+        },
         peer,
     };
     let revoked = |why: String| {
@@ -155,32 +184,64 @@ pub async fn authenticate<T>(
             actor: actor.clone(),
         }))
     };
+    let failed = |e| {
+        Err(Box::new(Denied {
+            status: crate::service::store_status(e),
+            actor: actor.clone(),
+        }))
+    };
     let name = &actor.name;
-    match store.standing(name, &fingerprint(cert.as_ref())).await {
-        Ok(Standing::Current | Standing::Unrecorded) => {}
-        Ok(Standing::Revoked) => return revoked(format!("operator {name} was revoked")),
-        Ok(Standing::Replaced) => {
-            return revoked(format!(
-                "a newer credential was issued for operator {name}; this one no longer counts"
-            ));
-        }
-        Ok(Standing::Unknown) => {
-            return revoked(format!("no operator {name} is on record on this server"));
-        }
-        Err(e) => {
-            return Err(Box::new(Denied {
-                status: crate::service::store_status(e),
-                actor: actor.clone(),
-            }));
-        }
-    }
-    Ok(Authenticated { actor, role })
+    let fingerprint = fingerprint(cert.as_ref());
+    let principal = match holder {
+        Holder::Operator(role) => match store.standing(name, &fingerprint).await {
+            Ok(Standing::Current | Standing::Unrecorded) => Principal::Operator(role),
+            Ok(Standing::Revoked) => return revoked(format!("operator {name} was revoked")),
+            Ok(Standing::Replaced) => {
+                return revoked(format!(
+                    "a newer credential was issued for operator {name}; this one no longer counts"
+                ));
+            }
+            Ok(Standing::Unknown) => {
+                return revoked(format!("no operator {name} is on record on this server"));
+            }
+            Err(e) => return failed(e),
+        },
+        Holder::Node => match store.node_standing(name, &fingerprint).await {
+            Ok(NodeStanding::Current(assignment)) => Principal::Node(assignment),
+            Ok(NodeStanding::Revoked) => {
+                return revoked(format!(
+                    "node {name} was revoked; enroll it again with a new join token"
+                ));
+            }
+            Ok(NodeStanding::Replaced) => {
+                return revoked(format!(
+                    "node {name} enrolled again since; this certificate no longer counts"
+                ));
+            }
+            Ok(NodeStanding::Unknown) => {
+                return revoked(format!("no node {name} is enrolled on this server"));
+            }
+            Err(e) => return failed(e),
+        },
+    };
+    Ok(Authenticated { actor, principal })
 }
 
 /// Checks an authenticated operator may do `what` (for messages, e.g. "push
 /// roles"), which needs `need`.
 pub fn permit(who: Authenticated, need: Permission, what: &str) -> Result<Actor, Box<Denied>> {
-    let Authenticated { actor, role } = who;
+    let Authenticated { actor, principal } = who;
+    let role = match principal {
+        Principal::Operator(role) => role,
+        Principal::Node(_) => {
+            let status = Status::permission_denied(format!(
+                "a node certificate may not {what}; that needs an operator credential \
+                 (node {} may only use the node API)",
+                actor.name
+            ));
+            return Err(Box::new(Denied { actor, status }));
+        }
+    };
     if role < need.least_role() {
         let status = Status::permission_denied(format!(
             "operator {} is {} {role} and may not {what}; that needs the {} role or above",
@@ -205,4 +266,39 @@ pub async fn authorize<T>(
     store: &dyn Store,
 ) -> Result<Actor, Box<Denied>> {
     permit(authenticate(req, store).await?, need, what)
+}
+
+/// A node calling the node API, checked for this call.
+#[derive(Debug, Clone)]
+pub struct NodeCaller {
+    /// The node's name (its certificate's CN), its role ([`NODE_UNIT`]) and peer.
+    pub actor: Actor,
+    /// Its assignment as the store has it now.
+    pub assignment: Assignment,
+}
+
+impl NodeCaller {
+    pub fn name(&self) -> &str {
+        &self.actor.name
+    }
+}
+
+/// [`authenticate`], then checks the caller is a node: an operator's
+/// certificate is refused (`PERMISSION_DENIED`), since operators do not run
+/// roles.
+pub async fn node_caller<T>(
+    req: &Request<T>,
+    store: &dyn Store,
+) -> Result<NodeCaller, Box<Denied>> {
+    let Authenticated { actor, principal } = authenticate(req, store).await?;
+    match principal {
+        Principal::Node(assignment) => Ok(NodeCaller { actor, assignment }),
+        Principal::Operator(role) => {
+            let status = Status::permission_denied(format!(
+                "operator {} ({role}) may not use the node API; only an enrolled node's certificate may",
+                actor.name
+            ));
+            Err(Box::new(Denied { actor, status }))
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! The `cairn-server` command line: `serve`, `operator add` and `operator revoke`.
+//! The `cairn-server` command line: `serve`, `operator add`, `operator revoke`
+//! and `ca pin`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -6,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use cairn_proto::client::Credentials;
+use cairn_proto::client::{CaPin, Credentials};
 use clap::{Parser, Subcommand};
 use tracing::info;
 
@@ -54,6 +55,22 @@ enum Command {
     Operator {
         #[command(subcommand)]
         command: OperatorCommand,
+    },
+    /// The server's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Print the pin of the CA (sha256:…) that `cairn-agent enroll --ca-pin`
+    /// and the agent's configuration take: nodes check the server against it
+    /// before they send their join token.
+    Pin {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
     },
 }
 
@@ -200,6 +217,19 @@ async fn run(cli: Cli) -> Result<()> {
             if replaced {
                 println!("earlier credentials of {name} no longer work");
             }
+            Ok(())
+        }
+        Command::Ca {
+            command: CaCommand::Pin { data_dir },
+        } => {
+            let pem = crate::pki::read_ca_pem(&data_dir)?;
+            let pin = CaPin::of_cert_pem(&pem).map_err(|e| {
+                anyhow::anyhow!(
+                    "could not read the CA certificate in {}: {e}",
+                    data_dir.display()
+                )
+            })?;
+            println!("{pin}");
             Ok(())
         }
         Command::Operator {

@@ -4,7 +4,7 @@
 //! TLS state alone. The request body is never polled, so such a caller cannot
 //! make the server read or decode a message; the refusal is recorded by
 //! [`Refusals`]. An accepted call carries its [`auth::Authenticated`] operator
-//! to the handler, which checks what it may do (`PERMISSION_DENIED`).
+//! or node to the handler, which checks what it may do (`PERMISSION_DENIED`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,8 +23,9 @@ use crate::refusals::{Refusal, Refusals};
 use crate::store::Store;
 
 /// gRPC paths (`/package.Service/Method`) a caller without a certificate may
-/// reach, for a handler that authenticates its caller another way. None yet.
-pub const EXEMPT_PATHS: &[&str] = &[];
+/// reach, for a handler that authenticates its caller another way: a node
+/// enrolling, with a join token ([`crate::enroll`]).
+pub const EXEMPT_PATHS: &[&str] = &[crate::enroll::ENROLL_PATH];
 
 /// Wraps each gRPC service in a [`Gate`].
 #[derive(Clone)]

@@ -3,7 +3,9 @@
 //! - [`store`]: versioned roles, channels, audit log, behind the [`store::Store`] interface;
 //!   [`store::open`] picks the backend from `--database`.
 //! - [`pki`]: the built-in CA, server and operator certificates.
-//! - [`auth`]: client certificate → operator and role → what it may do.
+//! - [`auth`]: client certificate → operator and role, or node → what it may do.
+//! - [`enroll`]: join tokens, node enrollment (the one call without a client certificate),
+//!   node revocation.
 //! - [`service`]: the gRPC handlers; [`validation`]: pushed roles validated off the async
 //!   workers, a few at a time; [`redact`]: sensitive content hidden from readers below
 //!   publisher; [`http`]: health and metrics; [`metrics`].
@@ -19,6 +21,7 @@
 pub mod auth;
 pub mod cli;
 pub mod daemon;
+pub mod enroll;
 pub mod gate;
 pub mod http;
 pub mod metrics;

@@ -4,6 +4,9 @@
 //! start, a server certificate for the names it is reached by. Operators get
 //! client certificates from the same CA; a certificate's subject carries the
 //! operator's name (CN) and role (OU), which the TLS handshake authenticates.
+//! Nodes get theirs by sending a certificate request ([`Pki::sign_node`]):
+//! their key never leaves them, and nothing but the request's public key is
+//! taken from it.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -13,12 +16,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::auth::OperatorRole;
+use crate::auth::{NODE_UNIT, OperatorRole};
+
+/// How long a node certificate is valid; a node enrolls again for a new one.
+pub const NODE_CERT_DAYS: i64 = 365;
+/// The largest certificate request accepted, in bytes of PEM.
+pub const MAX_CSR_BYTES: usize = 16 << 10;
 
 const CA_CERT: &str = "ca.crt";
 const CA_KEY: &str = "ca.key";
@@ -64,6 +72,18 @@ pub fn ensure_data_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The CA certificate (PEM) in the data directory `dir`, which must hold one.
+pub fn read_ca_pem(dir: &Path) -> Result<String> {
+    let path = dir.join(CA_CERT);
+    fs::read_to_string(&path).with_context(|| {
+        format!(
+            "could not read the CA certificate {}\n  help: the server makes its CA when it first \
+             starts; is --data-dir its data directory?",
+            path.display()
+        )
+    })
+}
+
 impl Pki {
     /// Loads the CA from `dir`, creating it first if there is none.
     pub fn init_or_load(dir: &Path) -> Result<Pki> {
@@ -103,10 +123,13 @@ impl Pki {
         })
     }
 
-    fn issue(&self, params: CertificateParams) -> Result<Identity> {
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>> {
         let ca_key = KeyPair::from_pem(&self.ca_key_pem).context("could not parse the CA key")?;
-        let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, ca_key)
-            .context("could not parse the CA certificate")?;
+        Issuer::from_ca_cert_pem(&self.ca_pem, ca_key).context("could not parse the CA certificate")
+    }
+
+    fn issue(&self, params: CertificateParams) -> Result<Identity> {
+        let issuer = self.issuer()?;
         let key = KeyPair::generate().context("could not generate a key")?;
         let cert = params
             .signed_by(&key, &issuer)
@@ -153,6 +176,57 @@ impl Pki {
         params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
         params.not_after = OffsetDateTime::now_utc() + Duration::days(365);
         self.issue(params)
+    }
+}
+
+/// A node's certificate request, read and its signature checked (so the sender
+/// holds the key); an error says what is wrong with it, for the sender.
+pub struct NodeRequest(CertificateSigningRequestParams);
+
+impl NodeRequest {
+    /// Reads a PKCS#10 request in PEM, at most [`MAX_CSR_BYTES`] long.
+    pub fn from_pem(pem: &str) -> std::result::Result<NodeRequest, String> {
+        if pem.len() > MAX_CSR_BYTES {
+            return Err(format!(
+                "the certificate request is {} bytes long; at most {MAX_CSR_BYTES} are accepted",
+                pem.len()
+            ));
+        }
+        CertificateSigningRequestParams::from_pem(pem)
+            .map(NodeRequest)
+            .map_err(|e| format!("unusable certificate request (PKCS#10, PEM): {e}"))
+    }
+}
+
+/// A node's certificate, PEM, and its [`crate::auth::fingerprint`].
+pub struct NodeCertificate {
+    pub cert_pem: String,
+    pub fingerprint: String,
+}
+
+impl Pki {
+    /// Issues node `name` a client certificate for the request's public key.
+    /// Everything else is the CA's choice: the subject (CN = the name, OU =
+    /// [`NODE_UNIT`]), the client-only key usages, the validity; the names and
+    /// extensions the request asks for are ignored.
+    pub fn sign_node(&self, request: NodeRequest, name: &str) -> Result<NodeCertificate> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(name, Some(NODE_UNIT));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
+        params.not_after = OffsetDateTime::now_utc() + Duration::days(NODE_CERT_DAYS);
+        let csr = CertificateSigningRequestParams {
+            params,
+            public_key: request.0.public_key,
+        };
+        let cert = csr
+            .signed_by(&self.issuer()?)
+            .with_context(|| format!("could not sign the certificate of node {name}"))?;
+        Ok(NodeCertificate {
+            cert_pem: cert.pem(),
+            fingerprint: crate::auth::fingerprint(cert.der()),
+        })
     }
 }
 
@@ -222,8 +296,14 @@ mod tests {
             .issue_operator("alice", OperatorRole::Publisher)
             .unwrap();
         let der = rustls_pemfile_free_der(&op.cert_pem);
-        let (name, role) = crate::auth::operator_of(&der).unwrap();
-        assert_eq!((name.as_str(), role), ("alice", OperatorRole::Publisher));
+        let (name, holder) = crate::auth::subject_of(&der).unwrap();
+        assert_eq!(
+            (name.as_str(), holder),
+            (
+                "alice",
+                crate::auth::Holder::Operator(OperatorRole::Publisher)
+            )
+        );
         assert_eq!(op.fingerprint, crate::auth::fingerprint(&der));
 
         fs::remove_file(data.join(CA_KEY)).unwrap();
@@ -231,6 +311,51 @@ mod tests {
             Pki::init_or_load(&data).is_err(),
             "a CA without its key is an error, not a new CA"
         );
+    }
+
+    #[test]
+    fn a_node_request_gets_only_what_the_ca_decides() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::init_or_load(&dir.path().join("data")).unwrap();
+        // A request that asks for an operator's subject, a server name and a CA.
+        let key = KeyPair::generate().unwrap();
+        let mut asked = CertificateParams::new(vec!["cairn.example.org".to_string()]).unwrap();
+        asked.distinguished_name = dn("mallory", Some("admin"));
+        asked.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        asked.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let csr = asked.serialize_request(&key).unwrap().pem().unwrap();
+        let cert = pki
+            .sign_node(NodeRequest::from_pem(&csr).unwrap(), "web-1")
+            .unwrap();
+        let der = rustls_pemfile_free_der(&cert.cert_pem);
+        assert_eq!(cert.fingerprint, crate::auth::fingerprint(&der));
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let subject = parsed.subject();
+        let cn = subject.iter_common_name().next().unwrap().as_str().unwrap();
+        let ou = subject.iter_organizational_unit().next().unwrap();
+        assert_eq!((cn, ou.as_str().unwrap()), ("web-1", NODE_UNIT));
+        assert_eq!(subject.iter_organizational_unit().count(), 1);
+        assert!(parsed.subject_alternative_name().unwrap().is_none());
+        assert!(!parsed.is_ca());
+        let eku = parsed.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        // The node's own key is the certificate's: it never left the node.
+        assert_eq!(
+            parsed.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+        let days = (parsed.validity().not_after.timestamp()
+            - parsed.validity().not_before.timestamp())
+            / 86_400;
+        assert_eq!(days, NODE_CERT_DAYS);
+        // That it chains to the CA, the server's TLS handshake checks
+        // (server/tests/enroll.rs).
+
+        // A request whose signature does not hold, or that is no request.
+        let tampered = csr.replace(&csr[100..104], "AAAA");
+        for bad in [tampered.as_str(), "hello", &"x".repeat(MAX_CSR_BYTES + 1)] {
+            assert!(NodeRequest::from_pem(bad).is_err());
+        }
     }
 
     fn rustls_pemfile_free_der(pem: &str) -> Vec<u8> {

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use cairn_proto::pb::access_server::AccessServer;
 use cairn_proto::pb::audit_server::AuditServer;
+use cairn_proto::pb::enrollment_server::EnrollmentServer;
 use cairn_proto::pb::roles_server::RolesServer;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -25,6 +27,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
+use crate::enroll::{Enroller, MAX_ENROLL_MESSAGE_BYTES};
 use crate::gate::{EXEMPT_PATHS, GateLayer};
 use crate::metrics::Metrics;
 use crate::pki::{self, Pki};
@@ -48,6 +51,8 @@ pub struct ServeConfig {
 /// What the server serves: its storage and its TLS identity, opened.
 pub struct Server {
     store: Arc<dyn Store>,
+    /// The CA, which signs nodes' certificates when they enroll.
+    pki: Arc<Pki>,
     tls: Arc<ServerConfig>,
     /// Held while the server lives: a second server on the same data directory
     /// would rewrite its keys and race its writes.
@@ -71,6 +76,7 @@ impl Server {
         let tls = transport::tls_config(&id.cert_pem, &id.key_pem, &pki.ca_pem)?;
         Ok(Server {
             store,
+            pki: Arc::new(pki),
             tls,
             _data_dir_lock: lock,
         })
@@ -128,6 +134,7 @@ pub async fn run(
     // `_lock` lives until serving ends, so the next server can take the directory only then.
     let Server {
         store,
+        pki,
         tls,
         _data_dir_lock: _lock,
     } = server;
@@ -145,6 +152,7 @@ pub async fn run(
 
     let refusals = Arc::new(Refusals::new(store.clone()));
     let api = Api::new(store.clone(), metrics.clone(), refusals.clone());
+    let enroller = Enroller::new(api.clone(), pki);
     // Handshaken connections, from the accept loop to tonic. Each holds a
     // connection slot, so the caps bound what waits here too.
     let (streams_tx, streams_rx) = mpsc::channel(64);
@@ -169,6 +177,11 @@ pub async fn run(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(AuditServer::new(api))
+        .add_service(
+            EnrollmentServer::new(enroller.clone())
+                .max_decoding_message_size(MAX_ENROLL_MESSAGE_BYTES),
+        )
+        .add_service(AccessServer::new(enroller))
         .serve_with_incoming_shutdown(
             ReceiverStream::new(streams_rx).map(Ok::<_, std::io::Error>),
             stopped(stop_rx.clone()),

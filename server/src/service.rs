@@ -42,9 +42,9 @@ pub const MAX_AUDIT_PAGE_BYTES: usize = 1 << 20;
 /// The handlers; they see storage only as `dyn Store`.
 #[derive(Clone)]
 pub struct Api {
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    refusals: Arc<Refusals>,
+    pub(crate) refusals: Arc<Refusals>,
     /// Validates pushed roles (and redacts fetched ones) off the async workers.
     validator: Arc<Validator>,
 }
@@ -91,7 +91,7 @@ fn channel_info(c: store::Channel) -> pb::ChannelInfo {
     }
 }
 
-fn check_channel(channel: &str) -> Result<String, Status> {
+pub(crate) fn check_channel(channel: &str) -> Result<String, Status> {
     let channel = if channel.is_empty() {
         DEFAULT_CHANNEL
     } else {
@@ -109,7 +109,7 @@ fn check_channel(channel: &str) -> Result<String, Status> {
     Ok(channel.to_string())
 }
 
-fn check_role_name(role: &str) -> Result<(), Status> {
+pub(crate) fn check_role_name(role: &str) -> Result<(), Status> {
     if role.is_empty() {
         return Err(Status::invalid_argument("no role name given"));
     }
@@ -164,7 +164,7 @@ impl Api {
         }
     }
 
-    async fn observed<T>(
+    pub(crate) async fn observed<T>(
         &self,
         method: &'static str,
         f: impl Future<Output = Result<T, Status>>,
@@ -180,7 +180,7 @@ impl Api {
     /// Authorizes the caller; a refusal is logged and audited through
     /// [`Refusals`] (coalesced per peer, every field truncated: `target` comes
     /// from the unchecked request).
-    async fn authorize<T>(
+    pub(crate) async fn authorize<T>(
         &self,
         req: &Request<T>,
         need: Permission,

@@ -68,10 +68,11 @@ impl Default for Limits {
     }
 }
 
-/// The server's TLS configuration: its certificate, and client certificates
-/// verified against the CA when presented. A connection without one is let
-/// through so that the certificate gate can refuse its calls with a status
-/// that says what to do; a certificate from another CA fails the handshake.
+/// The server's TLS configuration: its certificate (sent with the CA's), and
+/// client certificates verified against the CA when presented. A connection
+/// without one is let through so that the certificate gate can refuse its
+/// calls with a status that says what to do; a certificate from another CA
+/// fails the handshake.
 pub fn tls_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Arc<ServerConfig>> {
     let provider = Arc::new(ring::default_provider());
     let mut roots = RootCertStore::empty();
@@ -84,7 +85,10 @@ pub fn tls_config(cert_pem: &str, key_pem: &str, ca_pem: &str) -> Result<Arc<Ser
         .allow_unauthenticated()
         .build()
         .context("could not set up client certificate verification")?;
+    // The CA follows the server's certificate, so that a node which knows the
+    // CA only by its pin can find it in the chain (`client::connect_pinned`).
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .chain(CertificateDer::pem_slice_iter(ca_pem.as_bytes()))
         .collect::<Result<Vec<_>, _>>()
         .context("could not read the server certificate")?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())

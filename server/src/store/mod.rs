@@ -181,6 +181,96 @@ pub enum Standing {
     /// No operator of that name was ever added.
     Unknown,
 }
+// Nodes and join tokens (identity): types.
+
+pub use cairn_proto::node::Assignment;
+
+/// A join token as stored (never its secret, only the secret's SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// The public part of the token (`ID` of `ID.SECRET`).
+    pub id: String,
+    /// What a node enrolled with it is assigned.
+    pub assignment: Assignment,
+    pub created_by: String,
+    pub created_at: Micros,
+    pub expires_at: Micros,
+    pub uses_allowed: u32,
+    pub uses_used: u32,
+    pub revoked_at: Option<Micros>,
+}
+
+/// A token to store: [`Store::create_token`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewToken {
+    pub id: String,
+    /// Hex SHA-256 of the secret.
+    pub secret_sha256: String,
+    pub assignment: Assignment,
+    pub expires_at: Micros,
+    pub uses_allowed: u32,
+}
+
+/// Why a token admits no enrollment. An unknown id and a wrong secret are the
+/// same answer, so that a caller cannot learn which ids exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenRefusal {
+    Unknown,
+    Expired { at: Micros },
+    UsedUp { uses: u32 },
+    Revoked { at: Micros },
+}
+
+/// A node to record with the certificate issued to it: [`Store::enroll`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    pub token_id: String,
+    /// Hex SHA-256 of the secret the node presented.
+    pub secret_sha256: String,
+    pub name: String,
+    /// [`crate::auth::fingerprint`] of the node's new certificate.
+    pub fingerprint: String,
+    /// The facts the node sent (JSON, bounded by the caller), if any.
+    pub facts_json: Option<String>,
+}
+
+/// What the store knows of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub name: String,
+    pub assignment: Assignment,
+    /// The fingerprint of its one valid certificate.
+    pub fingerprint: String,
+    /// When its current certificate was recorded.
+    pub enrolled_at: Micros,
+    pub revoked_at: Option<Micros>,
+    /// The token of its latest enrollment.
+    pub token_id: String,
+    pub facts_json: Option<String>,
+}
+
+/// A node enrolled: its record, and when the certificate it replaced (of an
+/// earlier enrollment of the name) had been recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    pub node: NodeRecord,
+    pub replaced: Option<Micros>,
+}
+
+/// What the store knows of a node certificate, by node name and certificate
+/// fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeStanding {
+    /// The node's current certificate, and its assignment.
+    Current(Assignment),
+    /// `node revoke` revoked the node.
+    Revoked,
+    /// The node enrolled again since; this certificate no longer counts.
+    Replaced,
+    /// No node of that name ever enrolled.
+    Unknown,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} not found")]
@@ -275,6 +365,52 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<()>;
+
+    // Nodes and join tokens (identity).
+
+    /// Stores a join token. `Conflict` if its id is taken. Audited as `token create`.
+    async fn create_token(&self, token: NewToken, actor: &Actor) -> Result<TokenRecord>;
+
+    /// Every token, newest first.
+    async fn tokens(&self) -> Result<Vec<TokenRecord>>;
+
+    /// Revokes a token: it admits no more enrollments. `NotFound` for an
+    /// unknown id, `Conflict` for one already revoked. Audited as `token revoke`.
+    async fn revoke_token(&self, id: &str, actor: &Actor) -> Result<TokenRecord>;
+
+    /// Whether the token `id` with this secret would admit an enrollment now,
+    /// and with which assignment; changes nothing (a cheap check before a
+    /// certificate is signed: [`Store::enroll`] checks again).
+    async fn check_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+    ) -> Result<std::result::Result<Assignment, TokenRefusal>>;
+
+    /// In one transaction: takes one use of the token (refused as
+    /// [`TokenRefusal`] when it admits none: of two concurrent enrollments with
+    /// a token's last use, exactly one gets it) and records the node with the
+    /// token's assignment and its new certificate, replacing an earlier record
+    /// of the name (its certificate stops counting, a revocation is lifted).
+    /// Audited as `node enroll`; a refusal is not audited here.
+    async fn enroll(
+        &self,
+        enrollment: Enrollment,
+        actor: &Actor,
+    ) -> Result<std::result::Result<Enrolled, TokenRefusal>>;
+
+    /// The node called `name`, if one ever enrolled.
+    async fn node(&self, name: &str) -> Result<Option<NodeRecord>>;
+
+    /// Revokes node `name`: its certificate is refused from the next call on,
+    /// by every process. `NotFound` for a name never enrolled, `Conflict` for
+    /// one already revoked. Audited as `node revoke`.
+    async fn revoke_node(&self, name: &str, actor: &Actor) -> Result<()>;
+
+    /// The standing of the certificate with `fingerprint` presented by node
+    /// `name`; as [`Store::standing`], a change by another process counts at
+    /// once.
+    async fn node_standing(&self, name: &str, fingerprint: &str) -> Result<NodeStanding>;
 }
 
 #[cfg(test)]
@@ -597,5 +733,212 @@ pub(crate) mod tests {
             ]
         );
         store.ping().await.unwrap();
+        nodes_and_tokens(store).await;
+    }
+
+    // Nodes and join tokens (identity).
+
+    fn token(id: &str, secret: &str, uses: u32, expires_at: Micros) -> NewToken {
+        NewToken {
+            id: id.into(),
+            secret_sha256: format!("hash of {secret}"),
+            assignment: Assignment {
+                role: "web".into(),
+                channel: "stable".into(),
+            },
+            expires_at,
+            uses_allowed: uses,
+        }
+    }
+
+    fn enrollment(token: &str, secret: &str, name: &str, fingerprint: &str) -> Enrollment {
+        Enrollment {
+            token_id: token.into(),
+            secret_sha256: format!("hash of {secret}"),
+            name: name.into(),
+            fingerprint: fingerprint.into(),
+            facts_json: Some("{}".into()),
+        }
+    }
+
+    async fn nodes_and_tokens(store: Arc<dyn Store>) {
+        let admin = actor("root");
+        let later = now_micros() + 3_600_000_000;
+        let t1 = store
+            .create_token(token("aaaaaa", "s1", 1, later), &admin)
+            .await
+            .unwrap();
+        assert_eq!((t1.uses_used, t1.created_by.as_str()), (0, "root"));
+        assert!(matches!(
+            store
+                .create_token(token("aaaaaa", "other", 1, later), &admin)
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            store.check_token("aaaaaa", "hash of s1").await.unwrap(),
+            Ok(t1.assignment.clone())
+        );
+        // A wrong secret is an unknown token: ids are not secret.
+        for (id, secret) in [("aaaaaa", "hash of s2"), ("bbbbbb", "hash of s1")] {
+            assert_eq!(
+                store.check_token(id, secret).await.unwrap(),
+                Err(TokenRefusal::Unknown)
+            );
+        }
+        let nobody = actor("node");
+        assert_eq!(
+            store
+                .enroll(enrollment("aaaaaa", "s2", "n1", "f1"), &nobody)
+                .await
+                .unwrap(),
+            Err(TokenRefusal::Unknown)
+        );
+
+        // A token's last use goes to exactly one of two concurrent enrollments.
+        let (a, b) = tokio::join!(
+            store.enroll(enrollment("aaaaaa", "s1", "n1", "f1"), &nobody),
+            store.enroll(enrollment("aaaaaa", "s1", "n2", "f2"), &nobody),
+        );
+        let (enrolled, refused) = match (a.unwrap(), b.unwrap()) {
+            (Ok(e), Err(r)) | (Err(r), Ok(e)) => (e, r),
+            other => panic!("exactly one enrollment must succeed: {other:?}"),
+        };
+        assert_eq!(refused, TokenRefusal::UsedUp { uses: 1 });
+        let won = enrolled.node.name.clone();
+        let won = won.as_str();
+        let lost = if won == "n1" { "n2" } else { "n1" };
+        assert_eq!(enrolled.replaced, None);
+        assert!(store.node(lost).await.unwrap().is_none());
+        let fp = enrolled.node.fingerprint.clone();
+        let record = store.node(won).await.unwrap().unwrap();
+        assert_eq!(record, enrolled.node);
+        assert_eq!(
+            (record.token_id.as_str(), record.facts_json.as_deref()),
+            ("aaaaaa", Some("{}"))
+        );
+        assert_eq!(
+            store.node_standing(won, &fp).await.unwrap(),
+            NodeStanding::Current(record.assignment.clone())
+        );
+        assert_eq!(
+            store.node_standing(won, "other").await.unwrap(),
+            NodeStanding::Replaced
+        );
+        assert_eq!(
+            store.node_standing(lost, &fp).await.unwrap(),
+            NodeStanding::Unknown
+        );
+        // A node and an operator of one name are told apart.
+        assert_eq!(store.standing(won, &fp).await.unwrap(), Standing::Unknown);
+
+        // Expired and revoked tokens admit nobody, and say why.
+        store
+            .create_token(token("expire", "s3", 5, now_micros() - 1), &admin)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.check_token("expire", "hash of s3").await.unwrap(),
+            Err(TokenRefusal::Expired { .. })
+        ));
+        let mut two = token("twouse", "s4", 2, later);
+        two.assignment.role = "db".into();
+        store.create_token(two, &admin).await.unwrap();
+        let revoked = store.revoke_token("twouse", &admin).await.unwrap();
+        assert!(revoked.revoked_at.is_some());
+        assert!(matches!(
+            store
+                .enroll(enrollment("twouse", "s4", "n3", "f3"), &nobody)
+                .await
+                .unwrap(),
+            Err(TokenRefusal::Revoked { .. })
+        ));
+        assert!(matches!(
+            store.revoke_token("twouse", &admin).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.revoke_token("nope", &admin).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let ids: Vec<(String, u32)> = store
+            .tokens()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.id, t.uses_used))
+            .collect();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.contains(&("aaaaaa".into(), 1)), "{ids:?}");
+
+        // Revoked at once; enrolling again (a rebuilt machine, a fresh token)
+        // replaces the certificate and lifts the revocation.
+        store.revoke_node(won, &admin).await.unwrap();
+        assert_eq!(
+            store.node_standing(won, &fp).await.unwrap(),
+            NodeStanding::Revoked
+        );
+        assert!(matches!(
+            store.revoke_node(won, &admin).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.revoke_node("nobody", &admin).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let mut fresh = token("fresh1", "s5", 1, later);
+        fresh.assignment.channel = "canary".into();
+        store.create_token(fresh, &admin).await.unwrap();
+        let again = store
+            .enroll(enrollment("fresh1", "s5", won, "f9"), &nobody)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.replaced, Some(record.enrolled_at));
+        assert_eq!(again.node.assignment.channel, "canary");
+        assert_eq!(
+            store.node_standing(won, &fp).await.unwrap(),
+            NodeStanding::Replaced
+        );
+        assert_eq!(
+            store.node_standing(won, "f9").await.unwrap(),
+            NodeStanding::Current(again.node.assignment.clone())
+        );
+
+        // Every change was audited with what it did.
+        let log = store
+            .audit_log(AuditQuery {
+                since: None,
+                from: AuditCursor::Before(None),
+                limit: 8,
+            })
+            .await
+            .unwrap();
+        let actions: Vec<(&str, &str)> = log
+            .iter()
+            .rev()
+            .map(|e| (e.action.as_str(), e.target.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("token create", "aaaaaa"),
+                ("node enroll", won),
+                ("token create", "expire"),
+                ("token create", "twouse"),
+                ("token revoke", "twouse"),
+                ("node revoke", won),
+                ("token create", "fresh1"),
+                ("node enroll", won),
+            ]
+        );
+        assert!(
+            log[0]
+                .detail
+                .contains("enrolled again after its revocation"),
+            "{}",
+            log[0].detail
+        );
+        assert!(!log.iter().any(|e| e.detail.contains("hash of")));
     }
 }

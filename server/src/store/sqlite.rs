@@ -15,9 +15,11 @@
 //! [`PROTECTIONS`].
 //!
 //! Every call asks whether the caller's certificate still counts
-//! ([`Store::standing`]); answers are kept in memory and dropped as soon as
-//! the operators table changes, which [`OperatorChanges`] tells with a read
-//! of a small file instead of a query.
+//! ([`Store::standing`], [`Store::node_standing`]); answers are kept in
+//! memory and dropped as soon as the operators or nodes table changes, which
+//! [`OperatorChanges`] tells with a read of a small file instead of a query.
+//!
+//! Join tokens and nodes: [`enroll`].
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, Permissions};
@@ -37,6 +39,8 @@ use tokio::sync::Mutex;
 
 use super::*;
 
+mod enroll;
+
 /// Converts at the edge: no sqlx type leaves this module.
 fn db<E: std::error::Error + Send + Sync + 'static>(
     op: impl Into<String>,
@@ -55,7 +59,8 @@ pub struct SqliteStore {
     /// writers to one, which is all SQLite allows anyway, without BUSY retries.
     write: Mutex<()>,
     changes: OperatorChanges,
-    standings: std::sync::Mutex<Standings>,
+    standings: std::sync::Mutex<Standings<Standing>>,
+    node_standings: std::sync::Mutex<Standings<NodeStanding>>,
     head: ChainHead,
 }
 
@@ -66,18 +71,58 @@ const MAX_STANDINGS: usize = 4096;
 /// seen within this time.
 const STANDINGS_TTL: Duration = Duration::from_secs(60);
 
-/// The standings read while the operators table was at `generation`.
-struct Standings {
+/// The standings (of operators' or nodes' certificates) read while the
+/// credential tables were at `generation`.
+struct Standings<V> {
     generation: u64,
     since: Instant,
-    /// By operator name, then certificate fingerprint (looked up without
-    /// allocating a key: this is on every call).
-    known: HashMap<String, HashMap<String, Standing>>,
+    /// By operator or node name, then certificate fingerprint (looked up
+    /// without allocating a key: this is on every call).
+    known: HashMap<String, HashMap<String, V>>,
     entries: usize,
 }
 
-/// A count of the changes to the operators table, in a file next to the
-/// database (`cairn.db-operators`), shared by every process that opens it:
+impl<V: Clone> Standings<V> {
+    fn new() -> std::sync::Mutex<Self> {
+        std::sync::Mutex::new(Standings {
+            generation: 0,
+            since: Instant::now(),
+            known: HashMap::new(),
+            entries: 0,
+        })
+    }
+
+    fn get(&self, generation: u64, name: &str, fingerprint: &str) -> Option<V> {
+        if self.generation != generation || self.since.elapsed() >= STANDINGS_TTL {
+            return None;
+        }
+        self.known.get(name)?.get(fingerprint).cloned()
+    }
+
+    fn keep(&mut self, generation: u64, name: &str, fingerprint: &str, standing: V) {
+        if self.generation != generation
+            || self.since.elapsed() >= STANDINGS_TTL
+            || self.entries >= MAX_STANDINGS
+        {
+            self.generation = generation;
+            self.since = Instant::now();
+            self.known.clear();
+            self.entries = 0;
+        }
+        let added = self
+            .known
+            .entry(name.to_string())
+            .or_default()
+            .insert(fingerprint.to_string(), standing)
+            .is_none();
+        self.entries += usize::from(added);
+    }
+}
+
+/// A count of the changes to the operators and nodes tables (whatever makes a
+/// certificate count or stop counting), in a file next to the database
+/// (`cairn.db-operators`, named when it counted operators only), shared by
+/// every process that opens it:
 /// whoever changes the table counts the change after committing it. Reading it
 /// is one small file read, which lets a server keep standings in memory and
 /// still see a revocation made by `cairn-server operator revoke` at once.
@@ -303,12 +348,8 @@ impl SqliteStore {
             path: path.to_path_buf(),
             write: Mutex::new(()),
             changes: OperatorChanges::new(path),
-            standings: std::sync::Mutex::new(Standings {
-                generation: 0,
-                since: Instant::now(),
-                known: HashMap::new(),
-                entries: 0,
-            }),
+            standings: Standings::new(),
+            node_standings: Standings::new(),
             head: ChainHead::default(),
         };
         store.check_protections().await?;
@@ -322,6 +363,35 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db(op))
+    }
+
+    /// The standing kept in `cache`, or the one `read` reads (then kept).
+    async fn kept<V: Clone>(
+        &self,
+        cache: &std::sync::Mutex<Standings<V>>,
+        name: &str,
+        fingerprint: &str,
+        read: impl Future<Output = Result<V>>,
+    ) -> Result<V> {
+        let before = self.changes.read()?;
+        if let Some(standing) = cache
+            .lock()
+            .expect("standings lock")
+            .get(before, name, fingerprint)
+        {
+            return Ok(standing);
+        }
+        let standing = read.await?;
+        // Kept only if no change was counted while it was read: a change that
+        // committed but is not counted yet is counted before its command
+        // returns, and drops this at the next call.
+        if self.changes.read()? == before {
+            cache
+                .lock()
+                .expect("standings lock")
+                .keep(before, name, fingerprint, standing.clone());
+        }
+        Ok(standing)
     }
 
     /// What the operators table says of this certificate.
@@ -1047,40 +1117,13 @@ impl Store for SqliteStore {
     }
 
     async fn standing(&self, name: &str, fingerprint: &str) -> Result<Standing> {
-        let before = self.changes.read()?;
-        {
-            let kept = self.standings.lock().expect("standings lock");
-            if kept.generation == before
-                && kept.since.elapsed() < STANDINGS_TTL
-                && let Some(standing) = kept.known.get(name).and_then(|f| f.get(fingerprint))
-            {
-                return Ok(*standing);
-            }
-        }
-        let standing = self.read_standing(name, fingerprint).await?;
-        // Kept only if no change was counted while it was read: a change that
-        // committed but is not counted yet is counted before its command
-        // returns, and drops this at the next call.
-        if self.changes.read()? == before {
-            let mut kept = self.standings.lock().expect("standings lock");
-            if kept.generation != before
-                || kept.since.elapsed() >= STANDINGS_TTL
-                || kept.entries >= MAX_STANDINGS
-            {
-                kept.generation = before;
-                kept.since = Instant::now();
-                kept.known.clear();
-                kept.entries = 0;
-            }
-            let added = kept
-                .known
-                .entry(name.to_string())
-                .or_default()
-                .insert(fingerprint.to_string(), standing)
-                .is_none();
-            kept.entries += usize::from(added);
-        }
-        Ok(standing)
+        self.kept(
+            &self.standings,
+            name,
+            fingerprint,
+            self.read_standing(name, fingerprint),
+        )
+        .await
     }
 
     async fn ping(&self) -> Result<()> {
@@ -1089,6 +1132,54 @@ impl Store for SqliteStore {
             .await
             .map_err(db("ping"))?;
         Ok(())
+    }
+
+    // Nodes and join tokens (identity): in `enroll.rs`.
+
+    async fn create_token(&self, token: NewToken, actor: &Actor) -> Result<TokenRecord> {
+        self.create_token_(token, actor).await
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.tokens_().await
+    }
+
+    async fn revoke_token(&self, id: &str, actor: &Actor) -> Result<TokenRecord> {
+        self.revoke_token_(id, actor).await
+    }
+
+    async fn check_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+    ) -> Result<std::result::Result<Assignment, TokenRefusal>> {
+        enroll::check_token(&self.pool, id, secret_sha256).await
+    }
+
+    async fn enroll(
+        &self,
+        enrollment: Enrollment,
+        actor: &Actor,
+    ) -> Result<std::result::Result<Enrolled, TokenRefusal>> {
+        self.enroll_(enrollment, actor).await
+    }
+
+    async fn node(&self, name: &str) -> Result<Option<NodeRecord>> {
+        enroll::node(&self.pool, name).await
+    }
+
+    async fn revoke_node(&self, name: &str, actor: &Actor) -> Result<()> {
+        self.revoke_node_(name, actor).await
+    }
+
+    async fn node_standing(&self, name: &str, fingerprint: &str) -> Result<NodeStanding> {
+        self.kept(
+            &self.node_standings,
+            name,
+            fingerprint,
+            enroll::read_node_standing(&self.pool, name, fingerprint),
+        )
+        .await
     }
 }
 
