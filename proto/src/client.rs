@@ -38,6 +38,7 @@ use tonic::{Code, Status};
 use crate::pb::access_client::AccessClient;
 use crate::pb::audit_client::AuditClient;
 use crate::pb::enrollment_client::EnrollmentClient;
+use crate::pb::fleet_client::FleetClient;
 use crate::pb::nodes_client::NodesClient;
 use crate::pb::roles_client::RolesClient;
 
@@ -289,6 +290,11 @@ impl Connection {
         NodesClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The `Fleet` service (operators' view of nodes and reports).
+    pub fn fleet(&self) -> FleetClient<Channel> {
+        FleetClient::new(self.channel()).max_decoding_message_size(MAX_MESSAGE)
     }
 }
 

@@ -5,19 +5,24 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cairn_proto::client::{CaPin, Credentials};
 use clap::{Parser, Subcommand};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::auth::OperatorRole;
 use crate::pki::Pki;
 use crate::serve::{self, Listeners, ServeConfig};
 use crate::store::{self, Actor};
+use crate::transport::{self, Limits};
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/cairn-server";
 const DEFAULT_PORT: u16 = 7443;
+const DEFAULT_REPORT_RETENTION_DAYS: u32 = 30;
+/// Descriptors wanted beside the connections: the database, the listeners, the HTTP endpoint.
+const SPARE_DESCRIPTORS: u64 = 1024;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +55,17 @@ enum Command {
         /// the server certificate is issued for these.
         #[arg(long = "name")]
         names: Vec<String>,
+        /// Most gRPC connections at once, handshakes included; every agent holds one.
+        #[arg(long, default_value_t = transport::MAX_CONNECTIONS, value_parser = at_least_one)]
+        max_connections: usize,
+        /// Most gRPC connections at once from one peer address (an IPv6 peer: its /64):
+        /// raise it for many agents behind one NAT address.
+        #[arg(long, default_value_t = transport::MAX_CONNECTIONS_PER_PEER, value_parser = at_least_one)]
+        max_connections_per_peer: usize,
+        /// Days to keep run reports; older ones are deleted (checked hourly).
+        #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_REPORT_RETENTION_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        report_retention: u32,
     },
     /// Manage operators.
     Operator {
@@ -144,14 +160,24 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             http,
             mut names,
+            max_connections,
+            max_connections_per_peer,
+            report_retention,
         } => {
             if names.is_empty() {
                 names = default_names();
             }
+            raise_descriptor_limit(max_connections);
             let server = serve::Server::open(&ServeConfig {
                 database: database_url(database, &data_dir)?,
                 data_dir,
                 names,
+                limits: Limits {
+                    total: max_connections,
+                    per_peer: max_connections_per_peer,
+                    ..Limits::default()
+                },
+                report_retention: Duration::from_secs(u64::from(report_retention) * 86_400),
             })
             .await?;
             let listeners = Listeners::bind(listen, http).await?;
@@ -265,6 +291,40 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number of at least 1")),
+    }
+}
+
+/// Raises the soft limit on open files toward what `max_connections` needs
+/// (up to the hard limit), and warns when even that is short: past it,
+/// `accept` fails and the accept loop backs off instead of serving.
+fn raise_descriptor_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let want = max_connections as u64 + SPARE_DESCRIPTORS;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= want {
+        return;
+    }
+    let raised = want.min(hard);
+    let soft = match setrlimit(Resource::RLIMIT_NOFILE, raised, hard) {
+        Ok(()) => raised,
+        Err(_) => soft,
+    };
+    if soft < want {
+        warn!(
+            open_files = soft,
+            wanted = want,
+            "the open-file limit is below --max-connections plus room for the rest; \
+             raise LimitNOFILE (systemd) or lower --max-connections"
+        );
+    }
+}
+
 /// `--database`, or SQLite in the data directory.
 fn database_url(given: Option<String>, data_dir: &std::path::Path) -> Result<String> {
     match given {
@@ -314,4 +374,58 @@ fn whoami() -> String {
     std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "root".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(["cairn-server", "serve"].iter().chain(args)).map(|c| c.command)
+    }
+
+    #[test]
+    fn connection_caps_and_retention_are_flags_with_fleet_defaults() {
+        let Command::Serve {
+            max_connections,
+            max_connections_per_peer,
+            report_retention,
+            ..
+        } = serve(&[]).unwrap()
+        else {
+            panic!("not serve");
+        };
+        assert_eq!(
+            (max_connections, max_connections_per_peer, report_retention),
+            (65_536, 1024, 30)
+        );
+        let Command::Serve {
+            max_connections,
+            max_connections_per_peer,
+            report_retention,
+            ..
+        } = serve(&[
+            "--max-connections",
+            "30000",
+            "--max-connections-per-peer",
+            "5000",
+            "--report-retention",
+            "7",
+        ])
+        .unwrap()
+        else {
+            panic!("not serve");
+        };
+        assert_eq!(
+            (max_connections, max_connections_per_peer, report_retention),
+            (30_000, 5000, 7)
+        );
+        for bad in [
+            ["--max-connections", "0"],
+            ["--max-connections-per-peer", "-1"],
+            ["--report-retention", "0"],
+        ] {
+            assert!(serve(&bad).is_err(), "{bad:?}");
+        }
+    }
 }

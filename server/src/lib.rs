@@ -9,6 +9,8 @@
 //! - [`service`]: the gRPC handlers; [`validation`]: pushed roles validated off the async
 //!   workers, a few at a time; [`redact`]: sensitive content hidden from readers below
 //!   publisher; [`http`]: health and metrics; [`metrics`].
+//! - [`nodes`]: the node API (fetch, watch channel moves, report ingest); [`fleet`]: what
+//!   operators read of the fleet (nodes, reports, status per channel).
 //! - [`gate`]: refuses calls without a client certificate before their body is read;
 //!   [`refusals`]: logs and audits refusals, coalesced per peer.
 //! - [`transport`]: the accept loop: connection caps, TLS handshake deadline, backoff.
@@ -22,9 +24,11 @@ pub mod auth;
 pub mod cli;
 pub mod daemon;
 pub mod enroll;
+pub mod fleet;
 pub mod gate;
 pub mod http;
 pub mod metrics;
+pub mod nodes;
 pub mod pki;
 pub mod redact;
 pub mod refusals;

@@ -17,6 +17,8 @@ use anyhow::{Context, Result, anyhow};
 use cairn_proto::pb::access_server::AccessServer;
 use cairn_proto::pb::audit_server::AuditServer;
 use cairn_proto::pb::enrollment_server::EnrollmentServer;
+use cairn_proto::pb::fleet_server::FleetServer;
+use cairn_proto::pb::nodes_server::NodesServer;
 use cairn_proto::pb::roles_server::RolesServer;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -28,8 +30,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 use crate::enroll::{Enroller, MAX_ENROLL_MESSAGE_BYTES};
+use crate::fleet;
 use crate::gate::{EXEMPT_PATHS, GateLayer};
 use crate::metrics::Metrics;
+use crate::nodes::{MAX_REPORT_BYTES, NodeApi};
 use crate::pki::{self, Pki};
 use crate::refusals::{self, Refusals};
 use crate::service::{Api, MAX_MESSAGE_BYTES};
@@ -37,6 +41,13 @@ use crate::store::{self, Store};
 use crate::transport::{self, Limits, MAX_STREAMS_PER_CONNECTION};
 
 const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+/// An HTTP/2 ping on a connection quiet this long, and how long its answer may take.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often reports past their retention are deleted (and once at start).
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+/// Reports are kept this long unless `--report-retention` says otherwise.
+pub const DEFAULT_REPORT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -46,6 +57,23 @@ pub struct ServeConfig {
     pub database: String,
     /// Names and addresses clients reach the server by; the certificate's SANs.
     pub names: Vec<String>,
+    /// Caps on gRPC connections, in total and per peer.
+    pub limits: Limits,
+    /// Reports received longer ago than this are deleted.
+    pub report_retention: Duration,
+}
+
+impl ServeConfig {
+    /// A configuration with the default connection caps and report retention.
+    pub fn new(data_dir: PathBuf, database: String, names: Vec<String>) -> Self {
+        ServeConfig {
+            data_dir,
+            database,
+            names,
+            limits: Limits::default(),
+            report_retention: DEFAULT_REPORT_RETENTION,
+        }
+    }
 }
 
 /// What the server serves: its storage and its TLS identity, opened.
@@ -54,6 +82,8 @@ pub struct Server {
     /// The CA, which signs nodes' certificates when they enroll.
     pki: Arc<Pki>,
     tls: Arc<ServerConfig>,
+    limits: Limits,
+    report_retention: Duration,
     /// Held while the server lives: a second server on the same data directory
     /// would rewrite its keys and race its writes.
     _data_dir_lock: Flock<File>,
@@ -78,6 +108,8 @@ impl Server {
             store,
             pki: Arc::new(pki),
             tls,
+            limits: config.limits,
+            report_retention: config.report_retention,
             _data_dir_lock: lock,
         })
     }
@@ -136,22 +168,29 @@ pub async fn run(
         store,
         pki,
         tls,
+        limits,
+        report_retention,
         _data_dir_lock: _lock,
     } = server;
     let metrics = Arc::new(Metrics::default());
+    let refusals = Arc::new(Refusals::new(store.clone()));
+    let api = Api::new(store.clone(), metrics.clone(), refusals.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        info!("shutting down: finishing in-flight requests");
-        let _ = stop_tx.send(true);
-    });
+    {
+        let moves = api.moves.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            info!("shutting down: finishing in-flight requests");
+            let _ = stop_tx.send(true);
+            // Watch streams never finish by themselves: end them.
+            moves.close();
+        });
+    }
     let mut stop_rx_drain = stop_rx.clone();
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let refusals = Arc::new(Refusals::new(store.clone()));
-    let api = Api::new(store.clone(), metrics.clone(), refusals.clone());
     let enroller = Enroller::new(api.clone(), pki);
     // Handshaken connections, from the accept loop to tonic. Each holds a
     // connection slot, so the caps bound what waits here too.
@@ -159,13 +198,17 @@ pub async fn run(
     let accepting = transport::accept_loop(
         listeners.grpc,
         tls,
-        Limits::default(),
+        limits,
         streams_tx,
         stopped(stop_rx.clone()),
     );
     let grpc_server = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(60))
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        // Agents hold a watch stream open for good: a peer that stopped
+        // answering pings is dropped, and its connection slot freed.
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .layer(GateLayer::new(
             store.clone(),
             refusals.clone(),
@@ -176,6 +219,12 @@ pub async fn run(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
+        .add_service(
+            NodesServer::new(NodeApi::new(api.clone()))
+                .max_decoding_message_size(MAX_REPORT_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(FleetServer::new(api.clone()))
         .add_service(AuditServer::new(api))
         .add_service(
             EnrollmentServer::new(enroller.clone())
@@ -201,11 +250,27 @@ pub async fn run(
             }
         }
     };
+    let expiring = {
+        let store = store.clone();
+        let mut stop = stop_rx.clone();
+        async move {
+            let mut tick = tokio::time::interval(RETENTION_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => break,
+                    _ = tick.tick() => {
+                        fleet::expire_reports(store.as_ref(), report_retention).await;
+                    }
+                }
+            }
+        }
+    };
     let http_server = axum::serve(listeners.http, crate::http::router(store, metrics))
         .with_graceful_shutdown(stopped(stop_rx));
 
     let both = async {
-        let ((), (), g, h) = tokio::join!(accepting, flushing, grpc_server, http_server);
+        let ((), (), (), g, h) =
+            tokio::join!(accepting, flushing, expiring, grpc_server, http_server);
         g.context("gRPC server failed")?;
         h.context("HTTP server failed")
     };

@@ -19,6 +19,7 @@ use tracing::{error, info};
 
 use crate::auth::{self, OperatorRole, Permission};
 use crate::metrics::Metrics;
+use crate::nodes::ChannelMoves;
 use crate::redact;
 use crate::refusals::{Refusal, Refusals};
 use crate::store::{self, Actor, Micros, Store, StoreError};
@@ -47,6 +48,8 @@ pub struct Api {
     pub(crate) refusals: Arc<Refusals>,
     /// Validates pushed roles (and redacts fetched ones) off the async workers.
     validator: Arc<Validator>,
+    /// Tells nodes watching a channel that it moved (see [`crate::nodes`]).
+    pub(crate) moves: Arc<ChannelMoves>,
 }
 
 pub fn store_status(e: StoreError) -> Status {
@@ -70,7 +73,7 @@ pub fn rfc3339(micros: Micros) -> String {
         .unwrap_or_default()
 }
 
-fn version_info(v: store::VersionMeta) -> pb::VersionInfo {
+pub(crate) fn version_info(v: store::VersionMeta) -> pb::VersionInfo {
     pb::VersionInfo {
         role: v.role,
         version: v.version,
@@ -156,14 +159,17 @@ pub fn bundle_from_wire(b: pb::Bundle) -> Result<RoleBundle, Status> {
 impl Api {
     pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, refusals: Arc<Refusals>) -> Self {
         let validator = Arc::new(Validator::new(metrics.clone()));
+        let moves = Arc::new(ChannelMoves::new(store.clone()));
         Api {
             store,
             metrics,
             refusals,
             validator,
+            moves,
         }
     }
 
+    /// Runs a handler's body, counting the call and its latency by method and status.
     pub(crate) async fn observed<T>(
         &self,
         method: &'static str,
@@ -281,6 +287,9 @@ impl pb::roles_server::Roles for Api {
                 ),
                 None => None,
             };
+            if let Some(moved) = &channel {
+                self.moves.moved(&moved.channel.role, &moved.channel.channel).await;
+            }
             Ok(pb::PushResponse {
                 version: Some(version_info(outcome.version)),
                 created: outcome.created,
@@ -398,6 +407,7 @@ impl pb::roles_server::Roles for Api {
                 .await
                 .map_err(store_status)?;
             info!(role, channel, version, actor = %actor.name, "promoted");
+            self.moves.moved(&role, &channel).await;
             Ok(pb::ChannelResponse {
                 previous_version: moved.previous.unwrap_or(0),
                 channel: Some(channel_info(moved.channel)),
@@ -419,6 +429,7 @@ impl pb::roles_server::Roles for Api {
             let channel = check_channel(&channel)?;
             let moved = self.store.rollback(&role, &channel, &actor).await.map_err(store_status)?;
             info!(role, channel, version = moved.channel.version, actor = %actor.name, "rolled back");
+            self.moves.moved(&role, &channel).await;
             Ok(pb::ChannelResponse {
                 previous_version: moved.previous.unwrap_or(0),
                 channel: Some(channel_info(moved.channel)),

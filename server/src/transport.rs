@@ -35,11 +35,13 @@ use crate::refusals::network;
 
 /// A peer gets this long to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// At most this many connections from one peer (an IPv6 peer: its /64) at once:
-/// room for a host running many clients (the load benchmark opens 64, twice).
-pub const MAX_CONNECTIONS_PER_PEER: usize = 256;
-/// At most this many connections at once, handshakes included.
-pub const MAX_CONNECTIONS: usize = 4096;
+/// At most this many connections from one peer (an IPv6 peer: its /64) at once,
+/// unless `serve --max-connections-per-peer` says otherwise: room for the
+/// agents behind one NAT address, or a host running many clients.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 1024;
+/// At most this many connections at once, handshakes included, unless
+/// `serve --max-connections` says otherwise: each agent holds one.
+pub const MAX_CONNECTIONS: usize = 65_536;
 /// At most this many calls in flight on one connection (HTTP/2 streams).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// After a failed `accept` (no descriptors left, no buffers) the loop waits

@@ -467,11 +467,11 @@ async fn garbage_messages_are_refused_with_a_status() {
 #[tokio::test]
 async fn a_second_server_on_one_data_directory_is_refused() {
     let server = Server::start();
-    let config = ServeConfig {
-        data_dir: server.data_dir.clone(),
-        database: cairn_server::store::default_url(&server.data_dir).unwrap(),
-        names: vec!["localhost".into()],
-    };
+    let config = ServeConfig::new(
+        server.data_dir.clone(),
+        cairn_server::store::default_url(&server.data_dir).unwrap(),
+        vec!["localhost".into()],
+    );
     let err = serve::Server::open(&config)
         .await
         .err()
@@ -497,11 +497,11 @@ async fn a_data_directory_others_can_read_is_refused() {
     let dir = tmp.path().join("data");
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = ServeConfig {
-        data_dir: dir.clone(),
-        database: cairn_server::store::default_url(&dir).unwrap(),
-        names: vec!["localhost".into()],
-    };
+    let config = ServeConfig::new(
+        dir.clone(),
+        cairn_server::store::default_url(&dir).unwrap(),
+        vec!["localhost".into()],
+    );
     let err = serve::Server::open(&config)
         .await
         .err()

@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod connect;
 pub mod error;
+pub mod fleet;
 pub mod output;
 
 use std::path::PathBuf;
@@ -92,6 +93,20 @@ pub enum Command {
         #[arg(long, default_value_t = AUDIT_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
     },
+    #[command(flatten)]
+    Fleet(FleetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Enrolled nodes and their last runs.
+    #[command(subcommand)]
+    Node(fleet::NodeCommand),
+    /// The run reports nodes sent.
+    #[command(subcommand)]
+    Report(fleet::ReportCommand),
+    /// Per role and channel: nodes on the promoted version, on an older one, failing, stale.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -262,6 +277,43 @@ pub async fn run(cli: Cli) -> Result<()> {
             let entries = audit::newest(&conn, &since, limit).await?;
             emit(&output::AuditOut::new(entries), fmt)
         }
+        Command::Fleet(cmd) => fleet_command(&server, cmd, fmt).await,
+    }
+}
+
+async fn fleet_command(server: &Server, cmd: FleetCommand, fmt: Output) -> Result<()> {
+    use fleet::{NodeCommand, ReportCommand};
+    let conn = server.connect().await?;
+    match cmd {
+        FleetCommand::Node(NodeCommand::List { limit }) => {
+            emit(&fleet::node_list(&conn, limit).await?, fmt)
+        }
+        FleetCommand::Node(NodeCommand::Show { name, history }) => {
+            emit(&fleet::node_show(&conn, &name, history).await?, fmt)
+        }
+        FleetCommand::Report(ReportCommand::List {
+            node,
+            role,
+            status,
+            since,
+            limit,
+        }) => {
+            let filter = pb::ListReportsRequest {
+                node: node.unwrap_or_default(),
+                role: role.unwrap_or_default(),
+                status: fleet::status_filter(status),
+                since: match &since {
+                    Some(s) => s.to_rfc3339(OffsetDateTime::now_utc())?,
+                    None => String::new(),
+                },
+                ..Default::default()
+            };
+            emit(&fleet::report_list(&conn, filter, limit).await?, fmt)
+        }
+        FleetCommand::Report(ReportCommand::Show { id }) => {
+            emit(&fleet::report_show(&conn, id).await?, fmt)
+        }
+        FleetCommand::Status => emit(&fleet::status(&conn).await?, fmt),
     }
 }
 
@@ -548,6 +600,41 @@ mod tests {
         assert!(err.contains("\"yesterday\""), "{err}");
         assert!(parse(&["audit", "--since", "1h"]).is_ok());
         assert!(parse(&["audit", "--since", "soon"]).is_err());
+    }
+
+    #[test]
+    fn fleet_commands_and_their_filters() {
+        use fleet::{NodeCommand, ReportCommand, RunStatusArg};
+        let cli = parse(&["node", "show", "web-1", "--history", "5"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Fleet(FleetCommand::Node(NodeCommand::Show { history: 5, .. }))
+        ));
+        assert!(parse(&["node", "show", "web-1", "--history", "101"]).is_err());
+        let cli = parse(&[
+            "report", "list", "--node", "n", "--status", "failed", "--since", "1h",
+        ])
+        .unwrap();
+        let Command::Fleet(FleetCommand::Report(ReportCommand::List {
+            node,
+            status,
+            since,
+            limit,
+            ..
+        })) = cli.command
+        else {
+            panic!("not report list: {cli:?}");
+        };
+        assert_eq!(node.as_deref(), Some("n"));
+        assert_eq!(status, Some(RunStatusArg::Failed));
+        assert_eq!(since, Some(Since::Ago(Duration::from_secs(3600))));
+        assert_eq!(limit, fleet::REPORT_LIMIT);
+        assert!(parse(&["report", "list", "--status", "broken"]).is_err());
+        assert!(parse(&["report", "show", "x"]).is_err());
+        assert!(matches!(
+            parse(&["status"]).unwrap().command,
+            Command::Fleet(FleetCommand::Status)
+        ));
     }
 
     #[test]

@@ -640,10 +640,10 @@ impl Render for AuditOut {
 /// A table whose cells are escaped as they are added: an escape sequence
 /// from the server cannot reach the terminal, and the escaped text is what
 /// the columns are measured on.
-struct Escaped(Table);
+pub(crate) struct Escaped(Table);
 
 impl Escaped {
-    fn add_row<const N: usize>(&mut self, cells: [String; N]) {
+    pub(crate) fn add_row<const N: usize>(&mut self, cells: [String; N]) {
         self.0
             .add_row(cells.map(|c| terminal::escape(&c).into_owned()));
     }
@@ -655,7 +655,7 @@ impl std::fmt::Display for Escaped {
     }
 }
 
-fn table<const N: usize>(header: [&str; N]) -> Escaped {
+pub(crate) fn table<const N: usize>(header: [&str; N]) -> Escaped {
     let mut t = Table::new();
     // Lines around the table and under the header; none between rows.
     t.load_preset(presets::UTF8_HORIZONTAL_ONLY)
@@ -673,7 +673,7 @@ fn nonzero(v: u64) -> Option<u64> {
 
 /// An RFC 3339 time in UTC to the second, `2025-03-01 10:30:00Z`; anything
 /// unparsable as it came.
-fn short_time(s: &str) -> String {
+pub(crate) fn short_time(s: &str) -> String {
     OffsetDateTime::parse(s, &Rfc3339)
         .ok()
         .and_then(|t| t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).ok())

@@ -271,6 +271,134 @@ pub enum NodeStanding {
     Unknown,
 }
 
+// Reports and fleet (fleet)
+
+/// How a run went, from its report: a resource failed, else one changed, else none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Failed,
+    Changed,
+    Unchanged,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Failed => "failed",
+            RunStatus::Changed => "changed",
+            RunStatus::Unchanged => "unchanged",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        match s {
+            "failed" => Some(RunStatus::Failed),
+            "changed" => Some(RunStatus::Changed),
+            "unchanged" => Some(RunStatus::Unchanged),
+            _ => None,
+        }
+    }
+}
+
+/// What a stored report is listed by (the whole report is kept encoded beside it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportMeta {
+    /// The server's number for it; 0 before it is stored.
+    pub id: u64,
+    pub node: String,
+    pub run_id: String,
+    pub role: String,
+    pub channel: String,
+    pub role_version: u64,
+    pub role_digest: String,
+    pub status: RunStatus,
+    pub noop: bool,
+    pub from_cache: bool,
+    pub resources: u64,
+    pub changed: u64,
+    pub failed: u64,
+    /// By the node's clock.
+    pub finished_at: Micros,
+    /// By the server's clock, when stored.
+    pub received_at: Micros,
+}
+
+/// A checked report to store, and what it says of its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReport {
+    pub meta: ReportMeta,
+    /// The agent's run interval, in seconds.
+    pub interval_secs: u64,
+    /// The node's facts at the run, JSON (bounded by the caller).
+    pub facts_json: String,
+    /// The whole report, protobuf-encoded.
+    pub report: Vec<u8>,
+}
+
+/// Which reports to list: newest first, one page.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportQuery {
+    pub node: Option<String>,
+    pub role: Option<String>,
+    pub status: Option<RunStatus>,
+    /// Only reports received at or after this time.
+    pub since: Option<Micros>,
+    /// Only reports with a smaller id (the cursor of the next page).
+    pub before_id: Option<u64>,
+    pub limit: u32,
+}
+
+/// A node's newest run, and when the server last heard from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRun {
+    pub report_id: u64,
+    pub role: String,
+    pub channel: String,
+    pub role_version: u64,
+    pub status: RunStatus,
+    pub from_cache: bool,
+    pub finished_at: Micros,
+    /// When its newest report arrived (server's clock).
+    pub seen_at: Micros,
+    pub interval_secs: u64,
+}
+
+impl LastRun {
+    /// Not heard from for two of its intervals at `now`.
+    pub fn stale(&self, now: Micros) -> bool {
+        now.saturating_sub(self.seen_at) > 2 * (self.interval_secs as i64).saturating_mul(1_000_000)
+    }
+}
+
+/// A node as operators see it: its assignment and its newest run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetNode {
+    pub name: String,
+    pub role: String,
+    pub channel: String,
+    pub revoked: bool,
+    /// `None` until it reports.
+    pub last: Option<LastRun>,
+}
+
+/// The nodes assigned to one role and channel, by their newest run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelStatus {
+    pub role: String,
+    pub channel: String,
+    /// `None` when nothing was promoted to the channel.
+    pub promoted: Option<u64>,
+    pub nodes: u64,
+    /// Its newest run applied the promoted version and did not fail.
+    pub on_promoted: u64,
+    /// Its newest run applied another version (or role) and did not fail.
+    pub on_older: u64,
+    pub failing: u64,
+    /// Not heard from for two of its intervals, whatever its run.
+    pub stale: u64,
+    pub never_reported: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} not found")]
@@ -411,6 +539,41 @@ pub trait Store: Send + Sync + 'static {
     /// `name`; as [`Store::standing`], a change by another process counts at
     /// once.
     async fn node_standing(&self, name: &str, fingerprint: &str) -> Result<NodeStanding>;
+
+    // Reports and fleet (fleet)
+
+    /// Stores each report not stored before (by node and run id) in one
+    /// transaction, committed before this returns, and records for its node
+    /// when it was last heard from; the node's last run and facts change only
+    /// for a report that finished later than the one recorded (a spooled
+    /// report delivered late does not hide a newer run). Returns, per report,
+    /// whether it was stored now (false: it was already). Not audited.
+    async fn store_reports(&self, reports: &[NewReport]) -> Result<Vec<bool>>;
+
+    /// One page of reports, newest (largest id) first.
+    async fn reports(&self, query: &ReportQuery) -> Result<Vec<ReportMeta>>;
+
+    /// One report and its encoded body; `NotFound` for an unknown id.
+    async fn report(&self, id: u64) -> Result<(ReportMeta, Vec<u8>)>;
+
+    /// Deletes at most `limit` of the reports received before `before`, oldest
+    /// first; returns how many it deleted.
+    async fn delete_reports_before(&self, before: Micros, limit: u32) -> Result<u64>;
+
+    /// The version `channel` of `role` points at, without its bundle; `None`
+    /// when nothing was promoted to it.
+    async fn channel_version(&self, role: &str, channel: &str) -> Result<Option<VersionMeta>>;
+
+    /// Nodes by name after `after`, at most `limit`, with their newest run.
+    async fn fleet_nodes(&self, after: &str, limit: u32) -> Result<Vec<FleetNode>>;
+
+    /// One node with its newest run and the facts of that run (JSON, empty
+    /// when it never reported); `NotFound` for an unknown name.
+    async fn fleet_node(&self, name: &str) -> Result<(FleetNode, String)>;
+
+    /// Per role and channel that unrevoked nodes are assigned to, by name:
+    /// how their newest runs stand at `now` (see [`ChannelStatus`]).
+    async fn fleet_status(&self, now: Micros) -> Result<Vec<ChannelStatus>>;
 }
 
 #[cfg(test)]
@@ -732,8 +895,9 @@ pub(crate) mod tests {
                 ("operator add".into(), "role auditor".into()),
             ]
         );
+        nodes_and_tokens(store.clone()).await;
+        reports_and_fleet(store.clone()).await;
         store.ping().await.unwrap();
-        nodes_and_tokens(store).await;
     }
 
     // Nodes and join tokens (identity).
@@ -940,5 +1104,279 @@ pub(crate) mod tests {
             log[0].detail
         );
         assert!(!log.iter().any(|e| e.detail.contains("hash of")));
+    }
+
+    fn new_report(node: &str, run_id: &str, finished_at: Micros, status: RunStatus) -> NewReport {
+        NewReport {
+            meta: ReportMeta {
+                id: 0,
+                node: node.into(),
+                run_id: run_id.into(),
+                role: "web".into(),
+                channel: "production".into(),
+                role_version: 2,
+                role_digest: "d2".into(),
+                status,
+                noop: false,
+                from_cache: false,
+                resources: 3,
+                changed: u64::from(status == RunStatus::Changed),
+                failed: u64::from(status == RunStatus::Failed),
+                finished_at,
+                received_at: now_micros(),
+            },
+            interval_secs: 1800,
+            facts_json: format!("{{\"run\":\"{run_id}\"}}"),
+            report: run_id.as_bytes().to_vec(),
+        }
+    }
+
+    /// Reports: stored once per node and run, listed newest first and
+    /// filtered, deleted by age in batches; nodes with their newest runs, and
+    /// the status per channel. Runs after [`suite`] left channel `production`
+    /// of `web` at version 1.
+    async fn reports_and_fleet(store: Arc<dyn Store>) {
+        let v = store
+            .channel_version("web", "production")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((v.version, v.digest.as_str()), (1, "d1"));
+        assert_eq!(store.channel_version("web", "nope").await.unwrap(), None);
+        assert_eq!(
+            store.channel_version("nope", "production").await.unwrap(),
+            None
+        );
+
+        let t = now_micros();
+        let first = [
+            new_report("n1", "r1", t, RunStatus::Changed),
+            new_report("n1", "r2", t + 10, RunStatus::Unchanged),
+            // The same run id from another node is another run.
+            new_report("n2", "r1", t, RunStatus::Failed),
+        ];
+        assert_eq!(
+            store.store_reports(&first).await.unwrap(),
+            [true, true, true]
+        );
+        // Delivered again (with another body, even): nothing stored.
+        let mut again = new_report("n1", "r1", t, RunStatus::Failed);
+        again.report = b"other".to_vec();
+        assert_eq!(
+            store
+                .store_reports(&[again, new_report("n1", "r3", t + 20, RunStatus::Failed)])
+                .await
+                .unwrap(),
+            [false, true]
+        );
+        let all = store
+            .reports(&ReportQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let listed: Vec<(&str, &str)> = all
+            .iter()
+            .map(|r| (r.node.as_str(), r.run_id.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [("n1", "r3"), ("n2", "r1"), ("n1", "r2"), ("n1", "r1")]
+        );
+        assert!(all.windows(2).all(|w| w[0].id > w[1].id));
+        let (meta, body) = store.report(all[3].id).await.unwrap();
+        assert_eq!(
+            (meta.status, body.as_slice()),
+            (RunStatus::Changed, &b"r1"[..])
+        );
+        assert_eq!(meta, all[3]);
+        assert!(matches!(
+            store.report(999_999).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        let ids = |q: ReportQuery| {
+            let store = store.clone();
+            async move {
+                let limit = if q.limit == 0 { 100 } else { q.limit };
+                store
+                    .reports(&ReportQuery { limit, ..q })
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| (r.node, r.run_id))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let pair = |n: &str, r: &str| (n.to_string(), r.to_string());
+        assert_eq!(
+            ids(ReportQuery {
+                node: Some("n2".into()),
+                ..Default::default()
+            })
+            .await,
+            [pair("n2", "r1")]
+        );
+        assert_eq!(
+            ids(ReportQuery {
+                status: Some(RunStatus::Failed),
+                ..Default::default()
+            })
+            .await,
+            [pair("n1", "r3"), pair("n2", "r1")]
+        );
+        assert_eq!(
+            ids(ReportQuery {
+                node: Some("n1".into()),
+                status: Some(RunStatus::Failed),
+                role: Some("web".into()),
+                ..Default::default()
+            })
+            .await,
+            [pair("n1", "r3")]
+        );
+        assert!(
+            ids(ReportQuery {
+                role: Some("db".into()),
+                ..Default::default()
+            })
+            .await
+            .is_empty()
+        );
+        assert_eq!(
+            ids(ReportQuery {
+                before_id: Some(all[1].id),
+                limit: 1,
+                ..Default::default()
+            })
+            .await,
+            [pair("n1", "r2")]
+        );
+        assert!(
+            ids(ReportQuery {
+                since: Some(now_micros() + 60_000_000),
+                ..Default::default()
+            })
+            .await
+            .is_empty()
+        );
+
+        // Nodes: the enrolled ones (not n3, which only sent reports), each
+        // with its newest run by the time it finished.
+        let admin = actor("root");
+        let production = Assignment {
+            role: "web".into(),
+            channel: "production".into(),
+        };
+        store
+            .create_token(
+                NewToken {
+                    id: "fleet".into(),
+                    secret_sha256: "hash of fleet".into(),
+                    assignment: production.clone(),
+                    expires_at: t + 3_600_000_000,
+                    uses_allowed: 10,
+                },
+                &admin,
+            )
+            .await
+            .unwrap();
+        for name in ["n1", "n2", "n4", "n5", "n6"] {
+            let e = Enrollment {
+                token_id: "fleet".into(),
+                secret_sha256: "hash of fleet".into(),
+                name: name.into(),
+                fingerprint: format!("fp-{name}"),
+                facts_json: None,
+            };
+            store.enroll(e, &admin).await.unwrap().unwrap();
+        }
+        store.revoke_node("n4", &admin).await.unwrap();
+        let mut current = new_report("n2", "r5", t + 30, RunStatus::Unchanged);
+        current.meta.role_version = 1;
+        let older = new_report("n5", "r6", t + 30, RunStatus::Unchanged);
+        store.store_reports(&[current, older]).await.unwrap();
+        let nodes = store.fleet_nodes("", 100).await.unwrap();
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["n1", "n2", "n4", "n5", "n6"]);
+        let n1 = &nodes[0];
+        assert_eq!(
+            (n1.role.as_str(), n1.channel.as_str()),
+            ("web", "production")
+        );
+        let last = n1.last.as_ref().unwrap();
+        assert_eq!((last.status, last.finished_at), (RunStatus::Failed, t + 20));
+        assert_eq!(last.report_id, all[0].id, "r3, the newest run");
+        assert_eq!(last.interval_secs, 1800);
+        assert!(!last.stale(now_micros()));
+        assert!(last.stale(now_micros() + 3601 * 1_000_000));
+        assert!(nodes[2].revoked && nodes[4].last.is_none());
+        let page: Vec<String> = store
+            .fleet_nodes("n2", 2)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        assert_eq!(page, ["n4", "n5"]);
+        let (n1, facts) = store.fleet_node("n1").await.unwrap();
+        assert_eq!(
+            (n1.name.as_str(), facts.as_str()),
+            ("n1", r#"{"run":"r3"}"#)
+        );
+        assert!(matches!(
+            store.fleet_node("n3").await,
+            Err(StoreError::NotFound(_))
+        ));
+        // n1 failing, n2 on the promoted version 1, n5 on version 2 (older or
+        // not, it is not the promoted one), n6 never reported; n4 revoked.
+        let status = store.fleet_status(now_micros()).await.unwrap();
+        assert_eq!(
+            status,
+            [ChannelStatus {
+                role: "web".into(),
+                channel: "production".into(),
+                promoted: Some(1),
+                nodes: 4,
+                on_promoted: 1,
+                on_older: 1,
+                failing: 1,
+                stale: 0,
+                never_reported: 1,
+            }]
+        );
+        let later = store
+            .fleet_status(now_micros() + 3601 * 1_000_000)
+            .await
+            .unwrap();
+        assert_eq!(later[0].stale, 3);
+
+        // Retention: by the server's clock, in batches.
+        let old = |run: &str| {
+            let mut r = new_report("n3", run, t, RunStatus::Unchanged);
+            r.meta.received_at = t - 40 * 86_400_000_000;
+            r
+        };
+        store
+            .store_reports(&[old("o1"), old("o2"), old("o3")])
+            .await
+            .unwrap();
+        let cutoff = t - 30 * 86_400_000_000;
+        assert_eq!(store.delete_reports_before(cutoff, 2).await.unwrap(), 2);
+        assert_eq!(store.delete_reports_before(cutoff, 2).await.unwrap(), 1);
+        assert_eq!(store.delete_reports_before(cutoff, 2).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .reports(&ReportQuery {
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len(),
+            6,
+            "younger reports are kept"
+        );
     }
 }

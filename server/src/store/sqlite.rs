@@ -40,6 +40,7 @@ use tokio::sync::Mutex;
 use super::*;
 
 mod enroll;
+mod reports;
 
 /// Converts at the edge: no sqlx type leaves this module.
 fn db<E: std::error::Error + Send + Sync + 'static>(
@@ -1180,6 +1181,40 @@ impl Store for SqliteStore {
             enroll::read_node_standing(&self.pool, name, fingerprint),
         )
         .await
+    }
+
+    // Reports and fleet (fleet): in `sqlite/reports.rs`.
+
+    async fn store_reports(&self, reports: &[NewReport]) -> Result<Vec<bool>> {
+        self.store_reports_in_sqlite(reports).await
+    }
+
+    async fn reports(&self, query: &ReportQuery) -> Result<Vec<ReportMeta>> {
+        self.reports_in_sqlite(query).await
+    }
+
+    async fn report(&self, id: u64) -> Result<(ReportMeta, Vec<u8>)> {
+        self.report_in_sqlite(id).await
+    }
+
+    async fn delete_reports_before(&self, before: Micros, limit: u32) -> Result<u64> {
+        self.delete_reports_in_sqlite(before, limit).await
+    }
+
+    async fn channel_version(&self, role: &str, channel: &str) -> Result<Option<VersionMeta>> {
+        self.channel_version_in_sqlite(role, channel).await
+    }
+
+    async fn fleet_nodes(&self, after: &str, limit: u32) -> Result<Vec<FleetNode>> {
+        self.fleet_nodes_in_sqlite(after, limit).await
+    }
+
+    async fn fleet_node(&self, name: &str) -> Result<(FleetNode, String)> {
+        self.fleet_node_in_sqlite(name).await
+    }
+
+    async fn fleet_status(&self, now: Micros) -> Result<Vec<ChannelStatus>> {
+        self.fleet_status_in_sqlite(now).await
     }
 }
 

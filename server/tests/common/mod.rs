@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use cairn_proto::client::{self, Connection, Credentials};
 use cairn_proto::pb;
 use cairn_server::serve::{self, Listeners, ServeConfig};
+use cairn_server::transport::Limits;
 use tempfile::TempDir;
 
 /// The names the server certificate is issued for.
@@ -52,13 +53,27 @@ impl Server {
     /// Starts a server on `data_dir` (which may hold an earlier server's data);
     /// `work` is its sibling directory `work`.
     pub fn start_in(data_dir: &Path) -> Server {
+        Self::start_configured(data_dir, |_| {})
+    }
+
+    /// Starts a server with a fresh data directory and connection caps `limits`.
+    pub fn start_limited(limits: Limits) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut server = Self::start_configured(&tmp.path().join("data"), |c| c.limits = limits);
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// Starts a server on `data_dir` with the default configuration changed by `configure`.
+    pub fn start_configured(data_dir: &Path, configure: impl FnOnce(&mut ServeConfig)) -> Server {
         let work = data_dir.parent().unwrap().join("work");
         std::fs::create_dir_all(&work).unwrap();
-        let config = ServeConfig {
-            data_dir: data_dir.to_path_buf(),
-            database: cairn_server::store::default_url(data_dir).unwrap(),
-            names: NAMES.map(String::from).to_vec(),
-        };
+        let mut config = ServeConfig::new(
+            data_dir.to_path_buf(),
+            cairn_server::store::default_url(data_dir).unwrap(),
+            NAMES.map(String::from).to_vec(),
+        );
+        configure(&mut config);
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (abort, aborted) = tokio::sync::oneshot::channel::<()>();
