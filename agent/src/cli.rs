@@ -247,11 +247,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Daemon { config } => {
             let config = load_config(config.as_deref())?;
-            let pace = daemon::Pace {
-                interval: config.interval,
-                splay: config.splay,
-            };
-            daemon::serve(node(config)?, pace)?;
+            let splay = config.splay;
+            daemon::serve(node(config)?, splay)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -303,6 +300,7 @@ fn node(config: Config) -> Result<Node> {
         identity,
         servers,
         state_dir: config.state_dir,
+        interval: config.interval,
     })
 }
 

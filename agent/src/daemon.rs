@@ -31,18 +31,10 @@ use crate::run::{self, RunInput};
 use crate::spool::{Bounds, Spool};
 use crate::state::StateDir;
 
-/// How the daemon paces its runs.
-#[derive(Debug, Clone, Copy)]
-pub struct Pace {
-    /// Between two drift-correction runs.
-    pub interval: Duration,
-    /// Each interval run waits up to this much more, at random, so that a
-    /// fleet started at once does not run at once.
-    pub splay: Duration,
-}
-
 /// Runs the daemon until SIGTERM or SIGINT; returns once it stopped cleanly.
-pub fn serve(node: Node, pace: Pace) -> Result<()> {
+/// A drift-correction run comes every `node.interval` plus up to `splay`
+/// more, at random, so that a fleet started at once does not run at once.
+pub fn serve(node: Node, splay: Duration) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -50,7 +42,7 @@ pub fn serve(node: Node, pace: Pace) -> Result<()> {
     runtime.block_on(
         Daemon {
             node,
-            pace,
+            splay,
             conn: None,
             memo: Memo::default(),
         }
@@ -75,7 +67,7 @@ struct Loaded {
 
 struct Daemon {
     node: Node,
-    pace: Pace,
+    splay: Duration,
     /// The server that last answered; dropped when a call on it finds it gone.
     conn: Option<Connection>,
     memo: Memo,
@@ -89,8 +81,8 @@ impl Daemon {
             "cairn-agent: daemon started for node {} (servers: {}; a run every {}s, splay {}s)",
             self.node.identity.name,
             self.node.servers.join(", "),
-            self.pace.interval.as_secs(),
-            self.pace.splay.as_secs()
+            self.node.interval.as_secs(),
+            self.splay.as_secs()
         );
         let mut watch: Option<Streaming<pb::ChannelMoved>> = None;
         let mut backoff = Backoff::default();
@@ -150,13 +142,13 @@ impl Daemon {
     /// When the next drift-correction run is due: one interval and a random
     /// part of the splay from now.
     fn next_interval_run(&self) -> Instant {
-        let splay = self.pace.splay.as_millis() as u64;
+        let splay = self.splay.as_millis() as u64;
         let jitter = Duration::from_millis(if splay == 0 {
             0
         } else {
             fastrand::u64(0..splay)
         });
-        Instant::now() + self.pace.interval + jitter
+        Instant::now() + self.node.interval + jitter
     }
 
     /// Opens the watch stream on the server that answered last, else on the
@@ -233,7 +225,8 @@ impl Daemon {
             answered.is_none(),
         );
         print!("{}", report.human());
-        Spool::new(&state, Bounds::default()).push(&remote::report_request(report, &facts))?;
+        let request = remote::report_request(report, &facts, self.node.interval);
+        Spool::new(&state, Bounds::default()).push(&request)?;
         self.deliver().await;
         Ok(())
     }

@@ -35,6 +35,8 @@ pub struct Node {
     pub identity: NodeIdentity,
     pub servers: Vec<String>,
     pub state_dir: PathBuf,
+    /// The daemon's run interval, told to the server with each report.
+    pub interval: Duration,
 }
 
 /// No configured server answered: each one and why.
@@ -276,8 +278,9 @@ pub fn place(report: &mut RunReport, node: &str, channel: &str, version: u64, fr
     report.from_cache = from_cache;
 }
 
-/// A report to spool, with the node's facts at the run.
-pub fn report_request(report: RunReport, facts: &Facts) -> pb::ReportRequest {
+/// A report to spool, with the node's facts at the run and its run
+/// interval (the server shows a node stale after two).
+pub fn report_request(report: RunReport, facts: &Facts, interval: Duration) -> pb::ReportRequest {
     let mut facts_json = serde_json::to_string(facts).unwrap_or_default();
     if facts_json.len() > MAX_FACTS_JSON {
         eprintln!(
@@ -290,6 +293,7 @@ pub fn report_request(report: RunReport, facts: &Facts) -> pb::ReportRequest {
     pb::ReportRequest {
         report: Some(report.into()),
         facts_json,
+        interval_secs: u32::try_from(interval.as_secs()).unwrap_or(u32::MAX),
     }
 }
 
@@ -371,7 +375,7 @@ pub fn run(node: &Node, noop: bool) -> Result<Ran> {
     let cached = matches!(source, Source::Cache(_));
     place(&mut report, &node.identity.name, &channel, version, cached);
     let spool = Spool::new(&state, Bounds::default());
-    spool.push(&report_request(report.clone(), &facts))?;
+    spool.push(&report_request(report.clone(), &facts, node.interval))?;
     let delivered = match &source {
         Source::Server(conn) => runtime.block_on(deliver(conn, &state)),
         Source::Cache(_) => Ok(0),

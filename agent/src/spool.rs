@@ -178,6 +178,7 @@ mod tests {
                 ..Default::default()
             }),
             facts_json: "x".repeat(size),
+            ..Default::default()
         }
     }
 
