@@ -104,7 +104,7 @@ impl Daemon {
                         }
                         Err(e) => {
                             let wait = backoff.next_delay();
-                            println!("cairn-agent: {e:#}; trying again in {}s", wait.as_secs());
+                            println!("cairn-agent: {e:#}; trying again in {:.1}s", wait.as_secs_f64());
                             reconnect_at = Instant::now() + wait;
                         }
                     }
@@ -125,7 +125,7 @@ impl Daemon {
                         watch = None;
                         self.conn = None;
                         let wait = backoff.next_delay();
-                        println!("cairn-agent: {why}; reconnecting in {}s", wait.as_secs());
+                        println!("cairn-agent: {why}; reconnecting in {:.1}s", wait.as_secs_f64());
                         reconnect_at = Instant::now() + wait;
                     }
                 },

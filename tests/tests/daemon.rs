@@ -6,7 +6,8 @@
 //! touched). Covers `cairn-agent run` (report delivered once; outage: the
 //! cached role corrects drift and the report is spooled, then delivered once;
 //! failover to a second server) and `cairn-agent daemon` (a promote reaches
-//! it through the watch stream; SIGTERM stops it with status 0).
+//! it through the watch stream; after an outage it reconnects by itself and
+//! delivers the spool; SIGTERM stops it with status 0).
 //!
 //! Needs the debug binaries (`cargo build --bins`).
 
@@ -457,33 +458,28 @@ fn with_the_first_server_down_the_second_is_used() {
     assert_eq!(fleet.reports(), [run_id(&report)]);
 }
 
-#[test]
-fn the_daemon_converges_a_promote_through_its_watch_and_stops_on_sigterm() {
-    let fleet = Fleet::new("v1", |url| vec![url]);
-    let mut daemon = fleet
-        .agent(&["daemon"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let waited = |what: &str, done: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done() {
-            assert!(Instant::now() < deadline, "{what} did not happen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    // The first run, at start.
-    waited("the first run", &|| fleet.managed() == "v1");
-    waited("the first report", &|| fleet.reports().len() == 1);
+/// Waits for `done` with a generous deadline.
+fn wait_for(what: &str, done: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} did not happen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
-    // The interval is an hour: only the watch can bring this version.
-    let promoted = Instant::now();
-    fleet.push("v2");
-    waited("the promoted version", &|| fleet.managed() == "v2");
-    let took = promoted.elapsed();
-    waited("the second report", &|| fleet.reports().len() == 2);
+impl Fleet {
+    /// `cairn-agent daemon`, its output kept for [`stop_daemon`].
+    fn daemon(&self) -> Child {
+        self.agent(&["daemon"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
 
+/// SIGTERM; the daemon must exit 0, saying so last. Returns its output.
+fn stop_daemon(mut daemon: Child) -> String {
     terminate(&daemon);
     let status = daemon.wait().unwrap();
     let mut log = String::new();
@@ -503,7 +499,55 @@ fn the_daemon_converges_a_promote_through_its_watch_and_stops_on_sigterm() {
         status.success(),
         "the daemon exited {status}; its log:\n{log}"
     );
+    assert!(log.contains("cairn-agent: stopped\n"), "{log}");
+    log
+}
+
+#[test]
+fn the_daemon_converges_a_promote_through_its_watch_and_stops_on_sigterm() {
+    let fleet = Fleet::new("v1", |url| vec![url]);
+    let daemon = fleet.daemon();
+    // The first run, at start.
+    wait_for("the first run", &|| fleet.managed() == "v1");
+    wait_for("the first report", &|| fleet.reports().len() == 1);
+
+    // The interval is an hour: only the watch can bring this version.
+    let promoted = Instant::now();
+    fleet.push("v2");
+    wait_for("the promoted version", &|| fleet.managed() == "v2");
+    let took = promoted.elapsed();
+    wait_for("the second report", &|| fleet.reports().len() == 2);
+
+    let log = stop_daemon(daemon);
     assert!(log.contains("moved to version 2"), "{log}");
-    assert!(log.contains("stopped"), "{log}");
     eprintln!("promote to converged: {took:?}");
+}
+
+#[test]
+fn the_daemon_reconnects_after_an_outage_and_delivers_the_spool() {
+    let mut fleet = Fleet::new("v1", |url| vec![url]);
+    let daemon = fleet.daemon();
+    wait_for("the first report", &|| fleet.reports().len() == 1);
+
+    // Down: a run meanwhile (the daemon's lock is free between its runs)
+    // converges from the cache and spools its report.
+    fleet.server.stop();
+    let (code, cached, stderr) = fleet.run();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(cached["from_cache"], true);
+    assert_eq!(fleet.spool_files().len(), 1);
+
+    // Back: the daemon reconnects by itself and delivers the spool; a
+    // promote then reaches it through the new watch stream.
+    fleet.server.restart();
+    wait_for("the spooled report", &|| {
+        fleet.reports().contains(&run_id(&cached))
+    });
+    assert!(fleet.spool_files().is_empty());
+    fleet.push("v2");
+    wait_for("the promoted version", &|| fleet.managed() == "v2");
+
+    let log = stop_daemon(daemon);
+    assert!(log.contains("reconnecting in"), "{log}");
+    assert!(log.contains("moved to version 2"), "{log}");
 }
