@@ -1,4 +1,4 @@
-//! The agent against real servers, on this host (no machine booted): the
+//! The agent against real servers, on this host: the
 //! real `cairn-server` on loopback, the real `cairn` CLI as the operator, and
 //! the real `cairn-agent` enrolled with a token, converging roles whose only
 //! resources are files in a temporary directory, with its configuration and
@@ -7,7 +7,8 @@
 //! cached role corrects drift and the report is spooled, then delivered once;
 //! failover to a second server) and `cairn-agent daemon` (a promote reaches
 //! it through the watch stream; after an outage it reconnects by itself and
-//! delivers the spool; SIGTERM stops it with status 0).
+//! delivers the spool; SIGTERM stops it with status 0); and its systemd unit
+//! in one booted machine.
 //!
 //! Needs the debug binaries (`cargo build --bins`).
 
@@ -178,6 +179,14 @@ impl Fleet {
     /// enrolled with the servers `servers` makes of this fleet's server's URL
     /// (in order) in its configuration.
     fn new(content: &str, servers: impl FnOnce(String) -> Vec<String>) -> Fleet {
+        let mut fleet = Fleet::start(content, None);
+        fleet.enroll(&servers(fleet.server.url()));
+        fleet
+    }
+
+    /// Everything up but the node: the role's file is `managed`, else one
+    /// in the test's directory.
+    fn start(content: &str, managed: Option<&str>) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(dir.path());
         let ops = dir.path().join("ops.toml");
@@ -193,10 +202,13 @@ impl Fleet {
             "--server",
             &url,
         ]);
-        let managed = dir.path().join("managed").join("motd");
-        std::fs::create_dir_all(managed.parent().unwrap()).unwrap();
+        let managed =
+            managed.map_or_else(|| dir.path().join("managed").join("motd"), PathBuf::from);
+        if let Some(parent) = managed.parent().filter(|p| p.starts_with(dir.path())) {
+            std::fs::create_dir_all(parent).unwrap();
+        }
         let node = format!("node-{}", std::process::id());
-        let mut fleet = Fleet {
+        let fleet = Fleet {
             config: dir.path().join("agent.toml"),
             dir,
             server,
@@ -205,7 +217,6 @@ impl Fleet {
             node,
         };
         fleet.push(content);
-        fleet.enroll(&servers(url));
         fleet
     }
 
@@ -550,4 +561,56 @@ fn the_daemon_reconnects_after_an_outage_and_delivers_the_spool() {
     let log = stop_daemon(daemon);
     assert!(log.contains("reconnecting in"), "{log}");
     assert!(log.contains("moved to version 2"), "{log}");
+}
+
+/// The unit file in a booted machine (systemd as PID 1), against the server
+/// on this host's loopback: enrolled, `systemctl enable --now` converges the
+/// role, a promote reaches it, `systemctl stop` ends it cleanly.
+#[test]
+fn the_unit_keeps_a_machine_converged_and_stops_cleanly() {
+    const MOTD: &str = "/srv/cairn-motd";
+    let fleet = Fleet::start("v1", Some(MOTD));
+    let vm = cairn_e2e::Machine::boot("agent-unit");
+    vm.write_file("/root/token", fleet.token());
+    let pin = fleet.server.server_cmd(&["ca", "pin"]).trim().to_string();
+    vm.write_file(
+        "/etc/cairn/agent.toml",
+        format!(
+            "servers = [\"{}\"]\nca_pin = \"{pin}\"\nname = \"{}\"\ninterval = \"1h\"\n",
+            fleet.server.url(),
+            fleet.node
+        ),
+    );
+    vm.sh_ok("cairn-agent enroll --token-file /root/token");
+    let unit = std::fs::read_to_string(
+        cairn_e2e::workspace_root().join("agent/systemd/cairn-agent.service"),
+    )
+    .unwrap();
+    vm.write_file("/etc/systemd/system/cairn-agent.service", unit);
+    vm.sh_ok("systemctl daemon-reload && systemctl enable --now cairn-agent");
+    let converged_to = |content: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while vm
+            .sh(&format!("test \"$(cat {MOTD})\" = {content}"))
+            .status
+            .code()
+            != Some(0)
+        {
+            if Instant::now() > deadline {
+                let journal = vm.sh_ok("journalctl -u cairn-agent --no-pager -o cat");
+                panic!("{MOTD} never became {content}; the agent's journal:\n{journal}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    converged_to("v1");
+    fleet.push("v2");
+    converged_to("v2");
+
+    vm.sh_ok("systemctl stop cairn-agent");
+    assert_eq!(vm.unit_property("cairn-agent", "Result"), "success");
+    let journal = vm.sh_ok("journalctl -u cairn-agent --no-pager -o cat");
+    assert!(journal.contains("moved to version 2"), "{journal}");
+    assert!(journal.contains("cairn-agent: stopped"), "{journal}");
+    assert_eq!(fleet.reports().len(), 2, "{journal}");
 }
