@@ -225,7 +225,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let mut notes = Vec::new();
             if let Some(none) = &ran.from_cache {
                 notes.push(format!(
-                    "Converged to the cached role (version {} at channel {}): {none}",
+                    "Used the cached role (version {} at channel {}): {none}",
                     ran.report.role_version, ran.report.channel
                 ));
             }

@@ -372,19 +372,19 @@ pub fn run(node: &Node, noop: bool) -> Result<Ran> {
         state_dir: node.state_dir.clone(),
     };
     let mut report = run::run_once(input, &options)?;
-    let cached = matches!(source, Source::Cache(_));
+    let (conn, from_cache) = match source {
+        Source::Server(conn) => (Some(conn), None),
+        Source::Cache(none) => (None, Some(none)),
+    };
+    let cached = from_cache.is_some();
     place(&mut report, &node.identity.name, &channel, version, cached);
     let spool = Spool::new(&state, Bounds::default());
     spool.push(&report_request(report.clone(), &facts, node.interval))?;
-    let delivered = match &source {
-        Source::Server(conn) => runtime.block_on(deliver(conn, &state)),
-        Source::Cache(_) => Ok(0),
+    let delivered = match &conn {
+        Some(conn) => runtime.block_on(deliver(conn, &state)),
+        None => Ok(0),
     };
     let waiting = spool.pending()?.len();
-    let from_cache = match source {
-        Source::Server(_) => None,
-        Source::Cache(none) => Some(none),
-    };
     Ok(Ran {
         report,
         from_cache,
