@@ -235,7 +235,7 @@ impl Daemon {
     async fn deliver(&mut self) {
         let Some(conn) = &self.conn else { return };
         let state = StateDir::new(&self.node.state_dir);
-        match remote::deliver(conn, &state).await {
+        match remote::deliver(conn, &state, &self.node.identity.name).await {
             Ok(0) => {}
             Ok(n) => println!("cairn-agent: delivered {n} report(s) to {}", conn.url()),
             Err(e) => println!("cairn-agent: {e:#}; the reports stay spooled"),

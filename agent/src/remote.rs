@@ -297,11 +297,13 @@ pub fn report_request(report: RunReport, facts: &Facts, interval: Duration) -> p
     }
 }
 
-/// Delivers every spooled report to `conn`, oldest first, removing each only
-/// once the server acknowledged it. Stops at the first that the server did
-/// not take; returns how many were delivered. A report the server refuses as
-/// invalid would be refused forever: it is dropped, with a log line.
-pub async fn deliver(conn: &Connection, state: &StateDir) -> Result<usize> {
+/// Delivers every spooled report of node `node` to `conn`, oldest first,
+/// removing each only once the server acknowledged it. Stops at the first
+/// that the server did not take; returns how many were delivered. Reports
+/// that would be refused forever are dropped, each with a log line: one the
+/// server refuses as invalid, one that does not decode, and one made under
+/// another node name (before the machine enrolled again).
+pub async fn deliver(conn: &Connection, state: &StateDir, node: &str) -> Result<usize> {
     let spool = Spool::new(state, Bounds::default());
     let mut delivered = 0;
     for entry in spool.pending()? {
@@ -313,6 +315,17 @@ pub async fn deliver(conn: &Connection, state: &StateDir) -> Result<usize> {
                 continue;
             }
         };
+        let of = request.report.as_ref().map_or("", |r| r.node.as_str());
+        if of != node {
+            eprintln!(
+                "cairn-agent: dropped the spooled report of run {}: it was made by node {}, \
+                 and this node is now {node}",
+                entry.run_id,
+                cairn_proto::terminal::escape(of)
+            );
+            spool.remove(&entry)?;
+            continue;
+        }
         match conn.nodes().report(request).await {
             Ok(_) => {
                 spool.remove(&entry)?;
@@ -381,7 +394,7 @@ pub fn run(node: &Node, noop: bool) -> Result<Ran> {
     let spool = Spool::new(&state, Bounds::default());
     spool.push(&report_request(report.clone(), &facts, node.interval))?;
     let delivered = match &conn {
-        Some(conn) => runtime.block_on(deliver(conn, &state)),
+        Some(conn) => runtime.block_on(deliver(conn, &state, &node.identity.name)),
         None => Ok(0),
     };
     let waiting = spool.pending()?.len();

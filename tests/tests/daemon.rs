@@ -448,10 +448,33 @@ fn with_the_server_down_run_converges_from_the_cache_and_spools_until_it_is_back
     assert_eq!(stored[1]["from_cache"], true, "{stored:?}");
     assert_eq!(stored[0]["from_cache"], false, "{stored:?}");
 
-    // A report delivered again (its acknowledgement lost, say) is stored once.
+    // A report delivered again (its acknowledgement lost, say) is stored
+    // once; one spooled under another node name (the machine enrolled again
+    // under a new one) can never be delivered, and is dropped, with a line.
+    let name = spooled[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let other_node = kept_report
+        .windows(fleet.node.len())
+        .position(|w| w == fleet.node.as_bytes());
+    let mut theirs = kept_report.clone();
+    let at = other_node.expect("the node's name in its report");
+    theirs[at] = b'x';
+    let theirs_path = spooled[0].with_file_name(format!("{:020}{}", 1, &name[20..]));
+    std::fs::write(&theirs_path, theirs).unwrap();
     std::fs::write(&spooled[0], kept_report).unwrap();
     let (code, last, stderr) = fleet.run();
     assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "dropped the spooled report of run {}",
+            run_id(&report)
+        )),
+        "{stderr}"
+    );
     assert!(fleet.spool_files().is_empty());
     let mut expected = expected.to_vec();
     expected.insert(0, run_id(&last));
