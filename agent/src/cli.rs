@@ -1,7 +1,7 @@
-//! The command line: `apply`, `validate`, `facts`, `enroll`.
+//! The command line: `apply`, `validate`, `facts`, `enroll`, `run`, `daemon`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -11,9 +11,11 @@ use cairn_proto::role::Diagnostics;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
-use crate::progress::Printer;
+use crate::identity::NodeIdentity;
+use crate::progress::{Observer, Printer, Silent};
+use crate::remote::{self, Node};
 use crate::run::{self, RunInput};
-use crate::{enroll, facts, state};
+use crate::{daemon, enroll, facts, state};
 
 /// What `--version` prints: a debug build says so, so that a benchmark can
 /// refuse to measure it.
@@ -83,6 +85,28 @@ enum Command {
         #[arg(long, env = "CAIRN_STATE_DIR")]
         state_dir: Option<PathBuf>,
     },
+    /// Fetch this node's role from its server, converge to it, and report.
+    /// When no server answers, converge to the role cached by the last run.
+    Run {
+        /// The agent's configuration file [default: /etc/cairn/agent.toml].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Check and report what would change; change nothing.
+        #[arg(long)]
+        noop: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+        /// Exit 0 when nothing changed, 2 on changes, 4 on failures, 6 on both.
+        #[arg(long)]
+        detailed_exitcodes: bool,
+    },
+    /// Keep this node converged: run when its role's channel moves, and
+    /// every interval; until SIGTERM.
+    Daemon {
+        /// The agent's configuration file [default: /etc/cairn/agent.toml].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -143,10 +167,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             config,
             state_dir,
         } => {
-            let file = match &config {
-                Some(path) => Config::load(path, true)?,
-                None => Config::load(config::DEFAULT_PATH.as_ref(), false)?,
-            };
+            let file = load_config(config.as_deref())?;
             let facts = facts::gather()?;
             let name = match name.or(file.name) {
                 Some(name) => {
@@ -191,24 +212,108 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => {
             let input = RunInput::from_dir(&role_dir)?;
             let options = run::Options { noop, state_dir };
-            let report = match format {
-                // Each resource is printed as it finishes; the summary closes.
-                Format::Human => run::run_once_observed(input, &options, &mut Printer::stdout())?,
-                Format::Json => run::run_once(input, &options)?,
-            };
-            // One write for the rest of the report, not one per line.
-            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-            match format {
-                Format::Human => stdout.write_all(report.human_summary().as_bytes())?,
-                Format::Json => {
-                    serde_json::to_writer_pretty(&mut stdout, &report)?;
-                    writeln!(stdout)?;
-                }
-            }
-            stdout.flush()?;
+            let report = run::run_once_observed(input, &options, &mut *observer(format))?;
+            print_report(&report, format, &[])?;
             Ok(exit_code(&report, detailed_exitcodes))
         }
+        Command::Run {
+            config,
+            noop,
+            format,
+            detailed_exitcodes,
+        } => {
+            let node = node(load_config(config.as_deref())?)?;
+            let ran = remote::run(&node, noop, &mut *observer(format))?;
+            let mut notes = Vec::new();
+            if let Some(none) = &ran.from_cache {
+                notes.push(format!(
+                    "Used the cached role (version {} at channel {}): {none}",
+                    ran.report.role_version, ran.report.channel
+                ));
+            }
+            match &ran.delivered {
+                Ok(n) if ran.from_cache.is_none() => {
+                    notes.push(format!("Delivered {n} report(s)."));
+                }
+                Ok(_) => {}
+                Err(e) => notes.push(format!("Could not deliver the report: {e:#}")),
+            }
+            if ran.waiting > 0 {
+                notes.push(format!(
+                    "{} report(s) spooled, to be delivered when a server answers.",
+                    ran.waiting
+                ));
+            }
+            print_report(&ran.report, format, &notes)?;
+            Ok(exit_code(&ran.report, detailed_exitcodes))
+        }
+        Command::Daemon { config } => {
+            let config = load_config(config.as_deref())?;
+            let splay = config.splay;
+            daemon::serve(node(config)?, splay)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Prints a run's report in `format`, then `notes` (on stderr with JSON, so
+/// that stdout stays one document).
+/// In human form each resource is printed as it finishes; JSON is the report alone.
+fn observer(format: Format) -> Box<dyn Observer> {
+    match format {
+        Format::Human => Box::new(Printer::stdout()),
+        Format::Json => Box::new(Silent),
+    }
+}
+
+/// What follows a run: in human form the summary (the [`observer`] printed
+/// each resource), in JSON the whole report; then `notes`.
+fn print_report(report: &RunReport, format: Format, notes: &[String]) -> Result<()> {
+    // One write for the rest of the report, not one per line.
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    match format {
+        Format::Human => {
+            stdout.write_all(report.human_summary().as_bytes())?;
+            for note in notes {
+                writeln!(stdout, "{note}")?;
+            }
+        }
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut stdout, report)?;
+            writeln!(stdout)?;
+            for note in notes {
+                eprintln!("{note}");
+            }
+        }
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+/// The configuration file at `path`, which must exist; else the default
+/// one, or the defaults when there is none.
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(path) => Config::load(path, true),
+        None => Config::load(config::DEFAULT_PATH.as_ref(), false),
+    }
+}
+
+/// The node enrolled in the configuration's state directory, using the
+/// configuration's servers, else the ones it enrolled with.
+fn node(config: Config) -> Result<Node> {
+    let identity = NodeIdentity::load(&config.state_dir)?;
+    let servers = if config.servers.is_empty() {
+        identity.servers.clone()
+    } else {
+        config.servers
+    };
+    Ok(Node {
+        identity,
+        servers,
+        state_dir: config.state_dir,
+        interval: config.interval,
+    })
 }
 
 /// Puppet's convention: plain mode says only success (0) or not (1); detailed

@@ -12,18 +12,26 @@
 //! - [`config`]: `/etc/cairn/agent.toml`: servers, CA pin, state directory, interval.
 //! - [`identity`]: the node's name, assignment, certificate and key from enrollment.
 //! - [`enroll`]: `cairn-agent enroll`: key made here, certificate from a server pinned by its CA.
+//! - [`remote`]: against servers: failover, the role fetched and verified,
+//!   reports delivered (`cairn-agent run`); [`cache`]: the last good bundle;
+//!   [`spool`]: reports waiting for a server; [`daemon`]: the watch stream and
+//!   the interval runs (`cairn-agent daemon`).
 //! - [`cli`]: the command line; `main` only calls it.
 
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod enroll;
 pub mod facts;
 pub mod identity;
 pub mod progress;
 pub mod providers;
+pub mod remote;
 pub mod resources;
 pub mod run;
+pub mod spool;
 pub mod state;

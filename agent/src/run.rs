@@ -1,6 +1,8 @@
 //! One run of the agent: facts → load → lock → prepare the host → engine →
-//! report. `cairn-agent apply` calls it with a role read from a directory; the
-//! daemon will call it with a bundle fetched from the server.
+//! report. `cairn-agent apply` calls it with a role read from a directory,
+//! `cairn-agent run` with a bundle fetched from a server (or its cache); the
+//! daemon loads a role once and converges to it with [`run_role`] until its
+//! bundle or the node's facts change.
 
 use std::path::{Path, PathBuf};
 
@@ -91,12 +93,25 @@ pub fn run_once_observed(
         None => facts::gather()?,
     };
     let role = input.load(&facts)?;
+    run_role(&role, facts, input.providers, options, observer)
+}
+
+/// Converges this host to a role already loaded for `facts` (the daemon keeps
+/// it between runs, so a drift-correction run costs only the checks): the run
+/// lock → `Host::prepare` → engine → report.
+pub fn run_role(
+    role: &Role,
+    facts: Facts,
+    providers: Providers,
+    options: &Options,
+    observer: &mut dyn Observer,
+) -> Result<RunReport> {
     let state = StateDir::new(&options.state_dir);
     let _lock = state.lock()?;
-    let mut host = Host::with_providers(facts, input.providers);
-    host.prepare(&role);
+    let mut host = Host::with_providers(facts, providers);
+    host.prepare(role);
     engine::run(
-        &role,
+        role,
         &host,
         &state,
         RunOptions { noop: options.noop },

@@ -49,17 +49,22 @@ impl StateDir {
     /// others when open; refused when it is not a directory or another
     /// user's.
     fn ensure(&self) -> Result<DirFd> {
+        self.ensure_dir(&self.root)
+    }
+
+    /// [`StateDir::ensure`] for `dir`, the state directory or one in it.
+    fn ensure_dir(&self, dir: &Path) -> Result<DirFd> {
         let ensure = || -> Result<DirFd> {
             let (uid, gid) = (geteuid().as_raw(), getegid().as_raw());
-            match self.files.stat(&self.root)? {
+            match self.files.stat(dir)? {
                 None => {
-                    self.files.create_parents(&self.root)?;
+                    self.files.create_parents(dir)?;
                     let own = Ownership {
                         uid,
                         gid,
                         mode: 0o700,
                     };
-                    self.files.create_dir(&self.root, own)?;
+                    self.files.create_dir(dir, own)?;
                 }
                 Some(m) if m.kind != FileKind::Directory => {
                     bail!("it is a {}, not a directory", m.kind.as_str())
@@ -69,17 +74,17 @@ impl StateDir {
                     self.files.user_name(m.uid),
                     self.files.user_name(uid),
                     self.files.user_name(uid),
-                    self.root.display()
+                    dir.display()
                 ),
                 // The agent's own: closing it is safe.
-                Some(m) if m.mode & 0o077 != 0 => self.files.set_mode(&self.root, 0o700)?,
+                Some(m) if m.mode & 0o077 != 0 => self.files.set_mode(dir, 0o700)?,
                 Some(_) => {}
             }
             self.files
-                .dir(&self.root)?
+                .dir(dir)?
                 .context("it disappeared while it was being made")
         };
-        ensure().with_context(|| format!("state directory {}", self.root.display()))
+        ensure().with_context(|| format!("state directory {}", dir.display()))
     }
 
     /// Takes the machine-wide run lock, or says who holds it.
@@ -193,6 +198,36 @@ impl StateDir {
             Ok(())
         };
         save().with_context(|| format!("could not record pending refreshes in {}", path.display()))
+    }
+
+    /// Removes file `name` from the directory, durably; a missing file is no
+    /// error.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let path = self.root.join(name);
+        if self.files.stat(&path)?.is_some() {
+            self.files.remove_file(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the directory `name` in the directory, as the directory itself
+    /// is made (0700, the agent's; a link or another user's refused), so
+    /// that files can be written into it.
+    pub fn make_dir(&self, name: &str) -> Result<()> {
+        self.ensure()?;
+        self.ensure_dir(&self.root.join(name)).map(drop)
+    }
+
+    /// The names in the directory `name` of the directory (made when
+    /// missing), sorted; names that are not UTF-8 are not the agent's and
+    /// are left out.
+    pub fn list(&self, name: &str) -> Result<Vec<String>> {
+        self.make_dir(name)?;
+        let names = self.files.list_dir(&self.root.join(name))?;
+        Ok(names
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
+            .collect())
     }
 }
 
