@@ -43,6 +43,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
+
+use support::env_number;
 
 const ROLE: &str = "fleet";
 const CHANNEL: &str = "stable";
@@ -54,25 +57,7 @@ const REPORTERS: usize = 64;
 const NOTIFY_DEADLINE: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn env_number(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
+    support::exit(run)
 }
 
 fn steps() -> Result<Vec<usize>> {
@@ -103,7 +88,9 @@ fn run() -> Result<()> {
         "CAIRN_FLEET_NODES must be at least {REPORTERS}"
     );
     // Every simulated agent holds a descriptor here and one in the server.
-    raise_descriptor_limit(most as u64 + 4096)?;
+    let limit = raise_descriptor_limit(most as u64 + 4096)?;
+    // What the server and this process need beside the agents' connections.
+    let reachable = (limit as usize).saturating_sub(1024);
 
     let dir = tempfile::Builder::new()
         .prefix("cairn-fleet-bench-")
@@ -122,7 +109,14 @@ fn run() -> Result<()> {
     let admin = Credentials::load(&server.operator("bench", "admin"))?;
 
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
-    let outcome = runtime.block_on(bench(&admin, &server, grpc, &steps, nodes, secs));
+    let outcome = runtime.block_on(bench(
+        &admin,
+        &server,
+        grpc,
+        (&steps, reachable, limit),
+        nodes,
+        secs,
+    ));
     let status = server.terminate();
     let report = outcome?;
     ensure!(
@@ -136,21 +130,29 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-fn raise_descriptor_limit(want: u64) -> Result<()> {
+/// Raises this process's descriptor limit toward `want` (the server, its
+/// child, inherits it); returns the limit reached. Without the privilege to
+/// raise the hard limit, the soft one goes as far as the hard one.
+fn raise_descriptor_limit(want: u64) -> Result<u64> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) =
         getrlimit(Resource::RLIMIT_NOFILE).context("could not read the descriptor limit")?;
     if soft >= want {
-        return Ok(());
+        return Ok(soft);
     }
-    setrlimit(Resource::RLIMIT_NOFILE, want.max(soft), want.max(hard))
-        .with_context(|| format!("could not raise the descriptor limit to {want} (run as root)"))
+    if setrlimit(Resource::RLIMIT_NOFILE, want, want.max(hard)).is_ok() {
+        return Ok(want);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+        .with_context(|| format!("could not raise the descriptor limit to {hard}"))?;
+    Ok(hard)
 }
 
 struct Step {
     streams: usize,
     connect: Duration,
-    rss_before_kib: u64,
+    /// The server's resident memory with no stream, and with `streams` connected.
+    rss_idle_kib: u64,
     rss_after_kib: u64,
     /// Time from the promote call until each stream saw the new version, sorted.
     notified: Vec<Duration>,
@@ -208,7 +210,7 @@ impl Fleet {
         println!("|---:|---:|---:|---:|---:|---:|---:|");
         for s in &self.steps {
             let per_agent =
-                (s.rss_after_kib.saturating_sub(s.rss_before_kib)) as f64 / s.streams as f64;
+                (s.rss_after_kib.saturating_sub(s.rss_idle_kib)) as f64 / s.streams as f64;
             println!(
                 "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
                 s.streams,
@@ -262,7 +264,7 @@ async fn bench(
     admin: &Credentials,
     server: &Daemon,
     grpc: SocketAddr,
-    steps: &[usize],
+    (steps, reachable, limit): (&[usize], usize, u64),
     nodes: usize,
     secs: u64,
 ) -> Result<Fleet> {
@@ -291,8 +293,15 @@ async fn bench(
     let mut open = 0usize;
     let mut done = Vec::new();
     let mut stopped = None;
+    let rss_idle_kib = rss_kib(pid, "VmRSS")?;
     'steps: for &target in steps {
-        let rss_before_kib = rss_kib(pid, "VmRSS")?;
+        if target > reachable {
+            stopped = Some(format!(
+                "{target} streams need more descriptors than the {limit} a process may open here \
+                 (the hard limit, which only a process with CAP_SYS_RESOURCE can raise)"
+            ));
+            break;
+        }
         let started = Instant::now();
         // Connect in waves, so the handshakes do not all time out at once.
         while open < target {
@@ -352,7 +361,7 @@ async fn bench(
         done.push(Step {
             streams: open,
             connect,
-            rss_before_kib,
+            rss_idle_kib,
             rss_after_kib,
             notified,
         });

@@ -43,6 +43,9 @@ use tonic::transport::Channel;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
+
+use support::env_number;
 
 type Client = pb::roles_client::RolesClient<Channel>;
 
@@ -50,25 +53,7 @@ const SHARED_ROLE: &str = "bench-shared";
 const FETCHED_ROLE: &str = "web";
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn env_number(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
+    support::exit(run)
 }
 
 fn run() -> Result<()> {
