@@ -38,6 +38,7 @@ pub struct AgentDownloads {
 }
 
 impl AgentDownloads {
+    /// Starts serving them, at `/cairn-agent` and `/cairn-agent.service`.
     pub fn serve() -> AgentDownloads {
         let agent = static_agent_binary();
         let unit = workspace_root().join(UNIT);
