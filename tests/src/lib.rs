@@ -14,12 +14,23 @@
 //! - Dropping a [`Machine`] halts it, waits for it, and removes its layer.
 //! - [`Timeline`] drives one resource of a role through the agent's runs
 //!   (noop, apply, apply again), checking the report and the machine itself.
+//! - [`Server`] runs the real `cairn-server` on loopback, and [`Operator`]
+//!   the real `cairn` CLI against it.
+//! - [`first_boot_user_data`] fills in the user-data of `docs/cloud-init.md`
+//!   for a [`Server`], with the static agent and its unit served by
+//!   [`AgentDownloads`].
 //!
 //! Machines share the host's network: two machines that serve the same port
 //! must not run at the same time. The nextest configuration runs the tests of
 //! this crate one at a time for that reason.
 
 #![forbid(unsafe_code)]
+
+mod server;
+mod user_data;
+
+pub use server::{Operator, Server, succeeded, terminate};
+pub use user_data::{AgentDownloads, Enrollment, first_boot_user_data};
 
 use std::fmt;
 use std::fs::{self, File};

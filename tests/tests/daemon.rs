@@ -12,112 +12,14 @@
 //!
 //! Needs the debug binaries (`cargo build --bins`).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_e2e::workspace_binary;
-use cairn_proto::client::Credentials;
-use cairn_proto::pb;
+use cairn_e2e::{Operator, Server, succeeded, terminate, workspace_binary};
 use serde_json::Value;
-
-/// A `cairn-server serve` process with its data directory, restartable on
-/// the same ports.
-struct Server {
-    child: Option<Child>,
-    data: PathBuf,
-    grpc: SocketAddr,
-    http: SocketAddr,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let data = dir.join("server");
-        std::fs::create_dir_all(&data).unwrap();
-        std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .unwrap();
-        let (grpc, http) = free_ports();
-        let mut server = Server {
-            child: None,
-            data,
-            grpc,
-            http,
-            log: dir.join("server.log"),
-        };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("https://{}", self.grpc)
-    }
-
-    /// Starts it (again) and waits until it answers `/healthz`.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "the server is running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(workspace_binary("cairn-server"))
-            .args(["serve", "--data-dir"])
-            .arg(&self.data)
-            .args(["--listen", &self.grpc.to_string()])
-            .args(["--http", &self.http.to_string()])
-            .args(["--name", "127.0.0.1"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !healthy(self.http) {
-            assert!(
-                Instant::now() < deadline,
-                "cairn-server did not start; its log:\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, and waits for it to exit.
-    fn stop(&mut self) {
-        let mut child = self.child.take().expect("the server is not running");
-        terminate(&child);
-        let status = child.wait().unwrap();
-        assert!(status.success(), "cairn-server exited {status}");
-    }
-
-    fn server_cmd(&self, args: &[&str]) -> String {
-        let out = Command::new(workspace_binary("cairn-server"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .output()
-            .unwrap();
-        ok(&out, &format!("cairn-server {args:?}"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_ports() -> (SocketAddr, SocketAddr) {
-    let bind = || TcpListener::bind("127.0.0.1:0").unwrap();
-    let (a, b) = (bind(), bind());
-    (a.local_addr().unwrap(), b.local_addr().unwrap())
-}
 
 /// A loopback port nothing listens on: a server that is down.
 fn closed_port() -> SocketAddr {
@@ -127,43 +29,12 @@ fn closed_port() -> SocketAddr {
         .unwrap()
 }
 
-fn healthy(http: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&http, Duration::from_secs(1)) else {
-        return false;
-    };
-    let mut reply = String::new();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .and_then(|()| s.read_to_string(&mut reply))
-        .is_ok()
-        && reply.contains(" 200 ")
-}
-
-fn terminate(child: &Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} exited {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
 /// A server, an operator, a role whose one file lives in the test's
 /// directory, and a node enrolled for it.
 struct Fleet {
     dir: tempfile::TempDir,
     server: Server,
-    ops: PathBuf,
+    ops: Operator,
     /// The file the role manages.
     managed: PathBuf,
     /// The agent's configuration file.
@@ -189,19 +60,7 @@ impl Fleet {
     fn start(content: &str, managed: Option<&str>) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(dir.path());
-        let ops = dir.path().join("ops.toml");
-        let url = server.url();
-        server.server_cmd(&[
-            "operator",
-            "add",
-            "ops",
-            "--role",
-            "admin",
-            "--out",
-            ops.to_str().unwrap(),
-            "--server",
-            &url,
-        ]);
+        let ops = server.add_operator("ops", &dir.path().join("ops.toml"));
         let managed =
             managed.map_or_else(|| dir.path().join("managed").join("motd"), PathBuf::from);
         if let Some(parent) = managed.parent().filter(|p| p.starts_with(dir.path())) {
@@ -224,17 +83,6 @@ impl Fleet {
         self.dir.path().join("state")
     }
 
-    /// `cairn ARGS…` as the operator.
-    fn cairn(&self, args: &[&str]) -> String {
-        let out = Command::new(workspace_binary("cairn"))
-            .arg("--credentials")
-            .arg(&self.ops)
-            .args(args)
-            .output()
-            .unwrap();
-        ok(&out, &format!("cairn {args:?}"))
-    }
-
     /// Pushes the role with its file holding `content` and promotes it to
     /// the channel; returns the version.
     fn push(&self, content: &str) -> u64 {
@@ -248,31 +96,16 @@ impl Fleet {
             ),
         )
         .unwrap();
-        let out = self.cairn(&[
-            "--output",
-            "json",
-            "role",
-            "push",
-            role.to_str().unwrap(),
-            "-m",
-            content,
-            "--promote",
-            CHANNEL,
-        ]);
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v["version"]["version"]
-            .as_u64()
-            .or_else(|| v["version"].as_u64())
-            .unwrap_or_else(|| panic!("no version in {out}"))
+        self.ops.push(&role, content, CHANNEL)
     }
 
     /// A join token for the role, the agent's configuration, and
     /// `cairn-agent enroll`.
     fn enroll(&mut self, servers: &[String]) {
-        let token = self.token();
+        let token = self.ops.token(ROLE, CHANNEL);
         let token_file = self.dir.path().join("token");
         std::fs::write(&token_file, &token).unwrap();
-        let pin = self.server.server_cmd(&["ca", "pin"]).trim().to_string();
+        let pin = self.server.ca_pin();
         let servers = servers
             .iter()
             .map(|s| format!("{s:?}"))
@@ -292,35 +125,7 @@ impl Fleet {
             .agent(&["enroll", "--token-file", token_file.to_str().unwrap()])
             .output()
             .unwrap();
-        ok(&out, "cairn-agent enroll");
-    }
-
-    /// A join token for one enrollment in the role at the channel, from the
-    /// server's `Access` service.
-    fn token(&self) -> String {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let conn = Credentials::load(&self.ops)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            let request = pb::CreateTokenRequest {
-                role: ROLE.into(),
-                channel: CHANNEL.into(),
-                ttl_seconds: 600,
-                uses: 1,
-            };
-            conn.access()
-                .create_token(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .token
-        })
+        succeeded(&out, "cairn-agent enroll");
     }
 
     /// `cairn-agent SUBCOMMAND --config CONFIG ARGS…`.
@@ -343,11 +148,12 @@ impl Fleet {
 
     /// The node's reports on the server, newest first (`cairn report list`).
     fn report_list(&self) -> Vec<Value> {
-        let out = self.cairn(&["--output", "json", "report", "list", "--node", &self.node]);
-        let v: Value = serde_json::from_str(&out).unwrap();
+        let v = self
+            .ops
+            .cairn_json(&["report", "list", "--node", &self.node]);
         v["reports"]
             .as_array()
-            .unwrap_or_else(|| panic!("no report list in {out}"))
+            .unwrap_or_else(|| panic!("no report list in {v}"))
             .clone()
     }
 
@@ -594,8 +400,8 @@ fn the_unit_keeps_a_machine_converged_and_stops_cleanly() {
     const MOTD: &str = "/srv/cairn-motd";
     let fleet = Fleet::start("v1", Some(MOTD));
     let vm = cairn_e2e::Machine::boot("agent-unit");
-    vm.write_file("/root/token", fleet.token());
-    let pin = fleet.server.server_cmd(&["ca", "pin"]).trim().to_string();
+    vm.write_file("/root/token", fleet.ops.token(ROLE, CHANNEL));
+    let pin = fleet.server.ca_pin();
     vm.write_file(
         "/etc/cairn/agent.toml",
         format!(
