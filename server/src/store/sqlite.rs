@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, Permissions};
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -129,6 +129,11 @@ impl<V: Clone> Standings<V> {
 /// still see a revocation made by `cairn-server operator revoke` at once.
 struct OperatorChanges {
     path: PathBuf,
+    /// The file, kept open so that a call costs one `pread`, not an open, a
+    /// read and a close; opened again once it is [`STANDINGS_TTL`] old, so a
+    /// file replaced instead of written counts within that time, as a change
+    /// never counted does.
+    held: std::sync::Mutex<Option<(File, Instant)>>,
 }
 
 impl OperatorChanges {
@@ -137,6 +142,7 @@ impl OperatorChanges {
         name.push("-operators");
         OperatorChanges {
             path: PathBuf::from(name),
+            held: std::sync::Mutex::new(None),
         }
     }
 
@@ -154,20 +160,28 @@ impl OperatorChanges {
     /// The count; 0 before the first change. Any change of it, even back to 0
     /// (the file removed), drops what was kept.
     fn read(&self) -> Result<u64> {
-        let mut bytes = [0; 8];
-        match self.open(false) {
-            Ok(mut file) => {
-                let n = file
-                    .read(&mut bytes)
-                    .map_err(db(format!("read {}", self.path.display())))?;
-                if n < bytes.len() {
-                    bytes = [0; 8];
-                }
-                Ok(u64::from_le_bytes(bytes))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(db(format!("open {}", self.path.display()))(e)),
+        let mut held = self.held.lock().expect("count file lock");
+        if held
+            .as_ref()
+            .is_none_or(|(_, opened)| opened.elapsed() >= STANDINGS_TTL)
+        {
+            *held = match self.open(false) {
+                Ok(file) => Some((file, Instant::now())),
+                Err(e) if e.kind() == ErrorKind::NotFound => None,
+                Err(e) => return Err(db(format!("open {}", self.path.display()))(e)),
+            };
         }
+        let Some((file, _)) = held.as_ref() else {
+            return Ok(0);
+        };
+        let mut bytes = [0; 8];
+        let n = file
+            .read_at(&mut bytes, 0)
+            .map_err(db(format!("read {}", self.path.display())))?;
+        if n < bytes.len() {
+            return Ok(0);
+        }
+        Ok(u64::from_le_bytes(bytes))
     }
 
     /// Counts one change; called after the change committed.
