@@ -5,7 +5,10 @@
 //! and [`Limits::total`] in all; over a cap the connection is closed at once)
 //! → the TLS handshake, given [`Limits::handshake_timeout`] → the stream is
 //! handed to tonic, which serves it. A slot is held by the stream and freed
-//! when the connection ends, however it ends.
+//! when the connection ends, however it ends. A connection without a client
+//! certificate (enrollment, or a caller about to be refused) is closed once
+//! [`Limits::anonymous_lifetime`] is over, as sshd's `LoginGraceTime` closes
+//! one that never authenticates, so it cannot keep its slot by idling.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,6 +38,9 @@ use crate::refusals::network;
 
 /// A peer gets this long to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection without a client certificate is closed this long after its
+/// handshake: enough to enroll, or to be told why a call is refused.
+pub const ANONYMOUS_LIFETIME: Duration = Duration::from_secs(30);
 /// At most this many connections from one peer (an IPv6 peer: its /64) at once,
 /// unless `serve --max-connections-per-peer` says otherwise: room for the
 /// agents behind one NAT address, or a host running many clients.
@@ -56,6 +62,7 @@ const KEEPALIVE_IDLE_SECS: u32 = 60;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub handshake_timeout: Duration,
+    pub anonymous_lifetime: Duration,
     pub per_peer: usize,
     pub total: usize,
 }
@@ -64,6 +71,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            anonymous_lifetime: ANONYMOUS_LIFETIME,
             per_peer: MAX_CONNECTIONS_PER_PEER,
             total: MAX_CONNECTIONS,
         }
@@ -154,9 +162,17 @@ pub async fn accept_loop(
         let acceptor = acceptor.clone();
         let streams = streams.clone();
         tokio::spawn(async move {
-            let counted = Counted { tcp, _slot: slot };
+            let counted = Counted {
+                tcp,
+                _slot: slot,
+                expiry: None,
+            };
             match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(counted)).await {
-                Ok(Ok(tls)) => {
+                Ok(Ok(mut tls)) => {
+                    let (counted, session) = tls.get_mut();
+                    if session.peer_certificates().is_none_or(<[_]>::is_empty) {
+                        counted.expire_after(limits.anonymous_lifetime);
+                    }
                     // Fails only once serving stopped; the connection then closes.
                     let _ = streams.send(tls).await;
                 }
@@ -282,6 +298,16 @@ impl Drop for Slot {
 pub struct Counted {
     tcp: TcpStream,
     _slot: Slot,
+    /// When set, reads fail once it is reached, and the server closes the
+    /// connection. Polled by every read, so an idle connection (on which the
+    /// server always waits to read) wakes up when it passes.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Counted {
+    fn expire_after(&mut self, lifetime: Duration) {
+        self.expiry = Some(Box::pin(tokio::time::sleep(lifetime)));
+    }
 }
 
 /// The peer's address, as for a bare TCP stream: with TLS on top,
@@ -300,6 +326,14 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(expiry) = self.expiry.as_mut()
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "a connection without a client certificate lived its time",
+            )));
+        }
         Pin::new(&mut self.tcp).poll_read(cx, buf)
     }
 }
@@ -341,9 +375,9 @@ mod tests {
     #[test]
     fn slots_cap_each_peer_and_the_total_and_come_back_when_dropped() {
         let slots = Arc::new(Slots::new(Limits {
-            handshake_timeout: HANDSHAKE_TIMEOUT,
             per_peer: 2,
             total: 3,
+            ..Limits::default()
         }));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();

@@ -204,7 +204,7 @@ async fn denied(conn: &Connection) -> Vec<pb::AuditEntry> {
 }
 
 /// Reads until the peer closes the connection (true) or `within` passes (false).
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+async fn closed_within(stream: &mut (impl tokio::io::AsyncRead + Unpin), within: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     let mut buf = [0u8; 4096];
     loop {
@@ -235,6 +235,64 @@ async fn a_connection_that_never_completes_the_handshake_is_closed() {
         closed_within(&mut silent, HANDSHAKE_TIMEOUT * 3).await,
         "a silent connection was still open after {:?}",
         HANDSHAKE_TIMEOUT * 3
+    );
+}
+
+/// A TLS connection to `server`, with the operator certificate of `creds` if
+/// `with_certificate`, on which nothing is sent after the handshake.
+async fn tls_connection(
+    server: &Server,
+    creds: &Credentials,
+    with_certificate: bool,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(creds.ca.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = ClientConfig::builder().with_root_certificates(roots);
+    let mut config = if with_certificate {
+        let chain = CertificateDer::pem_slice_iter(creds.cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(creds.key.as_bytes()).unwrap();
+        builder.with_client_auth_cert(chain, key).unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(server.grpc).await.unwrap();
+    let name = ServerName::IpAddress(server.grpc.ip().into());
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// Issue 7: a peer that completed the handshake without a certificate and
+/// then sent nothing kept its connection, and its slot, for as long as it
+/// liked. Now it is closed after the anonymous lifetime (sshd's
+/// `LoginGraceTime`); a connection with a certificate is not.
+#[tokio::test]
+async fn an_idle_connection_without_a_certificate_is_closed() {
+    const LIFETIME: Duration = Duration::from_secs(2);
+    let server = Server::start_limited(Limits {
+        anonymous_lifetime: LIFETIME,
+        ..Limits::default()
+    });
+    let creds = Credentials::load(&server.operator("ann", "admin")).unwrap();
+    let mut anonymous = tls_connection(&server, &creds, false).await;
+    let mut operator = tls_connection(&server, &creds, true).await;
+    assert!(
+        closed_within(&mut anonymous, LIFETIME * 5).await,
+        "an anonymous connection was still open {:?} after its handshake",
+        LIFETIME * 5
+    );
+    assert!(
+        !closed_within(&mut operator, LIFETIME).await,
+        "a connection with a certificate was closed"
     );
 }
 
