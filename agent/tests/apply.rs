@@ -545,3 +545,46 @@ fn sensitive_file_content_never_reaches_a_report() {
     );
     assert_eq!(sb.apply(&[]).code, 0);
 }
+
+#[test]
+fn values_in_commands_are_quoted_so_a_var_cannot_add_a_command() {
+    let sb = Sandbox::new();
+    let pwned = sb.p("pwned");
+    let dir = sb.p("my dir");
+    fs::create_dir(&dir).unwrap();
+    let vars = format!("[vars]\nevil = \"'; touch {pwned}; '\"\ndir = \"{dir}\"\ncount = 3\n\n");
+    sb.role(&format!(
+        "{vars}[[exec]]\nname = \"echo\"\ncommand = \"echo {{{{sh vars.evil}}}} {{{{vars.count}}}} > out\"\n\
+         cwd = \"{{{{vars.dir}}}}\"\nunless = \"test -e {{{{sh vars.dir}}}}/out\"\n"
+    ));
+    let run = sb.apply(&[]);
+    assert_eq!(
+        (run.code, run.status("exec:echo")),
+        (2, ResourceStatus::Changed)
+    );
+    assert_eq!(
+        fs::read_to_string(Path::new(&dir).join("out")).unwrap(),
+        format!("'; touch {pwned}; ' 3\n")
+    );
+    assert!(!Path::new(&pwned).exists(), "the var ran as a command");
+    let run = sb.apply(&[]);
+    assert_eq!(
+        (run.code, run.status("exec:echo")),
+        (0, ResourceStatus::Unchanged)
+    );
+
+    // Inserted without the helper, a string is refused before anything runs.
+    sb.role(&format!(
+        "{vars}[[exec]]\nname = \"raw\"\ncommand = \"echo {{{{vars.evil}}}}\"\n"
+    ));
+    let role = sb.dir.path().join("role");
+    let out = sb.cmd(&["apply", role.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[[exec]] \"raw\", field `command`")
+            && stderr.contains("write {{sh vars.evil}}"),
+        "{stderr}"
+    );
+    assert!(!Path::new(&pwned).exists());
+}

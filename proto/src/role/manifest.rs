@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::content::PendingContent;
+use super::content::{PendingContent, PendingText};
 use super::diagnostic::{Diags, clip, clip_to, suggest};
 use super::id::ResourceId;
 use super::kinds::{self, Kind, ResourceKind, Spec};
@@ -39,6 +39,7 @@ pub(super) struct Decl {
     pub(super) context: String,
     pub(super) span: Range<usize>,
     pub(super) pending_content: Option<PendingContent>,
+    pub(super) pending_texts: Vec<PendingText>,
 }
 
 #[derive(Deserialize)]
@@ -235,6 +236,7 @@ pub(super) fn read_resource<K: ResourceKind + Into<Spec>>(
         context: table.context,
         span,
         pending_content: table.pending_content,
+        pending_texts: table.pending_texts,
     })
 }
 
