@@ -238,6 +238,17 @@ impl FileSystem for Fake {
         Ok(())
     }
 
+    fn write_atomic_checked(
+        &self,
+        path: &Path,
+        data: &[u8],
+        own: Ownership,
+        accept: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<()> {
+        accept(&path.with_extension("cairn-new"))?;
+        self.write_atomic(path, data, own)
+    }
+
     fn create_dir(&self, path: &Path, own: Ownership) -> Result<()> {
         self.change(format!("mkdir {}", path.display()));
         let dir = File {

@@ -31,6 +31,32 @@ fn exec(role: &Role, name: &str) -> cairn_proto::role::Exec {
 }
 
 #[test]
+fn validate_needs_the_placeholder_and_content() {
+    let role = load(
+        "\n[[file]]\npath = \"/etc/sudoers.d/ops\"\ncontent = \"x\"\nvalidate = \"visudo -cf %\"\n",
+    )
+    .unwrap();
+    let Spec::File(f) = &role.resources[0].spec else {
+        panic!()
+    };
+    assert_eq!(f.validate.as_deref(), Some("visudo -cf %"));
+    // The path is quoted as one shell word wherever `%` is.
+    assert_eq!(
+        f.validate_command("/etc/sudoers.d/.ops it's").as_deref(),
+        Some(r"visudo -cf '/etc/sudoers.d/.ops it'\''s'")
+    );
+
+    let d = only_error("\n[[file]]\npath = \"/x\"\ncontent = \"\"\nvalidate = \"visudo -c\"\n");
+    assert_eq!((d.line, d.field.as_deref()), (7, Some("validate")), "{d}");
+    assert!(d.message.contains("`%` is missing"), "{d}");
+    assert!(d.help.as_deref().unwrap().contains("visudo -cf %"), "{d}");
+
+    let d = only_error("\n[[file]]\npath = \"/x\"\nstate = \"absent\"\nvalidate = \"true %\"\n");
+    assert_eq!((d.line, d.field.as_deref()), (7, Some("validate")), "{d}");
+    assert!(d.message.contains("state = \"absent\""), "{d}");
+}
+
+#[test]
 fn commands_insert_values_quoted_or_as_numbers() {
     let role = load(
         "\n[vars]\ndir = \"/srv/my app\"\nport = 8080\nevil = \"'; touch /tmp/pwned; '\"\n\n\

@@ -137,6 +137,17 @@ pub trait FileSystem {
     /// Replaces `path` (a link is replaced, never written through) with
     /// `data`, owned and moded as `own` says from its first moment.
     fn write_atomic(&self, path: &Path, data: &[u8], own: Ownership) -> Result<()>;
+    /// [`FileSystem::write_atomic`], where the new content, complete with
+    /// its owner and mode, replaces `path` only once `accept` succeeds on
+    /// the path it was written to. When `accept` fails, `path` is left as
+    /// it was, the new content is removed, and its error is returned.
+    fn write_atomic_checked(
+        &self,
+        path: &Path,
+        data: &[u8],
+        own: Ownership,
+        accept: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<()>;
     fn create_dir(&self, path: &Path, own: Ownership) -> Result<()>;
     /// Changes the owner of `path` itself (links not followed).
     fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> Result<()>;
