@@ -57,6 +57,36 @@ fn validate_needs_the_placeholder_and_content() {
 }
 
 #[test]
+fn reload_names_services_and_orders_them_after_the_reloader() {
+    let role = load(
+        "\n[[service]]\nname = \"nginx\"\n\n\
+         [[file]]\npath = \"/etc/nginx/nginx.conf\"\ncontent = \"x\"\nreload = [\"service:nginx\"]\n",
+    )
+    .unwrap();
+    let ids: Vec<String> = role.resources.iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(ids, ["file:/etc/nginx/nginx.conf", "service:nginx"]);
+    let file = &role.resources[0];
+    assert_eq!(
+        file.reload,
+        ["service:nginx".parse::<ResourceId>().unwrap()]
+    );
+    assert!(file.notify.is_empty());
+
+    let d = only_error(
+        "\n[[exec]]\nname = \"x\"\ncommand = \"true\"\nrefresh_only = true\n\n\
+         [[file]]\npath = \"/x\"\ncontent = \"\"\nreload = [\"exec:x\"]\n",
+    );
+    assert_eq!((d.line, d.field.as_deref()), (12, Some("reload")), "{d}");
+    assert_eq!(d.message, "exec:x cannot be reloaded: only services reload");
+
+    let d = only_error(
+        "\n[[service]]\nname = \"nginx\"\n\n[[file]]\npath = \"/x\"\ncontent = \"\"\nreload = [\"service:ngnix\"]\n",
+    );
+    assert_eq!(d.field.as_deref(), Some("reload"), "{d}");
+    assert_eq!(d.help.as_deref(), Some("did you mean `service:nginx`?"));
+}
+
+#[test]
 fn commands_insert_values_quoted_or_as_numbers() {
     let role = load(
         "\n[vars]\ndir = \"/srv/my app\"\nport = 8080\nevil = \"'; touch /tmp/pwned; '\"\n\n\

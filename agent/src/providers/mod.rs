@@ -50,6 +50,14 @@ pub struct ServiceStatus {
     pub enabled: Option<bool>,
 }
 
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    Reloaded,
+    /// The service cannot reload, so it was restarted.
+    Restarted,
+}
+
 /// Starts, stops and enables services.
 pub trait ServiceProvider {
     fn name(&self) -> &'static str;
@@ -62,6 +70,9 @@ pub trait ServiceProvider {
     fn start(&self, service: &str) -> Result<()>;
     fn stop(&self, service: &str) -> Result<()>;
     fn restart(&self, service: &str) -> Result<()>;
+    /// Reloads the configuration of a running service, or restarts it when
+    /// it cannot reload; says which.
+    fn reload(&self, service: &str) -> Result<Reloaded>;
     fn enable(&self, service: &str) -> Result<()>;
     fn disable(&self, service: &str) -> Result<()>;
 }

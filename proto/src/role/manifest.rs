@@ -35,6 +35,7 @@ pub(super) struct Decl {
     pub(super) spec: Spec,
     pub(super) requires: Vec<Spanned<String>>,
     pub(super) notify: Vec<Spanned<String>>,
+    pub(super) reload: Vec<Spanned<String>>,
     /// What its diagnostics are in: `[[file]] "/etc/motd"`.
     pub(super) context: String,
     pub(super) span: Range<usize>,
@@ -58,9 +59,11 @@ struct RawEdges {
     requires: Vec<Spanned<String>>,
     #[serde(default)]
     notify: Vec<Spanned<String>>,
+    #[serde(default)]
+    reload: Vec<Spanned<String>>,
 }
 
-const EDGE_FIELDS: [&str; 2] = ["requires", "notify"];
+const EDGE_FIELDS: [&str; 3] = ["requires", "notify", "reload"];
 
 /// serde's messages quote keys and values from the role; longer ones are cut.
 const MAX_SERDE_MESSAGE_CHARS: usize = 512;
@@ -198,7 +201,7 @@ fn read_section(
     }
 }
 
-/// Reads one table of kind `K`: `requires` and `notify` here, the rest by the
+/// Reads one table of kind `K`: `requires`, `notify` and `reload` here, the rest by the
 /// kind. `context` locates serde's errors (`[[file]] #2`); the kind's own
 /// checks name the resource instead.
 pub(super) fn read_resource<K: ResourceKind + Into<Spec>>(
@@ -233,6 +236,7 @@ pub(super) fn read_resource<K: ResourceKind + Into<Spec>>(
         spec,
         requires: edges.requires,
         notify: edges.notify,
+        reload: edges.reload,
         context: table.context,
         span,
         pending_content: table.pending_content,
