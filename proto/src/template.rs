@@ -675,6 +675,32 @@ mod tests {
     }
 
     #[test]
+    fn sh_quoting_gives_the_shell_back_the_very_string() {
+        let tricky = [
+            "",
+            "plain",
+            "two words",
+            "it's",
+            "''",
+            "'; touch /tmp/pwned; '",
+            "$(id) `id` ${HOME} $HOME",
+            "back\\slash \\' \"double\"",
+            "line\nbreak\ttab",
+            "glob * ? [a] ~",
+            "ünïcødé ✓",
+        ];
+        for s in tricky {
+            let quoted = sh_quote(s);
+            let out = std::process::Command::new("/bin/sh")
+                .args(["-c", &format!("printf %s {quoted}")])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{quoted}");
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), s, "{quoted}");
+        }
+    }
+
+    #[test]
     fn partials_decorators_and_log_are_refused_where_written() {
         let partial = "partials ({{> name}}) are not supported in role templates";
         // Two templates including each other used to recurse until the stack overflowed.
