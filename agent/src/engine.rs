@@ -1,10 +1,12 @@
 //! The engine: the only place that decides. For each resource, in the role's
 //! order: skip it if something it depends on failed; `check`; in noop mode,
 //! report; otherwise `apply`, `verify` (leftover drift is a failure), then do
-//! the refresh it owes. Refreshes owed are written to disk as soon as they are
-//! owed and removed once done, so a failed or interrupted run keeps them.
+//! the refresh it owes (a restart, or a reload when only reloads were asked).
+//! Refreshes owed are written to disk as soon as they are owed and removed
+//! once done, so a failed or interrupted run keeps them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
@@ -15,7 +17,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::progress::Observer;
 use crate::providers::Host;
-use crate::resources::{self, Drift};
+use crate::resources::{self, Drift, Refresh};
 use crate::state::StateDir;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -35,12 +37,12 @@ pub fn run(
     observer: &mut dyn Observer,
 ) -> Result<RunReport> {
     let started_at = now();
-    let mut pending: BTreeSet<String> = state.load_pending()?;
+    let mut pending: BTreeMap<String, Refresh> = state.load_pending()?;
     // A refresh owed to a resource the role no longer has cannot be done.
-    pending.retain(|id| role.resources.iter().any(|r| r.id.to_string() == *id));
+    pending.retain(|id, _| role.resources.iter().any(|r| r.id.to_string() == *id));
     let mut notifiers: HashMap<&ResourceId, Vec<&ResourceId>> = HashMap::new();
     for r in &role.resources {
-        for target in &r.notify {
+        for target in r.notify.iter().chain(&r.reload) {
             notifiers.entry(target).or_default().push(&r.id);
         }
     }
@@ -157,7 +159,7 @@ fn converge(
     host: &Host,
     state: &StateDir,
     opts: RunOptions,
-    pending: &mut BTreeSet<String>,
+    pending: &mut BTreeMap<String, Refresh>,
 ) -> Outcome {
     let res = resources::for_spec(&r.spec);
     let drift = match res.check(host) {
@@ -166,11 +168,13 @@ fn converge(
             return Outcome::failed(Drift::default(), e.context(format!("could not check {id}")));
         }
     };
-    let owes_refresh = pending.contains(id);
+    let owes_refresh = pending.get(id).copied();
 
     if opts.noop {
         let mut drift = drift;
-        if owes_refresh && let Some(change) = res.refresh_preview(&drift) {
+        if let Some(how) = owes_refresh
+            && let Some(change) = res.refresh_preview(&drift, how)
+        {
             drift.changes.push(change);
         }
         if drift.is_empty() {
@@ -183,7 +187,7 @@ fn converge(
         }
         // What this would notify owes a refresh for the rest of this noop run
         // only; nothing is written.
-        pending.extend(r.notify.iter().map(ToString::to_string));
+        owe_refreshes(r, pending);
         return Outcome {
             status: ResourceStatus::WouldChange,
             changes: drift.changes,
@@ -211,19 +215,15 @@ fn converge(
             Err(e) => return Outcome::failed(drift, e.context(format!("could not verify {id}"))),
         }
         applied = drift;
-        if !r.notify.is_empty() {
-            let before = pending.len();
-            pending.extend(r.notify.iter().map(ToString::to_string));
-            if pending.len() != before
-                && let Err(e) = state.save_pending(pending)
-            {
-                return Outcome::failed(applied, e);
-            }
+        if owe_refreshes(r, pending)
+            && let Err(e) = state.save_pending(pending)
+        {
+            return Outcome::failed(applied, e);
         }
     }
 
-    if owes_refresh {
-        match res.refresh(host, &applied) {
+    if let Some(how) = owes_refresh {
+        match res.refresh(host, &applied, how) {
             Ok(change) => {
                 pending.remove(id);
                 if let Err(e) = state.save_pending(pending) {
@@ -247,6 +247,32 @@ fn converge(
         diff: applied.diff,
         error: None,
     }
+}
+
+/// Records the refreshes `r` asks of others now that it changed: a restart
+/// for each it notifies, a reload for each it reloads; a restart already
+/// owed stays one. Returns whether anything new is owed.
+fn owe_refreshes(r: &cairn_proto::role::Resource, pending: &mut BTreeMap<String, Refresh>) -> bool {
+    let asked = r
+        .notify
+        .iter()
+        .map(|id| (id, Refresh::Restart))
+        .chain(r.reload.iter().map(|id| (id, Refresh::Reload)));
+    let mut changed = false;
+    for (id, how) in asked {
+        match pending.entry(id.to_string()) {
+            Entry::Vacant(e) => {
+                e.insert(how);
+                changed = true;
+            }
+            Entry::Occupied(mut e) if *e.get() < how => {
+                e.insert(how);
+                changed = true;
+            }
+            Entry::Occupied(_) => {}
+        }
+    }
+    changed
 }
 
 fn now() -> String {

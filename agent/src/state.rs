@@ -3,7 +3,7 @@
 //! there through [`StateDir::read`] and [`StateDir::write`] (the node's
 //! identity: [`crate::identity`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use nix::unistd::{getegid, geteuid};
 
 use crate::providers::FileSystem;
 use crate::providers::fs::{DirFd, FileKind, Ownership, Posix};
+use crate::resources::Refresh;
 
 pub const DEFAULT_DIR: &str = "/var/lib/cairn";
 const LOCK_FILE: &str = "agent.lock";
@@ -28,6 +29,24 @@ const PENDING_FILE: &str = "pending-refresh.json";
 pub struct StateDir {
     root: PathBuf,
     files: Posix,
+}
+
+/// The pending refreshes as written: `{"service:nginx": "reload", …}`, or,
+/// from an agent before reloads existed, a list of ids, each owing a restart.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Pending {
+    Asked(BTreeMap<String, Refresh>),
+    Restarts(BTreeSet<String>),
+}
+
+impl Pending {
+    fn into_map(self) -> BTreeMap<String, Refresh> {
+        match self {
+            Pending::Asked(map) => map,
+            Pending::Restarts(ids) => ids.into_iter().map(|id| (id, Refresh::Restart)).collect(),
+        }
+    }
 }
 
 /// Held for the whole run; the OS releases the lock when the process ends,
@@ -152,21 +171,23 @@ impl StateDir {
         self.files.write_atomic(&self.root.join(name), data, own)
     }
 
-    /// Resource ids that still owe a refresh from an earlier run.
-    pub fn load_pending(&self) -> Result<BTreeSet<String>> {
+    /// Resource ids that still owe a refresh from an earlier run, and which.
+    pub fn load_pending(&self) -> Result<BTreeMap<String, Refresh>> {
         let path = self.root.join(PENDING_FILE);
         if self.files.stat(&self.root)?.is_none() {
-            return Ok(BTreeSet::new());
+            return Ok(BTreeMap::new());
         }
         self.ensure()?;
         match self.files.stat_read(&path)? {
-            None => Ok(BTreeSet::new()),
-            Some((_, Some(data))) => serde_json::from_slice(&data).with_context(|| {
-                format!(
-                    "could not parse {} (delete it to drop pending refreshes)",
-                    path.display()
-                )
-            }),
+            None => Ok(BTreeMap::new()),
+            Some((_, Some(data))) => serde_json::from_slice::<Pending>(&data)
+                .map(Pending::into_map)
+                .with_context(|| {
+                    format!(
+                        "could not parse {} (delete it to drop pending refreshes)",
+                        path.display()
+                    )
+                }),
             Some((m, None)) => bail!(
                 "{} is a {}, not a file (delete it to drop pending refreshes)",
                 path.display(),
@@ -178,7 +199,7 @@ impl StateDir {
     /// Records the pending refreshes durably (write, fsync, rename, directory
     /// fsync) before the run goes on, so a crash cannot lose a promised
     /// restart.
-    pub fn save_pending(&self, pending: &BTreeSet<String>) -> Result<()> {
+    pub fn save_pending(&self, pending: &BTreeMap<String, Refresh>) -> Result<()> {
         self.ensure()?;
         let path = self.root.join(PENDING_FILE);
         let save = || -> Result<()> {
@@ -254,11 +275,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::new(dir.path());
         assert!(state.load_pending().unwrap().is_empty());
-        let set: BTreeSet<String> = ["service:nginx".to_string()].into();
-        state.save_pending(&set).unwrap();
-        assert_eq!(state.load_pending().unwrap(), set);
-        state.save_pending(&BTreeSet::new()).unwrap();
+        let owed: BTreeMap<String, Refresh> = [
+            ("service:nginx".to_string(), Refresh::Reload),
+            ("exec:migrate".to_string(), Refresh::Restart),
+        ]
+        .into();
+        state.save_pending(&owed).unwrap();
+        assert_eq!(state.load_pending().unwrap(), owed);
+        state.save_pending(&BTreeMap::new()).unwrap();
         assert!(!dir.path().join(PENDING_FILE).exists());
+    }
+
+    #[test]
+    fn pending_refreshes_written_before_reloads_existed_are_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        state
+            .write(PENDING_FILE, br#"["service:nginx"]"#, 0o600)
+            .unwrap();
+        let owed: BTreeMap<String, Refresh> =
+            [("service:nginx".to_string(), Refresh::Restart)].into();
+        assert_eq!(state.load_pending().unwrap(), owed);
     }
 
     #[test]
@@ -279,9 +316,9 @@ mod tests {
         symlink(&victim, dir.path().join("state").join(PENDING_FILE)).unwrap();
         let err = format!("{:#}", state.load_pending().unwrap_err());
         assert!(err.contains("is a link, not a file"), "{err}");
-        let set: BTreeSet<String> = ["service:x".to_string()].into();
-        state.save_pending(&set).unwrap();
-        assert_eq!(state.load_pending().unwrap(), set);
+        let owed: BTreeMap<String, Refresh> = [("service:x".to_string(), Refresh::Restart)].into();
+        state.save_pending(&owed).unwrap();
+        assert_eq!(state.load_pending().unwrap(), owed);
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 
         // The state directory itself as a link, or another user's; the

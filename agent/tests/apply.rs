@@ -545,3 +545,138 @@ fn sensitive_file_content_never_reaches_a_report() {
     );
     assert_eq!(sb.apply(&[]).code, 0);
 }
+
+#[test]
+fn file_validate_timeline() {
+    let sb = Sandbox::new();
+    let path = sb.p("script.sh");
+    let seen = sb.p("seen");
+    let id = format!("file:{path}");
+    // A real validator (the shell's own syntax check) that also records what
+    // it was given and insists on the mode the file will have.
+    let role = |content: &str| {
+        sb.role(&format!(
+            "[[file]]\npath = \"{path}\"\ncontent = \"{content}\"\nmode = \"0750\"\n\
+             validate = \"echo % >> {seen} && test -n \\\"$(find % -perm 0750)\\\" && /bin/sh -n %\"\n"
+        ))
+    };
+    let seen_lines = || {
+        fs::read_to_string(&seen)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let names = || {
+        let mut n: Vec<String> = fs::read_dir(sb.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        n.sort();
+        n
+    };
+
+    role("echo ok\\n");
+    let run = sb.apply(&["--noop"]);
+    assert_eq!(
+        (run.code, run.status(&id)),
+        (2, ResourceStatus::WouldChange)
+    );
+    assert!(!Path::new(&path).exists());
+    assert_eq!(seen_lines(), 0, "noop ran the validator");
+
+    let run = sb.apply(&[]);
+    assert_eq!(
+        (run.code, run.status(&id)),
+        (2, ResourceStatus::Changed),
+        "{:?}",
+        run.report
+    );
+    assert_eq!(fs::read_to_string(&path).unwrap(), "echo ok\n");
+    assert_eq!(mode(&path), 0o750);
+    // It saw the new content next to the file, under a temporary name now gone.
+    let given = fs::read_to_string(&seen).unwrap();
+    let given = Path::new(given.trim());
+    assert_eq!(given.parent(), Path::new(&path).parent());
+    let temp = given.file_name().unwrap().to_str().unwrap();
+    assert!(temp.starts_with(".script.sh.cairn-tmp."), "{temp}");
+    assert!(!given.exists());
+
+    let run = sb.apply(&[]);
+    assert_eq!((run.code, run.status(&id)), (0, ResourceStatus::Unchanged));
+    assert_eq!(seen_lines(), 1, "a converged file was validated again");
+
+    // Content the validator refuses: the live file stays, the new content is
+    // gone, and the error carries the validator's own words.
+    role("if then (\\n");
+    let run = sb.apply(&["--noop"]);
+    assert_eq!(
+        (run.code, run.status(&id)),
+        (2, ResourceStatus::WouldChange)
+    );
+    let run = sb.apply(&[]);
+    assert_eq!((run.code, run.status(&id)), (4, ResourceStatus::Failed));
+    let error = run.resource(&id).error.clone().unwrap();
+    for part in [
+        &format!("could not apply {id}"),
+        "refused the new content (exit status 2: ",
+        "Syntax error",
+        &format!("{path} is unchanged"),
+    ] {
+        assert!(error.contains(part), "{part:?} not in {error}");
+    }
+    assert_eq!(fs::read_to_string(&path).unwrap(), "echo ok\n");
+    assert_eq!(mode(&path), 0o750);
+    assert_eq!(names(), ["role", "script.sh", "seen", "state"]);
+    assert_eq!(seen_lines(), 2);
+
+    // Mode drift: the file is written anew, so it is validated again.
+    role("echo ok\\n");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+    let run = sb.apply(&[]);
+    assert_eq!((run.code, run.status(&id)), (2, ResourceStatus::Changed));
+    assert_eq!(mode(&path), 0o750);
+    assert_eq!(seen_lines(), 3);
+}
+
+#[test]
+fn values_in_commands_are_quoted_so_a_var_cannot_add_a_command() {
+    let sb = Sandbox::new();
+    let pwned = sb.p("pwned");
+    let dir = sb.p("my dir");
+    fs::create_dir(&dir).unwrap();
+    let vars = format!("[vars]\nevil = \"'; touch {pwned}; '\"\ndir = \"{dir}\"\ncount = 3\n\n");
+    sb.role(&format!(
+        "{vars}[[exec]]\nname = \"echo\"\ncommand = \"echo {{{{sh vars.evil}}}} {{{{vars.count}}}} > out\"\n\
+         cwd = \"{{{{vars.dir}}}}\"\nunless = \"test -e {{{{sh vars.dir}}}}/out\"\n"
+    ));
+    let run = sb.apply(&[]);
+    assert_eq!(
+        (run.code, run.status("exec:echo")),
+        (2, ResourceStatus::Changed)
+    );
+    assert_eq!(
+        fs::read_to_string(Path::new(&dir).join("out")).unwrap(),
+        format!("'; touch {pwned}; ' 3\n")
+    );
+    assert!(!Path::new(&pwned).exists(), "the var ran as a command");
+    let run = sb.apply(&[]);
+    assert_eq!(
+        (run.code, run.status("exec:echo")),
+        (0, ResourceStatus::Unchanged)
+    );
+
+    // Inserted without the helper, a string is refused before anything runs.
+    sb.role(&format!(
+        "{vars}[[exec]]\nname = \"raw\"\ncommand = \"echo {{{{vars.evil}}}}\"\n"
+    ));
+    let role = sb.dir.path().join("role");
+    let out = sb.cmd(&["apply", role.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[[exec]] \"raw\", field `command`")
+            && stderr.contains("write {{sh vars.evil}}"),
+        "{stderr}"
+    );
+    assert!(!Path::new(&pwned).exists());
+}

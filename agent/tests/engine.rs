@@ -13,7 +13,7 @@ use anyhow::{Result, anyhow, bail};
 use cairn_agent::providers::fs::{FileKind, Meta, Ownership};
 use cairn_agent::providers::process::Ran;
 use cairn_agent::providers::{
-    FileSystem, PackageProvider, Providers, ServiceProvider, ServiceStatus, Shell,
+    FileSystem, PackageProvider, Providers, Reloaded, ServiceProvider, ServiceStatus, Shell,
 };
 use cairn_agent::run::{Options, RunInput, run_once};
 use cairn_proto::bundle::RoleBundle;
@@ -42,6 +42,8 @@ struct World {
     commands: Vec<String>,
     /// The services the service provider learnt from the role in `prepare`.
     prepared: Vec<String>,
+    /// Services that cannot reload: a reload restarts them.
+    cannot_reload: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +179,15 @@ impl ServiceProvider for Fake {
         self.set(service, "restart", |s| s.running = true)
     }
 
+    fn reload(&self, service: &str) -> Result<Reloaded> {
+        if self.0.borrow().cannot_reload.contains(service) {
+            self.restart(service)?;
+            return Ok(Reloaded::Restarted);
+        }
+        self.set(service, "reload", |_| {})?;
+        Ok(Reloaded::Reloaded)
+    }
+
     fn enable(&self, service: &str) -> Result<()> {
         self.set(service, "enable", |s| s.enabled = Some(true))
     }
@@ -236,6 +247,17 @@ impl FileSystem for Fake {
         };
         self.world().files.insert(path.into(), file);
         Ok(())
+    }
+
+    fn write_atomic_checked(
+        &self,
+        path: &Path,
+        data: &[u8],
+        own: Ownership,
+        accept: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<()> {
+        accept(&path.with_extension("cairn-new"))?;
+        self.write_atomic(path, data, own)
     }
 
     fn create_dir(&self, path: &Path, own: Ownership) -> Result<()> {
@@ -527,6 +549,95 @@ fn a_refresh_comes_once_after_all_notifiers_and_only_on_change() {
     case.world.put_file("/etc/b", "tampered");
     let (_, changes) = case.apply_changes();
     assert_eq!(changes, ["write /etc/b", "restart web"]);
+}
+
+#[test]
+fn a_service_only_reloaded_reloads_and_a_restart_asked_by_anyone_wins() {
+    let case = Case::new(
+        "[[service]]\nname = \"web\"\nrunning = true\n\n\
+         [[file]]\npath = \"/etc/a\"\ncontent = \"a\"\nreload = [\"service:web\"]\n\n\
+         [[file]]\npath = \"/etc/b\"\ncontent = \"b\"\nreload = [\"service:web\"]\n\n\
+         [[file]]\npath = \"/etc/unit\"\ncontent = \"u\"\nnotify = [\"service:web\"]\n",
+    );
+    case.world.service("web", true, true);
+    case.world.put_file("/etc/unit", "u");
+
+    // Two reloads asked: one reload, after both.
+    let report = case.noop();
+    let web = report.resources.last().unwrap();
+    assert_eq!(
+        (web.status, web.changes[0].after.as_str()),
+        (WouldChange, "would reload")
+    );
+    let (report, changes) = case.apply_changes();
+    assert_eq!(changes, ["write /etc/a", "write /etc/b", "reload web"]);
+    let web = report.resources.last().unwrap();
+    assert_eq!((web.id.as_str(), web.status), ("service:web", Changed));
+    assert_eq!(web.changes[0].after, "reloaded");
+    let (_, changes) = case.apply_changes();
+    assert!(changes.is_empty(), "{changes:?}");
+
+    // A reload and a restart asked: the restart alone.
+    case.world.put_file("/etc/a", "tampered");
+    case.world.put_file("/etc/unit", "tampered");
+    let report = case.noop();
+    assert_eq!(
+        report.resources.last().unwrap().changes[0].after,
+        "would restart"
+    );
+    let (report, changes) = case.apply_changes();
+    assert_eq!(changes, ["write /etc/a", "write /etc/unit", "restart web"]);
+    assert_eq!(
+        report.resources.last().unwrap().changes[0].after,
+        "restarted"
+    );
+
+    // A unit that cannot reload is restarted, and the report says so.
+    case.world.world().cannot_reload.insert("web".into());
+    case.world.put_file("/etc/b", "tampered");
+    let (report, changes) = case.apply_changes();
+    assert_eq!(changes, ["write /etc/b", "restart web"]);
+    assert_eq!(
+        report.resources.last().unwrap().changes[0].after,
+        "restarted (the unit cannot reload)"
+    );
+}
+
+#[test]
+fn a_reload_owed_by_a_failed_run_stays_a_reload_until_a_restart_is_asked() {
+    let case = Case::new(
+        "[[exec]]\nname = \"gate\"\ncommand = \"gate\"\n\n\
+         [[service]]\nname = \"web\"\nrequires = [\"exec:gate\"]\n\n\
+         [[file]]\npath = \"/etc/web.conf\"\ncontent = \"v2\"\nreload = [\"service:web\"]\n\n\
+         [[file]]\npath = \"/etc/web.unit\"\ncontent = \"v2\"\nnotify = [\"service:web\"]\n",
+    );
+    case.world.service("web", true, true);
+    case.world.put_file("/etc/web.unit", "v2");
+    case.world.world().failing.insert("gate".into());
+    let (report, changes) = case.apply_changes();
+    assert_eq!(changes, ["write /etc/web.conf"]);
+    assert_eq!(report.resources.last().unwrap().status, Skipped);
+
+    // Still failing: the owed reload is kept; then a restart is asked on top.
+    case.world.put_file("/etc/web.unit", "v1");
+    let (_, changes) = case.apply_changes();
+    assert_eq!(changes, ["write /etc/web.unit"]);
+    case.world.world().failing.clear();
+    let (report, changes) = case.apply_changes();
+    assert_eq!(changes, ["restart web"]);
+    assert_eq!(
+        report.resources.last().unwrap().changes[0].after,
+        "restarted"
+    );
+
+    // A reload owed alone survives a failed run as a reload.
+    case.world.world().failing.insert("gate".into());
+    case.world.put_file("/etc/web.conf", "v1");
+    let (_, changes) = case.apply_changes();
+    assert_eq!(changes, ["write /etc/web.conf"]);
+    case.world.world().failing.clear();
+    let (_, changes) = case.apply_changes();
+    assert_eq!(changes, ["reload web"]);
 }
 
 #[test]

@@ -11,7 +11,7 @@
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use handlebars::template::{HelperTemplate, Parameter, Template, TemplateElement};
+use handlebars::template::{HelperTemplate, Parameter, Subexpression, Template, TemplateElement};
 use handlebars::{
     BlockContext, BlockParams, Context, Handlebars, Helper, HelperDef, HelperResult, JsonValue,
     Output, RenderContext, RenderError, RenderErrorReason, Renderable, to_json,
@@ -45,6 +45,19 @@ pub const MAX_ROLE_TAGS: usize = 10_000;
 /// Helpers a role may not call: `log` writes into the log of the agent or the
 /// server that renders the template.
 const REFUSED_HELPERS: [&str; 1] = ["log"];
+
+/// The quoting helper: `{{sh vars.dir}}` inserts a value as one word of a
+/// POSIX shell command.
+const SH_HELPER: &str = "sh";
+
+/// What every insertion into a command that is not `{{sh …}}` is made to go
+/// through (see [`Templates::add_command`]); the space keeps a role from
+/// calling it by name.
+const NUMBER_HELPER: &str = "number only";
+
+/// The block helpers a command template may use: they write nothing but
+/// their own body, which is checked as the rest of the command.
+const COMMAND_BLOCKS: [&str; 4] = ["if", "unless", "each", "with"];
 
 /// A template problem, located inside the template file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +98,8 @@ impl Templates {
         for helper in REFUSED_HELPERS {
             hb.unregister_helper(helper);
         }
+        hb.register_helper(SH_HELPER, Box::new(ShQuote));
+        hb.register_helper(NUMBER_HELPER, Box::new(NumberOnly));
         hb.register_helper(
             "each",
             Box::new(BoundedEach {
@@ -101,6 +116,25 @@ impl Templates {
     /// Parses and registers a template under `name`, refusing what roles may
     /// not use (see the module documentation).
     pub fn add(&mut self, name: &str, source: &str) -> Result<(), TemplateError> {
+        let template = self.compile(name, source)?;
+        self.hb.register_template(name, template);
+        Ok(())
+    }
+
+    /// Adds a template that renders a shell command: every value it inserts
+    /// goes through `{{sh …}}` (quoted as one word) or is a number, so no
+    /// value can add a command. Anything else inserted (a string, a list,
+    /// a helper's result) fails the render, naming the value and the fix.
+    /// Blocks other than `if`, `unless`, `each` and `with` are refused here.
+    pub fn add_command(&mut self, name: &str, source: &str) -> Result<(), TemplateError> {
+        let mut template = self.compile(name, source)?;
+        numbers_only(&mut template)?;
+        self.hb.register_template(name, template);
+        Ok(())
+    }
+
+    /// Parses `source`, refusing what roles may not use.
+    fn compile(&mut self, name: &str, source: &str) -> Result<Template, TemplateError> {
         let tags = check_nesting(source)?;
         if tags > self.tags_left {
             return Err(TemplateError {
@@ -123,8 +157,7 @@ impl Templates {
             }
         })?;
         check_elements(&template, 0)?;
-        self.hb.register_template(name, template);
-        Ok(())
+        Ok(template)
     }
 
     /// Renders `name`, stopping with an error (`too_large`) once the output
@@ -322,6 +355,157 @@ fn check_helper(
     Ok(())
 }
 
+/// Makes every insertion of `template` (a command) other than `{{sh …}}` go
+/// through [`NumberOnly`]: `{{x}}` becomes `{{NUMBER x}}`, and a helper call
+/// `{{h a b}}` becomes `{{NUMBER (h a b)}}`. Refuses blocks that are not
+/// [`COMMAND_BLOCKS`]. [`check_elements`] has bounded the nesting already.
+fn numbers_only(template: &mut Template) -> Result<(), TemplateError> {
+    for (i, element) in template.elements.iter_mut().enumerate() {
+        let (line, column) = template.mapping.get(i).map_or((1, 1), |m| (m.0, m.1));
+        match element {
+            TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) => {
+                if h.name.as_name() == Some(SH_HELPER) {
+                    continue;
+                }
+                let name = std::mem::replace(&mut h.name, Parameter::Name(NUMBER_HELPER.into()));
+                let inserted = if h.params.is_empty() && h.hash.is_empty() {
+                    name
+                } else {
+                    let params = std::mem::take(&mut h.params);
+                    let hash = std::mem::take(&mut h.hash);
+                    Parameter::Subexpression(Subexpression::new(name, params, hash))
+                };
+                h.params = vec![inserted];
+            }
+            TemplateElement::HelperBlock(h) => {
+                let name = h.name.as_name().unwrap_or_default();
+                if !COMMAND_BLOCKS.contains(&name) {
+                    return Err(TemplateError {
+                        line,
+                        column,
+                        message: format!(
+                            "the `{{{{#{name}}}}}` block cannot be used in a command; \
+                             `if`, `unless`, `each` and `with` can"
+                        ),
+                        too_large: false,
+                    });
+                }
+                for inner in [&mut h.template, &mut h.inverse].into_iter().flatten() {
+                    numbers_only(inner)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Quotes `s` as one word for a POSIX shell: in single quotes, where nothing
+/// is special but the single quote itself, written as `'\''`.
+pub fn sh_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    out.push_str(&s.replace('\'', r"'\''"));
+    out.push('\'');
+    out
+}
+
+/// The name a helper's argument was written as, for messages.
+fn shown_path(value: &handlebars::PathAndJson<'_>) -> String {
+    value
+        .relative_path()
+        .map_or_else(|| "the value".to_string(), |p| format!("`{p}`"))
+}
+
+/// What a JSON value is, for messages.
+fn json_kind(value: &JsonValue) -> &'static str {
+    match value {
+        JsonValue::Null => "null",
+        JsonValue::Bool(_) => "a boolean",
+        JsonValue::Number(_) => "a number",
+        JsonValue::String(_) => "a string",
+        JsonValue::Array(_) => "a list",
+        JsonValue::Object(_) => "a table",
+    }
+}
+
+/// `{{sh VALUE}}`: a string, number or boolean quoted as one shell word.
+struct ShQuote;
+
+impl HelperDef for ShQuote {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        r: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> HelperResult {
+        let (Some(value), None) = (h.param(0), h.param(1)) else {
+            return Err(
+                RenderErrorReason::Other("`sh` takes one value: {{sh vars.name}}".into()).into(),
+            );
+        };
+        if value.is_value_missing() && r.strict_mode() {
+            return Err(RenderError::strict_error(value.relative_path()));
+        }
+        let text = match value.value() {
+            JsonValue::String(s) => s.clone(),
+            v @ (JsonValue::Number(_) | JsonValue::Bool(_)) => v.to_string(),
+            other => {
+                return Err(RenderErrorReason::Other(format!(
+                    "`sh` quotes a string, a number or a boolean, and {} is {}",
+                    shown_path(value),
+                    json_kind(other)
+                ))
+                .into());
+            }
+        };
+        out.write(&sh_quote(&text))?;
+        Ok(())
+    }
+}
+
+/// What a command template inserts without `{{sh …}}`: only a number, which
+/// cannot hold a shell word of its own.
+struct NumberOnly;
+
+impl HelperDef for NumberOnly {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        r: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> HelperResult {
+        let value = h
+            .param(0)
+            .ok_or(RenderErrorReason::ParamNotFoundForIndex(NUMBER_HELPER, 0))?;
+        if value.is_value_missing() && r.strict_mode() {
+            return Err(RenderError::strict_error(value.relative_path()));
+        }
+        match value.value() {
+            JsonValue::Number(n) => {
+                out.write(&n.to_string())?;
+                Ok(())
+            }
+            other => {
+                let path = shown_path(value);
+                let fix = value
+                    .relative_path()
+                    .map_or_else(|| "{{sh …}}".to_string(), |p| format!("{{{{sh {p}}}}}"));
+                Err(RenderErrorReason::Other(format!(
+                    "{path} is {} and is inserted into a command unquoted; only numbers \
+                     may be: write {fix}",
+                    json_kind(other)
+                ))
+                .into())
+            }
+        }
+    }
+}
+
 /// The `{{#each}}` block helper, as Handlebars has it (`this`, `@index`,
 /// `@key`, `@first`, `@last`, block parameters `as |value key|`, `{{else}}`
 /// for an empty or missing list), except that each loop first takes its work
@@ -488,6 +672,32 @@ mod tests {
     fn refusal(source: &str) -> (usize, usize, String) {
         let e = Templates::new().add("t", source).unwrap_err();
         (e.line, e.column, e.message)
+    }
+
+    #[test]
+    fn sh_quoting_gives_the_shell_back_the_very_string() {
+        let tricky = [
+            "",
+            "plain",
+            "two words",
+            "it's",
+            "''",
+            "'; touch /tmp/pwned; '",
+            "$(id) `id` ${HOME} $HOME",
+            "back\\slash \\' \"double\"",
+            "line\nbreak\ttab",
+            "glob * ? [a] ~",
+            "ünïcødé ✓",
+        ];
+        for s in tricky {
+            let quoted = sh_quote(s);
+            let out = std::process::Command::new("/bin/sh")
+                .args(["-c", &format!("printf %s {quoted}")])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{quoted}");
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), s, "{quoted}");
+        }
     }
 
     #[test]

@@ -476,7 +476,7 @@ fn every_kind_loads_its_minimal_table_under_its_id() {
 }
 
 #[test]
-fn every_kind_takes_requires_and_notify_and_knows_them() {
+fn every_kind_takes_requires_notify_and_reload_and_knows_them() {
     for (kind, body, _) in MINIMAL {
         let d = errors(&[(
             "role.toml",
@@ -494,14 +494,14 @@ fn every_kind_takes_requires_and_notify_and_knows_them() {
         assert!(d[1].message.contains("invalid type"), "{}", d[1]);
         // Read apart from the kind's own fields, but listed with them.
         assert!(
-            d[2].message.ends_with("`requires`, `notify`"),
+            d[2].message.ends_with("`requires`, `notify`, `reload`"),
             "{kind}: {}",
             d[2]
         );
         assert!(
             d[2].help
                 .as_deref()
-                .is_some_and(|h| h.ends_with("requires, notify")),
+                .is_some_and(|h| h.ends_with("requires, notify, reload")),
             "{kind}: {}",
             d[2]
         );

@@ -254,7 +254,17 @@ impl FileSystem for Posix {
     }
 
     fn write_atomic(&self, path: &Path, data: &[u8], own: Ownership) -> Result<()> {
-        let write = || -> Result<()> {
+        self.write_atomic_checked(path, data, own, &mut |_| Ok(()))
+    }
+
+    fn write_atomic_checked(
+        &self,
+        path: &Path,
+        data: &[u8],
+        own: Ownership,
+        accept: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<()> {
+        let mut write = || -> Result<()> {
             let (dir, name) = self.parent_of(path)?;
             self.sweep(&dir, path)?;
             let (temp, fd) = create_temp(&dir, name)?;
@@ -270,6 +280,9 @@ impl FileSystem for Posix {
                 .context("could not set owner")?;
                 fchmod(&f, Mode::from_bits_truncate(own.mode)).context("could not set mode")?;
                 f.sync_all().context("could not sync")?;
+                // The temporary file as it will go live, under the path the
+                // resolver reached its directory by.
+                accept(&path.with_file_name(&temp))?;
                 // Replaces a link at `name` rather than writing through it.
                 renameat(&*dir, temp.as_os_str(), &*dir, name)
                     .context("could not rename into place")?;

@@ -50,6 +50,14 @@ pub struct ServiceStatus {
     pub enabled: Option<bool>,
 }
 
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    Reloaded,
+    /// The service cannot reload, so it was restarted.
+    Restarted,
+}
+
 /// Starts, stops and enables services.
 pub trait ServiceProvider {
     fn name(&self) -> &'static str;
@@ -62,6 +70,9 @@ pub trait ServiceProvider {
     fn start(&self, service: &str) -> Result<()>;
     fn stop(&self, service: &str) -> Result<()>;
     fn restart(&self, service: &str) -> Result<()>;
+    /// Reloads the configuration of a running service, or restarts it when
+    /// it cannot reload; says which.
+    fn reload(&self, service: &str) -> Result<Reloaded>;
     fn enable(&self, service: &str) -> Result<()>;
     fn disable(&self, service: &str) -> Result<()>;
 }
@@ -137,6 +148,17 @@ pub trait FileSystem {
     /// Replaces `path` (a link is replaced, never written through) with
     /// `data`, owned and moded as `own` says from its first moment.
     fn write_atomic(&self, path: &Path, data: &[u8], own: Ownership) -> Result<()>;
+    /// [`FileSystem::write_atomic`], where the new content, complete with
+    /// its owner and mode, replaces `path` only once `accept` succeeds on
+    /// the path it was written to. When `accept` fails, `path` is left as
+    /// it was, the new content is removed, and its error is returned.
+    fn write_atomic_checked(
+        &self,
+        path: &Path,
+        data: &[u8],
+        own: Ownership,
+        accept: &mut dyn FnMut(&Path) -> Result<()>,
+    ) -> Result<()>;
     fn create_dir(&self, path: &Path, own: Ownership) -> Result<()>;
     /// Changes the owner of `path` itself (links not followed).
     fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> Result<()>;

@@ -9,6 +9,10 @@ use anyhow::{Context, Result, bail};
 
 use super::Shell;
 
+/// How much of a command's stderr [`Ran::describe`] shows.
+pub const MAX_DESCRIBED_LINES: usize = 10;
+pub const MAX_DESCRIBED_BYTES: usize = 2048;
+
 /// The result of a command that ran to completion.
 #[derive(Debug)]
 pub struct Ran {
@@ -30,19 +34,32 @@ impl From<Output> for Ran {
 }
 
 impl Ran {
-    /// `exit status N` (or the signal), then the last lines of stderr.
+    /// `exit status N` (or the signal), then the last lines of stderr (at
+    /// most [`MAX_DESCRIBED_LINES`] and [`MAX_DESCRIBED_BYTES`]).
     pub fn describe(&self) -> String {
         let status = match self.code {
             Some(c) => format!("exit status {c}"),
             None => "killed by a signal".to_string(),
         };
-        let tail: Vec<&str> = self.stderr.trim_end().lines().rev().take(10).collect();
+        let tail: Vec<&str> = self
+            .stderr
+            .trim_end()
+            .lines()
+            .rev()
+            .take(MAX_DESCRIBED_LINES)
+            .collect();
         if tail.is_empty() {
-            status
-        } else {
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            format!("{status}: {}", tail.join("\n"))
+            return status;
         }
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let tail = tail.join("\n");
+        // The end is what says why; a line can be of any length.
+        let mut cut = tail.len().saturating_sub(MAX_DESCRIBED_BYTES);
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        let clipped = if cut > 0 { "…" } else { "" };
+        format!("{status}: {clipped}{}", &tail[cut..])
     }
 }
 
@@ -133,5 +150,19 @@ mod tests {
         let ran = SystemShell.run("pwd", Some(Path::new("/tmp"))).unwrap();
         assert_eq!(ran.stdout.trim(), "/tmp");
         assert!(find_program("sh").is_some());
+    }
+
+    #[test]
+    fn a_description_is_bounded_and_keeps_the_end() {
+        let ran = SystemShell
+            .run(
+                "head -c 100000 /dev/zero | tr '\\0' x >&2; echo ' the end' >&2; exit 1",
+                None,
+            )
+            .unwrap();
+        let d = ran.describe();
+        assert!(d.starts_with("exit status 1: …x"), "{d:.40}");
+        assert!(d.ends_with("x the end"), "{d}");
+        assert_eq!(d.len(), "exit status 1: …".len() + MAX_DESCRIBED_BYTES);
     }
 }

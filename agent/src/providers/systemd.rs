@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use cairn_proto::role::{Role, Spec};
 
 use super::process;
-use super::{Needs, ServiceProvider, ServiceStatus};
+use super::{Needs, Reloaded, ServiceProvider, ServiceStatus};
 
 /// Where systemd fits: where it is running. This is the check sd_booted(3)
 /// makes: systemd creates the directory at boot.
@@ -138,6 +138,23 @@ impl ServiceProvider for Systemd {
 
     fn restart(&self, service: &str) -> Result<()> {
         self.act("restart", service)
+    }
+
+    /// `reload-or-restart`, which decides on the unit as systemd has it
+    /// when the job runs; `CanReload`, read after, says which it did.
+    fn reload(&self, service: &str) -> Result<Reloaded> {
+        self.act("reload-or-restart", service)?;
+        let unit = unit_name(service);
+        let ran = process::run_ok(
+            "systemctl",
+            ["show", "--property=CanReload", "--value", unit.as_str()],
+            &[],
+        )
+        .with_context(|| format!("could not read whether {unit} can reload"))?;
+        Ok(match ran.stdout.trim() {
+            "yes" => Reloaded::Reloaded,
+            _ => Reloaded::Restarted,
+        })
     }
 
     fn enable(&self, service: &str) -> Result<()> {

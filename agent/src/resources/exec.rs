@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use cairn_proto::report::PropertyChange;
 use cairn_proto::role;
 
-use super::{Drift, Resource};
+use super::{Drift, Refresh, Resource};
 use crate::providers::Host;
 
 pub struct ExecResource<'a>(pub &'a role::Exec);
@@ -77,7 +77,8 @@ impl Resource for ExecResource<'_> {
         Ok(Drift::default())
     }
 
-    fn refresh(&self, host: &Host, applied: &Drift) -> Result<Option<PropertyChange>> {
+    /// An exec is only ever asked for the full refresh: it runs.
+    fn refresh(&self, host: &Host, applied: &Drift, _: Refresh) -> Result<Option<PropertyChange>> {
         // It already ran in this run; running it twice is never what was meant.
         if !applied.is_empty() || !self.guards_allow(host)? {
             return Ok(None);
@@ -86,7 +87,7 @@ impl Resource for ExecResource<'_> {
         Ok(Some(PropertyChange::new("refresh", "", "executed")))
     }
 
-    fn refresh_preview(&self, drift: &Drift) -> Option<PropertyChange> {
+    fn refresh_preview(&self, drift: &Drift, _: Refresh) -> Option<PropertyChange> {
         drift
             .is_empty()
             .then(|| PropertyChange::new("refresh", "", "would execute"))

@@ -1,10 +1,11 @@
 //! `[[file]]`: content (inline, template or source), owner, group and mode, or
 //! absence. A symbolic link at the path is replaced by a regular file, never
-//! written through.
+//! written through. With `validate`, new content goes live only once the
+//! command accepts it.
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use cairn_proto::diff::{self, Labels};
 use cairn_proto::role;
 
@@ -99,7 +100,24 @@ impl Resource for FileResource<'_> {
         // Keep what the role leaves unmanaged from the file being replaced.
         let old = files.stat(path)?.filter(|m| m.kind == FileKind::File);
         let own = self.perms().for_new(files, old, DEFAULT_MODE)?;
-        files.write_atomic(path, want, own)
+        if self.0.validate.is_none() {
+            return files.write_atomic(path, want, own);
+        }
+        files.write_atomic_checked(path, want, own, &mut |new| {
+            let new = new
+                .to_str()
+                .context("the new content's path is not UTF-8")?;
+            let command = self.0.validate_command(new).expect("validate is set");
+            let ran = host.shell().run(&command, None)?;
+            if !ran.success {
+                bail!(
+                    "`{command}` refused the new content ({}); {} is unchanged",
+                    ran.describe(),
+                    self.0.path
+                );
+            }
+            Ok(())
+        })
     }
 }
 

@@ -5,6 +5,7 @@
 use anyhow::Result;
 use cairn_proto::report::PropertyChange;
 use cairn_proto::role::Spec;
+use serde::{Deserialize, Serialize};
 
 use crate::providers::Host;
 
@@ -40,6 +41,17 @@ impl Drift {
     }
 }
 
+/// What a notification asks of its target. A restart asked by any notifier
+/// wins over reloads (the order of the variants says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Refresh {
+    /// Only a reload (`reload = [...]`): a service reloads its configuration.
+    Reload,
+    /// The full refresh (`notify = [...]`): a service restarts, an exec runs.
+    Restart,
+}
+
 /// The lifecycle every resource type implements. The engine calls, in order:
 /// `check`; if there is drift and the run is not a noop, `apply(drift)`; then
 /// `verify`, whose drift must be empty. `refresh` runs when a resource this one
@@ -57,20 +69,26 @@ pub trait Resource {
         self.check(host)
     }
 
-    /// Reacts to a notification: restart a service, run an exec. `applied` is
-    /// what this run already changed on the resource itself (a service that was
-    /// just started needs no restart). Returns the change made, if any.
-    /// Only kinds that [`Kind::refreshable`](cairn_proto::role::Kind::refreshable)
-    /// are ever notified; validation guarantees it.
-    fn refresh(&self, host: &Host, applied: &Drift) -> Result<Option<PropertyChange>> {
-        let _ = (host, applied);
+    /// Reacts to a notification: restart or reload a service, run an exec,
+    /// as `how` asks. `applied` is what this run already changed on the
+    /// resource itself (a service that was just started needs no restart).
+    /// Returns the change made, if any. Only kinds that
+    /// [`Kind::refreshable`](cairn_proto::role::Kind::refreshable) are ever
+    /// notified, and only services asked to reload; validation guarantees it.
+    fn refresh(
+        &self,
+        host: &Host,
+        applied: &Drift,
+        how: Refresh,
+    ) -> Result<Option<PropertyChange>> {
+        let _ = (host, applied, how);
         Ok(None)
     }
 
     /// What `refresh` would do after the changes in `drift`, for noop
     /// reports; the same rules as `refresh`.
-    fn refresh_preview(&self, drift: &Drift) -> Option<PropertyChange> {
-        let _ = drift;
+    fn refresh_preview(&self, drift: &Drift, how: Refresh) -> Option<PropertyChange> {
+        let _ = (drift, how);
         None
     }
 }

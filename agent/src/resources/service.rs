@@ -1,12 +1,12 @@
-//! `[[service]]`: running and enabled state. Notified, it restarts, unless this
-//! run just started it.
+//! `[[service]]`: running and enabled state. Notified, it restarts (or
+//! reloads, when only asked to reload), unless this run just started it.
 
 use anyhow::{Result, bail};
 use cairn_proto::report::PropertyChange;
 use cairn_proto::role;
 
-use super::{Drift, Resource};
-use crate::providers::Host;
+use super::{Drift, Refresh, Resource};
+use crate::providers::{Host, Reloaded};
 
 pub struct ServiceResource<'a>(pub &'a role::Service);
 
@@ -70,7 +70,12 @@ impl Resource for ServiceResource<'_> {
         Ok(())
     }
 
-    fn refresh(&self, host: &Host, applied: &Drift) -> Result<Option<PropertyChange>> {
+    fn refresh(
+        &self,
+        host: &Host,
+        applied: &Drift,
+        how: Refresh,
+    ) -> Result<Option<PropertyChange>> {
         let s = self.0;
         // A service declared stopped stays stopped; one just started already
         // runs the new configuration.
@@ -81,12 +86,25 @@ impl Resource for ServiceResource<'_> {
         if s.running.is_none() && !services.status(&s.name)?.running {
             return Ok(None);
         }
-        services.restart(&s.name)?;
-        Ok(Some(PropertyChange::new("refresh", "", "restarted")))
+        let done = match how {
+            Refresh::Restart => {
+                services.restart(&s.name)?;
+                "restarted"
+            }
+            Refresh::Reload => match services.reload(&s.name)? {
+                Reloaded::Reloaded => "reloaded",
+                Reloaded::Restarted => "restarted (the unit cannot reload)",
+            },
+        };
+        Ok(Some(PropertyChange::new("refresh", "", done)))
     }
 
-    fn refresh_preview(&self, drift: &Drift) -> Option<PropertyChange> {
+    fn refresh_preview(&self, drift: &Drift, how: Refresh) -> Option<PropertyChange> {
+        let would = match how {
+            Refresh::Restart => "would restart",
+            Refresh::Reload => "would reload",
+        };
         (self.0.running != Some(false) && !drift.has("running"))
-            .then(|| PropertyChange::new("refresh", "", "would restart"))
+            .then(|| PropertyChange::new("refresh", "", would))
     }
 }

@@ -1,5 +1,6 @@
-//! File content named by `template` or `source`: read from the role once every
-//! table is read, templates rendered with the node's facts.
+//! File content named by `template` or `source`, and fields that are
+//! templates themselves (an exec's `command`, guards and `cwd`): read from the
+//! role once every table is read, templates rendered with the node's facts.
 
 use std::collections::HashSet;
 
@@ -8,10 +9,10 @@ use toml::Spanned;
 use super::Spec;
 use super::diagnostic::{Diagnostic, Diags, clip};
 use super::manifest::{Decl, Meta};
-use super::rules::check_rel_path;
+use super::rules::{check_abs_path, check_rel_path};
 use crate::bundle::RoleBundle;
 use crate::facts::Facts;
-use crate::template::{MAX_RENDERED_BYTES, Templates};
+use crate::template::{MAX_RENDERED_BYTES, TemplateError, Templates};
 
 /// The most all of a role's templates may render to together: the same
 /// template may be used by many files.
@@ -51,7 +52,57 @@ impl PendingContent {
     }
 }
 
-/// Reads every pending content into its file's spec.
+/// The longest command: Linux takes no single argument longer
+/// (`MAX_ARG_STRLEN`, 32 pages, counting the final NUL), and a command is
+/// one argument of `/bin/sh -c`.
+pub const MAX_COMMAND_BYTES: usize = (128 << 10) - 1;
+
+/// A field of a resource that is a template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum TextField {
+    Command,
+    Unless,
+    Onlyif,
+    Cwd,
+}
+
+impl TextField {
+    fn name(self) -> &'static str {
+        match self {
+            TextField::Command => "command",
+            TextField::Unless => "unless",
+            TextField::Onlyif => "onlyif",
+            TextField::Cwd => "cwd",
+        }
+    }
+
+    /// Whether it runs in a shell, so that it may insert values only through
+    /// `{{sh …}}` or as numbers; a `cwd` is a path, values go in as they are.
+    fn is_command(self) -> bool {
+        self != TextField::Cwd
+    }
+}
+
+/// A field whose text is a template, rendered once every table is read.
+pub(super) struct PendingText {
+    field: TextField,
+    text: Spanned<String>,
+}
+
+impl PendingText {
+    pub(super) fn new(field: TextField, text: Spanned<String>) -> Self {
+        PendingText { field, text }
+    }
+
+    /// Whether `text` is a template: it has a tag. Text without one renders
+    /// as itself, and is taken as it is.
+    pub(super) fn is_template(text: &Spanned<String>) -> bool {
+        text.get_ref().contains("{{")
+    }
+}
+
+/// Reads every pending content into its file's spec, and renders every
+/// templated field into its resource's spec.
 pub(super) fn resolve(
     diags: &mut Diags<'_>,
     bundle: &RoleBundle,
@@ -67,6 +118,14 @@ pub(super) fn resolve(
         "role": { "name": meta.name, "description": meta.description },
     });
     let mut rendered_left = MAX_ROLE_RENDERED_BYTES;
+    // Apart from the role's template files, so no name can collide; their
+    // own budgets bound these as those bound the files.
+    let mut texts = Templates::new();
+    for d in decls.iter_mut() {
+        for pending in std::mem::take(&mut d.pending_texts) {
+            render_text(diags, &mut texts, &data, d, pending);
+        }
+    }
     for d in decls {
         let Some(pending) = d.pending_content.take() else {
             continue;
@@ -80,6 +139,83 @@ pub(super) fn resolve(
             f.content = Some(content);
         }
     }
+}
+
+/// Renders the templated field `pending` of `d` into `d`'s spec, or reports
+/// why it cannot.
+fn render_text(
+    diags: &mut Diags<'_>,
+    texts: &mut Templates,
+    data: &serde_json::Value,
+    d: &mut Decl,
+    pending: PendingText,
+) {
+    let PendingText { field, text } = pending;
+    let name = format!("{} {}", d.id, field.name());
+    let (added, max) = if field.is_command() {
+        (texts.add_command(&name, text.get_ref()), MAX_COMMAND_BYTES)
+    } else {
+        (
+            texts.add(&name, text.get_ref()),
+            super::rules::MAX_PATH_BYTES,
+        )
+    };
+    let report = |diags: &mut Diags<'_>, message: String, help: &str| {
+        diags.error(
+            text.span(),
+            Some(&d.context),
+            Some(field.name()),
+            message,
+            Some(help.into()),
+        )
+    };
+    let help = if field.is_command() {
+        "a command sees `facts`, `vars` and `role`; insert a value with {{sh vars.name}}, \
+         which quotes it as one shell word"
+    } else {
+        "`cwd` sees `facts`, `vars` and `role`; an undefined name is an error"
+    };
+    let at = |e: &TemplateError| {
+        if e.line > 1 {
+            format!(
+                " (line {}, column {} of `{}`)",
+                e.line,
+                e.column,
+                field.name()
+            )
+        } else {
+            format!(" (column {} of `{}`)", e.column, field.name())
+        }
+    };
+    if let Err(e) = added {
+        let message = format!("template syntax error: {}{}", e.message, at(&e));
+        return report(diags, message, help);
+    }
+    let rendered = match texts.render(&name, data, max) {
+        Ok(r) => r,
+        Err(e) if e.too_large => {
+            let message = format!("`{}` renders to more than {max} bytes", field.name());
+            return report(diags, message, help);
+        }
+        Err(e) => return report(diags, format!("{}{}", e.message, at(&e)), help),
+    };
+    if field == TextField::Cwd
+        && let Err(why) = check_abs_path(&rendered)
+    {
+        let message = format!("invalid path {:?}: {why}", clip(&rendered));
+        let help = "`cwd` is a path, not a command: values go in as they are, without {{sh …}}";
+        return report(diags, message, help);
+    }
+    let Spec::Exec(e) = &mut d.spec else {
+        unreachable!("only execs have templated fields")
+    };
+    let slot = match field {
+        TextField::Command => &mut e.command,
+        TextField::Unless => e.unless.get_or_insert_default(),
+        TextField::Onlyif => e.onlyif.get_or_insert_default(),
+        TextField::Cwd => e.cwd.get_or_insert_default(),
+    };
+    *slot = rendered;
 }
 
 /// Compiles every template, so a syntax error is caught even in a template

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::content::PendingContent;
+use super::content::{PendingContent, PendingText};
 use super::diagnostic::{Diags, clip, clip_to, suggest};
 use super::id::ResourceId;
 use super::kinds::{self, Kind, ResourceKind, Spec};
@@ -35,10 +35,12 @@ pub(super) struct Decl {
     pub(super) spec: Spec,
     pub(super) requires: Vec<Spanned<String>>,
     pub(super) notify: Vec<Spanned<String>>,
+    pub(super) reload: Vec<Spanned<String>>,
     /// What its diagnostics are in: `[[file]] "/etc/motd"`.
     pub(super) context: String,
     pub(super) span: Range<usize>,
     pub(super) pending_content: Option<PendingContent>,
+    pub(super) pending_texts: Vec<PendingText>,
 }
 
 #[derive(Deserialize)]
@@ -57,9 +59,11 @@ struct RawEdges {
     requires: Vec<Spanned<String>>,
     #[serde(default)]
     notify: Vec<Spanned<String>>,
+    #[serde(default)]
+    reload: Vec<Spanned<String>>,
 }
 
-const EDGE_FIELDS: [&str; 2] = ["requires", "notify"];
+const EDGE_FIELDS: [&str; 3] = ["requires", "notify", "reload"];
 
 /// serde's messages quote keys and values from the role; longer ones are cut.
 const MAX_SERDE_MESSAGE_CHARS: usize = 512;
@@ -197,7 +201,7 @@ fn read_section(
     }
 }
 
-/// Reads one table of kind `K`: `requires` and `notify` here, the rest by the
+/// Reads one table of kind `K`: `requires`, `notify` and `reload` here, the rest by the
 /// kind. `context` locates serde's errors (`[[file]] #2`); the kind's own
 /// checks name the resource instead.
 pub(super) fn read_resource<K: ResourceKind + Into<Spec>>(
@@ -232,9 +236,11 @@ pub(super) fn read_resource<K: ResourceKind + Into<Spec>>(
         spec,
         requires: edges.requires,
         notify: edges.notify,
+        reload: edges.reload,
         context: table.context,
         span,
         pending_content: table.pending_content,
+        pending_texts: table.pending_texts,
     })
 }
 

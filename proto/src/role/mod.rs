@@ -46,7 +46,12 @@ pub struct Resource {
     /// Declared `requires` plus implicit ones (managed parent directory, owner
     /// user, group): what must converge first, and whose failure skips this one.
     pub requires: Vec<ResourceId>,
+    /// Resources that refresh after this one changes: a service restarts,
+    /// an exec runs.
     pub notify: Vec<ResourceId>,
+    /// Services that reload after this one changes (a restart asked by
+    /// another resource wins).
+    pub reload: Vec<ResourceId>,
     pub location: Location,
 }
 
@@ -57,7 +62,7 @@ pub struct Role {
     pub vars: serde_json::Value,
     pub digest: String,
     /// In convergence order: by type, then declaration order, reordered by
-    /// `requires` and `notify` edges.
+    /// `requires`, `notify` and `reload` edges.
     pub resources: Vec<Resource>,
 }
 

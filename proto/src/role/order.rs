@@ -1,10 +1,11 @@
-//! References between resources (`requires`, `notify`, implicit edges), cycles,
-//! and the order a run converges them in.
+//! References between resources (`requires`, `notify`, `reload`, implicit
+//! edges), cycles, and the order a run converges them in.
 
 use std::collections::{BinaryHeap, HashMap};
 
 use super::diagnostic::{Diags, clip, suggest};
 use super::id::ResourceId;
+use super::kinds::Kind;
 use super::manifest::Decl;
 use super::{Location, Resource};
 
@@ -38,7 +39,7 @@ pub(super) fn order(diags: &mut Diags<'_>, decls: Vec<Decl>) -> Vec<Resource> {
         .enumerate()
         .map(|(i, d)| (d.id.clone(), i))
         .collect();
-    let (mut requires, mut notify) = references(diags, &decls, &ids);
+    let [mut requires, mut notify, mut reload] = references(diags, &decls, &ids);
     for (i, d) in decls.iter().enumerate() {
         for id in d.spec.implicit_requires() {
             if ids.contains_key(&id) && id != d.id && !requires[i].contains(&id) {
@@ -49,7 +50,13 @@ pub(super) fn order(diags: &mut Diags<'_>, decls: Vec<Decl>) -> Vec<Resource> {
     if diags.any() {
         return Vec::new();
     }
-    let order = match topological(&decls, &ids, &requires, &notify) {
+    // A reload orders as a notify does: the service after what reloads it.
+    let refreshes: Vec<Vec<ResourceId>> = notify
+        .iter()
+        .zip(&reload)
+        .map(|(n, r)| n.iter().chain(r).cloned().collect())
+        .collect();
+    let order = match topological(&decls, &ids, &requires, &refreshes) {
         Ok(order) => order,
         Err(cycle) => {
             let names: Vec<String> = cycle.iter().map(|&i| decls[i].id.to_string()).collect();
@@ -60,7 +67,7 @@ pub(super) fn order(diags: &mut Diags<'_>, decls: Vec<Decl>) -> Vec<Resource> {
                 None,
                 format!("dependency cycle: {} → {}", names.join(" → "), names[0]),
                 Some(
-                    "`requires` and `notify` both order resources; remove one edge of the cycle"
+                    "`requires`, `notify` and `reload` all order resources; remove one edge of the cycle"
                         .into(),
                 ),
             );
@@ -82,24 +89,28 @@ pub(super) fn order(diags: &mut Diags<'_>, decls: Vec<Decl>) -> Vec<Resource> {
                 spec: d.spec,
                 requires: std::mem::take(&mut requires[i]),
                 notify: std::mem::take(&mut notify[i]),
+                reload: std::mem::take(&mut reload[i]),
             }
         })
         .collect()
 }
 
-/// Each resource's declared `requires` and `notify`, checked: declared in the
-/// role, not itself, and only refreshable kinds notified.
+/// Each resource's declared `requires`, `notify` and `reload`, checked:
+/// declared in the role, not itself, only refreshable kinds notified and only
+/// services reloaded.
 fn references(
     diags: &mut Diags<'_>,
     decls: &[Decl],
     ids: &HashMap<ResourceId, usize>,
-) -> (Vec<Vec<ResourceId>>, Vec<Vec<ResourceId>>) {
+) -> [Vec<Vec<ResourceId>>; 3] {
     let mut requires: Vec<Vec<ResourceId>> = vec![Vec::new(); decls.len()];
     let mut notify: Vec<Vec<ResourceId>> = vec![Vec::new(); decls.len()];
+    let mut reload: Vec<Vec<ResourceId>> = vec![Vec::new(); decls.len()];
     for (i, d) in decls.iter().enumerate() {
         for (field, refs, out) in [
             ("requires", &d.requires, &mut requires[i]),
             ("notify", &d.notify, &mut notify[i]),
+            ("reload", &d.reload, &mut reload[i]),
         ] {
             for r in refs {
                 let mut push = |message: String, help: Option<String>| {
@@ -134,13 +145,20 @@ fn references(
                     );
                     continue;
                 }
+                if field == "reload" && id.kind != Kind::Service {
+                    push(
+                        format!("{id} cannot be reloaded: only services reload"),
+                        Some("use `notify` to run an exec when this changes".into()),
+                    );
+                    continue;
+                }
                 if !out.contains(&id) {
                     out.push(id);
                 }
             }
         }
     }
-    (requires, notify)
+    [requires, notify, reload]
 }
 
 /// Kahn's algorithm, always taking the ready resource that comes first by
@@ -150,7 +168,7 @@ fn topological(
     decls: &[Decl],
     ids: &HashMap<ResourceId, usize>,
     requires: &[Vec<ResourceId>],
-    notify: &[Vec<ResourceId>],
+    refreshes: &[Vec<ResourceId>],
 ) -> Result<Vec<usize>, Vec<usize>> {
     let n = decls.len();
     let mut after: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -160,7 +178,7 @@ fn topological(
             after[ids[dep]].push(i);
             indegree[i] += 1;
         }
-        for target in &notify[i] {
+        for target in &refreshes[i] {
             after[i].push(ids[target]);
             indegree[ids[target]] += 1;
         }

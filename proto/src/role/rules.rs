@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::content::PendingContent;
+use super::content::{PendingContent, PendingText};
 use super::diagnostic::{Diags, clip};
 
 /// The longest path the kernel takes (`PATH_MAX`, counting the final NUL).
@@ -120,6 +120,8 @@ pub(super) struct Table<'t, 'a> {
     /// Content to read from a template or a source once every table is read
     /// (a template sees every var, wherever `[vars]` is written).
     pub(super) pending_content: Option<PendingContent>,
+    /// Fields that are templates, rendered once every table is read.
+    pub(super) pending_texts: Vec<PendingText>,
 }
 
 impl<'t, 'a> Table<'t, 'a> {
@@ -135,6 +137,7 @@ impl<'t, 'a> Table<'t, 'a> {
             span,
             dropped,
             pending_content: None,
+            pending_texts: Vec::new(),
         }
     }
 

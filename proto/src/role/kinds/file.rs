@@ -1,6 +1,7 @@
 //! `[[file]]`: a file's content (given, from a template or from a source),
-//! owner, group and mode, or its absence. It follows its parent directories,
-//! owner and group.
+//! owner, group and mode, or its absence, and a command that must accept new
+//! content before it goes live. It follows its parent directories, owner and
+//! group.
 
 use std::ops::Range;
 
@@ -23,6 +24,19 @@ pub struct File {
     pub mode: Option<u32>,
     /// The content is secret: reports show that it changed, never what it is.
     pub sensitive: bool,
+    /// A shell command that must succeed on the new content before it
+    /// replaces the file; each `%` in it stands for the path of the new
+    /// content (see [`File::validate_command`]).
+    pub validate: Option<String>,
+}
+
+impl File {
+    /// The `validate` command for new content at `path`: each `%` replaced
+    /// by `path`, quoted as one shell word.
+    pub fn validate_command(&self, path: &str) -> Option<String> {
+        let quoted = crate::template::sh_quote(path);
+        self.validate.as_ref().map(|v| v.replace('%', &quoted))
+    }
 }
 
 #[derive(Deserialize)]
@@ -38,6 +52,7 @@ pub(in crate::role) struct RawFile {
     mode: Option<Spanned<String>>,
     #[serde(default)]
     sensitive: bool,
+    validate: Option<Spanned<String>>,
 }
 
 const CONTENT_FIELDS: [&str; 3] = ["content", "template", "source"];
@@ -90,6 +105,26 @@ impl ResourceKind for File {
                 Some("keep one of them".into()),
             );
         }
+        if let Some(v) = &r.validate {
+            if absent {
+                t.error(
+                    v.span(),
+                    Some("validate"),
+                    "`validate` cannot be set on a file with state = \"absent\"",
+                    None,
+                );
+            } else if !v.get_ref().contains('%') {
+                t.error(
+                    v.span(),
+                    Some("validate"),
+                    "the `validate` command does not name the new content: `%` is missing",
+                    Some(
+                        "write `%` where the path of the new content goes, as in \"visudo -cf %\""
+                            .into(),
+                    ),
+                );
+            }
+        }
         let content = if absent {
             None
         } else {
@@ -111,6 +146,7 @@ impl ResourceKind for File {
             group: t.account(r.group, "group"),
             mode: t.mode(r.mode),
             sensitive: r.sensitive,
+            validate: r.validate.map(Spanned::into_inner),
         }
     }
 

@@ -38,11 +38,12 @@ pub enum Presence {
     Absent,
 }
 
-/// What each kind's file gives the loader. The loader reads `requires` and
-/// `notify`, which every kind has, and hands the rest of the table to the kind.
+/// What each kind's file gives the loader. The loader reads `requires`,
+/// `notify` and `reload`, which every kind has, and hands the rest of the
+/// table to the kind.
 pub(super) trait ResourceKind: Sized {
-    /// The table as written, without `requires` and `notify`; it denies
-    /// unknown fields, so a typo is an error.
+    /// The table as written, without `requires`, `notify` and `reload`; it
+    /// denies unknown fields, so a typo is an error.
     type Raw: DeserializeOwned;
     /// Whether the kind reacts to a refresh, so `notify` may name it.
     const REFRESHABLE: bool = false;

@@ -1,0 +1,215 @@
+//! `validate` on files, `reload` edges, and values in exec commands: what a
+//! role may write, and every refusal located at its file, line and field.
+
+use cairn_proto::facts::Facts;
+use cairn_proto::role::{self, Diagnostic, ResourceId, Role, Spec, bundle_from_files};
+
+const HEAD: &str = "[role]\nname = \"t\"\n";
+
+fn load(toml: &str) -> Result<Role, Vec<Diagnostic>> {
+    let toml = format!("{HEAD}{toml}");
+    role::load(
+        &bundle_from_files([("role.toml", toml.as_str())]),
+        &Facts::placeholder(),
+    )
+    .map_err(|d| d.0)
+}
+
+/// The one diagnostic of a role with a single problem.
+fn only_error(toml: &str) -> Diagnostic {
+    let d = load(toml).expect_err("the role was accepted");
+    assert_eq!(d.len(), 1, "expected one error, got: {d:#?}");
+    d.into_iter().next().unwrap()
+}
+
+fn exec(role: &Role, name: &str) -> cairn_proto::role::Exec {
+    let id: ResourceId = format!("exec:{name}").parse().unwrap();
+    match &role.get(&id).unwrap().spec {
+        Spec::Exec(e) => e.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn validate_needs_the_placeholder_and_content() {
+    let role = load(
+        "\n[[file]]\npath = \"/etc/sudoers.d/ops\"\ncontent = \"x\"\nvalidate = \"visudo -cf %\"\n",
+    )
+    .unwrap();
+    let Spec::File(f) = &role.resources[0].spec else {
+        panic!()
+    };
+    assert_eq!(f.validate.as_deref(), Some("visudo -cf %"));
+    // The path is quoted as one shell word wherever `%` is.
+    assert_eq!(
+        f.validate_command("/etc/sudoers.d/.ops it's").as_deref(),
+        Some(r"visudo -cf '/etc/sudoers.d/.ops it'\''s'")
+    );
+
+    let d = only_error("\n[[file]]\npath = \"/x\"\ncontent = \"\"\nvalidate = \"visudo -c\"\n");
+    assert_eq!((d.line, d.field.as_deref()), (7, Some("validate")), "{d}");
+    assert!(d.message.contains("`%` is missing"), "{d}");
+    assert!(d.help.as_deref().unwrap().contains("visudo -cf %"), "{d}");
+
+    let d = only_error("\n[[file]]\npath = \"/x\"\nstate = \"absent\"\nvalidate = \"true %\"\n");
+    assert_eq!((d.line, d.field.as_deref()), (7, Some("validate")), "{d}");
+    assert!(d.message.contains("state = \"absent\""), "{d}");
+}
+
+#[test]
+fn reload_names_services_and_orders_them_after_the_reloader() {
+    let role = load(
+        "\n[[service]]\nname = \"nginx\"\n\n\
+         [[file]]\npath = \"/etc/nginx/nginx.conf\"\ncontent = \"x\"\nreload = [\"service:nginx\"]\n",
+    )
+    .unwrap();
+    let ids: Vec<String> = role.resources.iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(ids, ["file:/etc/nginx/nginx.conf", "service:nginx"]);
+    let file = &role.resources[0];
+    assert_eq!(
+        file.reload,
+        ["service:nginx".parse::<ResourceId>().unwrap()]
+    );
+    assert!(file.notify.is_empty());
+
+    let d = only_error(
+        "\n[[exec]]\nname = \"x\"\ncommand = \"true\"\nrefresh_only = true\n\n\
+         [[file]]\npath = \"/x\"\ncontent = \"\"\nreload = [\"exec:x\"]\n",
+    );
+    assert_eq!((d.line, d.field.as_deref()), (12, Some("reload")), "{d}");
+    assert_eq!(d.message, "exec:x cannot be reloaded: only services reload");
+
+    let d = only_error(
+        "\n[[service]]\nname = \"nginx\"\n\n[[file]]\npath = \"/x\"\ncontent = \"\"\nreload = [\"service:ngnix\"]\n",
+    );
+    assert_eq!(d.field.as_deref(), Some("reload"), "{d}");
+    assert_eq!(d.help.as_deref(), Some("did you mean `service:nginx`?"));
+}
+
+#[test]
+fn commands_insert_values_quoted_or_as_numbers() {
+    let role = load(
+        "\n[vars]\ndir = \"/srv/my app\"\nport = 8080\nevil = \"'; touch /tmp/pwned; '\"\n\n\
+         [[exec]]\nname = \"x\"\n\
+         command = \"mkdir -p {{sh vars.dir}} && echo {{vars.port}} {{sh vars.evil}} {{sh facts.hostname}}\"\n\
+         unless = \"test -d {{sh vars.dir}}\"\n\
+         onlyif = \"test {{vars.port}} -gt 1024\"\n\
+         cwd = \"{{vars.dir}}/{{vars.port}}\"\n",
+    )
+    .unwrap();
+    let e = exec(&role, "x");
+    let host = Facts::placeholder().hostname;
+    assert_eq!(
+        e.command,
+        format!("mkdir -p '/srv/my app' && echo 8080 ''\\''; touch /tmp/pwned; '\\''' '{host}'")
+    );
+    assert_eq!(e.unless.as_deref(), Some("test -d '/srv/my app'"));
+    assert_eq!(e.onlyif.as_deref(), Some("test 8080 -gt 1024"));
+    // A working directory is a path: values go in as they are.
+    assert_eq!(e.cwd.as_deref(), Some("/srv/my app/8080"));
+    // Blocks may choose what to run; what they insert follows the same rule.
+    let role = load(
+        "\n[vars]\nfiles = [\"a b\", \"c\"]\nverbose = true\n\n[[exec]]\nname = \"x\"\n\
+         command = \"ls {{#if vars.verbose}}-l {{/if}}{{#each vars.files}}{{sh this}} {{/each}}\"\n",
+    )
+    .unwrap();
+    assert_eq!(exec(&role, "x").command, "ls -l 'a b' 'c' ");
+    // Text without a tag is taken as it is.
+    let role = load("\n[[exec]]\nname = \"x\"\ncommand = \"awk '{print $1}' f\"\n").unwrap();
+    assert_eq!(exec(&role, "x").command, "awk '{print $1}' f");
+}
+
+#[test]
+fn a_value_other_than_a_number_inserted_unquoted_is_refused_at_its_field() {
+    let vars = "\n[vars]\ndir = \"/srv\"\nport = \"8080\"\nlist = [1]\n\n[[exec]]\nname = \"x\"\n";
+    let cases = [
+        (
+            "command = \"rm -rf {{vars.dir}}\"",
+            "command",
+            "`vars.dir` is a string and is inserted into a command unquoted; only numbers may be: \
+             write {{sh vars.dir}}",
+        ),
+        (
+            "command = \"true\"\nunless = \"test -d {{{facts.hostname}}}\"",
+            "unless",
+            "`facts.hostname` is a string",
+        ),
+        (
+            "command = \"true\"\nonlyif = \"test {{vars.port}} = 1\"",
+            "onlyif",
+            "`vars.port` is a string",
+        ),
+        (
+            "command = \"echo {{lookup vars \\\"dir\\\"}}\"",
+            "command",
+            "is a string and is inserted into a command unquoted",
+        ),
+        (
+            "command = \"echo {{#each vars.list}}{{this}}{{/each}} {{vars.dir}}\"",
+            "command",
+            "`vars.dir` is a string",
+        ),
+        (
+            "command = \"echo {{sh vars.list}}\"",
+            "command",
+            "`vars.list` is a list",
+        ),
+        (
+            "command = \"echo {{sh vars.nope}}\"",
+            "command",
+            "undefined variable `vars.nope`",
+        ),
+        (
+            "command = \"echo {{#raw}}x{{/raw}}\"",
+            "command",
+            "the `{{#raw}}` block cannot be used in a command",
+        ),
+        (
+            "command = \"echo {{#if x}}\"",
+            "command",
+            "template syntax error",
+        ),
+        (
+            "command = \"true\"\ncwd = \"{{sh vars.dir}}\"",
+            "cwd",
+            "must be absolute",
+        ),
+        (
+            "command = \"true\"\ncwd = \"{{vars.dir}}/../etc\"",
+            "cwd",
+            "contains . or ..",
+        ),
+    ];
+    for (fields, field, message) in cases {
+        let d = only_error(&format!("{vars}{fields}\n"));
+        let line = 11 + fields.lines().count() - 1;
+        assert_eq!(
+            (d.line, d.field.as_deref(), d.context.as_deref()),
+            (line, Some(field), Some("[[exec]] \"x\"")),
+            "{fields}: {d}"
+        );
+        assert!(d.message.contains(message), "{fields}: {d}");
+    }
+    let d = only_error(&format!(
+        "{vars}command = \"true\"\ncwd = \"{{{{sh vars.dir}}}}\"\n"
+    ));
+    assert!(d.help.as_deref().unwrap().contains("not a command"), "{d}");
+}
+
+#[test]
+fn a_command_is_bounded_by_what_the_kernel_takes_as_one_argument() {
+    let long = "x".repeat(100_000);
+    let toml = format!(
+        "\n[vars]\nlong = \"{long}\"\n\n[[exec]]\nname = \"x\"\ncommand = \"echo {{{{sh vars.long}}}} {{{{sh vars.long}}}}\"\n"
+    );
+    let d = only_error(&toml);
+    assert_eq!(d.field.as_deref(), Some("command"), "{d}");
+    assert!(
+        d.message.contains("renders to more than 131071 bytes"),
+        "{d}"
+    );
+    let toml = format!(
+        "\n[vars]\nlong = \"{long}\"\n\n[[exec]]\nname = \"x\"\ncommand = \"echo {{{{sh vars.long}}}}\"\n"
+    );
+    assert_eq!(exec(&load(&toml).unwrap(), "x").command.len(), 100_007);
+}
