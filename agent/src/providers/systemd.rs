@@ -105,6 +105,7 @@ impl ServiceProvider for Systemd {
             .iter()
             .filter_map(|r| match &r.spec {
                 Spec::Service(s) => Some(unit_name(&s.name)),
+                Spec::Timer(t) => Some(t.timer_unit()),
                 _ => None,
             })
             .collect();
@@ -146,6 +147,13 @@ impl ServiceProvider for Systemd {
 
     fn disable(&self, service: &str) -> Result<()> {
         self.act("disable", service)
+    }
+
+    fn reload_units(&self) -> Result<()> {
+        self.cache.borrow_mut().clear();
+        process::run_ok("systemctl", ["daemon-reload"], &[])
+            .context("could not reload systemd's units (daemon-reload)")?;
+        Ok(())
     }
 }
 
