@@ -51,6 +51,11 @@ fn sysctl_timeline_in_the_machines_own_network_namespace() {
     // And in the file alone.
     m.sh_ok(&format!("sed -i 's/= {want}/= {start}/' {CONF}"));
     t.converges(&role(want), &[("persisted", &start, want)]);
+    // A file others may write would set what they like at boot: made root's alone.
+    m.sh_ok(&format!("chmod 666 {CONF}"));
+    let before = format!("{want}, owner root:root, mode 0666");
+    t.converges(&role(want), &[("persisted", &before, want)]);
+    assert_eq!(m.sh_ok(&format!("stat -c %a {CONF}")), "644\n");
 
     assert_eq!(
         fs::read_to_string(LIVE).unwrap(),

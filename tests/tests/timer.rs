@@ -105,6 +105,16 @@ fn timer_timeline_against_systemd() {
     m.sh_ok("systemctl start cairn-tick.service");
     assert_eq!(m.sh_ok("cat /tmp/tick"), "second\n");
 
+    // A unit file others may write would run their command as root: it is
+    // written anew, root's alone.
+    calls();
+    m.sh_ok(&format!("chmod 666 {SERVICE}"));
+    let label = label_of(&m, SERVICE);
+    let before = format!("{label}, owner root:root, mode 0666");
+    t.converges(&third, &[("service", &before, &label)]);
+    assert_eq!(m.sh_ok(&format!("stat -c %a {SERVICE}")), "644\n");
+    assert_eq!(calls(), "daemon-reload\n");
+
     // Disabled and stopped by hand: noop says so, a run repairs it.
     m.sh_ok("systemctl disable --now cairn-tick.timer");
     t.converges(

@@ -2,14 +2,15 @@
 //! `/proc/sys`, and its file in `/etc/sysctl.d/`, which sets it again at
 //! boot. Only what differs is written.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use cairn_proto::role::{self, normalize_sysctl_value};
 
+use super::perms::{ROOT_0644, unlike_root_0644};
 use super::{Drift, Resource};
 use crate::providers::Host;
-use crate::providers::fs::{FileKind, Ownership};
+use crate::providers::fs::FileKind;
 
 pub struct SysctlResource<'a>(pub &'a role::Sysctl);
 
@@ -18,7 +19,7 @@ impl Resource for SysctlResource<'_> {
         let s = self.0;
         let files = host.files();
         let mut drift = Drift::default();
-        let live = Path::new(&s.proc_path()).to_path_buf();
+        let live = PathBuf::from(s.proc_path());
         if files.stat(&live)?.is_none() {
             bail!(
                 "the kernel has no parameter {} ({} does not exist)",
@@ -33,9 +34,16 @@ impl Resource for SysctlResource<'_> {
         let conf = s.conf_path();
         match files.stat_read(Path::new(&conf))? {
             None => drift.push("persisted", "absent", s.value.as_str()),
-            Some((_, Some(content))) if content == s.conf_content().as_bytes() => {}
-            Some((_, Some(content))) => {
-                drift.push("persisted", persisted_value(s, &content), s.value.as_str())
+            Some((m, Some(content))) => {
+                // A file others may write sets what they like at boot.
+                let perms = unlike_root_0644(files, &m);
+                if content != s.conf_content().as_bytes() || perms.is_some() {
+                    let mut before = persisted_value(s, &content);
+                    if let Some(perms) = perms {
+                        before = format!("{before}, {perms}");
+                    }
+                    drift.push("persisted", before, s.value.as_str());
+                }
             }
             Some((m, None)) if m.kind == FileKind::Symlink => {
                 drift.push("persisted", "link", s.value.as_str())
@@ -60,12 +68,7 @@ impl Resource for SysctlResource<'_> {
             let conf = s.conf_path();
             let conf = Path::new(&conf);
             files.create_parents(conf)?;
-            let own = Ownership {
-                uid: 0,
-                gid: 0,
-                mode: 0o644,
-            };
-            files.write_atomic(conf, s.conf_content().as_bytes(), own)?;
+            files.write_atomic(conf, s.conf_content().as_bytes(), ROOT_0644)?;
         }
         Ok(())
     }

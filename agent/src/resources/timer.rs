@@ -11,8 +11,9 @@ use cairn_proto::diff::{self, Labels};
 use cairn_proto::role;
 
 use super::file::digest_label;
+use super::perms::{ROOT_0644, unlike_root_0644};
 use super::{Drift, Resource};
-use crate::providers::fs::{FileKind, Ownership};
+use crate::providers::fs::FileKind;
 use crate::providers::{FileSystem, Host};
 
 pub struct TimerResource<'a>(pub &'a role::Timer);
@@ -27,15 +28,19 @@ fn units(t: &role::Timer) -> [(&'static str, String, String); 2] {
 }
 
 /// What is at the unit file `path`: its content (`None` when nothing, or a
-/// link, which is replaced, is there) and how a report shows it.
-fn current(files: &dyn FileSystem, path: &str) -> Result<(Option<Vec<u8>>, String)> {
+/// link, which is replaced, is there), how a report shows it, and whether it
+/// is root's alone (a unit file others may write runs their commands as root).
+fn current(files: &dyn FileSystem, path: &str) -> Result<(Option<Vec<u8>>, String, bool)> {
     Ok(match files.stat_read(Path::new(path))? {
-        None => (None, "absent".into()),
-        Some((_, Some(content))) => {
+        None => (None, "absent".into(), true),
+        Some((m, Some(content))) => {
             let label = digest_label(&content);
-            (Some(content), label)
+            match unlike_root_0644(files, &m) {
+                None => (Some(content), label, true),
+                Some(perms) => (Some(content), format!("{label}, {perms}"), false),
+            }
         }
-        Some((m, None)) if m.kind == FileKind::Symlink => (None, "link".into()),
+        Some((m, None)) if m.kind == FileKind::Symlink => (None, "link".into(), true),
         Some((m, None)) => bail!("{path} is a {}, not a unit file", m.kind.as_str()),
     })
 }
@@ -46,8 +51,8 @@ impl Resource for TimerResource<'_> {
         let mut drift = Drift::default();
         let mut diffs = Vec::new();
         for (property, path, want) in units(t) {
-            let (have, before) = current(host.files(), &path)?;
-            if have.as_deref() == Some(want.as_bytes()) {
+            let (have, before, root_only) = current(host.files(), &path)?;
+            if have.as_deref() == Some(want.as_bytes()) && root_only {
                 continue;
             }
             drift.push(property, before, digest_label(want.as_bytes()));
@@ -86,15 +91,10 @@ impl Resource for TimerResource<'_> {
         let t = self.0;
         let files = host.files();
         let services = host.services()?;
-        let own = Ownership {
-            uid: 0,
-            gid: 0,
-            mode: 0o644,
-        };
         let mut reload = drift.has("loaded");
         for (property, path, want) in units(t) {
             if drift.has(property) {
-                files.write_atomic(Path::new(&path), want.as_bytes(), own)?;
+                files.write_atomic(Path::new(&path), want.as_bytes(), ROOT_0644)?;
                 reload = true;
             }
         }
