@@ -6,6 +6,9 @@
 //!   systemd as PID 1; binds the agent at `/usr/local/bin/cairn-agent` and the
 //!   repository's `recipes/` at `/srv/recipes`; and waits until systemd says
 //!   the system is up.
+//! - [`Machine::boot_private_network`] boots it with a network namespace of
+//!   its own (loopback only), for what must not touch the host's network
+//!   settings (`net.*` sysctls).
 //! - [`Machine::boot_cloud_init`] boots the image with real cloud-init
 //!   (`tests/machine/build-cloud-init-image.sh`) with a [`NoCloudSeed`]
 //!   (meta-data and user-data) in its layer, and waits for cloud-init too.

@@ -32,8 +32,8 @@ pub use group::Group;
 pub use link::Link;
 pub use package::{Package, PackageState};
 pub use service::Service;
-pub use sysctl::{MAX_SYSCTL_KEY_BYTES, MAX_SYSCTL_VALUE_BYTES, Sysctl, normalize_sysctl_value};
-pub use timer::{MAX_TIMER_COMMAND_BYTES, Timer, UNIT_DIR};
+pub use sysctl::{Sysctl, normalize_sysctl_value};
+pub use timer::Timer;
 pub use user::User;
 
 /// Whether a group, user, directory or file must exist.

@@ -10,10 +10,10 @@ use crate::role::id::ResourceId;
 use crate::role::rules::Table;
 
 /// The longest key taken: real keys are under 100 bytes, with an interface name.
-pub const MAX_SYSCTL_KEY_BYTES: usize = 200;
+const MAX_SYSCTL_KEY_BYTES: usize = 200;
 /// The longest value taken: the kernel reads one page at most, and real
 /// values (a few numbers, a path, a list of ports) are far shorter.
-pub const MAX_SYSCTL_VALUE_BYTES: usize = 1024;
+const MAX_SYSCTL_VALUE_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sysctl {

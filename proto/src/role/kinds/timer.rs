@@ -14,12 +14,12 @@ use crate::role::rules::Table;
 /// 255 bytes.
 const MAX_TIMER_NAME_BYTES: usize = 200;
 /// The longest command taken: one line of a unit file, kept readable.
-pub const MAX_TIMER_COMMAND_BYTES: usize = 4096;
+const MAX_TIMER_COMMAND_BYTES: usize = 4096;
 /// The longest `on_calendar` or `description`.
 const MAX_TIMER_TEXT_BYTES: usize = 255;
 /// Where the unit files go: the administrator's units, which override the
 /// packages' ones.
-pub const UNIT_DIR: &str = "/etc/systemd/system";
+const UNIT_DIR: &str = "/etc/systemd/system";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timer {
