@@ -680,3 +680,204 @@ fn values_in_commands_are_quoted_so_a_var_cannot_add_a_command() {
     );
     assert!(!Path::new(&pwned).exists());
 }
+
+/// The target and owner (uid) of the link at `path`.
+fn link_of(path: &str) -> (String, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let target = fs::read_link(path).unwrap().display().to_string();
+    (target, fs::symlink_metadata(path).unwrap().uid())
+}
+
+/// `(property, before, after)` of each change `run` reports for `id`.
+fn changes<'r>(run: &'r Run, id: &str) -> Vec<(&'r str, &'r str, &'r str)> {
+    run.resource(id)
+        .changes
+        .iter()
+        .map(|c| (c.property.as_str(), c.before.as_str(), c.after.as_str()))
+        .collect()
+}
+
+const NOBODY: u32 = 65534;
+
+#[test]
+fn link_timeline() {
+    let sb = Sandbox::new();
+    let path = sb.p("current");
+    let id = format!("link:{path}");
+    let role = |extra: &str| {
+        sb.role(&format!(
+            "[[link]]\npath = \"{path}\"\ntarget = \"releases/2\"\nowner = \"nobody\"\n{extra}"
+        ))
+    };
+    role("");
+
+    let run = sb.apply(&["--noop"]);
+    assert_eq!(
+        (run.code, run.status(&id)),
+        (2, ResourceStatus::WouldChange)
+    );
+    assert_eq!(changes(&run, &id), [("ensure", "absent", "link")]);
+    assert!(fs::symlink_metadata(&path).is_err(), "noop made the link");
+
+    let run = sb.apply(&[]);
+    assert_eq!(
+        (run.code, run.status(&id)),
+        (2, ResourceStatus::Changed),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(link_of(&path), ("releases/2".into(), NOBODY));
+    let run = sb.apply(&[]);
+    assert_eq!((run.code, run.status(&id)), (0, ResourceStatus::Unchanged));
+
+    // Pointed elsewhere and owned by root: noop says both, touches nothing.
+    fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink("releases/1", &path).unwrap();
+    let run = sb.apply(&["--noop"]);
+    assert_eq!(
+        changes(&run, &id),
+        [
+            ("target", "releases/1", "releases/2"),
+            ("owner", "root", "nobody")
+        ]
+    );
+    assert_eq!(link_of(&path), ("releases/1".into(), 0));
+    let run = sb.apply(&[]);
+    assert_eq!((run.code, run.status(&id)), (2, ResourceStatus::Changed));
+    assert_eq!(link_of(&path), ("releases/2".into(), NOBODY));
+
+    // The owner alone is changed on the link itself, not on what it points to.
+    let target = sb.p("releases/2");
+    fs::create_dir_all(sb.p("releases")).unwrap();
+    fs::write(&target, "release").unwrap();
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        Path::new(&path),
+        Some(nix::unistd::Uid::from_raw(0)),
+        None,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    let run = sb.apply(&[]);
+    assert_eq!(changes(&run, &id), [("owner", "root", "nobody")]);
+    assert_eq!(link_of(&path), ("releases/2".into(), NOBODY));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(&target).unwrap().uid(),
+        0,
+        "the target was chowned"
+    );
+}
+
+#[test]
+fn a_link_replaces_a_file_only_when_forced_and_never_a_directory() {
+    let sb = Sandbox::new();
+    let path = sb.p("conf");
+    let id = format!("link:{path}");
+    fs::write(&path, "a real file").unwrap();
+    sb.role(&format!(
+        "[[link]]\npath = \"{path}\"\ntarget = \"/etc/hostname\"\n"
+    ));
+    let run = sb.apply(&[]);
+    assert_eq!((run.code, run.status(&id)), (4, ResourceStatus::Failed));
+    assert_eq!(
+        run.resource(&id).error.as_deref(),
+        Some(format!("could not check {id}: {path} is a file; set force = true to replace it with the link").as_str())
+    );
+    assert_eq!(fs::read_to_string(&path).unwrap(), "a real file");
+
+    sb.role(&format!(
+        "[[link]]\npath = \"{path}\"\ntarget = \"/etc/hostname\"\nforce = true\n"
+    ));
+    let run = sb.apply(&["--noop"]);
+    assert_eq!(changes(&run, &id), [("ensure", "file", "link")]);
+    assert_eq!(fs::read_to_string(&path).unwrap(), "a real file");
+    let run = sb.apply(&[]);
+    assert_eq!((run.code, run.status(&id)), (2, ResourceStatus::Changed));
+    assert_eq!(link_of(&path), ("/etc/hostname".into(), 0));
+    assert_eq!(sb.apply(&[]).code, 0);
+
+    let dir = sb.p("dir");
+    fs::create_dir(&dir).unwrap();
+    fs::write(sb.p("dir/inside"), "kept").unwrap();
+    sb.role(&format!(
+        "[[link]]\npath = \"{dir}\"\ntarget = \"/etc\"\nforce = true\n"
+    ));
+    let run = sb.apply(&[]);
+    assert_eq!(run.code, 4);
+    assert_eq!(
+        run.resource(&format!("link:{dir}")).error.as_deref(),
+        Some(
+            format!("could not check link:{dir}: {dir} is a directory; a link replaces only a file (with force = true)")
+                .as_str()
+        )
+    );
+    assert_eq!(fs::read_to_string(sb.p("dir/inside")).unwrap(), "kept");
+}
+
+#[test]
+fn an_absent_link_is_removed_and_nothing_else_is() {
+    let sb = Sandbox::new();
+    let path = sb.p("old");
+    let id = format!("link:{path}");
+    let target = sb.p("target");
+    fs::write(&target, "kept").unwrap();
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    sb.role(&format!(
+        "[[link]]\npath = \"{path}\"\nstate = \"absent\"\n"
+    ));
+    let run = sb.apply(&["--noop"]);
+    assert_eq!(changes(&run, &id), [("ensure", "link", "absent")]);
+    assert!(fs::symlink_metadata(&path).is_ok());
+    let run = sb.apply(&[]);
+    assert_eq!((run.code, run.status(&id)), (2, ResourceStatus::Changed));
+    assert!(fs::symlink_metadata(&path).is_err());
+    assert_eq!(fs::read_to_string(&target).unwrap(), "kept");
+    assert_eq!(sb.apply(&[]).code, 0);
+
+    // A file where the link was is not the link's to remove.
+    fs::write(&path, "someone's file").unwrap();
+    let run = sb.apply(&[]);
+    assert_eq!(run.code, 4);
+    assert_eq!(
+        run.resource(&id).error.as_deref(),
+        Some(
+            format!(
+                "could not check {id}: {path} is a file, not a link; a [[link]] with state = \"absent\" removes only links"
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(fs::read_to_string(&path).unwrap(), "someone's file");
+}
+
+#[test]
+fn no_link_is_made_below_a_link_a_user_placed() {
+    let sb = Sandbox::new();
+    // `nobody` planted `shared` → `victim`: a link made "in shared" would land
+    // in the victim's directory.
+    let victim = sb.p("victim");
+    fs::create_dir(&victim).unwrap();
+    let planted = sb.p("shared");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        Path::new(&planted),
+        Some(nix::unistd::Uid::from_raw(NOBODY)),
+        None,
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    let path = format!("{planted}/authorized_keys");
+    sb.role(&format!(
+        "[[link]]\npath = \"{path}\"\ntarget = \"/etc/shadow\"\n"
+    ));
+    let run = sb.apply(&[]);
+    assert_eq!(run.code, 4);
+    let error = run.resource(&format!("link:{path}")).error.clone().unwrap();
+    assert!(
+        error.contains(&format!("{planted} is a symbolic link owned by nobody")),
+        "{error}"
+    );
+    assert_eq!(fs::read_dir(&victim).unwrap().count(), 0);
+}

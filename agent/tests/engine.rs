@@ -5,7 +5,8 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -195,6 +196,11 @@ impl ServiceProvider for Fake {
     fn disable(&self, service: &str) -> Result<()> {
         self.set(service, "disable", |s| s.enabled = Some(false))
     }
+
+    fn reload_units(&self) -> Result<()> {
+        self.change("daemon-reload".into());
+        Ok(())
+    }
 }
 
 impl Fake {
@@ -269,6 +275,30 @@ impl FileSystem for Fake {
         };
         self.world().files.insert(path.into(), dir);
         Ok(())
+    }
+
+    fn symlink(&self, path: &Path, target: &OsStr, uid: u32, gid: u32) -> Result<()> {
+        self.change(format!("ln -s {} {}", target.display(), path.display()));
+        let link = File {
+            kind: FileKind::Symlink,
+            content: target.as_bytes().to_vec(),
+            own: Ownership {
+                uid,
+                gid,
+                mode: 0o777,
+            },
+        };
+        self.world().files.insert(path.into(), link);
+        Ok(())
+    }
+
+    fn read_link(&self, path: &Path) -> Result<OsString> {
+        self.file_mut(path, |f| OsString::from_vec(f.content.clone()))
+    }
+
+    fn write_in_place(&self, path: &Path, data: &[u8]) -> Result<()> {
+        self.change(format!("write in place {}", path.display()));
+        self.file_mut(path, |f| f.content = data.to_vec())
     }
 
     fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> Result<()> {

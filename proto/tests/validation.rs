@@ -444,7 +444,7 @@ fn every_bad_field_of_one_table_is_reported() {
 
 /// The smallest valid table of each kind, and the NAME of its id. Every kind
 /// must be here: the tests below run each case for every kind.
-const MINIMAL: [(&str, &str, &str); 7] = [
+const MINIMAL: [(&str, &str, &str); 10] = [
     ("group", "name = \"ops\"", "ops"),
     ("user", "name = \"app\"", "app"),
     ("package", "name = \"vim\"", "vim"),
@@ -454,8 +454,23 @@ const MINIMAL: [(&str, &str, &str); 7] = [
         "path = \"/etc/motd\"\ncontent = \"hi\"",
         "/etc/motd",
     ),
+    (
+        "link",
+        "path = \"/etc/alt\"\ntarget = \"/usr/bin/vim\"",
+        "/etc/alt",
+    ),
+    (
+        "sysctl",
+        "key = \"net.ipv4.ip_forward\"\nvalue = 1",
+        "net.ipv4.ip_forward",
+    ),
     ("exec", "name = \"warm\"\ncommand = \"true\"", "warm"),
     ("service", "name = \"nginx\"", "nginx"),
+    (
+        "timer",
+        "name = \"tidy\"\non_calendar = \"daily\"\ncommand = \"true\"",
+        "tidy",
+    ),
 ];
 
 #[test]
@@ -708,4 +723,308 @@ fn a_table_with_thousands_of_unknown_fields_stops_at_a_hundred() {
         d[100].message,
         "and more problems not shown (checking stopped after 100)"
     );
+}
+
+// [[link]], [[sysctl]], [[timer]]: each check names its line and field.
+
+/// The one diagnostic of a role with one table of `kind` holding `body`, as
+/// `(line, field, message)`; the table starts on line 4.
+fn kind_error(kind: &str, body: &str) -> (usize, Option<String>, String) {
+    let d = only_error(&format!("{HEAD}\n[[{kind}]]\n{body}\n"));
+    assert_eq!(d.file, "role.toml", "{d}");
+    assert!(
+        d.context
+            .as_deref()
+            .is_some_and(|c| c.starts_with(&format!("[[{kind}]] "))),
+        "{d}"
+    );
+    (d.line, d.field, d.message)
+}
+
+fn at(line: usize, field: &str, message: &str) -> (usize, Option<String>, String) {
+    (line, Some(field.to_string()), message.to_string())
+}
+
+#[test]
+fn links_load_with_their_edges_and_defaults() {
+    let toml = format!(
+        "{HEAD}
+[[directory]]
+path = \"/etc/app\"
+
+[[user]]
+name = \"app\"
+
+[[link]]
+path = \"/etc/app/current\"
+target = \"../releases/42\"
+owner = \"app\"
+
+[[link]]
+path = \"/etc/app/old\"
+state = \"absent\"
+"
+    );
+    let role = load(&[("role.toml", &toml)]).unwrap();
+    let link = role.get(&"link:/etc/app/current".parse().unwrap()).unwrap();
+    let reqs: Vec<String> = link.requires.iter().map(ToString::to_string).collect();
+    assert_eq!(reqs, ["directory:/etc/app", "user:app"]);
+    let Spec::Link(l) = &link.spec else { panic!() };
+    assert_eq!(
+        (l.target.as_deref(), l.owner.as_deref(), l.force),
+        (Some("../releases/42"), Some("app"), false)
+    );
+    let Spec::Link(old) = &role
+        .get(&"link:/etc/app/old".parse().unwrap())
+        .unwrap()
+        .spec
+    else {
+        panic!()
+    };
+    assert_eq!(old.target, None);
+}
+
+#[test]
+fn link_checks_name_their_line_and_field() {
+    let cases = [
+        (
+            "path = \"etc/x\"\ntarget = \"/y\"",
+            at(
+                5,
+                "path",
+                "invalid path \"etc/x\": must be absolute (start with /)",
+            ),
+        ),
+        (
+            "path = \"/x\"\ntarget = \"\"",
+            at(6, "target", "invalid target \"\": is empty"),
+        ),
+        (
+            "path = \"/x\"\ntarget = \"/a\\nb\"",
+            at(
+                6,
+                "target",
+                "invalid target \"/a\\nb\": contains a control character",
+            ),
+        ),
+        (
+            "path = \"/x\"\nstate = \"absent\"\nforce = true",
+            at(
+                7,
+                "force",
+                "`force` cannot be set on a link with state = \"absent\"",
+            ),
+        ),
+        (
+            "path = \"/x\"\ntarget = \"/y\"\nowner = \"Root\"",
+            at(7, "owner", "invalid name \"Root\""),
+        ),
+    ];
+    for (body, want) in cases {
+        assert_eq!(kind_error("link", body), want, "{body}");
+    }
+    let (line, field, message) = kind_error("link", "path = \"/x\"");
+    assert_eq!(
+        (line, field, message.as_str()),
+        (4, None, "a link needs a `target`, or state = \"absent\"")
+    );
+}
+
+#[test]
+fn sysctl_values_load_as_the_kernel_prints_them() {
+    let toml = format!(
+        "{HEAD}
+[[sysctl]]
+key = \"net.ipv4.tcp_rmem\"
+value = \"4096\\t87380   6291456\"
+
+[[sysctl]]
+key = \"vm.swappiness\"
+value = 10
+"
+    );
+    let role = load(&[("role.toml", &toml)]).unwrap();
+    let values: Vec<(String, String)> = role
+        .resources
+        .iter()
+        .map(|r| match &r.spec {
+            Spec::Sysctl(s) => (s.key.clone(), s.value.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        values,
+        [
+            ("net.ipv4.tcp_rmem".into(), "4096 87380 6291456".into()),
+            ("vm.swappiness".into(), "10".into())
+        ]
+    );
+    let Spec::Sysctl(s) = &role.resources[1].spec else {
+        panic!()
+    };
+    assert_eq!(s.proc_path(), "/proc/sys/vm/swappiness");
+    assert_eq!(s.conf_path(), "/etc/sysctl.d/99-cairn-vm.swappiness.conf");
+}
+
+#[test]
+fn sysctl_checks_name_their_line_and_field() {
+    let long = format!("net.{}", "a".repeat(200));
+    for key in [
+        "net..ipv4",
+        "net/ipv4/ip_forward",
+        "../etc/passwd",
+        ".net",
+        "net.",
+        "",
+        long.as_str(),
+    ] {
+        let (line, field, message) = kind_error("sysctl", &format!("key = \"{key}\"\nvalue = 1"));
+        assert_eq!((line, field.as_deref()), (5, Some("key")), "{key}");
+        assert!(message.starts_with("invalid key"), "{key}: {message}");
+    }
+    let cases = [
+        (
+            "value = \"1\\n2\"",
+            at(
+                6,
+                "value",
+                "invalid value \"1\\n2\": contains a control character",
+            ),
+        ),
+        (
+            "value = \" \"",
+            at(6, "value", "invalid value \" \": is empty"),
+        ),
+        (
+            "value = true",
+            at(6, "value", "the value must be a string or an integer"),
+        ),
+    ];
+    for (body, want) in cases {
+        assert_eq!(
+            kind_error("sysctl", &format!("key = \"vm.swappiness\"\n{body}")),
+            want,
+            "{body}"
+        );
+    }
+    let (_, field, message) = kind_error(
+        "sysctl",
+        &format!("key = \"vm.swappiness\"\nvalue = \"{}\"", "1".repeat(1025)),
+    );
+    assert_eq!(field.as_deref(), Some("value"));
+    assert!(message.ends_with("is longer than 1024 bytes"), "{message}");
+}
+
+#[test]
+fn timers_load_as_unit_files_with_their_edges() {
+    let toml = format!(
+        "{HEAD}
+[[user]]
+name = \"metrics\"
+
+[[timer]]
+name = \"textfile\"
+on_calendar = \"*-*-* *:00/5:00\"
+command = \"printf '%s\\\\n' \\\"$HOME\\\" > /tmp/out\"
+user = \"metrics\"
+description = \"Collect 100% of it\"
+"
+    );
+    let role = load(&[("role.toml", &toml)]).unwrap();
+    let timer = role.get(&"timer:textfile".parse().unwrap()).unwrap();
+    let reqs: Vec<String> = timer.requires.iter().map(ToString::to_string).collect();
+    assert_eq!(reqs, ["user:metrics"]);
+    let Spec::Timer(t) = &timer.spec else {
+        panic!()
+    };
+    assert_eq!(t.timer_path(), "/etc/systemd/system/textfile.timer");
+    assert_eq!(
+        t.timer_file(),
+        "# Managed by Cairn ([[timer]] textfile); changes here are replaced.\n\
+         [Unit]\nDescription=Collect 100%% of it\n\n\
+         [Timer]\nOnCalendar=*-*-* *:00/5:00\nUnit=textfile.service\n\n\
+         [Install]\nWantedBy=timers.target\n"
+    );
+    assert_eq!(
+        t.service_file(),
+        "# Managed by Cairn ([[timer]] textfile); changes here are replaced.\n\
+         [Unit]\nDescription=Collect 100%% of it\n\n\
+         [Service]\nType=oneshot\nUser=metrics\n\
+         ExecStart=/bin/sh -c \"printf '%%s\\\\n' \\\"$$HOME\\\" > /tmp/out\"\n"
+    );
+}
+
+#[test]
+fn timer_checks_name_their_line_and_field() {
+    let ok = [
+        "name = \"t\"",
+        "on_calendar = \"daily\"",
+        "command = \"true\"",
+    ];
+    let with = |i: usize, line: &str| {
+        let mut body = ok.to_vec();
+        body[i] = line;
+        body.join("\n")
+    };
+    let cases = [
+        (
+            with(0, "name = \"a/b\""),
+            at(5, "name", "invalid name \"a/b\""),
+        ),
+        (
+            with(0, "name = \"-x\""),
+            at(5, "name", "invalid name \"-x\""),
+        ),
+        (
+            with(1, "on_calendar = \"daily\\nExecStart=/bin/evil\""),
+            at(
+                6,
+                "on_calendar",
+                "invalid calendar expression \"daily\\nExecStart=/bin/evil\"",
+            ),
+        ),
+        (
+            with(1, "on_calendar = \"\""),
+            at(6, "on_calendar", "invalid calendar expression \"\""),
+        ),
+        (
+            with(2, "command = \"  \""),
+            at(7, "command", "the command is empty"),
+        ),
+        (
+            with(2, "command = \"a\\u0000b\""),
+            at(
+                7,
+                "command",
+                "the command contains a control character other than a line break or a tab",
+            ),
+        ),
+        (
+            format!("{}\nuser = \"Bad\"", ok.join("\n")),
+            at(8, "user", "invalid name \"Bad\""),
+        ),
+        (
+            format!("{}\ndescription = \"a\\nb\"", ok.join("\n")),
+            at(
+                8,
+                "description",
+                "invalid description \"a\\nb\": one line of at most 255 bytes",
+            ),
+        ),
+    ];
+    for (body, want) in cases {
+        assert_eq!(kind_error("timer", &body), want, "{body}");
+    }
+    let (_, field, message) = kind_error(
+        "timer",
+        &with(2, &format!("command = \"{}\"", "x".repeat(4097))),
+    );
+    assert_eq!(
+        (field.as_deref(), message.as_str()),
+        (Some("command"), "the command is longer than 4096 bytes")
+    );
+    let d = only_error(&format!(
+        "{HEAD}\n[[timer]]\nname = \"t\"\ncommand = \"true\"\n"
+    ));
+    assert!(d.message.contains("on_calendar"), "{d}");
 }

@@ -6,6 +6,9 @@
 //!   systemd as PID 1; binds the agent at `/usr/local/bin/cairn-agent` and the
 //!   repository's `recipes/` at `/srv/recipes`; and waits until systemd says
 //!   the system is up.
+//! - [`Machine::boot_private_network`] boots it with a network namespace of
+//!   its own (loopback only), for what must not touch the host's network
+//!   settings (`net.*` sysctls).
 //! - [`Machine::boot_cloud_init`] boots the image with real cloud-init
 //!   (`tests/machine/build-cloud-init-image.sh`) with a [`NoCloudSeed`]
 //!   (meta-data and user-data) in its layer, and waits for cloud-init too.
@@ -268,7 +271,23 @@ impl Machine {
         let agent = agent_binary();
         let mut all = vec![(agent.as_path(), GUEST_AGENT)];
         all.extend_from_slice(binds);
-        Self::start(name, &image_dir(), &all, None)
+        Self::start(name, &image_dir(), &all, None, &[])
+    }
+
+    /// Like [`Machine::boot`], with a network namespace of its own holding
+    /// only loopback (`systemd-nspawn --private-network`): what is per
+    /// network namespace, as `net.*` sysctls, is the machine's alone, and
+    /// nspawn lets the machine write `/proc/sys/net`. The machine reaches no
+    /// network, not even the host's loopback.
+    pub fn boot_private_network(name: &str) -> Machine {
+        let agent = agent_binary();
+        Self::start(
+            name,
+            &image_dir(),
+            &[(agent.as_path(), GUEST_AGENT)],
+            None,
+            &["--private-network"],
+        )
     }
 
     /// Boots the image with real cloud-init (built by
@@ -279,14 +298,16 @@ impl Machine {
     /// `binds` as in [`Machine::boot_with`]. Whether cloud-init succeeded is
     /// for the test to ask ([`Machine::cloud_init_status`]).
     pub fn boot_cloud_init(name: &str, seed: &NoCloudSeed, binds: &[(&Path, &str)]) -> Machine {
-        Self::start(name, &cloud_init_image_dir(), binds, Some(seed))
+        Self::start(name, &cloud_init_image_dir(), binds, Some(seed), &[])
     }
 
+    /// Boots `image`; `nspawn_args` are more options for `systemd-nspawn`.
     fn start(
         name: &str,
         image: &Path,
         binds: &[(&Path, &str)],
         seed: Option<&NoCloudSeed>,
+        nspawn_args: &[&str],
     ) -> Machine {
         let t0 = Instant::now();
         let recipes = workspace_root().join("recipes");
@@ -348,6 +369,7 @@ impl Machine {
             .arg(image)
             .args(&layers)
             .args(["--quiet", "-M", &name, "--boot", "--register=no", "--keep-unit", "--console=pipe"])
+            .args(nspawn_args)
             .arg(format!("--bind-ro={}:{GUEST_RECIPES}", recipes.display()))
             .args(
                 binds

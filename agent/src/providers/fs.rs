@@ -22,9 +22,11 @@ use std::thread::LocalKey;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat, renameat2};
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, readlinkat, renameat, renameat2};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
-use nix::unistd::{Gid, Group, Uid, UnlinkatFlags, User, fchown, fchownat, fsync, unlinkat};
+use nix::unistd::{
+    Gid, Group, Uid, UnlinkatFlags, User, fchown, fchownat, fsync, symlinkat, unlinkat,
+};
 
 pub use self::resolve::DirFd;
 use self::resolve::{Resolver, kind};
@@ -174,8 +176,8 @@ impl Posix {
         read().with_context(|| format!("could not read {}", path.display()))
     }
 
-    /// Removes the temporary files an interrupted write left in `dir`, once
-    /// per directory and run.
+    /// Removes the temporary files (and links) an interrupted write left in
+    /// `dir`, once per directory and run.
     fn sweep(&self, dir: &DirFd, path: &Path) -> Result<()> {
         let st = fstat(&**dir)?;
         if !self.swept.borrow_mut().insert((st.st_dev, st.st_ino)) {
@@ -190,7 +192,7 @@ impl Posix {
         let leftovers: Vec<OsString> = list
             .iter()
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_type() == Some(Type::File))
+            .filter(|e| matches!(e.file_type(), Some(Type::File | Type::Symlink)))
             .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
             .filter(|n| is_temp_name(n))
             .collect();
@@ -315,6 +317,62 @@ impl FileSystem for Posix {
             sync_dir(&dir)
         };
         create().with_context(|| format!("could not create directory {}", path.display()))
+    }
+
+    fn symlink(&self, path: &Path, target: &OsStr, uid: u32, gid: u32) -> Result<()> {
+        let link = || -> Result<()> {
+            let (dir, name) = self.parent_of(path)?;
+            self.sweep(&dir, path)?;
+            // Made, owned and renamed into place at the directory handle: the
+            // path is never without a link, and never one of someone else.
+            let temp = create_temp_link(&dir, name, target)?;
+            let place = || -> Result<()> {
+                fchownat(
+                    &*dir,
+                    temp.as_os_str(),
+                    Some(Uid::from_raw(uid)),
+                    Some(Gid::from_raw(gid)),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .context("could not set owner")?;
+                renameat(&*dir, temp.as_os_str(), &*dir, name)
+                    .context("could not rename into place")?;
+                Ok(())
+            };
+            let placed = place();
+            if placed.is_err() {
+                let _ = unlinkat(&*dir, temp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            }
+            self.changed_entries_of(path);
+            placed?;
+            sync_dir(&dir)
+        };
+        link().with_context(|| format!("could not make the link {}", path.display()))
+    }
+
+    fn read_link(&self, path: &Path) -> Result<OsString> {
+        let read = || -> Result<OsString> {
+            let (dir, name) = self.parent_of(path)?;
+            Ok(readlinkat(&*dir, name)?)
+        };
+        read().with_context(|| format!("could not read the link {}", path.display()))
+    }
+
+    fn write_in_place(&self, path: &Path, data: &[u8]) -> Result<()> {
+        let write = || -> Result<()> {
+            let (dir, name) = self.parent_of(path)?;
+            let fd = open_at(&dir, name, OFlag::O_WRONLY | OFlag::O_NONBLOCK)?;
+            if kind(&fstat(&fd)?) != SFlag::S_IFREG {
+                bail!("not a regular file");
+            }
+            // One write: the kernel reads a setting from each write alone.
+            let n = nix::unistd::write(&fd, data)?;
+            if n != data.len() {
+                bail!("only {n} of {} bytes were taken", data.len());
+            }
+            Ok(())
+        };
+        write().with_context(|| format!("could not write {}", path.display()))
     }
 
     fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> Result<()> {
@@ -516,18 +574,38 @@ fn is_temp_name(name: &OsStr) -> bool {
             .any(|w| w == TEMP_MARK.as_bytes())
 }
 
-/// Creates a new, empty temporary file for `name` in `dir`, readable by its
-/// owner only: `.NAME.cairn-tmp.RANDOM`.
-fn create_temp(dir: &DirFd, name: &OsStr) -> Result<(OsString, OwnedFd)> {
+/// A new name for a temporary entry for `name`: `.NAME.cairn-tmp.RANDOM`.
+fn temp_name(name: &OsStr) -> OsString {
     // Room for the mark and the random part within NAME_MAX (255 bytes).
     let stem = &name.as_bytes()[..name.len().min(200)];
+    let mut temp = b".".to_vec();
+    temp.extend_from_slice(stem);
+    temp.extend_from_slice(TEMP_MARK.as_bytes());
+    temp.extend_from_slice(format!("{:016x}", RandomState::new().hash_one(0u8)).as_bytes());
+    OsString::from_vec(temp)
+}
+
+/// Creates a new symbolic link to `target` for `name` in `dir`, under a
+/// temporary name, which it returns.
+fn create_temp_link(dir: &DirFd, name: &OsStr, target: &OsStr) -> Result<OsString> {
     let mut last = None;
     for _ in 0..8 {
-        let mut temp = b".".to_vec();
-        temp.extend_from_slice(stem);
-        temp.extend_from_slice(TEMP_MARK.as_bytes());
-        temp.extend_from_slice(format!("{:016x}", RandomState::new().hash_one(0u8)).as_bytes());
-        let temp = OsString::from_vec(temp);
+        let temp = temp_name(name);
+        match symlinkat(target, &**dir, temp.as_os_str()) {
+            Ok(()) => return Ok(temp),
+            Err(e @ Errno::EEXIST) => last = Some(e),
+            Err(e) => return Err(e).context("could not create a temporary link"),
+        }
+    }
+    Err(anyhow!(last.unwrap_or(Errno::EEXIST))).context("could not create a temporary link")
+}
+
+/// Creates a new, empty temporary file for `name` in `dir`, readable by its
+/// owner only (see [`temp_name`]).
+fn create_temp(dir: &DirFd, name: &OsStr) -> Result<(OsString, OwnedFd)> {
+    let mut last = None;
+    for _ in 0..8 {
+        let temp = temp_name(name);
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
         match openat(
             &**dir,
@@ -746,6 +824,13 @@ mod tests {
             files.remove_file(&ssh.join("keys")).unwrap_err(),
             files.remove_dir_all(&ssh.join("sub")).unwrap_err(),
             files.create_dir(&ssh.join("new"), mine(0o755)).unwrap_err(),
+            files
+                .symlink(&ssh.join("keys"), OsStr::new("/x"), 0, 0)
+                .unwrap_err(),
+            files.read_link(&ssh.join("keys")).unwrap_err(),
+            files
+                .write_in_place(&ssh.join("keys"), b"attacker's")
+                .unwrap_err(),
         ];
         for e in errors {
             assert!(format!("{e:#}").contains(&refused), "{e:#}");
@@ -753,6 +838,66 @@ mod tests {
         assert_eq!(fs::read(victim.join("keys")).unwrap(), b"root's");
         assert_eq!(mode_of(&victim.join("keys")), 0o644);
         assert!(victim.join("sub").is_dir() && !victim.join("new").exists());
+    }
+
+    #[test]
+    fn a_link_replaces_a_link_or_a_file_whole_with_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Posix::default();
+        let me = mine(0);
+        let link = dir.path().join("l");
+        files
+            .symlink(&link, OsStr::new("first"), me.uid, me.gid)
+            .unwrap();
+        files
+            .symlink(&link, OsStr::new("../second"), me.uid, me.gid)
+            .unwrap();
+        assert_eq!(files.read_link(&link).unwrap(), "../second");
+        let st = fs::symlink_metadata(&link).unwrap();
+        assert_eq!((st.uid(), st.gid()), (me.uid, me.gid));
+        let file = dir.path().join("f");
+        fs::write(&file, "replaced").unwrap();
+        files
+            .symlink(&file, OsStr::new("l"), me.uid, me.gid)
+            .unwrap();
+        assert_eq!(files.read_link(&file).unwrap(), "l");
+        // A directory is never replaced, and no temporary link is left.
+        fs::create_dir(dir.path().join("d")).unwrap();
+        let err = files
+            .symlink(&dir.path().join("d"), OsStr::new("x"), me.uid, me.gid)
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("could not rename into place"),
+            "{err:#}"
+        );
+        let mut left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["d", "f", "l"]);
+    }
+
+    #[test]
+    fn writing_in_place_keeps_the_file_and_follows_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Posix::default();
+        let setting = dir.path().join("setting");
+        fs::write(&setting, "0\n").unwrap();
+        let before = fs::metadata(&setting).unwrap().ino();
+        files.write_in_place(&setting, b"1\n").unwrap();
+        assert_eq!(fs::read(&setting).unwrap(), b"1\n");
+        assert_eq!(fs::metadata(&setting).unwrap().ino(), before);
+        let link = dir.path().join("link");
+        symlink(&setting, &link).unwrap();
+        let err = files.write_in_place(&link, b"2\n").unwrap_err();
+        assert!(format!("{err:#}").contains("is a symbolic link"), "{err:#}");
+        assert!(
+            files
+                .write_in_place(&dir.path().join("none"), b"2")
+                .is_err()
+        );
+        assert_eq!(fs::read(&setting).unwrap(), b"1\n");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! runs where systemd is not running. Files ([`fs`]) and the
 //! role's shell commands ([`process`]) are POSIX everywhere and need no choosing.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
@@ -75,6 +75,9 @@ pub trait ServiceProvider {
     fn reload(&self, service: &str) -> Result<Reloaded>;
     fn enable(&self, service: &str) -> Result<()>;
     fn disable(&self, service: &str) -> Result<()>;
+    /// Makes the service manager read its unit files again after some were
+    /// written (systemd's daemon-reload); every cached state is dropped.
+    fn reload_units(&self) -> Result<()>;
 }
 
 /// A local group as the account database has it.
@@ -160,6 +163,16 @@ pub trait FileSystem {
         accept: &mut dyn FnMut(&Path) -> Result<()>,
     ) -> Result<()>;
     fn create_dir(&self, path: &Path, own: Ownership) -> Result<()>;
+    /// Replaces `path` (nothing, a link or a file; never a directory) with a
+    /// symbolic link to `target`, owned by `uid` and `gid` from its first
+    /// moment.
+    fn symlink(&self, path: &Path, target: &OsStr, uid: u32, gid: u32) -> Result<()>;
+    /// What the symbolic link `path` points to.
+    fn read_link(&self, path: &Path) -> Result<OsString>;
+    /// Writes `data` into the existing regular file `path` in one write,
+    /// neither replacing nor truncating it: for the kernel's settings under
+    /// `/proc/sys`, which are written, never replaced.
+    fn write_in_place(&self, path: &Path, data: &[u8]) -> Result<()>;
     /// Changes the owner of `path` itself (links not followed).
     fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> Result<()>;
     fn set_mode(&self, path: &Path, mode: u32) -> Result<()>;

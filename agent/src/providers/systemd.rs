@@ -105,6 +105,7 @@ impl ServiceProvider for Systemd {
             .iter()
             .filter_map(|r| match &r.spec {
                 Spec::Service(s) => Some(unit_name(&s.name)),
+                Spec::Timer(t) => Some(t.timer_unit()),
                 _ => None,
             })
             .collect();
@@ -163,6 +164,13 @@ impl ServiceProvider for Systemd {
 
     fn disable(&self, service: &str) -> Result<()> {
         self.act("disable", service)
+    }
+
+    fn reload_units(&self) -> Result<()> {
+        self.cache.borrow_mut().clear();
+        process::run_ok("systemctl", ["daemon-reload"], &[])
+            .context("could not reload systemd's units (daemon-reload)")?;
+        Ok(())
     }
 }
 
@@ -273,13 +281,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prepare_learns_the_units_of_the_roles_services() {
+    fn prepare_learns_the_units_of_the_roles_services_and_timers() {
         let mut bundle = cairn_proto::bundle::RoleBundle::default();
         bundle
             .insert(
                 "role.toml".into(),
                 b"[role]\nname = \"t\"\n\n[[service]]\nname = \"nginx\"\nrunning = true\n\n\
-             [[package]]\nname = \"nginx\"\n\n[[service]]\nname = \"fstrim.timer\"\nenabled = true\n"
+             [[package]]\nname = \"nginx\"\n\n[[service]]\nname = \"fstrim.timer\"\nenabled = true\n\n\
+             [[timer]]\nname = \"backup\"\non_calendar = \"daily\"\ncommand = \"true\"\n"
                     .to_vec(),
             )
             .unwrap();
@@ -289,7 +298,7 @@ mod tests {
         systemd.prepare(&role);
         let mut names = systemd.names.clone();
         names.sort();
-        assert_eq!(names, ["fstrim.timer", "nginx.service"]);
+        assert_eq!(names, ["backup.timer", "fstrim.timer", "nginx.service"]);
         assert!(systemd.cache.borrow().is_empty(), "prepare reads nothing");
     }
 

@@ -122,7 +122,7 @@ impl Resource for FileResource<'_> {
 }
 
 /// `{sha256 prefix}, N bytes`: identifies content in a report without copying it.
-fn digest_label(data: &[u8]) -> String {
+pub(super) fn digest_label(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let hash = Sha256::digest(data);
     let short: String = hash[..6].iter().map(|b| format!("{b:02x}")).collect();

@@ -13,9 +13,12 @@ mod directory;
 mod exec;
 mod file;
 mod group;
+mod link;
 mod package;
 mod perms;
 mod service;
+mod sysctl;
+mod timer;
 mod user;
 
 /// How the host differs from what the resource wants. Empty means converged.
@@ -102,6 +105,9 @@ pub fn for_spec(spec: &Spec) -> Box<dyn Resource + '_> {
         Spec::Directory(s) => Box::new(directory::DirectoryResource(s)),
         Spec::File(s) => Box::new(file::FileResource(s)),
         Spec::Exec(s) => Box::new(exec::ExecResource(s)),
+        Spec::Link(s) => Box::new(link::LinkResource(s)),
+        Spec::Sysctl(s) => Box::new(sysctl::SysctlResource(s)),
         Spec::Service(s) => Box::new(service::ServiceResource(s)),
+        Spec::Timer(s) => Box::new(timer::TimerResource(s)),
     }
 }

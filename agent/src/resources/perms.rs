@@ -8,6 +8,28 @@ use super::Drift;
 use crate::providers::FileSystem;
 use crate::providers::fs::{Meta, Ownership};
 
+/// How the agent keeps files whose content runs as root (unit files,
+/// `/etc/sysctl.d/` files): root's, writable by root alone.
+pub(super) const ROOT_0644: Ownership = Ownership {
+    uid: 0,
+    gid: 0,
+    mode: 0o644,
+};
+
+/// How `current` differs from [`ROOT_0644`], for a report
+/// (`owner app:root, mode 0666`); `None` when it does not.
+pub(super) fn unlike_root_0644(files: &dyn FileSystem, current: &Meta) -> Option<String> {
+    let want = ROOT_0644;
+    ((current.uid, current.gid, current.mode) != (want.uid, want.gid, want.mode)).then(|| {
+        format!(
+            "owner {}:{}, mode {}",
+            files.user_name(current.uid),
+            files.group_name(current.gid),
+            mode_str(current.mode)
+        )
+    })
+}
+
 /// What a role declares about a path's ownership; `None` leaves it alone.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Perms<'a> {

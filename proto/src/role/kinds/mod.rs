@@ -18,16 +18,22 @@ mod directory;
 mod exec;
 mod file;
 mod group;
+mod link;
 mod package;
 mod service;
+mod sysctl;
+mod timer;
 mod user;
 
 pub use directory::Directory;
 pub use exec::Exec;
 pub use file::File;
 pub use group::Group;
+pub use link::Link;
 pub use package::{Package, PackageState};
 pub use service::Service;
+pub use sysctl::{Sysctl, normalize_sysctl_value};
+pub use timer::Timer;
 pub use user::User;
 
 /// Whether a group, user, directory or file must exist.
@@ -142,8 +148,11 @@ kinds! {
     Package = "package",
     Directory = "directory",
     File = "file",
+    Link = "link",
+    Sysctl = "sysctl",
     Exec = "exec",
     Service = "service",
+    Timer = "timer",
 }
 
 impl FromStr for Kind {

@@ -1,0 +1,123 @@
+//! `[[timer]]`: the unit files of a timer and its oneshot service, and the
+//! timer enabled and running. Changed unit files are followed by one reload
+//! of the service manager; a running timer whose schedule changed is
+//! restarted. A converged timer costs two file reads and its state, which
+//! the service provider reads with the role's services (no process).
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use cairn_proto::diff::{self, Labels};
+use cairn_proto::role;
+
+use super::file::digest_label;
+use super::perms::{ROOT_0644, unlike_root_0644};
+use super::{Drift, Resource};
+use crate::providers::fs::FileKind;
+use crate::providers::{FileSystem, Host};
+
+pub struct TimerResource<'a>(pub &'a role::Timer);
+
+/// The two unit files: the property naming each in a report, its path and
+/// the content it must have.
+fn units(t: &role::Timer) -> [(&'static str, String, String); 2] {
+    [
+        ("timer", t.timer_path(), t.timer_file()),
+        ("service", t.service_path(), t.service_file()),
+    ]
+}
+
+/// What is at the unit file `path`: its content (`None` when nothing, or a
+/// link, which is replaced, is there), how a report shows it, and whether it
+/// is root's alone (a unit file others may write runs their commands as root).
+fn current(files: &dyn FileSystem, path: &str) -> Result<(Option<Vec<u8>>, String, bool)> {
+    Ok(match files.stat_read(Path::new(path))? {
+        None => (None, "absent".into(), true),
+        Some((m, Some(content))) => {
+            let label = digest_label(&content);
+            match unlike_root_0644(files, &m) {
+                None => (Some(content), label, true),
+                Some(perms) => (Some(content), format!("{label}, {perms}"), false),
+            }
+        }
+        Some((m, None)) if m.kind == FileKind::Symlink => (None, "link".into(), true),
+        Some((m, None)) => bail!("{path} is a {}, not a unit file", m.kind.as_str()),
+    })
+}
+
+impl Resource for TimerResource<'_> {
+    fn check(&self, host: &Host) -> Result<Drift> {
+        let t = self.0;
+        let mut drift = Drift::default();
+        let mut diffs = Vec::new();
+        for (property, path, want) in units(t) {
+            let (have, before, root_only) = current(host.files(), &path)?;
+            if have.as_deref() == Some(want.as_bytes()) && root_only {
+                continue;
+            }
+            drift.push(property, before, digest_label(want.as_bytes()));
+            diffs.extend(
+                diff::file(&path, have.as_deref(), Some(want.as_bytes()), Labels::Path)
+                    .map(|d| d.text()),
+            );
+        }
+        if !diffs.is_empty() {
+            drift.diff = Some(diffs.concat());
+        }
+        let unit = t.timer_unit();
+        let status = host.services()?.status(&unit)?;
+        if !status.exists {
+            if drift.is_empty() {
+                // Its files are in place, yet systemd has not loaded it: a
+                // reload was lost, or systemd refused the file.
+                drift.push("loaded", "false", "true");
+            }
+            drift.push("enabled", "false", "true");
+            drift.push("running", "false", "true");
+            return Ok(drift);
+        }
+        match status.enabled {
+            Some(true) => {}
+            Some(false) => drift.push("enabled", "false", "true"),
+            None => bail!("{unit} cannot be enabled (systemd calls it static)"),
+        }
+        if !status.running {
+            drift.push("running", "false", "true");
+        }
+        Ok(drift)
+    }
+
+    fn apply(&self, host: &Host, drift: &Drift) -> Result<()> {
+        let t = self.0;
+        let files = host.files();
+        let services = host.services()?;
+        let mut reload = drift.has("loaded");
+        for (property, path, want) in units(t) {
+            if drift.has(property) {
+                files.write_atomic(Path::new(&path), want.as_bytes(), ROOT_0644)?;
+                reload = true;
+            }
+        }
+        let unit = t.timer_unit();
+        if reload {
+            services.reload_units()?;
+            if !services.status(&unit)?.exists {
+                bail!(
+                    "systemd did not load {unit} from {}; `systemctl status {unit}` says why \
+                     (is on_calendar a calendar expression systemd reads?)",
+                    t.timer_path()
+                );
+            }
+        }
+        if drift.has("enabled") {
+            services.enable(&unit)?;
+        }
+        if drift.has("running") {
+            services.start(&unit)?;
+        } else if drift.has("timer") {
+            // A running timer reads its new schedule when it starts again.
+            services.restart(&unit)?;
+        }
+        Ok(())
+    }
+}
