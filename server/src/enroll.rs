@@ -23,7 +23,7 @@ use tracing::info;
 use crate::auth::{NODE_UNIT, Permission};
 use crate::pki::{NodeRequest, Pki};
 use crate::refusals::Refusal;
-use crate::service::{Api, check_channel, check_role_name, rfc3339, store_status};
+use crate::service::{Api, check_assigned_role, check_channel, cut, rfc3339, store_status};
 use crate::store::{self, Actor, NewToken, StoreError, TokenRecord, TokenRefusal, now_micros};
 
 /// The gRPC path of `Enrollment.Enroll`, which the gate lets through without
@@ -305,7 +305,7 @@ impl pb::access_server::Access for Enroller {
                     ttl_seconds,
                     uses,
                 } = req.into_inner();
-                check_role_name(&role)?;
+                check_assigned_role(&role)?;
                 let channel = check_channel(&channel)?;
                 let ttl = match ttl_seconds {
                     0 => DEFAULT_TOKEN_TTL,
@@ -407,6 +407,14 @@ impl pb::access_server::Access for Enroller {
                         "revoke join tokens",
                     )
                     .await?;
+                let ok = id.len() == TOKEN_ID_LEN && id.bytes().all(|b| TOKEN_ALPHABET.contains(&b));
+                if !ok {
+                    return Err(Status::invalid_argument(format!(
+                        "invalid token id {:?}: a token's id is the {TOKEN_ID_LEN} characters before \
+                         its '.', as `cairn token list` shows them",
+                        cut(&id)
+                    )));
+                }
                 let record = self
                     .api
                     .store
@@ -446,6 +454,7 @@ impl pb::access_server::Access for Enroller {
                     .revoke_node(&name, &actor)
                     .await
                     .map_err(store_status)?;
+                self.api.moves.revoked(&name);
                 info!(node = name, actor = %actor.name, "node revoked");
                 Ok(pb::RevokeNodeResponse {
                     assignment: Some(assignment.into()),

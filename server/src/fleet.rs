@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use cairn_proto::node;
 use cairn_proto::pb;
 use prost::Message;
 use time::OffsetDateTime;
@@ -131,6 +132,7 @@ impl pb::fleet_server::Fleet for Api {
                 0 => DEFAULT_HISTORY,
                 n => n.min(MAX_HISTORY),
             };
+            node::check_name(&name).map_err(|e| Status::invalid_argument(e.to_string()))?;
             let (node, facts_json) = self.store.fleet_node(&name).await.map_err(store_status)?;
             let reports = self
                 .store

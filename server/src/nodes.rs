@@ -11,27 +11,32 @@
 //!   no timer of its own; dead peers are dropped by HTTP/2 and TCP keepalive.
 //!   One process knows of the moves it made itself, so several servers on one
 //!   database (PostgreSQL) need the database to tell them (LISTEN/NOTIFY).
+//!   A stream also holds a receiver of the revocations [`ChannelMoves`]
+//!   broadcasts, and ends with `UNAUTHENTICATED` as soon as its node is
+//!   revoked (see [`NodeWatch`]).
 //! - `Report` goes through [`Ingest`]: reports arriving together are stored in
 //!   one transaction (one commit for many), each answered once it committed.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use cairn_proto::pb;
 use cairn_proto::report::RunReport;
 use prost::Message;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
-use tokio_stream::wrappers::WatchStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tonic::{Request, Response, Status};
 use tracing::{error, info};
 
 use crate::auth::{self, NodeCaller};
 use crate::refusals::Refusal;
-use crate::service::{Api, DEFAULT_CHANNEL, check_channel, store_status};
+use crate::service::{Api, DEFAULT_CHANNEL, check_channel, cut, store_status};
 use crate::store::{self, Actor, Micros, NewReport, ReportMeta, RunStatus, Store};
 
 /// Largest report message a node may send (the gRPC decoding limit of `Nodes`).
@@ -183,6 +188,9 @@ impl pb::nodes_server::Nodes for NodeApi {
     ) -> Result<Response<ChannelMovedStream>, Status> {
         self.api
             .observed("watch", async {
+                // Listening before the caller is checked: a revocation
+                // committed after the check reaches this stream.
+                let revocations = self.api.moves.revocations();
                 let caller = self.caller(&req, "watch").await?;
                 let asked = req.into_inner().assignment;
                 let (role, channel) = self.own_assignment(&caller, asked, "watch").await?;
@@ -192,8 +200,12 @@ impl pb::nodes_server::Nodes for NodeApi {
                     .subscribe(&role, &channel)
                     .await
                     .map_err(store_status)?;
-                // The current position first (if any), then each move.
-                let stream = WatchStream::new(moves).filter_map(|moved| moved.map(Ok));
+                let stream = NodeWatch {
+                    node: caller.actor.name,
+                    moves: WatchStream::new(moves),
+                    revocations: BroadcastStream::new(revocations),
+                    ended: false,
+                };
                 Ok(Box::pin(stream) as ChannelMovedStream)
             })
             .await
@@ -226,6 +238,54 @@ impl pb::nodes_server::Nodes for NodeApi {
                 Ok(pb::ReportResponse { created })
             })
             .await
+    }
+}
+
+/// One node's `Watch` stream: the channel's current position first (if
+/// any), then each move; it ends with `UNAUTHENTICATED` once the node is
+/// revoked, and when the server shuts down.
+struct NodeWatch {
+    node: String,
+    moves: WatchStream<Position>,
+    revocations: BroadcastStream<Arc<str>>,
+    /// Set once the revocation was sent: nothing follows it.
+    ended: bool,
+}
+
+impl Stream for NodeWatch {
+    type Item = Result<pb::ChannelMoved, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        // Revocations first: a revoked node is told nothing more.
+        while let Poll::Ready(Some(revoked)) = Pin::new(&mut this.revocations).poll_next(cx) {
+            let status = match revoked {
+                Ok(name) if *name == *this.node => Status::unauthenticated(format!(
+                    "credential revoked: node {} was revoked; enroll it again with a new join token",
+                    this.node
+                )),
+                Ok(_) => continue,
+                // Revocations were missed: whether this node's was among
+                // them is unknown, so it reconnects and is checked again.
+                Err(BroadcastStreamRecvError::Lagged(_)) => Status::unavailable(
+                    "the server fell behind on revocations; reconnect to watch again",
+                ),
+            };
+            this.ended = true;
+            return Poll::Ready(Some(Err(status)));
+        }
+        loop {
+            match Pin::new(&mut this.moves).poll_next(cx) {
+                // Nothing promoted yet: wait for the first move.
+                Poll::Ready(Some(None)) => continue,
+                Poll::Ready(Some(Some(moved))) => return Poll::Ready(Some(Ok(moved))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -345,11 +405,6 @@ pub fn check_report(
     })
 }
 
-/// The first characters of a refused value, for a message.
-fn cut(s: &str) -> String {
-    s.chars().take(64).collect()
-}
-
 /// Reports waiting to be stored, and the one task that stores them: what
 /// arrives while a transaction commits goes into the next one together.
 #[derive(Clone)]
@@ -418,14 +473,23 @@ impl Ingest {
 /// Where a watched channel points now; `None` before its first promote.
 type Position = Option<pb::ChannelMoved>;
 
+/// How many revocations an open `Watch` stream may fall behind before it is
+/// ended (to be checked again on reconnecting).
+const MAX_UNSEEN_REVOCATIONS: usize = 1024;
+
 /// The in-process fan-out of channel moves to `Watch` streams: one
-/// `tokio::sync::watch` per (role, channel) someone watches, created on demand.
+/// `tokio::sync::watch` per (role, channel) someone watches, created on demand;
+/// and of node revocations, to every stream.
 pub struct ChannelMoves {
     store: Arc<dyn Store>,
     senders: Mutex<HashMap<(String, String), watch::Sender<Position>>>,
     /// Held while a position is read from the store and published, so that the
     /// last one published is the newest (two moves' reads cannot cross).
     publishing: tokio::sync::Mutex<()>,
+    /// The names of nodes revoked; each stream compares them with its own.
+    /// Revocations are rare: waking every stream for one costs less than a
+    /// sender per node would.
+    revoked: broadcast::Sender<Arc<str>>,
 }
 
 impl ChannelMoves {
@@ -434,7 +498,20 @@ impl ChannelMoves {
             store,
             senders: Mutex::new(HashMap::new()),
             publishing: tokio::sync::Mutex::new(()),
+            revoked: broadcast::channel(MAX_UNSEEN_REVOCATIONS).0,
         }
+    }
+
+    /// A receiver of the names of nodes revoked from now on.
+    pub fn revocations(&self) -> broadcast::Receiver<Arc<str>> {
+        self.revoked.subscribe()
+    }
+
+    /// Ends the open `Watch` streams of node `name`; called after its
+    /// revocation committed.
+    pub fn revoked(&self, name: &str) {
+        // An error only says that no stream is open.
+        let _ = self.revoked.send(Arc::from(name));
     }
 
     fn sender(&self, role: &str, channel: &str) -> Option<watch::Sender<Position>> {

@@ -35,6 +35,8 @@ pub const MAX_MESSAGE_BYTES: usize = MAX_BUNDLE_BYTES + (4 << 20);
 pub const MAX_MESSAGE_TEXT_BYTES: usize = 4 << 10;
 /// Channel used when a request names none.
 pub const DEFAULT_CHANNEL: &str = "production";
+/// A "not found" answer names the object in at most this many characters.
+const MAX_NOT_FOUND_CHARS: usize = 256;
 /// At most this many audit entries in one response.
 pub const MAX_AUDIT_PAGE_ENTRIES: u32 = 1000;
 /// An audit response stops before the entry that would take it past this size.
@@ -54,7 +56,11 @@ pub struct Api {
 
 pub fn store_status(e: StoreError) -> Status {
     match e {
-        StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
+        // What was not found comes from the request: cut, as it goes into a header.
+        StoreError::NotFound(what) => Status::not_found(format!(
+            "{} not found",
+            what.chars().take(MAX_NOT_FOUND_CHARS).collect::<String>()
+        )),
         StoreError::Conflict(msg) => Status::failed_precondition(msg),
         e => {
             error!(
@@ -94,19 +100,28 @@ fn channel_info(c: store::Channel) -> pb::ChannelInfo {
     }
 }
 
+/// Role and channel names: 1 to 63 lowercase letters, digits and dashes,
+/// starting with a letter or digit (the rule of role.toml's `name`).
+fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.len() <= 63
+}
+
+const NAME_RULE: &str =
+    "use 1 to 63 lowercase letters, digits and dashes, starting with a letter or digit";
+
 pub(crate) fn check_channel(channel: &str) -> Result<String, Status> {
     let channel = if channel.is_empty() {
         DEFAULT_CHANNEL
     } else {
         channel
     };
-    let mut chars = channel.chars();
-    let ok = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && channel.len() <= 63;
-    if !ok {
+    if !is_name(channel) {
         return Err(Status::invalid_argument(format!(
-            "invalid channel name {channel:?}: use lowercase letters, digits and dashes"
+            "invalid channel name {:?}: {NAME_RULE}",
+            cut(channel)
         )));
     }
     Ok(channel.to_string())
@@ -117,6 +132,26 @@ pub(crate) fn check_role_name(role: &str) -> Result<(), Status> {
         return Err(Status::invalid_argument("no role name given"));
     }
     Ok(())
+}
+
+/// A role name a request assigns (a join token's): it must follow the rule
+/// of role.toml's `name`. Roles stored before that rule are still read by
+/// their names as stored ([`check_role_name`]).
+pub(crate) fn check_assigned_role(role: &str) -> Result<(), Status> {
+    check_role_name(role)?;
+    if !is_name(role) {
+        return Err(Status::invalid_argument(format!(
+            "invalid role name {:?}: {NAME_RULE}",
+            cut(role)
+        )));
+    }
+    Ok(())
+}
+
+/// The first characters of a refused value, for a message (which travels in
+/// a header).
+pub(crate) fn cut(s: &str) -> String {
+    s.chars().take(64).collect()
 }
 
 /// A push's message: shown in tables and stored for good, so bounded and

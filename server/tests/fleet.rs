@@ -333,6 +333,15 @@ async fn a_watch_gets_the_current_version_then_every_move() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+    let refusals = audited(&ops, "watch").await;
+    assert!(
+        refusals
+            .iter()
+            .any(|(actor, target, outcome)| actor == "web-1"
+                && target == "db@production"
+                && outcome.starts_with("denied: ")),
+        "{refusals:?}"
+    );
 
     // Shutting down ends the stream, so an agent's watch does not hold up the
     // drain (at most 20 s) but reconnects elsewhere at once.
@@ -350,6 +359,63 @@ async fn a_watch_gets_the_current_version_then_every_move() {
         "stopping took {:?}",
         started.elapsed()
     );
+}
+
+/// A node's open watch stream, after the position it starts with.
+async fn watching(node: &Connection, role: &str) -> tonic::Streaming<pb::ChannelMoved> {
+    let mut moves = node
+        .nodes()
+        .watch(pb::WatchRequest {
+            assignment: assigned(role, "production"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut moves).await;
+    moves
+}
+
+#[tokio::test]
+async fn a_revoked_nodes_watch_stream_ends_at_revoke_and_the_others_go_on() {
+    let server = Server::start();
+    let admin = server.operator("ann", "admin");
+    let ops = connect(&admin).await;
+    push(&ops, role("web", "one"), "production").await;
+    let revoked = enroll(&server, "web-1", "web", "production").await;
+    let other = enroll(&server, "web-2", "web", "production").await;
+    let mut revoked_moves = watching(&revoked, "web").await;
+    let mut other_moves = watching(&other, "web").await;
+
+    // `cairn node revoke`, the real binary: the stream ends now, with the
+    // reason, not at the node's next call.
+    ok(&admin, &["node", "revoke", "web-1"]);
+    let ended = tokio::time::timeout(DEADLINE, revoked_moves.message())
+        .await
+        .expect("the revoked node's watch stream stayed open");
+    let status = ended.expect_err("the stream ends with a status");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("credential revoked: node web-1 was revoked"),
+        "{}",
+        status.message()
+    );
+    // Nothing follows, not even a promote.
+    let v2 = push(&ops, role("web", "two"), "production").await;
+    assert!(matches!(revoked_moves.message().await, Ok(None) | Err(_)));
+
+    // Another node's stream is untouched and still told of moves.
+    assert_eq!(next(&mut other_moves).await.version, v2.version);
+    // And the revoked node cannot watch again.
+    let err = revoked
+        .nodes()
+        .watch(pb::WatchRequest {
+            assignment: assigned("web", "production"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 }
 
 #[tokio::test]

@@ -21,7 +21,8 @@
 //!   the real `cairn` CLI against it.
 //! - [`first_boot_user_data`] fills in the user-data of `docs/cloud-init.md`
 //!   for a [`Server`], with the static agent and its unit served by
-//!   [`AgentDownloads`].
+//!   [`AgentDownloads`]; [`FirstBoot`] makes a machine's seed of it, with a
+//!   new join token.
 //!
 //! Machines share the host's network: two machines that serve the same port
 //! must not run at the same time. The nextest configuration runs the tests of
@@ -33,7 +34,7 @@ mod server;
 mod user_data;
 
 pub use server::{Operator, Server, succeeded, terminate};
-pub use user_data::{AgentDownloads, Enrollment, first_boot_user_data};
+pub use user_data::{AgentDownloads, Enrollment, FirstBoot, first_boot_user_data};
 
 use std::fmt;
 use std::fs::{self, File};

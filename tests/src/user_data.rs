@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::{FileServer, static_agent_binary, workspace_root};
+use crate::{FileServer, NoCloudSeed, Operator, Server, static_agent_binary, workspace_root};
 
 /// Where the example is, and the comment that comes right before it.
 const CLOUD_INIT_DOC: &str = "docs/cloud-init.md";
@@ -56,6 +56,52 @@ impl AgentDownloads {
     /// Its SHA-256, in hex.
     pub fn agent_sha256(&self) -> &str {
         &self.agent_sha256
+    }
+}
+
+/// A fresh machine's NoCloud seed for a [`Server`]: the user-data of
+/// [`first_boot_user_data`] with a new join token, the server's CA pin, and
+/// the static agent served on loopback. What the cloud-init tests and the
+/// demo boot.
+pub struct FirstBoot {
+    pub seed: NoCloudSeed,
+    /// The join token in the user-data (one use, made by the operator).
+    pub token: String,
+    pub ca_pin: String,
+    /// Serves the agent and its unit: keep it until the machine has booted.
+    pub downloads: AgentDownloads,
+}
+
+impl FirstBoot {
+    /// The seed of a machine named `hostname` that enrolls for `role` at
+    /// `channel` with the servers `servers` (in that order; the server's own
+    /// URL among them) and trusts `server`'s CA.
+    pub fn new(
+        server: &Server,
+        ops: &Operator,
+        (role, channel): (&str, &str),
+        servers: &[String],
+        hostname: &str,
+    ) -> FirstBoot {
+        let token = ops.token(role, channel);
+        let ca_pin = server.ca_pin();
+        let downloads = AgentDownloads::serve();
+        let enrollment = Enrollment {
+            servers,
+            ca_pin: &ca_pin,
+            token: &token,
+        };
+        let seed = NoCloudSeed {
+            instance_id: format!("iid-{hostname}-{:x}", std::process::id()),
+            local_hostname: hostname.into(),
+            user_data: first_boot_user_data(&enrollment, &downloads),
+        };
+        FirstBoot {
+            seed,
+            token,
+            ca_pin,
+            downloads,
+        }
     }
 }
 

@@ -139,7 +139,8 @@ pub struct RevokedNodeOut {
 impl Render for RevokedNodeOut {
     fn human(&self) -> String {
         format!(
-            "revoked node {} (role {} at channel {}); the server refuses its certificate from its next call on\n",
+            "revoked node {} (role {} at channel {}); the server refuses its certificate from its next call on \
+             and has ended its watch streams\n",
             self.node, self.role, self.channel
         )
     }

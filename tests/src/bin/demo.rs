@@ -7,9 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_e2e::{
-    AgentDownloads, Enrollment, Machine, NoCloudSeed, Server, first_boot_user_data, workspace_root,
-};
+use cairn_e2e::{FirstBoot, Machine, Server, workspace_root};
 
 const ROLE: &str = "web";
 const CHANNEL: &str = "production";
@@ -30,26 +28,20 @@ fn main() {
     print!("{}", ops.cairn(&["role", "list"]));
 
     println!("\n== cairn token create --role {ROLE}   and   cairn-server ca pin");
-    let token = ops.token(ROLE, CHANNEL);
-    let ca_pin = server.ca_pin();
-    println!("join token {token}\nCA pin {ca_pin}");
-
-    let downloads = AgentDownloads::serve();
-    let enrollment = Enrollment {
-        servers: &[server.url()],
-        ca_pin: &ca_pin,
-        token: &token,
-    };
-    let seed = NoCloudSeed {
-        instance_id: format!("iid-cairn-demo-{:x}", std::process::id()),
-        local_hostname: "cairn-demo".into(),
-        user_data: first_boot_user_data(&enrollment, &downloads),
-    };
+    let boot = FirstBoot::new(
+        &server,
+        &ops,
+        (ROLE, CHANNEL),
+        &[server.url()],
+        "cairn-demo",
+    );
+    println!("join token {}\nCA pin {}", boot.token, boot.ca_pin);
+    let seed = &boot.seed;
     println!("\n== the user-data of docs/cloud-init.md, filled in");
     print!("{}", seed.user_data);
 
     println!("\n== a fresh machine boots with it (systemd and cloud-init in systemd-nspawn)");
-    let vm = Machine::boot_cloud_init("cairn-demo", &seed, &[]);
+    let vm = Machine::boot_cloud_init("cairn-demo", seed, &[]);
     let status = vm.cloud_init_status();
     println!(
         "\n== /var/log/cloud-init-output.log, its final stage   (runcmd: download, enroll, first run, daemon)"
