@@ -180,6 +180,29 @@ fn one_resource_is_named_one_way_in_the_list() {
 }
 
 #[test]
+fn a_users_primary_group_is_checked_and_followed() {
+    let role = load(&[(
+        "role.toml",
+        &format!(
+            "{HEAD}\n[[user]]\nname = \"app\"\ngroup = \"web\"\ngroups = [\"ops\"]\n\n\
+             [[group]]\nname = \"ops\"\n\n[[group]]\nname = \"web\"\n"
+        ),
+    )])
+    .unwrap();
+    let app = role.get(&"user:app".parse().unwrap()).unwrap();
+    let reqs: Vec<String> = app.requires.iter().map(ToString::to_string).collect();
+    assert_eq!(reqs, ["group:web", "group:ops"]);
+    let Spec::User(u) = &app.spec else { panic!() };
+    assert_eq!(u.group.as_deref(), Some("web"));
+
+    let d = only_error(&format!(
+        "{HEAD}\n[[user]]\nname = \"app\"\ngroup = \"Web Team\"\n"
+    ));
+    assert_eq!((d.line, d.field.as_deref()), (6, Some("group")), "{d}");
+    assert!(d.message.contains("invalid name"), "{d}");
+}
+
+#[test]
 fn wrong_type_names_the_field() {
     let d = only_error(&format!(
         "{HEAD}\n[[service]]\nname = \"x\"\nrunning = \"yes\"\n"

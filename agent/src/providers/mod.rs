@@ -81,6 +81,8 @@ pub struct UserEntry {
     pub home: String,
     pub shell: String,
     pub comment: String,
+    /// The primary group's name (its gid when no group has it).
+    pub group: String,
     /// Supplementary group names.
     pub groups: Vec<String>,
 }
@@ -92,6 +94,8 @@ pub struct UserChanges {
     pub home: Option<String>,
     pub shell: Option<String>,
     pub comment: Option<String>,
+    /// The primary group, by name.
+    pub group: Option<String>,
     /// Groups to add the user to (membership is never removed).
     pub add_groups: Vec<String>,
 }
