@@ -676,6 +676,42 @@ fn noop_does_not_fail_what_waits_on_a_pending_change() {
     assert_eq!(changes, ["mkdir /srv/app", "touch /srv/app/built"]);
 }
 
+/// A service whose unit a file would write, and which also requires a
+/// package that would be installed: both are named, not only the first of
+/// its `requires`.
+#[test]
+fn noop_names_every_pending_change_a_check_waits_on() {
+    let case = Case::new(
+        "[[package]]\nname = \"python3\"\n\n\
+         [[package]]\nname = \"curl\"\n\n\
+         [[file]]\npath = \"/etc/systemd/system/app.service\"\ncontent = \"[Service]\"\n\
+         notify = [\"service:app\"]\n\n\
+         [[service]]\nname = \"app\"\nrunning = true\n\
+         requires = [\"package:python3\", \"package:curl\"]\n",
+    );
+    case.world
+        .world()
+        .packages
+        .insert("curl".into(), "7.88".into());
+
+    let report = case.noop();
+    assert_eq!(
+        statuses(&report),
+        [
+            ("package:python3", WouldChange),
+            ("package:curl", Unchanged),
+            ("file:/etc/systemd/system/app.service", WouldChange),
+            ("service:app", WouldChange)
+        ]
+    );
+    assert_eq!(
+        error_of(&report, "service:app"),
+        "not checked until package:python3 and file:/etc/systemd/system/app.service are \
+         applied (could not check service:app: service app is not known to the service \
+         manager (is its package installed?))"
+    );
+}
+
 #[test]
 fn drift_left_after_apply_is_a_failure() {
     let case = Case::new(
