@@ -59,6 +59,17 @@ pub trait ServiceProvider {
         let _ = role;
     }
     fn status(&self, service: &str) -> Result<ServiceStatus>;
+    /// Whether the definition the manager runs `service` with is older than
+    /// its unit file or a drop-in on disk (systemd's `NeedDaemonReload`).
+    fn stale(&self, service: &str) -> Result<bool> {
+        let _ = service;
+        Ok(false)
+    }
+    /// Makes the manager read every changed unit file again (`systemctl
+    /// daemon-reload`).
+    fn reload_units(&self) -> Result<()> {
+        Ok(())
+    }
     fn start(&self, service: &str) -> Result<()>;
     fn stop(&self, service: &str) -> Result<()>;
     fn restart(&self, service: &str) -> Result<()>;
