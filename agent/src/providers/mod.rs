@@ -38,6 +38,15 @@ pub trait PackageProvider {
     /// Installs `package` (at `version` when given).
     fn install(&self, package: &str, version: Option<&str>) -> Result<()>;
     fn remove(&self, package: &str) -> Result<()>;
+    /// What an interrupted package operation left undone (and blocks every
+    /// change until finished), for the report; `None` when nothing was.
+    fn interrupted(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+    /// Finishes what [`PackageProvider::interrupted`] found.
+    fn finish_interrupted(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What a service manager says about one service.
