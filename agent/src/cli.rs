@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use cairn_proto::facts::Facts;
-use cairn_proto::report::RunReport;
+use cairn_proto::report::{RunReport, count};
 use cairn_proto::role::Diagnostics;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -152,9 +152,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Validate { role_dir } => {
             let role = RunInput::from_dir(&role_dir)?.load(&Facts::placeholder())?;
             println!(
-                "role {} is valid: {} resources, digest {}",
+                "role {} is valid: {}, digest {}",
                 role.name,
-                role.resources.len(),
+                count(role.resources.len() as u64, "resource"),
                 role.digest
             );
             Ok(ExitCode::SUCCESS)

@@ -46,6 +46,12 @@ pub fn run(
             notifiers.entry(target).or_default().push(&r.id);
         }
     }
+    let order: HashMap<&ResourceId, usize> = role
+        .resources
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (&r.id, i))
+        .collect();
     let mut status: HashMap<&ResourceId, ResourceStatus> = HashMap::new();
     let mut reports = Vec::with_capacity(role.resources.len());
 
@@ -79,20 +85,33 @@ pub fn run(
                 let outcome = converge(r, &id, host, state, opts, &mut pending);
                 // In noop, a check can fail only because a dependency has not
                 // been applied yet (a service whose package would be
-                // installed): that is a pending change, not a failure.
-                let waiting_on =
-                    deps().find(|d| status.get(d) == Some(&ResourceStatus::WouldChange));
-                match waiting_on {
-                    Some(dep) if opts.noop && outcome.status == ResourceStatus::Failed => Outcome {
+                // installed): that is a pending change, not a failure. Which
+                // of the pending dependencies it waits on cannot be told, so
+                // each is named, in the order they converge.
+                let mut waiting_on: Vec<&ResourceId> = Vec::new();
+                if opts.noop && outcome.status == ResourceStatus::Failed {
+                    for dep in deps() {
+                        if status.get(dep) == Some(&ResourceStatus::WouldChange)
+                            && !waiting_on.contains(&dep)
+                        {
+                            waiting_on.push(dep);
+                        }
+                    }
+                    waiting_on.sort_by_key(|d| order[*d]);
+                }
+                match waiting_on.as_slice() {
+                    [] => outcome,
+                    deps => Outcome {
                         status: ResourceStatus::WouldChange,
                         changes: Vec::new(),
                         diff: None,
                         error: Some(format!(
-                            "not checked until {dep} is applied ({})",
+                            "not checked until {} {} applied ({})",
+                            and_list(deps),
+                            if deps.len() == 1 { "is" } else { "are" },
                             outcome.error.unwrap_or_default()
                         )),
                     },
-                    _ => outcome,
                 }
             }
         };
@@ -273,6 +292,16 @@ fn owe_refreshes(r: &cairn_proto::role::Resource, pending: &mut BTreeMap<String,
         }
     }
     changed
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[&ResourceId]) -> String {
+    let names: Vec<String> = items.iter().map(ToString::to_string).collect();
+    match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 fn now() -> String {

@@ -34,6 +34,9 @@ struct World {
     /// Packages whose installation says it worked but installs nothing.
     phantom: BTreeSet<String>,
     services: BTreeMap<String, ServiceStatus>,
+    /// Services whose unit file changed since the service manager read it
+    /// (written under `/etc/systemd/system/`, as systemd would see).
+    stale: BTreeSet<String>,
     /// Shell commands that exit non-zero.
     failing: BTreeSet<String>,
     /// Every call that changes the world, in order (`install nginx`,
@@ -168,6 +171,16 @@ impl ServiceProvider for Fake {
             }))
     }
 
+    fn stale(&self, service: &str) -> Result<bool> {
+        Ok(self.0.borrow().stale.contains(service))
+    }
+
+    fn reload_units(&self) -> Result<()> {
+        self.change("daemon-reload".into());
+        self.world().stale.clear();
+        Ok(())
+    }
+
     fn start(&self, service: &str) -> Result<()> {
         self.set(service, "start", |s| s.running = true)
     }
@@ -246,6 +259,14 @@ impl FileSystem for Fake {
 
     fn write_atomic(&self, path: &Path, data: &[u8], own: Ownership) -> Result<()> {
         self.change(format!("write {}", path.display()));
+        if let Some(unit) = path
+            .strip_prefix("/etc/systemd/system")
+            .ok()
+            .and_then(|p| p.to_str()?.strip_suffix(".service"))
+            .filter(|u| self.0.borrow().services.contains_key(*u))
+        {
+            self.world().stale.insert(unit.into());
+        }
         let file = File {
             kind: FileKind::File,
             content: data.to_vec(),
@@ -671,6 +692,73 @@ fn a_reload_owed_by_a_failed_run_stays_a_reload_until_a_restart_is_asked() {
 }
 
 #[test]
+fn a_changed_unit_is_reloaded_once_before_its_service_is_started_or_restarted() {
+    let case = Case::new(
+        "[[file]]\npath = \"/etc/systemd/system/app.service\"\ncontent = \"v2\"\n\
+         notify = [\"service:app\"]\n\n\
+         [[file]]\npath = \"/etc/systemd/system/worker.service\"\ncontent = \"v2\"\n\n\
+         [[service]]\nname = \"app\"\nrunning = true\n\n\
+         [[service]]\nname = \"worker\"\nrunning = true\n\n\
+         [[service]]\nname = \"idle\"\n",
+    );
+    case.world.service("app", true, true);
+    case.world.service("worker", false, true);
+    case.world.service("idle", true, true);
+
+    let (report, changes) = case.apply_changes();
+    // One reload, before anything acts on the changed units.
+    assert_eq!(
+        changes,
+        [
+            "write /etc/systemd/system/app.service",
+            "write /etc/systemd/system/worker.service",
+            "daemon-reload",
+            "restart app",
+            "start worker"
+        ]
+    );
+    let app = report.resources.iter().find(|r| r.id == "service:app");
+    let app: Vec<_> = app
+        .unwrap()
+        .changes
+        .iter()
+        .map(|c| (c.property.as_str(), c.before.as_str(), c.after.as_str()))
+        .collect();
+    assert_eq!(
+        app,
+        [
+            ("systemd", "unit changed on disk", "reloaded"),
+            ("refresh", "", "restarted")
+        ]
+    );
+    assert_eq!(
+        statuses(&report)[2..],
+        [
+            ("service:app", Changed),
+            ("service:worker", Changed),
+            ("service:idle", Unchanged)
+        ]
+    );
+    let (report, changes) = case.apply_changes();
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(report.summary.unchanged, 5);
+
+    // Changed by hand: noop says a reload is due and does nothing.
+    case.world.world().stale.insert("idle".into());
+    let report = case.noop();
+    let idle = report.resources.last().unwrap();
+    assert_eq!(
+        (idle.id.as_str(), idle.status),
+        ("service:idle", WouldChange)
+    );
+    assert_eq!(idle.changes[0].after, "reloaded");
+    assert_eq!(case.world.changes().len(), 5, "noop changed something");
+    // A service the role only notifies is reloaded too.
+    let (_, changes) = case.apply_changes();
+    assert_eq!(changes, ["daemon-reload"]);
+}
+
+#[test]
 fn a_refresh_owed_by_a_failed_run_is_done_by_the_next_run() {
     let case = Case::new(
         "[[exec]]\nname = \"gate\"\ncommand = \"gate\"\n\n\
@@ -815,6 +903,42 @@ fn noop_does_not_fail_what_waits_on_a_pending_change() {
     let (report, changes) = case.apply_changes();
     assert_eq!(report.summary.changed, 2, "{report:#?}");
     assert_eq!(changes, ["mkdir /srv/app", "touch /srv/app/built"]);
+}
+
+/// A service whose unit a file would write, and which also requires a
+/// package that would be installed: both are named, not only the first of
+/// its `requires`.
+#[test]
+fn noop_names_every_pending_change_a_check_waits_on() {
+    let case = Case::new(
+        "[[package]]\nname = \"python3\"\n\n\
+         [[package]]\nname = \"curl\"\n\n\
+         [[file]]\npath = \"/etc/systemd/system/app.service\"\ncontent = \"[Service]\"\n\
+         notify = [\"service:app\"]\n\n\
+         [[service]]\nname = \"app\"\nrunning = true\n\
+         requires = [\"package:python3\", \"package:curl\"]\n",
+    );
+    case.world
+        .world()
+        .packages
+        .insert("curl".into(), "7.88".into());
+
+    let report = case.noop();
+    assert_eq!(
+        statuses(&report),
+        [
+            ("package:python3", WouldChange),
+            ("package:curl", Unchanged),
+            ("file:/etc/systemd/system/app.service", WouldChange),
+            ("service:app", WouldChange)
+        ]
+    );
+    assert_eq!(
+        error_of(&report, "service:app"),
+        "not checked until package:python3 and file:/etc/systemd/system/app.service are \
+         applied (could not check service:app: service app is not known to the service \
+         manager (is its package installed?))"
+    );
 }
 
 #[test]

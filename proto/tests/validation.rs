@@ -128,7 +128,7 @@ fn unknown_key_is_located_and_gets_a_suggestion() {
     assert_eq!(d.help.as_deref(), Some("did you mean `owner`?"), "{d}");
     assert!(
         d.to_string()
-            .starts_with("role.toml:7:1: [[file]] #1, field `ownr`: unknown field"),
+            .starts_with("role.toml:7:1: [[file]] \"/x\", field `ownr`: unknown field"),
         "{d}"
     );
 }
@@ -136,8 +136,70 @@ fn unknown_key_is_located_and_gets_a_suggestion() {
 #[test]
 fn unknown_section_gets_a_suggestion() {
     let d = only_error(&format!("{HEAD}\n[[fiel]]\npath = \"/x\"\n"));
-    assert_eq!((d.line, d.field.as_deref()), (4, Some("fiel")), "{d}");
+    assert_eq!((d.line, d.field.as_deref()), (4, None), "{d}");
     assert_eq!(d.help.as_deref(), Some("did you mean `file`?"));
+    // A section is called a section, not a field.
+    assert_eq!(
+        d.to_string(),
+        "role.toml:4:3: unknown section `fiel`\n  help: did you mean `file`?"
+    );
+    let d = only_error(&format!("{HEAD}\n[file]\npath = \"/x\"\n"));
+    assert_eq!(
+        d.to_string(),
+        "role.toml:4:1: section `file` must be an array of tables\n  \
+         help: write each one as [[file]]"
+    );
+}
+
+/// Problems found before a table's name is known (its fields' types) and
+/// after (its values) name the resource the same way.
+#[test]
+fn one_resource_is_named_one_way_in_the_list() {
+    let d = errors(&[(
+        "role.toml",
+        &format!(
+            "{HEAD}\n[[user]]\nname = \"app\"\nshel = \"/bin/sh\"\ngroups = [\"Ops\"]\n\n\
+             [[file]]\ncontent = \"x\"\n"
+        ),
+    )]);
+    let shown: Vec<String> = d.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 3, "{shown:#?}");
+    assert!(
+        shown[0].starts_with("role.toml:6:1: [[user]] \"app\", field `shel`: unknown field"),
+        "{shown:#?}"
+    );
+    assert!(
+        shown[1].starts_with("role.toml:7:11: [[user]] \"app\", field `groups`: invalid name"),
+        "{shown:#?}"
+    );
+    // Without a name, its place in the role names it.
+    assert!(
+        shown[2].starts_with("role.toml:9:1: [[file]] #1, field `path`: missing field"),
+        "{shown:#?}"
+    );
+}
+
+#[test]
+fn a_users_primary_group_is_checked_and_followed() {
+    let role = load(&[(
+        "role.toml",
+        &format!(
+            "{HEAD}\n[[user]]\nname = \"app\"\ngroup = \"web\"\ngroups = [\"ops\"]\n\n\
+             [[group]]\nname = \"ops\"\n\n[[group]]\nname = \"web\"\n"
+        ),
+    )])
+    .unwrap();
+    let app = role.get(&"user:app".parse().unwrap()).unwrap();
+    let reqs: Vec<String> = app.requires.iter().map(ToString::to_string).collect();
+    assert_eq!(reqs, ["group:web", "group:ops"]);
+    let Spec::User(u) = &app.spec else { panic!() };
+    assert_eq!(u.group.as_deref(), Some("web"));
+
+    let d = only_error(&format!(
+        "{HEAD}\n[[user]]\nname = \"app\"\ngroup = \"Web Team\"\n"
+    ));
+    assert_eq!((d.line, d.field.as_deref()), (6, Some("group")), "{d}");
+    assert!(d.message.contains("invalid name"), "{d}");
 }
 
 #[test]

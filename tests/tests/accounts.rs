@@ -140,6 +140,85 @@ fn user_timeline() {
     m.sh_ok(&format!("test -d {home}"));
 }
 
+/// The primary group: the group named as the user when one exists (useradd
+/// would refuse to make it), the declared one otherwise, changed when the
+/// role changes it or someone changes it by hand.
+#[test]
+fn user_primary_group_timeline() {
+    let m = Machine::boot("user-group");
+    let name = "cairn-app";
+    let t = Timeline::new(
+        &m,
+        &format!("user:{name}"),
+        &format!("id {name} 2>/dev/null; getent group {name} cairn-web; true"),
+    );
+    // A group of the user's name, made earlier (by a package, by hand).
+    m.sh_ok(&format!("groupadd --gid 4400 {name}"));
+    let after = t.converges(
+        &format!("[[user]]\nname = \"{name}\"\nuid = 4410\n"),
+        &[("ensure", "absent", "present")],
+    );
+    assert_eq!(
+        after,
+        format!("uid=4410({name}) gid=4400({name}) groups=4400({name})\n{name}:x:4400:\n")
+    );
+
+    // The role names a group it declares: it is made first, then the user
+    // moves to it.
+    let with_group = |group: &str| {
+        format!(
+            "[[group]]\nname = \"cairn-web\"\ngid = 4401\n\n\
+             [[user]]\nname = \"{name}\"\nuid = 4410\ngroup = \"{group}\"\n"
+        )
+    };
+    let run = {
+        m.write_file(
+            "/root/roles/primary/role.toml",
+            format!("[role]\nname = \"primary\"\n\n{}", with_group("cairn-web")),
+        );
+        m.apply_json("/root/roles/primary", &["--detailed-exitcodes"])
+    };
+    assert_eq!(run.code, 2, "{run}");
+    assert_eq!(
+        run.ids(cairn_proto::report::ResourceStatus::Changed),
+        ["group:cairn-web", &format!("user:{name}")],
+        "{run}"
+    );
+    assert!(
+        run.has_change(&format!("user:{name}"), "group", name, "cairn-web"),
+        "{run}"
+    );
+    assert_eq!(
+        m.sh_ok(&format!("id {name}")),
+        format!("uid=4410({name}) gid=4401(cairn-web) groups=4401(cairn-web)\n")
+    );
+    t.holds(&with_group("cairn-web"));
+
+    // Changed by hand: exactly that drift, and apply puts it back.
+    m.sh_ok(&format!("usermod --gid {name} {name}"));
+    let after = t.converges(&with_group("cairn-web"), &[("group", name, "cairn-web")]);
+    assert!(
+        after.starts_with(&format!("uid=4410({name}) gid=4401(cairn-web)")),
+        "{after}"
+    );
+
+    // A new user created with a declared group gets no group of its own.
+    let t = Timeline::new(
+        &m,
+        "user:cairn-api",
+        "id cairn-api 2>/dev/null; getent group cairn-api; true",
+    );
+    let after = t.converges(
+        "[[group]]\nname = \"cairn-web\"\ngid = 4401\n\n\
+         [[user]]\nname = \"cairn-api\"\nuid = 4411\ngroup = \"cairn-web\"\n",
+        &[("ensure", "absent", "present")],
+    );
+    assert_eq!(
+        after,
+        "uid=4411(cairn-api) gid=4401(cairn-web) groups=4401(cairn-web)\n"
+    );
+}
+
 #[test]
 fn system_users_get_their_declared_home_only_and_no_skeleton() {
     let m = Machine::boot("system-user");

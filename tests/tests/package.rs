@@ -1,7 +1,8 @@
 //! `[[package]]` through the real agent and the real apt, on a fresh machine
 //! (no package lists, so the agent has to update them): install, a pin at
-//! the installed version, a pin the archive does not have, removal, and a
-//! package the archive does not know. dpkg-query is the oracle.
+//! the installed version, a pin the archive does not have, removal, a
+//! package the archive does not know, and a dpkg killed mid-install. dpkg-query
+//! is the oracle.
 
 use cairn_e2e::{Machine, Timeline};
 
@@ -69,4 +70,89 @@ fn a_package_the_archive_does_not_know_fails_naming_it() {
         ],
     );
     assert_eq!(t.probe(), "");
+}
+
+/// Builds two packages into a flat repository on the machine's own disk, the
+/// only source apt knows: `cairn-stuck`, whose preinst waits while
+/// `/run/cairn-block` exists (after writing its own and dpkg's pids), and
+/// `cairn-other`.
+const LOCAL_REPOSITORY: &str = r#"
+set -e
+package() {
+    dir=/root/build/$1
+    mkdir -p "$dir/DEBIAN" "$dir/usr/share/$1"
+    echo "$1" > "$dir/usr/share/$1/marker"
+    printf 'Package: %s\nVersion: 1.0\nArchitecture: all\nMaintainer: Cairn tests <tests@cairn.invalid>\nDescription: Cairn test package\n' "$1" > "$dir/DEBIAN/control"
+    if [ -n "$2" ]; then printf '%s\n' "$2" > "$dir/DEBIAN/preinst"; chmod 755 "$dir/DEBIAN/preinst"; fi
+    dpkg-deb --root-owner-group --build "$dir" "/srv/repo/$1_1.0_all.deb" >/dev/null
+}
+mkdir -p /srv/repo
+package cairn-stuck '#!/bin/sh
+echo $PPID > /run/cairn-dpkg-pid
+echo $$ > /run/cairn-preinst-pid
+while [ -e /run/cairn-block ]; do sleep 0.1; done'
+package cairn-other ''
+cd /srv/repo
+for deb in *.deb; do
+    dpkg-deb --field "$deb"
+    printf 'Filename: ./%s\nSize: %s\nSHA256: %s\n\n' "$deb" "$(stat -c %s "$deb")" "$(sha256sum "$deb" | cut -d' ' -f1)"
+done > Packages
+printf 'Date: %s\nSHA256:\n %s %s Packages\n' "$(date -Ru)" "$(sha256sum Packages | cut -d' ' -f1)" "$(stat -c %s Packages)" > Release
+mkdir -p /root/apt-sources
+mv /etc/apt/sources.list /etc/apt/sources.list.d/* /root/apt-sources/ 2>/dev/null || true
+echo 'deb [trusted=yes] file:/srv/repo ./' > /etc/apt/sources.list.d/cairn.list
+apt-get update -q >/dev/null
+"#;
+
+/// Installs `cairn-stuck` and kills dpkg once its preinst runs: dpkg has
+/// marked it half installed in its journal and unpacked nothing yet, as when
+/// a machine is stopped during its first boot's installs.
+const KILL_DPKG_MID_INSTALL: &str = r#"
+touch /run/cairn-block
+apt-get install -y cairn-stuck >/run/cairn-apt.log 2>&1 &
+echo $! > /run/cairn-apt-pid
+for i in $(seq 600); do [ -s /run/cairn-preinst-pid ] && break; sleep 0.1; done
+[ -s /run/cairn-preinst-pid ] || { cat /run/cairn-apt.log; exit 1; }
+kill -KILL "$(cat /run/cairn-dpkg-pid)" "$(cat /run/cairn-preinst-pid)"
+rm /run/cairn-block
+while kill -0 "$(cat /run/cairn-apt-pid)" 2>/dev/null; do sleep 0.1; done
+"#;
+
+#[test]
+fn a_dpkg_killed_mid_install_is_finished_before_the_next_change() {
+    let m = Machine::boot("package-interrupted");
+    m.sh_ok(LOCAL_REPOSITORY);
+    m.sh_ok(KILL_DPKG_MID_INSTALL);
+    // What blocks every apt run until someone finishes dpkg's work.
+    let blocked = m.sh("apt-get install -y cairn-other");
+    let said = String::from_utf8_lossy(&blocked.stderr);
+    assert!(
+        !blocked.status.success() && said.contains("dpkg was interrupted"),
+        "{said}"
+    );
+
+    let t = Timeline::new(
+        &m,
+        "package:cairn-other",
+        "ls /var/lib/dpkg/updates; \
+         dpkg-query --show --showformat='${Package} ${db:Status-Abbrev}\\n' 'cairn-*' 2>/dev/null; true",
+    );
+    assert!(
+        t.probe().contains("cairn-stuck iHR"),
+        "precondition: cairn-stuck half installed, reinstall required: {}",
+        t.probe()
+    );
+    let after = t.converges(
+        "[[package]]\nname = \"cairn-other\"\n",
+        &[
+            (
+                "unfinished",
+                "dpkg was interrupted: cairn-stuck half-installed",
+                "finished",
+            ),
+            ("ensure", "absent", "installed"),
+        ],
+    );
+    assert_eq!(after, "cairn-other ii \ncairn-stuck ii \n");
+    m.sh_ok("test -e /usr/share/cairn-stuck/marker && apt-get install -y cairn-other");
 }

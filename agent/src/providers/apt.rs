@@ -5,19 +5,29 @@
 //! package (several milliseconds each), so a converged run costs almost nothing.
 //! Changes go through `apt-get`, which resolves dependencies and refreshes the
 //! package lists only when they are missing, stale, or do not know a package.
+//!
+//! A dpkg that was killed (a machine stopped during its first boot) leaves
+//! packages half done and its journal unmerged, and apt refuses to work until
+//! someone runs `dpkg --configure -a`. Before a change, the package resource
+//! asks whether that happened ([`PackageProvider::interrupted`]) and has the
+//! work finished here: `dpkg --configure -a`, then `apt-get -f install`.
+//!
+//! [`PackageProvider::interrupted`]: super::PackageProvider::interrupted
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 
 use super::fs::Posix;
 use super::process::{self, Ran};
 use super::{FileSystem, Needs};
 
 const DPKG_STATUS: &str = "/var/lib/dpkg/status";
+/// dpkg's journal: status changes not yet merged into the status file.
+const DPKG_UPDATES: &str = "/var/lib/dpkg/updates";
 const APT_LISTS: &str = "/var/lib/apt/lists";
 
 /// Where apt fits: Debian and its derivatives (Ubuntu).
@@ -31,6 +41,13 @@ pub const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 const LOCK_WAIT: Duration = Duration::from_secs(300);
 const LOCK_TIMEOUT_OPT: &str = "DPkg::Lock::Timeout=300";
 const LOCK_RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// How dpkg says another dpkg or apt holds its lock; it does not wait.
+const DPKG_LOCKED: &str = "locked by another process";
+
+/// The most journal entries read when describing an interrupted dpkg; dpkg
+/// merges them into the status file every few dozen.
+const MAX_JOURNAL_ENTRIES: usize = 1000;
 
 /// Every apt-get call: no debconf prompts; English messages, because we match
 /// apt's errors (maintainer scripts must work in any locale, and run under C in
@@ -55,6 +72,7 @@ const COMMON_ARGS: &[&str] = &[
 
 pub struct Apt {
     status_path: PathBuf,
+    updates_dir: PathBuf,
     lists_dir: PathBuf,
     /// The dpkg database as last read; `None` until first asked and after every
     /// change, so a read after install or remove sees the new state.
@@ -73,6 +91,7 @@ impl Apt {
     pub fn new() -> Self {
         Apt {
             status_path: PathBuf::from(DPKG_STATUS),
+            updates_dir: PathBuf::from(DPKG_UPDATES),
             lists_dir: PathBuf::from(APT_LISTS),
             db: RefCell::new(None),
             updated: Cell::new(false),
@@ -89,17 +108,7 @@ impl Apt {
     /// `LOCK_WAIT` has passed.
     fn apt_get(&self, args: &[&str]) -> Result<Ran> {
         let all: Vec<&str> = COMMON_ARGS.iter().chain(args).copied().collect();
-        let deadline = Instant::now() + LOCK_WAIT;
-        loop {
-            let ran = process::run("apt-get", &all, ENV)?;
-            if ran.success
-                || !ran.stderr.contains("Could not get lock")
-                || Instant::now() >= deadline
-            {
-                return Ok(ran);
-            }
-            std::thread::sleep(LOCK_RETRY_PAUSE);
-        }
+        run_waiting_for_lock("apt-get", &all, "Could not get lock")
     }
 
     fn update(&self) -> Result<()> {
@@ -119,22 +128,27 @@ impl Apt {
         ran
     }
 
-    fn install_inner(&self, package: &str, version: Option<&str>) -> Result<()> {
-        // Lists that are missing or old would install an outdated version or
-        // nothing at all. A failed refresh of merely old lists is not fatal: the
-        // old lists may do, and an install that still fails says why below.
-        let mut update_error = None;
-        if !self.updated.get() {
-            let lists = scan_lists(&self.lists_dir)?;
-            if lists_stale(&lists, SystemTime::now())
-                && let Err(e) = self.update()
-            {
-                if !lists.has_packages {
-                    return Err(e);
-                }
-                update_error = Some(e);
-            }
+    /// Refreshes lists that are missing or old, which would install an
+    /// outdated version or nothing at all. A failed refresh of merely old
+    /// lists is returned, not fatal: the old lists may do, and an install that
+    /// still fails can say why.
+    fn refresh_stale_lists(&self) -> Result<Option<anyhow::Error>> {
+        if self.updated.get() {
+            return Ok(None);
         }
+        let lists = scan_lists(&self.lists_dir)?;
+        if !lists_stale(&lists, SystemTime::now()) {
+            return Ok(None);
+        }
+        match self.update() {
+            Ok(()) => Ok(None),
+            Err(e) if lists.has_packages => Ok(Some(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn install_inner(&self, package: &str, version: Option<&str>) -> Result<()> {
+        let update_error = self.refresh_stale_lists()?;
         let target = match version {
             Some(v) => format!("{package}={v}"),
             None => package.to_string(),
@@ -163,6 +177,76 @@ impl Apt {
             None => err,
         })
     }
+
+    /// Whether dpkg's journal holds entries, and the packages left half done
+    /// by the status file and the journal.
+    fn unfinished(&self) -> Result<(bool, Vec<HalfDone>)> {
+        let journal = self.journal()?;
+        let mut texts = Vec::with_capacity(journal.len() + 1);
+        let read =
+            std::iter::once(&self.status_path).chain(journal.iter().take(MAX_JOURNAL_ENTRIES));
+        for path in read {
+            let raw = Posix::default()
+                .read(path)
+                .with_context(|| format!("could not read {}", path.display()))?;
+            texts.push(String::from_utf8_lossy(&raw).into_owned());
+        }
+        Ok((
+            !journal.is_empty(),
+            half_done(texts.iter().map(String::as_str)),
+        ))
+    }
+
+    /// A package whose unpacking dpkg was killed in is left half installed
+    /// even after `apt-get -f install` (apt keeps it as it is): installed
+    /// again here, from the lists, when it was being installed. None may be
+    /// left half done after.
+    fn reinstall_half_done(&self) -> Result<()> {
+        let (_, left) = self.unfinished()?;
+        let mut args = vec!["install", "--reinstall"];
+        args.extend(left.iter().filter(|h| h.wanted).map(|h| h.name.as_str()));
+        if args.len() > 2 {
+            let ran = self.try_install(&args)?;
+            if !ran.success {
+                return Err(failed(&args, &ran));
+            }
+        }
+        let (_, left) = self.unfinished()?;
+        if !left.is_empty() {
+            bail!("{} still half done after `apt-get -f install`", list(&left));
+        }
+        Ok(())
+    }
+
+    /// dpkg's journal entries (files named by a number, as apt counts
+    /// them), in the order dpkg wrote them.
+    fn journal(&self) -> Result<Vec<PathBuf>> {
+        let context = || {
+            format!(
+                "could not list dpkg's journal in {}",
+                self.updates_dir.display()
+            )
+        };
+        let entries = match std::fs::read_dir(&self.updates_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(context),
+        };
+        let mut numbered: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(context)?;
+            let name = entry.file_name();
+            let number = name
+                .to_str()
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse().ok());
+            if let Some(number) = number {
+                numbered.push((number, entry.path()));
+            }
+        }
+        numbered.sort();
+        Ok(numbered.into_iter().map(|(_, path)| path).collect())
+    }
 }
 
 fn failed(args: &[&str], ran: &Ran) -> anyhow::Error {
@@ -173,9 +257,72 @@ fn failed(args: &[&str], ran: &Ran) -> anyhow::Error {
     )
 }
 
+/// Runs `program args…`, again while it fails saying `locked` (another apt
+/// or dpkg at work), until [`LOCK_WAIT`] has passed.
+fn run_waiting_for_lock(program: &str, args: &[&str], locked: &str) -> Result<Ran> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let ran = process::run(program, args, ENV)?;
+        if ran.success || !ran.stderr.contains(locked) || Instant::now() >= deadline {
+            return Ok(ran);
+        }
+        std::thread::sleep(LOCK_RETRY_PAUSE);
+    }
+}
+
 impl super::PackageProvider for Apt {
     fn name(&self) -> &'static str {
         "apt"
+    }
+
+    /// Interrupted when dpkg's journal holds entries (what makes apt refuse
+    /// with "dpkg was interrupted") or a package is left half done; read only
+    /// when a package is about to change.
+    fn interrupted(&self) -> Result<Option<String>> {
+        let (journal, half_done) = self
+            .unfinished()
+            .context("could not tell whether dpkg was interrupted")?;
+        if !journal && half_done.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(if half_done.is_empty() {
+            "dpkg was interrupted".into()
+        } else {
+            format!("dpkg was interrupted: {}", list(&half_done))
+        }))
+    }
+
+    fn finish_interrupted(&self) -> Result<()> {
+        let finish = || -> Result<()> {
+            // Packages left half installed are installed again from archives
+            // the lists must know.
+            let update_error = self.refresh_stale_lists()?;
+            let configure = ["--force-confdef", "--force-confold", "--configure", "-a"];
+            let configured = run_waiting_for_lock("dpkg", &configure, DPKG_LOCKED);
+            self.invalidate();
+            let configured = configured?;
+            let fix = ["-f", "install"];
+            let fixed = self.try_install(&fix)?;
+            if fixed.success {
+                return self.reinstall_half_done();
+            }
+            // dpkg --configure -a fails on a package that must be installed
+            // again: apt-get -f install's failure is the one that counts,
+            // dpkg's says why.
+            let mut err = failed(&fix, &fixed);
+            if !configured.success {
+                err = err.context(format!(
+                    "`dpkg {}` failed with {}",
+                    configure.join(" "),
+                    configured.describe()
+                ));
+            }
+            if let Some(u) = update_error {
+                err = err.context(format!("refreshing the package lists failed: {u:#}"));
+            }
+            Err(err)
+        };
+        finish().context("could not finish what an interrupted dpkg left undone")
     }
 
     fn installed(&self, package: &str) -> Result<Option<String>> {
@@ -227,6 +374,74 @@ pub(crate) fn missing_from_lists(stderr: &str) -> bool {
         || (stderr.contains("Version '") && stderr.contains("was not found"))
 }
 
+/// Packages whose last word in `texts` (the status file, then dpkg's journal
+/// entries in order) is a state an interrupted dpkg leaves, with that state.
+fn half_done<'t>(texts: impl IntoIterator<Item = &'t str>) -> Vec<HalfDone> {
+    let mut last: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    for text in texts {
+        for_each_stanza(text, |name, status, arch, _| {
+            last.insert((name, arch), status);
+        });
+    }
+    last.into_iter()
+        .filter_map(|((name, _), status)| {
+            let mut words = status.split_ascii_whitespace();
+            let (want, flag, state) = (words.next(), words.next(), words.next()?);
+            let half = flag == Some("reinstreq")
+                || matches!(state, "half-installed" | "unpacked" | "half-configured");
+            half.then(|| HalfDone {
+                name: name.to_string(),
+                state: state.to_string(),
+                wanted: matches!(want, Some("install" | "hold")),
+            })
+        })
+        .collect()
+}
+
+/// A package an interrupted dpkg left half done.
+struct HalfDone {
+    name: String,
+    /// dpkg's state of it: `half-installed`, `unpacked`, …
+    state: String,
+    /// It was being installed, not removed.
+    wanted: bool,
+}
+
+/// `a half-installed, b unpacked`.
+fn list(half_done: &[HalfDone]) -> String {
+    let each: Vec<String> = half_done
+        .iter()
+        .map(|h| format!("{} {}", h.name, h.state))
+        .collect();
+    each.join(", ")
+}
+
+/// Calls `f(name, status, arch, version)` for each stanza of a dpkg status
+/// file (or journal entry), in one pass looking only at those four fields:
+/// the file is large (mostly descriptions) and read on every run.
+fn for_each_stanza<'t>(text: &'t str, mut f: impl FnMut(&'t str, &'t str, &'t str, &'t str)) {
+    let (mut name, mut status, mut arch, mut version) = ("", "", "", "");
+    // A final empty line closes the last stanza.
+    for line in text.lines().chain([""]) {
+        if line.is_empty() {
+            if !name.is_empty() {
+                f(name, status, arch, version);
+            }
+            (name, status, arch, version) = ("", "", "", "");
+        } else if let Some(v) = line.strip_prefix("Package:") {
+            name = v.trim();
+        } else if let Some(v) = line.strip_prefix("Status:") {
+            status = v.trim();
+        } else if let Some(v) = line.strip_prefix("Architecture:") {
+            arch = v.trim();
+        } else if let Some(v) = line.strip_prefix("Version:") {
+            version = v.trim();
+        }
+        // Other fields and continuation lines (which start with a blank) are
+        // not needed.
+    }
+}
+
 /// The installed packages of a dpkg status file.
 #[derive(Debug, Default)]
 pub(crate) struct Installed {
@@ -239,30 +454,13 @@ pub(crate) struct Installed {
 }
 
 impl Installed {
-    /// One pass over the lines, looking only at the four fields it needs: the
-    /// file is large (mostly descriptions) and read on every run.
     pub(crate) fn parse(text: &str) -> Installed {
         let mut db = Installed::default();
-        let (mut name, mut status, mut arch, mut version) = ("", "", "", "");
-        // A final empty line closes the last stanza.
-        for line in text.lines().chain([""]) {
-            if line.is_empty() {
-                if !name.is_empty() && is_installed(status) {
-                    db.add(name, arch, version);
-                }
-                (name, status, arch, version) = ("", "", "", "");
-            } else if let Some(v) = line.strip_prefix("Package:") {
-                name = v.trim();
-            } else if let Some(v) = line.strip_prefix("Status:") {
-                status = v.trim();
-            } else if let Some(v) = line.strip_prefix("Architecture:") {
-                arch = v.trim();
-            } else if let Some(v) = line.strip_prefix("Version:") {
-                version = v.trim();
+        for_each_stanza(text, |name, status, arch, version| {
+            if is_installed(status) {
+                db.add(name, arch, version);
             }
-            // Other fields and continuation lines (which start with a blank) are
-            // not needed.
-        }
+        });
         db
     }
 
@@ -442,6 +640,55 @@ Version: 1.0-1
         assert_eq!(db.version("tzdata"), Some("2024a-0+deb12u1"));
         assert_eq!(db.version("man-db"), Some("2.11.2-2"));
         assert_eq!(db.version("not-there"), None);
+    }
+
+    #[test]
+    fn half_done_packages_are_read_from_the_status_then_the_journal() {
+        assert_eq!(
+            list(&half_done([SAMPLE])),
+            "broken half-installed, unpacked unpacked"
+        );
+        // Journal entries are later words: one finished `unpacked`, one
+        // left `nginx` half installed.
+        let journal = [
+            "Package: unpacked\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.0-1\n",
+            "Package: nginx\nStatus: install reinstreq half-installed\nArchitecture: amd64\n",
+        ];
+        assert_eq!(
+            list(&half_done([SAMPLE].into_iter().chain(journal))),
+            "broken half-installed, nginx half-installed"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_dpkg_is_seen_in_its_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, updates) = (dir.path().join("status"), dir.path().join("updates"));
+        std::fs::write(&status, "Package: dpkg\nStatus: install ok installed\n\n").unwrap();
+        let apt = Apt {
+            status_path: status,
+            updates_dir: updates.clone(),
+            ..Apt::new()
+        };
+        assert_eq!(apt.interrupted().unwrap(), None, "no journal directory");
+        std::fs::create_dir(&updates).unwrap();
+        // dpkg's temporary file is not an entry.
+        std::fs::write(updates.join("tmp.i"), "").unwrap();
+        assert_eq!(apt.interrupted().unwrap(), None);
+        std::fs::write(
+            updates.join("0001"),
+            "Package: figlet\nStatus: install reinstreq half-installed\n",
+        )
+        .unwrap();
+        std::fs::write(
+            updates.join("0000"),
+            "Package: figlet\nStatus: install ok not-installed\n",
+        )
+        .unwrap();
+        assert_eq!(
+            apt.interrupted().unwrap().as_deref(),
+            Some("dpkg was interrupted: figlet half-installed")
+        );
     }
 
     #[test]

@@ -124,11 +124,27 @@ impl Posix {
     }
 
     /// The directory holding `path` and the name of `path` in it; an error
-    /// when that directory does not exist.
+    /// naming that directory, and the first missing one above it, when it
+    /// does not exist.
     fn parent_of<'p>(&self, path: &'p Path) -> Result<(DirFd, &'p OsStr)> {
         match self.paths.parent(path)? {
             (Some(dir), name) => Ok((dir, name)),
-            (None, _) => bail!("{} does not exist", path.parent().unwrap_or(path).display()),
+            (None, _) => {
+                let parent = path.parent().unwrap_or(path);
+                let first_missing = parent
+                    .ancestors()
+                    .take_while(|a| matches!(self.paths.dir(a), Ok(None)))
+                    .last()
+                    .unwrap_or(parent);
+                if first_missing == parent {
+                    bail!("the parent directory {} does not exist", parent.display())
+                }
+                bail!(
+                    "the parent directory {} does not exist (nor does {})",
+                    parent.display(),
+                    first_missing.display()
+                )
+            }
         }
     }
 
@@ -781,6 +797,31 @@ mod tests {
                 .stat_read(&dir.path().join("none/f"))
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn a_missing_parent_is_named_with_the_first_missing_directory_above() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Posix::default();
+        let err = |path: &Path| format!("{:#}", files.create_dir(path, mine(0o755)).unwrap_err());
+        let (a, b) = (dir.path().join("a"), dir.path().join("a/b"));
+        assert_eq!(
+            err(&a.join("c")),
+            format!(
+                "could not create directory {}: the parent directory {} does not exist",
+                a.join("c").display(),
+                a.display()
+            )
+        );
+        assert_eq!(
+            err(&b.join("c")),
+            format!(
+                "could not create directory {}: the parent directory {} does not exist (nor does {})",
+                b.join("c").display(),
+                b.display(),
+                a.display()
+            )
         );
     }
 

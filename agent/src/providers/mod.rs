@@ -38,6 +38,15 @@ pub trait PackageProvider {
     /// Installs `package` (at `version` when given).
     fn install(&self, package: &str, version: Option<&str>) -> Result<()>;
     fn remove(&self, package: &str) -> Result<()>;
+    /// What an interrupted package operation left undone (and blocks every
+    /// change until finished), for the report; `None` when nothing was.
+    fn interrupted(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+    /// Finishes what [`PackageProvider::interrupted`] found.
+    fn finish_interrupted(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// What a service manager says about one service.
@@ -67,6 +76,17 @@ pub trait ServiceProvider {
         let _ = role;
     }
     fn status(&self, service: &str) -> Result<ServiceStatus>;
+    /// Whether the definition the manager runs `service` with is older than
+    /// its unit file or a drop-in on disk (systemd's `NeedDaemonReload`).
+    fn stale(&self, service: &str) -> Result<bool> {
+        let _ = service;
+        Ok(false)
+    }
+    /// Makes the manager read every changed unit file again (`systemctl
+    /// daemon-reload`).
+    fn reload_units(&self) -> Result<()> {
+        Ok(())
+    }
     fn start(&self, service: &str) -> Result<()>;
     fn stop(&self, service: &str) -> Result<()>;
     fn restart(&self, service: &str) -> Result<()>;
@@ -95,6 +115,8 @@ pub struct UserEntry {
     pub home: String,
     pub shell: String,
     pub comment: String,
+    /// The primary group's name (its gid when no group has it).
+    pub group: String,
     /// Supplementary group names.
     pub groups: Vec<String>,
 }
@@ -106,6 +128,8 @@ pub struct UserChanges {
     pub home: Option<String>,
     pub shell: Option<String>,
     pub comment: Option<String>,
+    /// The primary group, by name.
+    pub group: Option<String>,
     /// Groups to add the user to (membership is never removed).
     pub add_groups: Vec<String>,
 }

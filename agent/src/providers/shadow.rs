@@ -369,6 +369,11 @@ impl super::AccountProvider for Shadow {
                 home: u.home.clone(),
                 shell: u.shell.clone(),
                 comment: u.gecos.clone(),
+                group: db
+                    .groups
+                    .iter()
+                    .find(|g| g.gid == u.gid)
+                    .map_or_else(|| u.gid.to_string(), |g| g.name.clone()),
                 groups: db
                     .groups
                     .iter()
@@ -404,7 +409,11 @@ impl super::AccountProvider for Shadow {
             .with_context(|| format!("could not delete group {name}"))
     }
 
-    /// Creates the user with every declared property. Homes: a normal user
+    /// Creates the user with every declared property. Its primary group is the
+    /// declared one, else the group named as the user when there is one
+    /// (useradd would refuse to make it, as the user's own group), else a new
+    /// group of that name or the host's default, as useradd decides.
+    /// Homes: a normal user
     /// gets what `useradd --create-home` makes (the directory, filled from
     /// `/etc/skel`); a system user gets its home directory only when the role
     /// declares one, made without skeleton files, as `adduser --system` does;
@@ -419,6 +428,16 @@ impl super::AccountProvider for Shadow {
         a.push("--no-create-home".into());
         if let Some(uid) = user.uid {
             a.extend(args(["--uid", &uid.to_string()]));
+        }
+        let primary = match &user.group {
+            Some(group) => Some(group.clone()),
+            None => self
+                .group(&user.name)
+                .with_context(|| format!("could not create user {}", user.name))?
+                .map(|g| g.name),
+        };
+        if let Some(group) = primary {
+            a.extend(args(["--gid", &group]));
         }
         if !user.groups.is_empty() {
             a.extend(args(["--groups", &user.groups.join(",")]));
@@ -495,6 +514,9 @@ impl super::AccountProvider for Shadow {
             }
             if let Some(comment) = &changes.comment {
                 a.extend(args(["--comment", comment]));
+            }
+            if let Some(group) = &changes.group {
+                a.extend(args(["--gid", group]));
             }
             if !changes.add_groups.is_empty() {
                 a.extend(args([
@@ -646,6 +668,7 @@ bad:x:
         let user = role::User {
             name: "svc".into(),
             uid: Some(4500),
+            group: None,
             groups: vec![],
             shell: Some("/usr/sbin/nologin".into()),
             home: Some("/srv/svc".into()),
@@ -698,6 +721,68 @@ bad:x:
         assert_eq!(shadow.group("web").unwrap(), None);
     }
 
+    /// An account directory under a prefix, as Debian's tools expect it.
+    fn account_root() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::write(etc.join("passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        std::fs::write(etc.join("shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+        std::fs::write(etc.join("group"), "root:x:0:\n").unwrap();
+        std::fs::write(etc.join("gshadow"), "root:*::\n").unwrap();
+        std::fs::write(etc.join("login.defs"), "USERGROUPS_ENAB yes\n").unwrap();
+        dir
+    }
+
+    /// useradd makes a user its own group and refuses when a group of that
+    /// name exists: that group becomes the primary one instead, and a
+    /// declared group wins over both.
+    #[test]
+    fn primary_group_declared_or_the_existing_one_named_as_the_user() {
+        let dir = account_root();
+        let shadow = Shadow::with_root(dir.path());
+        let files = Posix::default();
+        for (name, gid) in [("app", 4700), ("web", 4701)] {
+            let group = role::Group {
+                name: name.into(),
+                gid: Some(gid),
+                system: false,
+                state: Presence::Present,
+            };
+            shadow.create_group(&group).unwrap();
+        }
+        let user = |name: &str, group: Option<&str>| role::User {
+            name: name.into(),
+            uid: None,
+            group: group.map(str::to_string),
+            groups: vec![],
+            shell: None,
+            home: None,
+            comment: None,
+            system: true,
+            state: Presence::Present,
+        };
+        shadow.create_user(&user("app", None), &files).unwrap();
+        let primary = |name: &str| {
+            let line = shadow.passwd_line(name).unwrap().unwrap();
+            (line.gid, shadow.user(name).unwrap().unwrap().group)
+        };
+        assert_eq!(primary("app"), (4700, "app".to_string()));
+
+        shadow
+            .create_user(&user("api", Some("web")), &files)
+            .unwrap();
+        assert_eq!(primary("api"), (4701, "web".to_string()));
+        assert_eq!(shadow.group("api").unwrap(), None, "no group of its own");
+        // (usermod --prefix looks groups up on this host, not under the
+        // prefix: changing the group is tested in a booted machine.)
+
+        // Without a group of its name, useradd makes one as before.
+        shadow.create_user(&user("solo", None), &files).unwrap();
+        let solo = shadow.group("solo").unwrap().expect("its own group");
+        assert_eq!(primary("solo"), (solo.gid, "solo".to_string()));
+    }
+
     /// A user's home is made here, not by useradd: filled from the skeleton
     /// directory with the user's ownership, and never through a link
     /// someone other than root placed on the way.
@@ -724,6 +809,7 @@ bad:x:
         let user = |name: &str, home: Option<&str>| role::User {
             name: name.into(),
             uid: Some(4600),
+            group: None,
             groups: vec![],
             shell: None,
             home: home.map(str::to_string),

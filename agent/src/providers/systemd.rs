@@ -4,6 +4,13 @@
 //! role has.
 //! Actions go through `systemctl`, which waits for the job to finish; they drop
 //! the cached entry.
+//!
+//! systemd keeps running a unit with the definition it loaded: a unit file or
+//! drop-in changed since is used only after `systemctl daemon-reload`, and
+//! until then systemd says so in the unit's `NeedDaemonReload` property, read
+//! here with the rest of the status. The service resource has systemd reload
+//! before it acts on such a unit or trusts its enablement; one reload serves
+//! every unit changed before it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -25,7 +32,15 @@ pub const NEEDS: &[Needs] = &[Needs::Directory {
 pub struct Systemd {
     /// The units of the role's services, read together on the first status asked.
     names: Vec<String>,
-    cache: RefCell<HashMap<String, ServiceStatus>>,
+    cache: RefCell<HashMap<String, Unit>>,
+}
+
+/// What is cached of one unit.
+#[derive(Clone, Copy)]
+struct Unit {
+    status: ServiceStatus,
+    /// systemd's `NeedDaemonReload`.
+    stale: bool,
 }
 
 /// `nginx` → `nginx.service`; names with a unit suffix stay as they are.
@@ -75,10 +90,13 @@ impl Systemd {
             };
             cache.insert(
                 s.unit,
-                ServiceStatus {
-                    exists: s.load == "loaded",
-                    running: matches!(s.active.as_str(), "active" | "activating" | "reloading"),
-                    enabled,
+                Unit {
+                    status: ServiceStatus {
+                        exists: s.load == "loaded",
+                        running: matches!(s.active.as_str(), "active" | "activating" | "reloading"),
+                        enabled,
+                    },
+                    stale: s.need_reload,
                 },
             );
         }
@@ -91,6 +109,26 @@ impl Systemd {
         process::run_ok("systemctl", [verb, unit.as_str()], &[])
             .with_context(|| format!("could not {verb} {unit}"))?;
         Ok(())
+    }
+
+    /// What is known of `service`'s unit, read (with the role's other
+    /// services when nothing is cached) when not cached.
+    fn unit(&self, service: &str) -> Result<Unit> {
+        let unit = unit_name(service);
+        if let Some(u) = self.cache.borrow().get(&unit) {
+            return Ok(*u);
+        }
+        let batch = if self.cache.borrow().is_empty() && self.names.contains(&unit) {
+            self.names.clone()
+        } else {
+            vec![unit.clone()]
+        };
+        self.load(&batch)
+            .with_context(|| format!("could not read the state of {unit}"))?;
+        match self.cache.borrow().get(&unit) {
+            Some(u) => Ok(*u),
+            None => bail!("systemctl show printed nothing for {unit}"),
+        }
     }
 }
 
@@ -112,21 +150,19 @@ impl ServiceProvider for Systemd {
     }
 
     fn status(&self, service: &str) -> Result<ServiceStatus> {
-        let unit = unit_name(service);
-        if let Some(s) = self.cache.borrow().get(&unit) {
-            return Ok(*s);
-        }
-        let batch = if self.cache.borrow().is_empty() && self.names.contains(&unit) {
-            self.names.clone()
-        } else {
-            vec![unit.clone()]
-        };
-        self.load(&batch)
-            .with_context(|| format!("could not read the state of {unit}"))?;
-        match self.cache.borrow().get(&unit) {
-            Some(s) => Ok(*s),
-            None => bail!("systemctl show printed nothing for {unit}"),
-        }
+        Ok(self.unit(service)?.status)
+    }
+
+    fn stale(&self, service: &str) -> Result<bool> {
+        Ok(self.unit(service)?.stale)
+    }
+
+    /// Every cached state may change with the definitions: all are dropped.
+    fn reload_units(&self) -> Result<()> {
+        self.cache.borrow_mut().clear();
+        process::run_ok("systemctl", ["daemon-reload"], &[])
+            .context("could not reload systemd's unit files (systemctl daemon-reload)")?;
+        Ok(())
     }
 
     fn start(&self, service: &str) -> Result<()> {
@@ -180,12 +216,13 @@ struct UnitState {
     load: String,
     active: String,
     file_state: String,
+    need_reload: bool,
 }
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
 
-/// Over D-Bus: one `ListUnitsByNames` call for all units, then one property
-/// read per loaded unit (about 0.2 ms each), instead of a `systemctl` process.
+/// Over D-Bus: one `ListUnitsByNames` call for all units, then two property
+/// reads per loaded unit (about 0.2 ms each), instead of a `systemctl` process.
 fn read_dbus(units: &[String]) -> Result<Vec<UnitState>> {
     use zbus::zvariant::{OwnedObjectPath, OwnedValue};
     type Listed = (
@@ -218,28 +255,35 @@ fn read_dbus(units: &[String]) -> Result<Vec<UnitState>> {
     listed
         .into_iter()
         .map(|(unit, _, load, active, _, _, path, ..)| {
-            let file_state = if load == "loaded" {
-                let value: OwnedValue = bus
-                    .call_method(
-                        Some(SYSTEMD),
-                        &path,
-                        Some("org.freedesktop.DBus.Properties"),
-                        "Get",
-                        &("org.freedesktop.systemd1.Unit", "UnitFileState"),
-                    )
-                    .with_context(|| format!("could not read UnitFileState of {unit}"))?
-                    .body()
-                    .deserialize()
-                    .context("unexpected property reply")?;
-                String::try_from(value).context("UnitFileState is not a string")?
+            let property = |name: &str| -> Result<OwnedValue> {
+                bus.call_method(
+                    Some(SYSTEMD),
+                    &path,
+                    Some("org.freedesktop.DBus.Properties"),
+                    "Get",
+                    &("org.freedesktop.systemd1.Unit", name),
+                )
+                .with_context(|| format!("could not read {name} of {unit}"))?
+                .body()
+                .deserialize()
+                .with_context(|| format!("unexpected reply reading {name} of {unit}"))
+            };
+            let (file_state, need_reload) = if load == "loaded" {
+                (
+                    String::try_from(property("UnitFileState")?)
+                        .context("UnitFileState is not a string")?,
+                    bool::try_from(property("NeedDaemonReload")?)
+                        .context("NeedDaemonReload is not a boolean")?,
+                )
             } else {
-                String::new()
+                (String::new(), false)
             };
             Ok(UnitState {
                 unit,
                 load,
                 active,
                 file_state,
+                need_reload,
             })
         })
         .collect()
@@ -249,7 +293,7 @@ fn read_dbus(units: &[String]) -> Result<Vec<UnitState>> {
 fn read_systemctl(units: &[String]) -> Result<Vec<UnitState>> {
     let mut args = vec![
         "show".to_string(),
-        "--property=Id,LoadState,ActiveState,UnitFileState".into(),
+        "--property=Id,LoadState,ActiveState,UnitFileState,NeedDaemonReload".into(),
     ];
     args.extend(units.iter().cloned());
     let ran = process::run_ok("systemctl", &args, &[])?;
@@ -271,6 +315,7 @@ fn read_systemctl(units: &[String]) -> Result<Vec<UnitState>> {
                 load: prop("LoadState"),
                 active: prop("ActiveState"),
                 file_state: prop("UnitFileState"),
+                need_reload: prop("NeedDaemonReload") == "yes",
             }
         })
         .collect())

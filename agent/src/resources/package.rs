@@ -3,6 +3,7 @@
 //! (apt on Debian and Ubuntu); this type only compares and asks.
 
 use anyhow::Result;
+use cairn_proto::report::PropertyChange;
 use cairn_proto::role::{self, PackageState};
 
 use super::{Drift, Resource};
@@ -10,13 +11,20 @@ use crate::providers::Host;
 
 pub struct PackageResource<'a>(pub &'a role::Package);
 
+/// The property that says an interrupted package operation must be finished
+/// before this change.
+const UNFINISHED: &str = "unfinished";
+
 impl Resource for PackageResource<'_> {
     /// `ensure` when presence differs (`absent` → the wanted version or
     /// `installed`, or the installed version → `absent`); `version` when a
-    /// pinned package is installed at another version.
+    /// pinned package is installed at another version. Before either, when
+    /// there is one: `unfinished`, what an interrupted package operation left
+    /// that would block it.
     fn check(&self, host: &Host) -> Result<Drift> {
         let p = self.0;
-        let current = host.packages()?.installed(&p.name)?;
+        let packages = host.packages()?;
+        let current = packages.installed(&p.name)?;
         let mut drift = Drift::default();
         match (p.state, current) {
             (PackageState::Absent, None) => {}
@@ -36,12 +44,22 @@ impl Resource for PackageResource<'_> {
                 }
             }
         }
+        if !drift.is_empty()
+            && let Some(what) = packages.interrupted()?
+        {
+            drift
+                .changes
+                .insert(0, PropertyChange::new(UNFINISHED, what, "finished"));
+        }
         Ok(drift)
     }
 
-    fn apply(&self, host: &Host, _drift: &Drift) -> Result<()> {
+    fn apply(&self, host: &Host, drift: &Drift) -> Result<()> {
         let p = self.0;
         let packages = host.packages()?;
+        if drift.has(UNFINISHED) {
+            packages.finish_interrupted()?;
+        }
         match p.state {
             PackageState::Installed => packages.install(&p.name, p.version.as_deref()),
             PackageState::Absent => packages.remove(&p.name),

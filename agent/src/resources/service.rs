@@ -1,5 +1,8 @@
 //! `[[service]]`: running and enabled state. Notified, it restarts (or
-//! reloads, when only asked to reload), unless this run just started it.
+//! reloads, when only asked to reload), unless this run just started it. A
+//! unit whose file or drop-in changed since the service manager loaded it is
+//! reloaded first (the `systemd` property), so what starts, restarts, reloads
+//! or is enabled is the definition on disk.
 
 use anyhow::{Result, bail};
 use cairn_proto::report::PropertyChange;
@@ -10,6 +13,9 @@ use crate::providers::{Host, Reloaded};
 
 pub struct ServiceResource<'a>(pub &'a role::Service);
 
+/// The property that says the service manager must read the unit again.
+const RELOAD: &str = "systemd";
+
 fn on_off(b: bool, on: &str, off: &str) -> String {
     if b { on } else { off }.to_string()
 }
@@ -18,15 +24,25 @@ impl Resource for ServiceResource<'_> {
     fn check(&self, host: &Host) -> Result<Drift> {
         let s = self.0;
         let mut drift = Drift::default();
-        if s.running.is_none() && s.enabled.is_none() {
-            return Ok(drift);
-        }
-        let status = host.services()?.status(&s.name)?;
+        let only_notified = s.running.is_none() && s.enabled.is_none();
+        let services = match host.services() {
+            Ok(services) => services,
+            // Nothing to compare, and no manager to reload for a refresh.
+            Err(_) if only_notified => return Ok(drift),
+            Err(e) => return Err(e),
+        };
+        let status = services.status(&s.name)?;
         if !status.exists {
+            if only_notified {
+                return Ok(drift);
+            }
             bail!(
                 "service {} is not known to the service manager (is its package installed?)",
                 s.name
             );
+        }
+        if services.stale(&s.name)? {
+            drift.push(RELOAD, "unit changed on disk", "reloaded");
         }
         if let Some(want) = s.running
             && status.running != want
@@ -55,6 +71,15 @@ impl Resource for ServiceResource<'_> {
     fn apply(&self, host: &Host, drift: &Drift) -> Result<()> {
         let s = self.0;
         let services = host.services()?;
+        // What was read before the reload (enablement) may have changed with it.
+        let reloaded;
+        let drift = if drift.has(RELOAD) {
+            services.reload_units()?;
+            reloaded = self.check(host)?;
+            &reloaded
+        } else {
+            drift
+        };
         // Enable first, so a service that fails to start is still enabled
         // for the next boot, as declared.
         match s.enabled {

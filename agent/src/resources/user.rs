@@ -1,5 +1,5 @@
-//! `[[user]]`: a local user's existence, uid, shell, home, comment and
-//! supplementary groups. Properties the role leaves out are neither compared
+//! `[[user]]`: a local user's existence, uid, primary group, shell, home,
+//! comment and supplementary groups. Properties the role leaves out are neither compared
 //! nor changed. `system` only matters when the user is created. A uid change
 //! goes through `usermod`, which re-owns the files in the home directory only;
 //! files elsewhere keep the old uid.
@@ -52,6 +52,7 @@ impl Resource for UserResource<'_> {
             drift.push("uid", cur.uid.to_string(), uid.to_string());
         }
         let text_props = [
+            ("group", &u.group, &cur.group),
             ("shell", &u.shell, &cur.shell),
             ("home", &u.home, &cur.home),
             ("comment", &u.comment, &cur.comment),
@@ -87,6 +88,7 @@ impl Resource for UserResource<'_> {
             |property: &str, value: &Option<String>| value.clone().filter(|_| drift.has(property));
         let mut changes = UserChanges {
             uid: u.uid.filter(|_| drift.has("uid")),
+            group: take("group", &u.group),
             home: take("home", &u.home),
             shell: take("shell", &u.shell),
             comment: take("comment", &u.comment),

@@ -42,7 +42,7 @@ impl RunReport {
             format!("{} changed", s.changed)
         };
         format!(
-            "{} role {} ({}) on {}: {changed}, {} failed, {} skipped, {} unchanged ({} resources) in {}\n",
+            "{} role {} ({}) on {}: {changed}, {} failed, {} skipped, {} unchanged ({}) in {}\n",
             if self.noop { "Checked" } else { "Applied" },
             escape(&self.role),
             escape(short_digest(&self.role_digest)),
@@ -50,7 +50,7 @@ impl RunReport {
             s.failed,
             s.skipped,
             s.unchanged,
-            s.total,
+            count(s.total.into(), "resource"),
             self.elapsed(),
         )
     }
@@ -111,6 +111,15 @@ impl ResourceReport {
             }
         }
         out
+    }
+}
+
+/// `n` things for people: `1 resource`, `2 resources`, `0 resources`.
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
@@ -210,7 +219,7 @@ Applied role web (sha256:aa3cb36ec69e) on web-1: 1 changed, 1 failed, 1 skipped,
             "\
 would change directory:/srv/www
     mode: 0700 → 0755
-Checked role web (sha256:aa3cb36ec69e) on web-1: 1 would change, 0 failed, 0 skipped, 0 unchanged (1 resources) in 9.8 ms
+Checked role web (sha256:aa3cb36ec69e) on web-1: 1 would change, 0 failed, 0 skipped, 0 unchanged (1 resource) in 9.8 ms
 "
         );
         let r = report(true, "not a time", vec![]);
@@ -245,7 +254,7 @@ changed      file:/tmp/\\u{1b}[2Jx
     -\\u{1b}]0;owned\\u{7}\\r
     +ok\\u{202e}
     error: bad\\u{9b}31m
-Applied role web (sha256:aa3cb36ec69e) on web-1\\u{1b}[1A: 1 changed, 0 failed, 0 skipped, 0 unchanged (1 resources) in 1.00 s
+Applied role web (sha256:aa3cb36ec69e) on web-1\\u{1b}[1A: 1 changed, 0 failed, 0 skipped, 0 unchanged (1 resource) in 1.00 s
 "
         );
     }

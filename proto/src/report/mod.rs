@@ -6,6 +6,8 @@
 
 mod human;
 
+pub use human::count;
+
 use serde::{Deserialize, Serialize};
 
 use crate::pb;

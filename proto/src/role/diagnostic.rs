@@ -100,10 +100,10 @@ impl Diagnostics {
             .last()
             .is_some_and(|d| d.line == 0 && d.help == Some(cut_help()));
         let n = self.0.len() - usize::from(cut);
-        match (cut, n) {
-            (true, n) => format!("more than {n} problems"),
-            (false, 1) => "1 problem".into(),
-            (false, n) => format!("{n} problems"),
+        if cut {
+            format!("more than {n} problems")
+        } else {
+            crate::report::count(n as u64, "problem")
         }
     }
 }
@@ -198,6 +198,16 @@ impl<'a> Diags<'a> {
 
     pub(super) fn any(&self) -> bool {
         !self.found.is_empty()
+    }
+
+    /// Gives the problems reported about `from` the context `to`, once what
+    /// they are in is known by a better name.
+    pub(super) fn rename_context(&mut self, from: &str, to: &str) {
+        for d in &mut self.found {
+            if d.context.as_deref() == Some(from) {
+                d.context = Some(to.to_string());
+            }
+        }
     }
 
     /// Whether a problem was already reported about `context`.

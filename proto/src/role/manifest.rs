@@ -132,12 +132,11 @@ pub(super) fn parse(src: &str, diags: &mut Diags<'_>) -> Option<Manifest> {
                     let help = suggest(k, &known)
                         .map(|s| format!("did you mean `{s}`?"))
                         .or_else(|| Some(format!("known sections: {}", known.join(", "))));
-                    let k = clip(k);
                     diags.error(
                         key_span,
                         None,
-                        Some(&k),
-                        format!("unknown section `{k}`"),
+                        None,
+                        format!("unknown section `{}`", clip(k)),
                         help,
                     );
                 }
@@ -189,8 +188,8 @@ fn read_section(
         diags.error(
             span,
             None,
-            Some(kind.as_str()),
-            format!("`{}` must be an array of tables", kind.as_str()),
+            None,
+            format!("section `{}` must be an array of tables", kind.as_str()),
             Some(format!("write each one as [[{}]]", kind.as_str())),
         );
         return;
@@ -201,9 +200,9 @@ fn read_section(
     }
 }
 
-/// Reads one table of kind `K`: `requires`, `notify` and `reload` here, the rest by the
-/// kind. `context` locates serde's errors (`[[file]] #2`); the kind's own
-/// checks name the resource instead.
+/// Reads one table of kind `K`: `requires`, `notify` and `reload` here, the
+/// rest by the kind. `context` locates serde's errors (`[[file]] #2`) until
+/// the table's name is known; then every problem names the resource instead.
 pub(super) fn read_resource<K: ResourceKind + Into<Spec>>(
     kind: Kind,
     diags: &mut Diags<'_>,
@@ -228,7 +227,11 @@ pub(super) fn read_resource<K: ResourceKind + Into<Spec>>(
         deserialize_table::<K::Raw>(diags, own, span.clone(), &context, &EDGE_FIELDS)?;
     let (edges, _) = edges?;
     let name = K::name(&raw).get_ref().clone();
+    let numbered = context;
     let context = format!("[[{}]] {:?}", kind.as_str(), clip(&name));
+    // Named from here on, so are the problems already found in it: one
+    // resource, one name in the list.
+    diags.rename_context(&numbered, &context);
     let mut table = Table::new(diags, context, span.clone(), dropped);
     let spec = K::check(raw, &mut table).into();
     Some(Decl {

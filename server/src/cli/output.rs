@@ -14,6 +14,7 @@ use anyhow::Context;
 use cairn_proto::bundle::{MANIFEST, RoleBundle, short_digest};
 use cairn_proto::diff::FileDiff;
 use cairn_proto::pb;
+use cairn_proto::report::count;
 use cairn_proto::role::{Diagnostic, Diagnostics, Role};
 use cairn_proto::terminal;
 use comfy_table::{Table, TableComponent, presets};
@@ -402,8 +403,8 @@ impl Render for ShowOut {
                 res.add_row([(i + 1).to_string(), r.id.clone(), r.line.to_string()]);
             }
             s.push_str(&format!(
-                "\n{} resources, in the order they converge:\n{res}\n",
-                self.resources.len()
+                "\n{}, in the order they converge:\n{res}\n",
+                count(self.resources.len() as u64, "resource")
             ));
         } else {
             s.push_str("\nthis version does not validate with this cairn's role format:\n");

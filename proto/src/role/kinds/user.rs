@@ -1,4 +1,5 @@
-//! `[[user]]`: a user account. It follows the groups it must be in.
+//! `[[user]]`: a user account. It follows its primary group and the groups it
+//! must be in.
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -11,6 +12,9 @@ use crate::role::rules::{ACCOUNT_RULE, Table, is_account_name};
 pub struct User {
     pub name: String,
     pub uid: Option<u32>,
+    /// The primary group, by name. Left out, a new user's primary group is
+    /// the group named as the user: the existing one, else a new one.
+    pub group: Option<String>,
     /// Supplementary groups the user must belong to (others are left alone).
     pub groups: Vec<String>,
     pub shell: Option<String>,
@@ -25,6 +29,7 @@ pub struct User {
 pub(in crate::role) struct RawUser {
     name: Spanned<String>,
     uid: Option<u32>,
+    group: Option<Spanned<String>>,
     #[serde(default)]
     groups: Vec<Spanned<String>>,
     shell: Option<Spanned<String>>,
@@ -56,6 +61,7 @@ impl ResourceKind for User {
         User {
             name: r.name.into_inner(),
             uid: r.uid,
+            group: t.account(r.group, "group"),
             groups: r.groups.into_iter().map(Spanned::into_inner).collect(),
             shell: r.shell.map(Spanned::into_inner),
             home: r.home.map(Spanned::into_inner),
@@ -66,8 +72,9 @@ impl ResourceKind for User {
     }
 
     fn implicit_requires(&self) -> Vec<ResourceId> {
-        self.groups
+        self.group
             .iter()
+            .chain(&self.groups)
             .map(|g| ResourceId::new(Kind::Group, g))
             .collect()
     }
