@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Idle memory of the agent daemon: a release `cairn-server` on loopback, a
-# role of one file pushed and promoted, a release `cairn-agent` enrolled (its
-# state and the managed file in a temporary directory, nothing of the host
-# touched), then `cairn-agent daemon` connected to its watch stream; after its
-# first run and CAIRN_BENCH_SECS (default 20) of idling, its resident memory
-# (VmRSS, of which anonymous: RssAnon) and peak (VmHWM) are printed.
-# As root on Debian.
+# role of one file pushed and promoted, the agent as shipped (static, the
+# `agent-release` profile: scripts/build-static-agent.sh --release; or
+# CAIRN_AGENT_BIN) enrolled (its state and the managed file in a temporary
+# directory, nothing of the host touched), then `cairn-agent daemon` connected
+# to its watch stream; after its first run and CAIRN_BENCH_SECS (default 20)
+# of idling, its resident memory (VmRSS, of which anonymous: RssAnon) and peak
+# (VmHWM) are printed. As root on Debian.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/setup.sh
 
-cargo build --release --locked -p cairn-server -p cairn-agent --bins
+cargo build --release --locked -p cairn-server --bins
 bin="${CARGO_TARGET_DIR:-target}/release"
+agent="${CAIRN_AGENT_BIN:-$(scripts/build-static-agent.sh --release)}"
 secs="${CAIRN_BENCH_SECS:-20}"
 
 dir=$(mktemp -d)
@@ -75,9 +77,9 @@ name = "idle-bench"
 interval = "30m"
 splay = "0s"
 TOML
-"$bin/cairn-agent" enroll --config "$dir/agent.toml" --token-file "$dir/token" >/dev/null
+"$agent" enroll --config "$dir/agent.toml" --token-file "$dir/token" >/dev/null
 
-"$bin/cairn-agent" daemon --config "$dir/agent.toml" >"$dir/daemon.log" 2>&1 &
+"$agent" daemon --config "$dir/agent.toml" >"$dir/daemon.log" 2>&1 &
 daemon_pid=$!
 for _ in $(seq 300); do
   [ -f "$dir/managed" ] && break
@@ -88,7 +90,7 @@ sleep "$secs"
 kill -0 "$daemon_pid" || { cat "$dir/daemon.log"; echo "bench: the daemon exited" >&2; exit 1; }
 
 field() { awk -v f="$1:" '$1 == f { printf "%.1f", $2 / 1024 }' "/proc/$daemon_pid/status"; }
-echo "cairn-agent daemon ($("$bin/cairn-agent" --version)), idle ${secs} s after its first run, watching:"
+echo "cairn-agent daemon ($("$agent" --version)), idle ${secs} s after its first run, watching:"
 echo "| VmRSS MiB | RssAnon MiB | RssFile MiB | VmHWM MiB | threads |"
 echo "|---:|---:|---:|---:|---:|"
 echo "| $(field VmRSS) | $(field RssAnon) | $(field RssFile) | $(field VmHWM) | $(awk '$1 == "Threads:" { print $2 }' "/proc/$daemon_pid/status") |"

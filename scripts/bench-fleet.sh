@@ -4,12 +4,14 @@
 # addresses 127.0.1.x), are told of a promote, and submit reports. Prints
 # enrollments/s, per step the server's memory per connected agent and the time
 # from a promote until every agent was notified, and reports/s (every
-# acknowledged report must be listed by the server afterwards). As root on
-# Debian: it raises the descriptor limit.
+# acknowledged report must be listed by the server afterwards) with the
+# server's CPU time per report. As root on Debian: it raises the descriptor
+# limit.
 #
 # CAIRN_FLEET_STEPS (default 1000,5000,10000,20000), CAIRN_FLEET_NODES
-# (enrolled nodes, default 1000) and CAIRN_BENCH_SECS (report ingest, default
-# 10) change the load.
+# (enrolled nodes, default 1000), CAIRN_FLEET_REPORTERS (nodes reporting at
+# once, default 512) and CAIRN_BENCH_SECS (report ingest, default 10) change
+# the load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

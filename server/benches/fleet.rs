@@ -16,9 +16,11 @@
 //!    measured. Node certificates are reused round robin (the server keeps
 //!    per-connection state, not per-certificate state, for a stream). A step
 //!    that cannot be reached ends the benchmark there, and the report says why.
-//! 3. **Report ingest**: 64 nodes submit run reports, each with a new run id,
-//!    as fast as the server acknowledges them for `CAIRN_BENCH_SECS` (default
-//!    10); afterwards every acknowledged run id must be listed by the server.
+//! 3. **Report ingest**: `CAIRN_FLEET_REPORTERS` nodes (default 512), each on
+//!    its own connection, submit run reports, each with a new run id, as fast as
+//!    the server acknowledges them for `CAIRN_BENCH_SECS` (default 10); the
+//!    server's CPU time over that span is read from `/proc`; afterwards every
+//!    acknowledged run id must be listed by the server.
 //!
 //! Run with `scripts/bench-fleet.sh` (as root: it raises the descriptor limit).
 
@@ -45,14 +47,15 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 mod common;
 mod support;
 
-use support::env_number;
+use support::{cpu_time, env_number};
 
 const ROLE: &str = "fleet";
 const CHANNEL: &str = "stable";
 /// Source addresses the simulated agents connect from: 127.0.1.1 to 127.0.1.250.
 const SOURCES: u32 = 250;
 const ENROLL_CONCURRENCY: usize = 32;
-const REPORTERS: usize = 64;
+/// Nodes reporting at once in the ingest phase, unless `CAIRN_FLEET_REPORTERS` says otherwise.
+const REPORTERS: u64 = 512;
 /// How long to wait for every stream to see a promote before giving up.
 const NOTIFY_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -83,9 +86,10 @@ fn run() -> Result<()> {
     let most = *steps.last().expect("steps are not empty");
     let nodes = env_number("CAIRN_FLEET_NODES", 1000)? as usize;
     let secs = env_number("CAIRN_BENCH_SECS", 10)?;
+    let reporters = env_number("CAIRN_FLEET_REPORTERS", REPORTERS)? as usize;
     ensure!(
-        nodes >= REPORTERS,
-        "CAIRN_FLEET_NODES must be at least {REPORTERS}"
+        reporters > 0 && nodes >= reporters,
+        "CAIRN_FLEET_NODES must be at least CAIRN_FLEET_REPORTERS ({reporters}), which must be positive"
     );
     // Every simulated agent holds a descriptor here and one in the server.
     let limit = raise_descriptor_limit(most as u64 + 4096)?;
@@ -114,7 +118,7 @@ fn run() -> Result<()> {
         &server,
         grpc,
         (&steps, reachable, limit),
-        nodes,
+        (nodes, reporters),
         secs,
     ));
     let status = server.terminate();
@@ -123,7 +127,7 @@ fn run() -> Result<()> {
         status.success(),
         "cairn-server did not stop cleanly on SIGTERM: {status}"
     );
-    report.print(nodes, secs);
+    report.print(nodes, reporters, secs);
     if let Some(problem) = &report.ingest_problem {
         bail!("report ingest: {problem}");
     }
@@ -172,6 +176,8 @@ struct Fleet {
 struct Ingest {
     acked: usize,
     elapsed: Duration,
+    /// The server's CPU time (user + system) over `elapsed`.
+    server_cpu: Duration,
     latencies: Vec<Duration>,
     errors: u64,
     first_error: Option<String>,
@@ -190,7 +196,7 @@ fn ms(d: Duration) -> String {
 }
 
 impl Fleet {
-    fn print(&self, nodes: usize, secs: u64) {
+    fn print(&self, nodes: usize, reporters: usize, secs: u64) {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         println!();
         println!(
@@ -235,9 +241,12 @@ impl Fleet {
         let mut sorted = i.latencies.clone();
         sorted.sort_unstable();
         println!(
-            "report ingest: {REPORTERS} nodes, {secs} s: {} reports acknowledged, {:.0} reports/s, p50 {} ms, p99 {} ms, {} errors{}",
+            "report ingest: {reporters} nodes, {secs} s: {} reports acknowledged, {:.0} reports/s, \
+             server CPU {:.0} µs per report ({:.2} cores), p50 {} ms, p99 {} ms, {} errors{}",
             i.acked,
             i.acked as f64 / i.elapsed.as_secs_f64(),
+            i.server_cpu.as_secs_f64() * 1e6 / i.acked.max(1) as f64,
+            i.server_cpu.as_secs_f64() / i.elapsed.as_secs_f64(),
             ms(percentile(&sorted, 50.0)),
             ms(percentile(&sorted, 99.0)),
             i.errors,
@@ -265,7 +274,7 @@ async fn bench(
     server: &Daemon,
     grpc: SocketAddr,
     (steps, reachable, limit): (&[usize], usize, u64),
-    nodes: usize,
+    (nodes, reporters): (usize, usize),
     secs: u64,
 ) -> Result<Fleet> {
     let conn = admin.connect().await?;
@@ -367,7 +376,8 @@ async fn bench(
         });
     }
     let server_peak_kib = rss_kib(pid, "VmHWM")?;
-    let (ingest, ingest_problem) = ingest(admin, &enrolled[..REPORTERS], grpc, &tls, secs).await?;
+    let (ingest, ingest_problem) =
+        ingest(admin, &enrolled[..reporters], (grpc, pid), &tls, secs).await?;
     Ok(Fleet {
         enrolled: enrolled.len(),
         enroll_time,
@@ -571,25 +581,30 @@ impl tower_service::Service<Uri> for FromSource {
     }
 }
 
-/// `REPORTERS` nodes submit reports as fast as they are acknowledged for
-/// `secs`; then every acknowledged run id must be listed by the server.
+/// The `reporters` submit reports as fast as they are acknowledged for `secs`,
+/// each on its own connection; then every acknowledged run id must be listed
+/// by the server.
 async fn ingest(
     admin: &Credentials,
     reporters: &[Node],
-    grpc: SocketAddr,
+    (grpc, server_pid): (SocketAddr, u32),
     tls: &ClientTlsConfig,
     secs: u64,
 ) -> Result<(Ingest, Option<String>)> {
+    let server_pid = server_pid.to_string();
+    // Connected before the clock starts, so that handshakes are not counted.
+    let mut clients = Vec::with_capacity(reporters.len());
+    for (i, node) in reporters.iter().enumerate() {
+        let channel = channel(i, node, grpc, tls).await?;
+        clients.push((node.clone(), pb::nodes_client::NodesClient::new(channel)));
+    }
+    let cpu_before = cpu_time(&server_pid)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
-    let tasks: Vec<_> = reporters
-        .iter()
-        .enumerate()
-        .map(|(i, node)| {
-            let (node, tls) = (node.clone(), tls.clone());
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|(node, mut client)| {
             tokio::spawn(async move {
-                let channel = channel(i, &node, grpc, &tls).await?;
-                let mut client = pb::nodes_client::NodesClient::new(channel);
                 let mut acked = Vec::new();
                 let mut latencies = Vec::new();
                 let (mut errors, mut first_error) = (0u64, None);
@@ -627,6 +642,7 @@ async fn ingest(
     let mut all = Ingest {
         acked: 0,
         elapsed: Duration::ZERO,
+        server_cpu: Duration::ZERO,
         latencies: Vec::new(),
         errors: 0,
         first_error: None,
@@ -643,6 +659,7 @@ async fn ingest(
         }
     }
     all.elapsed = started.elapsed();
+    all.server_cpu = cpu_time(&server_pid)?.saturating_sub(cpu_before);
     let listed = listed_run_ids(admin, reporters).await?;
     let missing = acked_ids.difference(&listed).count();
     let problem = (missing > 0)

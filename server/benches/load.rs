@@ -45,7 +45,7 @@ use tonic::transport::Channel;
 mod common;
 mod support;
 
-use support::env_number;
+use support::{cpu_time, env_number};
 
 type Client = pb::roles_client::RolesClient<Channel>;
 
@@ -479,31 +479,6 @@ async fn phase(
         client_cpu: Duration::ZERO,
     };
     Ok((clients, phase, all.acked))
-}
-
-/// User + system CPU time a process has used, from `/proc/PID/stat`.
-fn cpu_time(pid: &str) -> Result<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("could not read {path}"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces;
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .with_context(|| format!("unexpected format of {path}"))
-    };
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|t| *t > 0)
-        .context("could not read the clock tick rate")? as u64;
-    let total = ticks(11)? + ticks(12)?;
-    Ok(Duration::from_secs_f64(total as f64 / per_second as f64))
 }
 
 /// Runs the three loads; returns their figures and every acknowledged push.

@@ -1,6 +1,8 @@
-//! What the benchmarks share: the exit status and a number from the environment.
+//! What the benchmarks share: the exit status, a number from the environment,
+//! and a process's CPU time.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -26,4 +28,29 @@ pub fn env_number(name: &str, default: u64) -> Result<u64> {
             .with_context(|| format!("{name}={v:?} is not a whole number")),
         Err(_) => Ok(default),
     }
+}
+
+/// User + system CPU time a process has used, from `/proc/PID/stat`.
+pub fn cpu_time(pid: &str) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("could not read {path}"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces;
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("unexpected format of {path}"))
+    };
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)
+        .context("could not read the clock tick rate")? as u64;
+    let total = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_secs_f64(total as f64 / per_second as f64))
 }

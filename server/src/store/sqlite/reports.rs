@@ -1,7 +1,15 @@
 //! Run reports and what the server knows of each node's last run, in SQLite
 //! (migration `0004_reports.sql`).
 
+use std::collections::HashSet;
+
+use sqlx::QueryBuilder;
+
 use super::*;
+
+/// Reports (rows) written by one statement: within SQLite's limit of bound
+/// values (32,766; a report binds 15).
+const ROWS_PER_STATEMENT: usize = 256;
 
 #[derive(sqlx::FromRow)]
 struct ReportRow {
@@ -106,86 +114,129 @@ impl TryFrom<FleetRow> for FleetNode {
 }
 
 impl SqliteStore {
+    /// Stores a batch of reports in one transaction, each table written by
+    /// one statement per [`ROWS_PER_STATEMENT`] reports rather than one per
+    /// report: each statement is a round trip to the database's thread, and on
+    /// a busy machine those, not SQLite, set the rate.
     pub(super) async fn store_reports_in_sqlite(&self, reports: &[NewReport]) -> Result<Vec<bool>> {
+        // A run sent twice in one batch (a spool resent while the first
+        // delivery was in flight) is stored once: its first copy counts.
+        let mut first = HashSet::with_capacity(reports.len());
+        let candidates: Vec<usize> = (0..reports.len())
+            .filter(|&i| first.insert((&reports[i].meta.node, &reports[i].meta.run_id)))
+            .collect();
         let _writer = self.write.lock().await;
         let mut tx = self.begin("begin storing reports").await?;
-        let mut created = Vec::with_capacity(reports.len());
-        for new in reports {
-            let m = &new.meta;
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO reports (node, run_id, role, channel, role_version, role_digest, status,
-                     noop, from_cache, resources, changed, failed, finished_at, received_at, report)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (node, run_id) DO NOTHING
-                 RETURNING id",
-            )
-            .bind(&m.node)
-            .bind(&m.run_id)
-            .bind(&m.role)
-            .bind(&m.channel)
-            .bind(m.role_version as i64)
-            .bind(&m.role_digest)
-            .bind(m.status.as_str())
-            .bind(m.noop)
-            .bind(m.from_cache)
-            .bind(m.resources as i64)
-            .bind(m.changed as i64)
-            .bind(m.failed as i64)
-            .bind(m.finished_at)
-            .bind(m.received_at)
-            .bind(&new.report)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db(format!("store report {} of node {}", m.run_id, m.node)))?;
-            let Some(id) = id else {
-                created.push(false);
-                continue;
-            };
-            created.push(true);
-            // The newest run wins; being heard from counts whatever the run.
-            sqlx::query(
-                "INSERT INTO node_runs (node, report_id, role, channel, role_version, status,
-                     from_cache, finished_at, seen_at, interval_secs, facts)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (node) DO UPDATE SET
-                     seen_at = CASE WHEN excluded.seen_at > node_runs.seen_at
-                         THEN excluded.seen_at ELSE node_runs.seen_at END,
-                     interval_secs = CASE WHEN excluded.finished_at >= node_runs.finished_at
-                         THEN excluded.interval_secs ELSE node_runs.interval_secs END,
-                     report_id = CASE WHEN excluded.finished_at >= node_runs.finished_at
-                         THEN excluded.report_id ELSE node_runs.report_id END,
-                     role = CASE WHEN excluded.finished_at >= node_runs.finished_at
-                         THEN excluded.role ELSE node_runs.role END,
-                     channel = CASE WHEN excluded.finished_at >= node_runs.finished_at
-                         THEN excluded.channel ELSE node_runs.channel END,
-                     role_version = CASE WHEN excluded.finished_at >= node_runs.finished_at
-                         THEN excluded.role_version ELSE node_runs.role_version END,
-                     status = CASE WHEN excluded.finished_at >= node_runs.finished_at
-                         THEN excluded.status ELSE node_runs.status END,
-                     from_cache = CASE WHEN excluded.finished_at >= node_runs.finished_at
-                         THEN excluded.from_cache ELSE node_runs.from_cache END,
-                     facts = CASE WHEN excluded.finished_at >= node_runs.finished_at
-                         THEN excluded.facts ELSE node_runs.facts END,
-                     finished_at = CASE WHEN excluded.finished_at >= node_runs.finished_at
-                         THEN excluded.finished_at ELSE node_runs.finished_at END",
-            )
-            .bind(&m.node)
-            .bind(id)
-            .bind(&m.role)
-            .bind(&m.channel)
-            .bind(m.role_version as i64)
-            .bind(m.status.as_str())
-            .bind(m.from_cache)
-            .bind(m.finished_at)
-            .bind(m.received_at)
-            .bind(new.interval_secs as i64)
-            .bind(&new.facts_json)
-            .execute(&mut *tx)
-            .await
-            .map_err(db(format!("record the last run of node {}", m.node)))?;
+        let mut ids: HashMap<(String, String), i64> = HashMap::with_capacity(candidates.len());
+        for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO reports (node, run_id, role, channel, role_version, role_digest, \
+                 status, noop, from_cache, resources, changed, failed, finished_at, received_at, \
+                 report) ",
+            );
+            insert.push_values(chunk, |mut row, &i| {
+                let (m, new) = (&reports[i].meta, &reports[i]);
+                row.push_bind(&m.node)
+                    .push_bind(&m.run_id)
+                    .push_bind(&m.role)
+                    .push_bind(&m.channel)
+                    .push_bind(m.role_version as i64)
+                    .push_bind(&m.role_digest)
+                    .push_bind(m.status.as_str())
+                    .push_bind(m.noop)
+                    .push_bind(m.from_cache)
+                    .push_bind(m.resources as i64)
+                    .push_bind(m.changed as i64)
+                    .push_bind(m.failed as i64)
+                    .push_bind(m.finished_at)
+                    .push_bind(m.received_at)
+                    .push_bind(&new.report);
+            });
+            // Already stored runs are left as they are, and return nothing.
+            insert.push(" ON CONFLICT (node, run_id) DO NOTHING RETURNING node, run_id, id");
+            let stored: Vec<(String, String, i64)> = insert
+                .build_query_as()
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db(format!("store {} reports", chunk.len())))?;
+            ids.extend(stored.into_iter().map(|(node, run, id)| ((node, run), id)));
+        }
+        let created: Vec<(usize, i64)> = candidates
+            .iter()
+            .filter_map(|&i| {
+                let m = &reports[i].meta;
+                let id = ids.get(&(m.node.clone(), m.run_id.clone()))?;
+                Some((i, *id))
+            })
+            .collect();
+        for chunk in created.chunks(ROWS_PER_STATEMENT) {
+            // The newest run wins (by finished_at); rows apply in order, so a
+            // node's two runs in one batch are settled as if sent one by one.
+            let mut upsert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO node_runs (node, report_id, role, channel, role_version, status, \
+                 from_cache, finished_at, seen_at, interval_secs, facts) ",
+            );
+            upsert.push_values(chunk, |mut row, &(i, id)| {
+                let (m, new) = (&reports[i].meta, &reports[i]);
+                row.push_bind(&m.node)
+                    .push_bind(id)
+                    .push_bind(&m.role)
+                    .push_bind(&m.channel)
+                    .push_bind(m.role_version as i64)
+                    .push_bind(m.status.as_str())
+                    .push_bind(m.from_cache)
+                    .push_bind(m.finished_at)
+                    .push_bind(m.received_at)
+                    .push_bind(new.interval_secs as i64)
+                    .push_bind(&new.facts_json);
+            });
+            upsert.push(
+                " ON CONFLICT (node) DO UPDATE SET \
+                 report_id = excluded.report_id, role = excluded.role, \
+                 channel = excluded.channel, role_version = excluded.role_version, \
+                 status = excluded.status, from_cache = excluded.from_cache, \
+                 finished_at = excluded.finished_at, interval_secs = excluded.interval_secs, \
+                 facts = excluded.facts \
+                 WHERE excluded.finished_at >= node_runs.finished_at",
+            );
+            upsert
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(format!("record the last runs of {} nodes", chunk.len())))?;
+        }
+        // Being heard from counts whatever the run: the newest arrival per node.
+        let mut seen: HashMap<&str, Micros> = HashMap::new();
+        for &(i, _) in &created {
+            let m = &reports[i].meta;
+            let at = seen.entry(&m.node).or_insert(m.received_at);
+            *at = (*at).max(m.received_at);
+        }
+        let seen: Vec<(&str, Micros)> = seen.into_iter().collect();
+        for chunk in seen.chunks(ROWS_PER_STATEMENT) {
+            let mut update = QueryBuilder::<Sqlite>::new(
+                "UPDATE node_runs SET seen_at = MAX(node_runs.seen_at, heard.at) \
+                 FROM (SELECT column1 AS node, column2 AS at FROM (",
+            );
+            update.push_values(chunk, |mut row, &(node, at)| {
+                row.push_bind(node).push_bind(at);
+            });
+            update.push(")) AS heard WHERE node_runs.node = heard.node");
+            update
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(format!(
+                    "record when {} nodes were last heard from",
+                    chunk.len()
+                )))?;
         }
         tx.commit().await.map_err(db("commit reports"))?;
-        Ok(created)
+        let created: HashSet<usize> = created.into_iter().map(|(i, _)| i).collect();
+        Ok((0..reports.len()).map(|i| created.contains(&i)).collect())
     }
 
     pub(super) async fn reports_in_sqlite(&self, q: &ReportQuery) -> Result<Vec<ReportMeta>> {
@@ -350,5 +401,86 @@ impl SqliteStore {
                 },
             )
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(node: &str, run_id: &str, finished_at: Micros, received_at: Micros) -> NewReport {
+        NewReport {
+            meta: ReportMeta {
+                id: 0,
+                node: node.into(),
+                run_id: run_id.into(),
+                role: "web".into(),
+                channel: "production".into(),
+                role_version: 1,
+                role_digest: "d1".into(),
+                status: RunStatus::Unchanged,
+                noop: false,
+                from_cache: false,
+                resources: 0,
+                changed: 0,
+                failed: 0,
+                finished_at,
+                received_at,
+            },
+            interval_secs: 60,
+            facts_json: String::new(),
+            report: vec![],
+        }
+    }
+
+    /// (run id of the newest run, its finished_at, seen_at) of `node`.
+    async fn last_run(store: &SqliteStore, node: &str) -> (String, i64, i64) {
+        sqlx::query_as(
+            "SELECT r.run_id, n.finished_at, n.seen_at
+             FROM node_runs n JOIN reports r ON r.id = n.report_id WHERE n.node = ?",
+        )
+        .bind(node)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_stored_as_if_its_reports_came_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("cairn.db"))
+            .await
+            .unwrap();
+        store
+            .store_reports_in_sqlite(&[report("a", "a1", 100, 1000)])
+            .await
+            .unwrap();
+        let created = store
+            .store_reports_in_sqlite(&[
+                report("a", "a3", 300, 1001),
+                // The same run twice in one batch, and once from an earlier batch.
+                report("a", "a3", 300, 1002),
+                report("a", "a1", 100, 1003),
+                // Spooled and delivered late: older than the newest run.
+                report("a", "a2", 200, 1004),
+                report("b", "b1", 50, 1005),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(created, [true, false, false, true, true]);
+        // The newest run wins; being heard from counts whatever the run.
+        assert_eq!(last_run(&store, "a").await, ("a3".into(), 300, 1004));
+        assert_eq!(last_run(&store, "b").await, ("b1".into(), 50, 1005));
+        // More reports than one statement takes.
+        let many: Vec<NewReport> = (0..ROWS_PER_STATEMENT as i64 * 2 + 3)
+            .map(|i| report("c", &format!("c{i}"), i, 2000 + i))
+            .collect();
+        let created = store.store_reports_in_sqlite(&many).await.unwrap();
+        assert!(created.iter().all(|c| *c));
+        let last = many.len() as i64 - 1;
+        assert_eq!(
+            last_run(&store, "c").await,
+            (format!("c{last}"), last, 2000 + last)
+        );
     }
 }
