@@ -209,11 +209,6 @@ impl ServiceProvider for Fake {
     fn disable(&self, service: &str) -> Result<()> {
         self.set(service, "disable", |s| s.enabled = Some(false))
     }
-
-    fn reload_units(&self) -> Result<()> {
-        self.change("daemon-reload".into());
-        Ok(())
-    }
 }
 
 impl Fake {

@@ -83,7 +83,7 @@ pub trait ServiceProvider {
         Ok(false)
     }
     /// Makes the manager read every changed unit file again (`systemctl
-    /// daemon-reload`).
+    /// daemon-reload`); every cached state is dropped.
     fn reload_units(&self) -> Result<()> {
         Ok(())
     }
@@ -95,9 +95,6 @@ pub trait ServiceProvider {
     fn reload(&self, service: &str) -> Result<Reloaded>;
     fn enable(&self, service: &str) -> Result<()>;
     fn disable(&self, service: &str) -> Result<()>;
-    /// Makes the service manager read its unit files again after some were
-    /// written (systemd's daemon-reload); every cached state is dropped.
-    fn reload_units(&self) -> Result<()>;
 }
 
 /// A local group as the account database has it.

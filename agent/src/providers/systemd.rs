@@ -201,13 +201,6 @@ impl ServiceProvider for Systemd {
     fn disable(&self, service: &str) -> Result<()> {
         self.act("disable", service)
     }
-
-    fn reload_units(&self) -> Result<()> {
-        self.cache.borrow_mut().clear();
-        process::run_ok("systemctl", ["daemon-reload"], &[])
-            .context("could not reload systemd's units (daemon-reload)")?;
-        Ok(())
-    }
 }
 
 /// One unit's state as systemd reports it.
