@@ -309,9 +309,9 @@ pub fn check_report(
             cut(&wire.run_id)
         ));
     }
-    if wire.role.is_empty() {
-        return invalid("it names no role".into());
-    }
+    // A node runs the role its token assigned, whose name follows the rule.
+    crate::service::check_assigned_role(&wire.role)
+        .map_err(|s| Status::invalid_argument(format!("invalid report: {}", s.message())))?;
     for (field, value) in [
         ("role", &wire.role),
         ("role_digest", &wire.role_digest),
@@ -677,9 +677,15 @@ mod tests {
         refused(with(|r| r.run_id = String::new()), "", "run id");
         refused(with(|r| r.run_id = "a/b".into()), "", "run id");
         refused(with(|r| r.run_id = "x".repeat(65)), "", "run id");
-        refused(with(|r| r.role = String::new()), "", "names no role");
+        refused(with(|r| r.role = String::new()), "", "no role name given");
         refused(
             with(|r| r.role = "w\u{1b}[2J".into()),
+            "",
+            "invalid role name",
+        );
+        refused(with(|r| r.role = "Web App".into()), "", "invalid role name");
+        refused(
+            with(|r| r.role_digest = "d\u{1b}[2J".into()),
             "",
             "control character",
         );
