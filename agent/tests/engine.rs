@@ -124,7 +124,11 @@ impl PackageProvider for Fake {
         Ok(self.0.borrow().packages.get(package).cloned())
     }
 
-    fn install(&self, package: &str, version: Option<&str>) -> Result<()> {
+    fn left_behind(&self, _package: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    fn install(&self, package: &str, version: Option<&str>, _: Option<bool>) -> Result<()> {
         self.change(format!("install {package}"));
         let mut w = self.world();
         if w.uninstallable.contains(package) {
@@ -139,6 +143,12 @@ impl PackageProvider for Fake {
 
     fn remove(&self, package: &str) -> Result<()> {
         self.change(format!("remove {package}"));
+        self.world().packages.remove(package);
+        Ok(())
+    }
+
+    fn purge(&self, package: &str) -> Result<()> {
+        self.change(format!("purge {package}"));
         self.world().packages.remove(package);
         Ok(())
     }

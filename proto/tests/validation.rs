@@ -2,7 +2,7 @@
 
 use cairn_proto::bundle::RoleBundle;
 use cairn_proto::facts::Facts;
-use cairn_proto::role::{self, Diagnostic, Kind, Role, Spec, bundle_from_files};
+use cairn_proto::role::{self, Diagnostic, Kind, PackageState, Role, Spec, bundle_from_files};
 
 fn load(files: &[(&str, &str)]) -> Result<Role, Vec<Diagnostic>> {
     role::load(
@@ -1089,4 +1089,72 @@ fn timer_checks_name_their_line_and_field() {
         "{HEAD}\n[[timer]]\nname = \"t\"\ncommand = \"true\"\n"
     ));
     assert!(d.message.contains("on_calendar"), "{d}");
+}
+
+// [[package]] install_recommends and state = "purged".
+
+#[test]
+fn packages_load_install_recommends_and_purged() {
+    let toml = format!(
+        "{HEAD}
+[[package]]
+name = \"nginx\"
+install_recommends = false
+
+[[package]]
+name = \"apache2\"
+state = \"purged\"
+
+[[package]]
+name = \"vim\"
+"
+    );
+    let role = load(&[("role.toml", &toml)]).unwrap();
+    let package = |name: &str| {
+        let id = format!("package:{name}").parse().unwrap();
+        let Spec::Package(p) = &role.get(&id).unwrap().spec else {
+            panic!()
+        };
+        (p.state, p.install_recommends)
+    };
+    assert_eq!(package("nginx"), (PackageState::Installed, Some(false)));
+    assert_eq!(package("apache2"), (PackageState::Purged, None));
+    assert_eq!(package("vim"), (PackageState::Installed, None));
+}
+
+#[test]
+fn package_options_that_install_nothing_are_refused() {
+    for state in ["absent", "purged"] {
+        assert_eq!(
+            kind_error(
+                "package",
+                &format!("name = \"vim\"\nstate = \"{state}\"\ninstall_recommends = false")
+            ),
+            at(
+                7,
+                "install_recommends",
+                &format!(
+                    "install_recommends makes no sense with state = \"{state}\": nothing is installed"
+                )
+            ),
+        );
+        assert_eq!(
+            kind_error(
+                "package",
+                &format!("name = \"vim\"\nversion = \"1.0\"\nstate = \"{state}\"")
+            ),
+            at(
+                6,
+                "version",
+                &format!("a version makes no sense with state = \"{state}\"")
+            ),
+        );
+    }
+    let (line, field, message) =
+        kind_error("package", "name = \"vim\"\ninstall_recommends = \"no\"");
+    assert_eq!(
+        (line, field.as_deref()),
+        (6, Some("install_recommends")),
+        "{message}"
+    );
 }

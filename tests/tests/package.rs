@@ -1,8 +1,9 @@
 //! `[[package]]` through the real agent and the real apt, on a fresh machine
 //! (no package lists, so the agent has to update them): install, a pin at
 //! the installed version, a pin the archive does not have, removal, a
-//! package the archive does not know, and a dpkg killed mid-install. dpkg-query
-//! is the oracle.
+//! package the archive does not know, a dpkg killed mid-install, purging
+//! (from installed and from what a removal left) and installing without
+//! recommends. dpkg-query is the oracle.
 
 use cairn_e2e::{Machine, Timeline};
 
@@ -72,11 +73,11 @@ fn a_package_the_archive_does_not_know_fails_naming_it() {
     assert_eq!(t.probe(), "");
 }
 
-/// Builds two packages into a flat repository on the machine's own disk, the
-/// only source apt knows: `cairn-stuck`, whose preinst waits while
-/// `/run/cairn-block` exists (after writing its own and dpkg's pids), and
-/// `cairn-other`.
-const LOCAL_REPOSITORY: &str = r#"
+/// Shell functions that build packages into a flat repository on the
+/// machine's own disk and make it the only source apt knows.
+/// `package NAME [PREINST] [CONTROL-FIELDS] [CONFFILE]` builds NAME 1.0 with
+/// a marker file under `/usr/share/NAME`; `publish` indexes the repository.
+const REPOSITORY_TOOLS: &str = r#"
 set -e
 package() {
     dir=/root/build/$1
@@ -84,24 +85,43 @@ package() {
     echo "$1" > "$dir/usr/share/$1/marker"
     printf 'Package: %s\nVersion: 1.0\nArchitecture: all\nMaintainer: Cairn tests <tests@cairn.invalid>\nDescription: Cairn test package\n' "$1" > "$dir/DEBIAN/control"
     if [ -n "$2" ]; then printf '%s\n' "$2" > "$dir/DEBIAN/preinst"; chmod 755 "$dir/DEBIAN/preinst"; fi
+    if [ -n "$3" ]; then printf '%s\n' "$3" >> "$dir/DEBIAN/control"; fi
+    if [ -n "$4" ]; then
+        mkdir -p "$dir$(dirname "$4")"
+        echo "$1 default" > "$dir$4"
+        echo "$4" > "$dir/DEBIAN/conffiles"
+    fi
+    mkdir -p /srv/repo
     dpkg-deb --root-owner-group --build "$dir" "/srv/repo/$1_1.0_all.deb" >/dev/null
 }
-mkdir -p /srv/repo
+publish() {
+    cd /srv/repo
+    for deb in *.deb; do
+        dpkg-deb --field "$deb"
+        printf 'Filename: ./%s\nSize: %s\nSHA256: %s\n\n' "$deb" "$(stat -c %s "$deb")" "$(sha256sum "$deb" | cut -d' ' -f1)"
+    done > Packages
+    printf 'Date: %s\nSHA256:\n %s %s Packages\n' "$(date -Ru)" "$(sha256sum Packages | cut -d' ' -f1)" "$(stat -c %s Packages)" > Release
+    mkdir -p /root/apt-sources
+    mv /etc/apt/sources.list /etc/apt/sources.list.d/* /root/apt-sources/ 2>/dev/null || true
+    echo 'deb [trusted=yes] file:/srv/repo ./' > /etc/apt/sources.list.d/cairn.list
+    apt-get update -q >/dev/null
+}
+"#;
+
+/// The local repository with `script` (calls of `package`, then `publish`).
+fn local_repository(script: &str) -> String {
+    format!("{REPOSITORY_TOOLS}\n{script}")
+}
+
+/// Two packages: `cairn-stuck`, whose preinst waits while `/run/cairn-block`
+/// exists (after writing its own and dpkg's pids), and `cairn-other`.
+const STUCK_AND_OTHER: &str = r#"
 package cairn-stuck '#!/bin/sh
 echo $PPID > /run/cairn-dpkg-pid
 echo $$ > /run/cairn-preinst-pid
 while [ -e /run/cairn-block ]; do sleep 0.1; done'
-package cairn-other ''
-cd /srv/repo
-for deb in *.deb; do
-    dpkg-deb --field "$deb"
-    printf 'Filename: ./%s\nSize: %s\nSHA256: %s\n\n' "$deb" "$(stat -c %s "$deb")" "$(sha256sum "$deb" | cut -d' ' -f1)"
-done > Packages
-printf 'Date: %s\nSHA256:\n %s %s Packages\n' "$(date -Ru)" "$(sha256sum Packages | cut -d' ' -f1)" "$(stat -c %s Packages)" > Release
-mkdir -p /root/apt-sources
-mv /etc/apt/sources.list /etc/apt/sources.list.d/* /root/apt-sources/ 2>/dev/null || true
-echo 'deb [trusted=yes] file:/srv/repo ./' > /etc/apt/sources.list.d/cairn.list
-apt-get update -q >/dev/null
+package cairn-other
+publish
 "#;
 
 /// Installs `cairn-stuck` and kills dpkg once its preinst runs: dpkg has
@@ -121,7 +141,7 @@ while kill -0 "$(cat /run/cairn-apt-pid)" 2>/dev/null; do sleep 0.1; done
 #[test]
 fn a_dpkg_killed_mid_install_is_finished_before_the_next_change() {
     let m = Machine::boot("package-interrupted");
-    m.sh_ok(LOCAL_REPOSITORY);
+    m.sh_ok(&local_repository(STUCK_AND_OTHER));
     m.sh_ok(KILL_DPKG_MID_INSTALL);
     // What blocks every apt run until someone finishes dpkg's work.
     let blocked = m.sh("apt-get install -y cairn-other");
@@ -155,4 +175,70 @@ fn a_dpkg_killed_mid_install_is_finished_before_the_next_change() {
     );
     assert_eq!(after, "cairn-other ii \ncairn-stuck ii \n");
     m.sh_ok("test -e /usr/share/cairn-stuck/marker && apt-get install -y cairn-other");
+}
+
+/// What dpkg says of the `cairn-*` packages, one `NAME STATUS` line each.
+const CAIRN_PACKAGES: &str =
+    "dpkg-query --show --showformat='${Package} ${db:Status-Abbrev}\\n' 'cairn-*' 2>/dev/null";
+
+#[test]
+fn a_purged_package_loses_what_a_removal_left() {
+    let m = Machine::boot("package-purged");
+    m.sh_ok(&local_repository(
+        "package cairn-conf '' '' /etc/cairn-conf.conf\npublish",
+    ));
+    let t = Timeline::new(
+        &m,
+        "package:cairn-conf",
+        &format!("{CAIRN_PACKAGES}; cat /etc/cairn-conf.conf 2>/dev/null; true"),
+    );
+    assert_eq!(t.probe(), "", "precondition: dpkg does not know cairn-conf");
+    let installed = "[[package]]\nname = \"cairn-conf\"\n";
+    let purged = format!("{installed}state = \"purged\"\n");
+    t.holds(&purged);
+
+    let after = t.converges(installed, &[("ensure", "absent", "installed")]);
+    assert_eq!(after, "cairn-conf ii \ncairn-conf default\n");
+    // Removed: the configuration stays (dpkg's `rc`), which is absent enough.
+    let after = t.converges(
+        &format!("{installed}state = \"absent\"\n"),
+        &[("ensure", "1.0", "absent")],
+    );
+    assert_eq!(after, "cairn-conf rc \ncairn-conf default\n");
+    // Purged: what the removal left goes, and dpkg forgets the package.
+    let after = t.converges(&purged, &[("ensure", "config-files", "purged")]);
+    assert_eq!(after, "");
+
+    // From installed straight to purged.
+    t.converges(installed, &[("ensure", "absent", "installed")]);
+    let after = t.converges(&purged, &[("ensure", "1.0", "purged")]);
+    assert_eq!(after, "");
+}
+
+#[test]
+fn install_recommends_false_leaves_recommended_packages_out() {
+    let m = Machine::boot("package-recommends");
+    m.sh_ok(&local_repository(
+        "package cairn-other\n\
+         package cairn-lean '' 'Recommends: cairn-other'\n\
+         package cairn-full '' 'Recommends: cairn-other'\n\
+         publish",
+    ));
+    // dpkg lists a recommended package it was told of but did not install as
+    // `un`: only installed ones count here.
+    let probe = format!("{CAIRN_PACKAGES} | grep ' ii '; true");
+    let lean = Timeline::new(&m, "package:cairn-lean", &probe);
+    let without = "[[package]]\nname = \"cairn-lean\"\ninstall_recommends = false\n";
+    let after = lean.converges(without, &[("ensure", "absent", "installed")]);
+    assert_eq!(after, "cairn-lean ii \n", "cairn-other came along");
+    // An install option, not a property: an installed package is left alone.
+    lean.holds("[[package]]\nname = \"cairn-lean\"\ninstall_recommends = true\n");
+
+    // Without the option, the host's apt setting (Debian's: recommends on).
+    let full = Timeline::new(&m, "package:cairn-full", &probe);
+    let after = full.converges(
+        "[[package]]\nname = \"cairn-full\"\n",
+        &[("ensure", "absent", "installed")],
+    );
+    assert_eq!(after, "cairn-full ii \ncairn-lean ii \ncairn-other ii \n");
 }

@@ -56,7 +56,8 @@ const ENV: &[(&str, &str)] = &[("DEBIAN_FRONTEND", "noninteractive"), ("LC_ALL",
 
 /// Options of every apt-get call. Changed configuration files are kept as the
 /// operator (or a Cairn file resource) left them, new defaults are taken where
-/// nothing was changed: never a prompt. Recommends follow the host's own
+/// nothing was changed: never a prompt. Unless a package says otherwise
+/// (`install_recommends`), recommends follow the host's own
 /// `APT::Install-Recommends`, as with an interactive `apt-get install`, so an
 /// operator who disables them system-wide gets the same from Cairn.
 const COMMON_ARGS: &[&str] = &[
@@ -100,6 +101,31 @@ impl Apt {
 
     fn invalidate(&self) {
         self.db.replace(None);
+    }
+
+    /// Answers `question` from the dpkg database, read on the first question
+    /// and after each change only.
+    fn look_up<T>(&self, package: &str, question: impl FnOnce(&Installed) -> T) -> Result<T> {
+        let mut slot = self.db.borrow_mut();
+        if slot.is_none() {
+            let raw = Posix::default().read(&self.status_path).with_context(|| {
+                format!("could not look up package {package} in the dpkg database")
+            })?;
+            *slot = Some(Installed::parse(&String::from_utf8_lossy(&raw)));
+        }
+        Ok(question(slot.as_ref().expect("read above")))
+    }
+
+    /// `apt-get remove` or `apt-get purge` of `package`.
+    fn remove_with(&self, verb: &str, package: &str) -> Result<()> {
+        let args = [verb, package];
+        let ran = self.apt_get(&args);
+        self.invalidate();
+        let ran = ran?;
+        if !ran.success {
+            return Err(failed(&args, &ran));
+        }
+        Ok(())
     }
 
     /// Runs `apt-get COMMON_ARGS args…`. dpkg's lock is waited for by apt itself
@@ -147,7 +173,12 @@ impl Apt {
         }
     }
 
-    fn install_inner(&self, package: &str, version: Option<&str>) -> Result<()> {
+    fn install_inner(
+        &self,
+        package: &str,
+        version: Option<&str>,
+        recommends: Option<bool>,
+    ) -> Result<()> {
         let update_error = self.refresh_stale_lists()?;
         let target = match version {
             Some(v) => format!("{package}={v}"),
@@ -158,6 +189,11 @@ impl Apt {
         // older than the installed one.
         if version.is_some() {
             args.push("--allow-downgrades");
+        }
+        match recommends {
+            Some(true) => args.push("--install-recommends"),
+            Some(false) => args.push("--no-install-recommends"),
+            None => {}
         }
         args.push(&target);
         let mut ran = self.try_install(&args)?;
@@ -326,23 +362,20 @@ impl super::PackageProvider for Apt {
     }
 
     fn installed(&self, package: &str) -> Result<Option<String>> {
-        let mut slot = self.db.borrow_mut();
-        let db = match slot.take() {
-            Some(db) => db,
-            None => {
-                let raw = Posix::default().read(&self.status_path).with_context(|| {
-                    format!("could not look up package {package} in the dpkg database")
-                })?;
-                Installed::parse(&String::from_utf8_lossy(&raw))
-            }
-        };
-        let version = db.version(package).map(str::to_owned);
-        *slot = Some(db);
-        Ok(version)
+        self.look_up(package, |db| db.version(package).map(str::to_owned))
     }
 
-    fn install(&self, package: &str, version: Option<&str>) -> Result<()> {
-        self.install_inner(package, version)
+    fn left_behind(&self, package: &str) -> Result<Option<String>> {
+        self.look_up(package, |db| db.left_behind(package).map(str::to_owned))
+    }
+
+    fn install(
+        &self,
+        package: &str,
+        version: Option<&str>,
+        recommends: Option<bool>,
+    ) -> Result<()> {
+        self.install_inner(package, version, recommends)
             .with_context(|| match version {
                 Some(v) => format!("could not install package {package} version {v}"),
                 None => format!("could not install package {package}"),
@@ -355,14 +388,15 @@ impl super::PackageProvider for Apt {
     /// `apt-get remove -y` by hand, packages that depend on it go too; apt
     /// refuses to remove essential packages under `-y`.
     fn remove(&self, package: &str) -> Result<()> {
-        let args = ["remove", package];
-        let ran = self.apt_get(&args);
-        self.invalidate();
-        let ran = ran.with_context(|| format!("could not remove package {package}"))?;
-        if !ran.success {
-            return Err(failed(&args, &ran).context(format!("could not remove package {package}")));
-        }
-        Ok(())
+        self.remove_with("remove", package)
+            .with_context(|| format!("could not remove package {package}"))
+    }
+
+    /// As `remove`, configuration files too; packages that depend on it are
+    /// purged with it.
+    fn purge(&self, package: &str) -> Result<()> {
+        self.remove_with("purge", package)
+            .with_context(|| format!("could not purge package {package}"))
     }
 }
 
@@ -451,6 +485,10 @@ pub(crate) struct Installed {
     /// Package name → (architecture, version) of each installed instance: a
     /// `Multi-Arch: same` package appears once per architecture.
     packages: HashMap<String, Vec<(String, String)>>,
+    /// Package name → (architecture, dpkg state) of each instance that is
+    /// not installed but not gone either: `config-files` after a removal,
+    /// `half-installed` and the like after a failure.
+    left: HashMap<String, Vec<(String, String)>>,
 }
 
 impl Installed {
@@ -459,6 +497,13 @@ impl Installed {
         for_each_stanza(text, |name, status, arch, version| {
             if is_installed(status) {
                 db.add(name, arch, version);
+            } else if let Some(state) = status.split_ascii_whitespace().nth(2)
+                && state != "not-installed"
+            {
+                db.left
+                    .entry(name.to_string())
+                    .or_default()
+                    .push((arch.to_string(), state.to_string()));
             }
         });
         db
@@ -477,7 +522,17 @@ impl Installed {
     /// The installed version of `name` for the native architecture or `all`,
     /// as `apt-get install name` would install it.
     pub(crate) fn version(&self, name: &str) -> Option<&str> {
-        let instances = self.packages.get(name)?;
+        self.native_instance(self.packages.get(name)?)
+    }
+
+    /// The dpkg state of what is left of `name` (native architecture or
+    /// `all`) when it is not installed: `config-files`, `half-installed`, …
+    pub(crate) fn left_behind(&self, name: &str) -> Option<&str> {
+        self.native_instance(self.left.get(name)?)
+    }
+
+    /// The value of the instance `apt-get install name` would act on.
+    fn native_instance<'a>(&self, instances: &'a [(String, String)]) -> Option<&'a str> {
         instances
             .iter()
             .find(|(arch, _)| arch == "all" || self.native.as_deref().is_none_or(|n| n == arch))
@@ -643,6 +698,19 @@ Version: 1.0-1
     }
 
     #[test]
+    fn dpkg_status_parser_keeps_what_a_removal_left() {
+        let db = Installed::parse(&format!(
+            "{SAMPLE}\nPackage: gone\nStatus: purge ok not-installed\nArchitecture: amd64\n"
+        ));
+        assert_eq!(db.left_behind("nginx-common"), Some("config-files"));
+        assert_eq!(db.left_behind("broken"), Some("half-installed"));
+        // Installed, purged, or never heard of: nothing left behind.
+        assert_eq!(db.left_behind("dpkg"), None);
+        assert_eq!(db.left_behind("gone"), None);
+        assert_eq!(db.left_behind("not-there"), None);
+    }
+
+    #[test]
     fn half_done_packages_are_read_from_the_status_then_the_journal() {
         assert_eq!(
             list(&half_done([SAMPLE])),
@@ -735,6 +803,11 @@ Version: 1.0-1
             }
             let want = (state == "installed").then_some(version);
             assert_eq!(db.version(name), want, "{line}");
+            let left = !matches!(
+                state,
+                "installed" | "not-installed" | "triggers-pending" | "triggers-awaited"
+            );
+            assert_eq!(db.left_behind(name), left.then_some(state), "{line}");
             checked += 1;
         }
         assert!(checked > 50, "only {checked} packages compared");

@@ -35,9 +35,17 @@ pub trait PackageProvider {
     }
     /// The installed version of `package`, or `None` when it is not installed.
     fn installed(&self, package: &str) -> Result<Option<String>>;
-    /// Installs `package` (at `version` when given).
-    fn install(&self, package: &str, version: Option<&str>) -> Result<()>;
+    /// What the package database keeps of `package` when it is not installed
+    /// (dpkg's state: `config-files` when only its configuration is left), or
+    /// `None` when it keeps nothing.
+    fn left_behind(&self, package: &str) -> Result<Option<String>>;
+    /// Installs `package` (at `version` when given), with its recommended
+    /// packages or without when `recommends` says, else as the host is set.
+    fn install(&self, package: &str, version: Option<&str>, recommends: Option<bool>)
+    -> Result<()>;
     fn remove(&self, package: &str) -> Result<()>;
+    /// Removes `package` and its configuration files.
+    fn purge(&self, package: &str) -> Result<()>;
     /// What an interrupted package operation left undone (and blocks every
     /// change until finished), for the report; `None` when nothing was.
     fn interrupted(&self) -> Result<Option<String>> {

@@ -1,4 +1,5 @@
-//! `[[package]]`: an OS package installed (at a version, when pinned) or absent.
+//! `[[package]]`: an OS package installed (at a version, when pinned), absent,
+//! or purged (absent, its configuration files too).
 //! What is installed and how to change it is the package provider's business
 //! (apt on Debian and Ubuntu); this type only compares and asks.
 
@@ -17,7 +18,8 @@ const UNFINISHED: &str = "unfinished";
 
 impl Resource for PackageResource<'_> {
     /// `ensure` when presence differs (`absent` → the wanted version or
-    /// `installed`, or the installed version → `absent`); `version` when a
+    /// `installed`, or the installed version → `absent` or `purged`, or what
+    /// a removal left, `config-files`, → `purged`); `version` when a
     /// pinned package is installed at another version. Before either, when
     /// there is one: `unfinished`, what an interrupted package operation left
     /// that would block it.
@@ -29,6 +31,12 @@ impl Resource for PackageResource<'_> {
         match (p.state, current) {
             (PackageState::Absent, None) => {}
             (PackageState::Absent, Some(have)) => drift.push("ensure", have, "absent"),
+            (PackageState::Purged, Some(have)) => drift.push("ensure", have, "purged"),
+            (PackageState::Purged, None) => {
+                if let Some(left) = packages.left_behind(&p.name)? {
+                    drift.push("ensure", left, "purged");
+                }
+            }
             (PackageState::Installed, None) => {
                 drift.push(
                     "ensure",
@@ -61,8 +69,11 @@ impl Resource for PackageResource<'_> {
             packages.finish_interrupted()?;
         }
         match p.state {
-            PackageState::Installed => packages.install(&p.name, p.version.as_deref()),
+            PackageState::Installed => {
+                packages.install(&p.name, p.version.as_deref(), p.install_recommends)
+            }
             PackageState::Absent => packages.remove(&p.name),
+            PackageState::Purged => packages.purge(&p.name),
         }
     }
 }

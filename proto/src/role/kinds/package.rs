@@ -1,4 +1,5 @@
-//! `[[package]]`: a package installed (at a version, if given) or absent.
+//! `[[package]]`: a package installed (at a version, if given), absent, or
+//! purged (absent with its configuration files).
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -12,6 +13,18 @@ use crate::role::rules::Table;
 pub enum PackageState {
     Installed,
     Absent,
+    Purged,
+}
+
+impl PackageState {
+    /// How the role spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageState::Installed => "installed",
+            PackageState::Absent => "absent",
+            PackageState::Purged => "purged",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +32,9 @@ pub struct Package {
     pub name: String,
     pub version: Option<String>,
     pub state: PackageState,
+    /// Whether recommended packages are installed with it; `None` leaves it
+    /// to the host's own apt setting. Applies only when installing.
+    pub install_recommends: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -27,6 +43,7 @@ pub(in crate::role) struct RawPackage {
     name: Spanned<String>,
     version: Option<Spanned<String>>,
     state: Option<PackageState>,
+    install_recommends: Option<Spanned<bool>>,
 }
 
 fn is_package_name(s: &str) -> bool {
@@ -52,11 +69,14 @@ impl ResourceKind for Package {
         );
         let state = r.state.unwrap_or(PackageState::Installed);
         if let Some(v) = &r.version {
-            if state == PackageState::Absent {
+            if state != PackageState::Installed {
                 t.error(
                     v.span(),
                     Some("version"),
-                    "a version makes no sense with state = \"absent\"",
+                    format!(
+                        "a version makes no sense with state = \"{}\"",
+                        state.as_str()
+                    ),
                     None,
                 );
             } else if v.get_ref().is_empty() || v.get_ref().contains(char::is_whitespace) {
@@ -68,10 +88,24 @@ impl ResourceKind for Package {
                 );
             }
         }
+        if let Some(r) = &r.install_recommends
+            && state != PackageState::Installed
+        {
+            t.error(
+                r.span(),
+                Some("install_recommends"),
+                format!(
+                    "install_recommends makes no sense with state = \"{}\": nothing is installed",
+                    state.as_str()
+                ),
+                None,
+            );
+        }
         Package {
             name: r.name.into_inner(),
             version: r.version.map(Spanned::into_inner),
             state,
+            install_recommends: r.install_recommends.map(Spanned::into_inner),
         }
     }
 }
