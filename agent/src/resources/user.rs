@@ -1,8 +1,8 @@
 //! `[[user]]`: a local user's existence, uid, primary group, shell, home,
-//! comment, supplementary groups and password hash. Properties the role leaves out are neither compared
-//! nor changed. `system` only matters when the user is created. A uid change
-//! goes through `usermod`, which re-owns the files in the home directory only;
-//! files elsewhere keep the old uid.
+//! comment, supplementary groups and password hash. Properties the role
+//! leaves out are neither compared nor changed. `system` only matters when
+//! the user is created. A uid change goes through `usermod`, which re-owns
+//! the files in the home directory only; files elsewhere keep the old uid.
 
 use anyhow::{Result, anyhow};
 use cairn_proto::role::{self, Presence};
