@@ -1158,3 +1158,31 @@ fn package_options_that_install_nothing_are_refused() {
         "{message}"
     );
 }
+
+#[test]
+fn a_user_password_must_be_a_hash_and_is_never_echoed() {
+    let role = load(&[(
+        "role.toml",
+        &format!(
+            "{HEAD}\n[[user]]\nname = \"app\"\npassword = \"$6$salt$abc./XYZ\"\n\
+             groups_exact = true\n\n[[user]]\nname = \"locked\"\npassword = \"!\"\n"
+        ),
+    )])
+    .unwrap();
+    let app = role.get(&"user:app".parse().unwrap()).unwrap();
+    let Spec::User(u) = &app.spec else { panic!() };
+    assert_eq!(u.password.as_deref(), Some("$6$salt$abc./XYZ"));
+    assert!(u.groups_exact);
+
+    let d = only_error(&format!(
+        "{HEAD}\n[[user]]\nname = \"app\"\npassword = \"hunter2\"\n"
+    ));
+    assert_eq!((d.line, d.field.as_deref()), (6, Some("password")), "{d}");
+    let shown = d.to_string();
+    assert!(shown.starts_with("role.toml:6:"), "{shown}");
+    assert!(shown.contains("not a password hash"), "{shown}");
+    assert!(
+        !shown.contains("hunter2"),
+        "the error echoes the password: {shown}"
+    );
+}

@@ -1,5 +1,5 @@
 //! What a caller below publisher reads of a stored role: everything but the
-//! content of sensitive files.
+//! content of sensitive files and users' password hashes.
 //!
 //! A `[[file]]` with `sensitive = true` takes its content from one of three
 //! places: `content` in role.toml, `source` (a file under `files/`) or
@@ -9,7 +9,7 @@
 //! role cannot be read that precisely (it no longer validates, or role.toml
 //! and the validated role disagree on how many files are sensitive), every
 //! file's content is replaced: nothing sensitive may slip through an odd
-//! case.
+//! case. A `[[user]]`'s `password` is replaced the same way as inline content.
 
 use std::collections::BTreeSet;
 
@@ -73,20 +73,26 @@ fn redact_sensitive(mut bundle: RoleBundle) -> Option<(RoleBundle, Vec<String>)>
         }
         Some(())
     };
-    // `[[file]]` tables, or `file = [{ … }]`.
-    match doc.get_mut("file") {
-        None => {}
-        Some(item) if item.is_array_of_tables() => {
-            for table in item.as_array_of_tables_mut()?.iter_mut() {
-                visit(table)?;
-            }
-        }
-        Some(item) => {
-            for value in item.as_array_mut()?.iter_mut() {
-                visit(value.as_inline_table_mut()?)?;
-            }
-        }
+    each_table(&mut doc, "file", &mut visit)?;
+    if found != expected {
+        return None;
     }
+    // A user's password hash: always sensitive.
+    let expected = loaded
+        .resources
+        .iter()
+        .filter(|r| matches!(&r.spec, Spec::User(u) if u.password.is_some()))
+        .count();
+    let mut found = 0;
+    each_table(&mut doc, "user", &mut |table| {
+        if let Some(password) = table.get_mut("password") {
+            password.as_str()?;
+            *password = toml_edit::value(MARKER.trim_end());
+            found += 1;
+            inline = true;
+        }
+        Some(())
+    })?;
     if found != expected {
         return None;
     }
@@ -108,6 +114,29 @@ fn redact_sensitive(mut bundle: RoleBundle) -> Option<(RoleBundle, Vec<String>)>
         .filter(|p| bundle.get(p).is_some())
         .collect();
     Some((bundle, redacted))
+}
+
+/// Runs `visit` on each `[[KIND]]` table of `doc`, or each inline table of
+/// `KIND = [{ … }]`; `None` when one cannot be read so or `visit` fails.
+fn each_table(
+    doc: &mut DocumentMut,
+    kind: &str,
+    visit: &mut dyn FnMut(&mut dyn TableLike) -> Option<()>,
+) -> Option<()> {
+    match doc.get_mut(kind) {
+        None => {}
+        Some(item) if item.is_array_of_tables() => {
+            for table in item.as_array_of_tables_mut()?.iter_mut() {
+                visit(table)?;
+            }
+        }
+        Some(item) => {
+            for value in item.as_array_mut()?.iter_mut() {
+                visit(value.as_inline_table_mut()?)?;
+            }
+        }
+    }
+    Some(())
 }
 
 /// Every file's content replaced.
@@ -205,6 +234,26 @@ mod tests {
         let (out, redacted) = sensitive(wire(&[("role.toml", toml)]));
         assert_eq!(redacted, ["role.toml"]);
         assert!(!content_of(&out, "role.toml").contains("hunter2"));
+    }
+
+    #[test]
+    fn user_password_hashes_are_replaced() {
+        let toml = "[role]\nname = \"db\"\n\n[[user]]\nname = \"app\"\npassword = \"$6$salt$SECRETHASH\"\n\n\
+                    [[user]]\nname = \"web\"\n";
+        let (out, redacted) = sensitive(wire(&[("role.toml", toml)]));
+        assert_eq!(redacted, ["role.toml"]);
+        let manifest = content_of(&out, "role.toml");
+        assert_eq!(
+            manifest,
+            toml.replace(
+                "\"$6$salt$SECRETHASH\"",
+                &format!("{:?}", MARKER.trim_end())
+            )
+        );
+        let inline =
+            "[role]\nname = \"db\"\nuser = [{ name = \"app\", password = \"$6$s$SECRETHASH\" }]\n";
+        let (out, _) = sensitive(wire(&[("role.toml", inline)]));
+        assert!(!content_of(&out, "role.toml").contains("SECRETHASH"));
     }
 
     #[test]

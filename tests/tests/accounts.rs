@@ -350,3 +350,129 @@ fn a_home_swapped_for_a_link_while_it_is_made_is_refused() {
         "no home was swapped while it was made; swapper: {log}"
     );
 }
+
+/// The shadow hash of `name`, as the C library reads it.
+fn shadow_hash(m: &Machine, name: &str) -> String {
+    let line = m.sh_ok(&format!("getent shadow {name}"));
+    line.split(':').nth(1).unwrap_or_default().to_string()
+}
+
+const FIRST_HASH: &str = "$6$cairnsalt1$.GxGpWzcL/..0NJk8Y3R9LXAYhJB.B9yN2q/A69uTgMrx9/vgZBoLmX5tPYdiEYARavSKDCS7QC1TcrKjnBEB0";
+const SECOND_HASH: &str = "$6$cairnsalt2$ycNuLFg00AKcJW7Spigz8ZLioe9kpvVr3eCSO41cjhc3ltex0LqMif8En4CyFIMBZ8UjVtRbhAkwmQHqr6FqI.";
+
+/// A password hash is set at creation and repaired after, and drift names
+/// the property but never shows a hash: not in the JSON report, not in the
+/// human output, not on stderr.
+#[test]
+fn password_timeline_never_shows_the_hash() {
+    let m = Machine::boot("user-password");
+    let name = "cairn-pw";
+    let t = Timeline::new(
+        &m,
+        &format!("user:{name}"),
+        &format!("getent shadow {name} | cut -d: -f1,2; true"),
+    );
+    let spec = |hash: &str| format!("[[user]]\nname = \"{name}\"\npassword = \"{hash}\"\n");
+
+    t.converges(&spec(FIRST_HASH), &[("ensure", "absent", "present")]);
+    assert_eq!(shadow_hash(&m, name), FIRST_HASH);
+
+    // The role changes the hash: drift without values.
+    t.converges(
+        &spec(SECOND_HASH),
+        &[("password", "(sensitive)", "(sensitive)")],
+    );
+    assert_eq!(shadow_hash(&m, name), SECOND_HASH);
+
+    // Changed by hand (locked), drift is found and repaired.
+    m.sh_ok(&format!("usermod --lock {name}"));
+    t.converges(
+        &spec(SECOND_HASH),
+        &[("password", "(sensitive)", "(sensitive)")],
+    );
+    assert_eq!(shadow_hash(&m, name), SECOND_HASH);
+
+    // No output of the agent, in either format, holds either hash.
+    m.sh_ok(&format!("usermod --password '{FIRST_HASH}' {name}"));
+    for format in ["json", "human"] {
+        let (code, out, err) = m.agent(&[
+            "apply",
+            "/root/roles/timeline",
+            "--noop",
+            "--format",
+            format,
+        ]);
+        assert_eq!(code, 0, "{format} noop: {out}\n{err}");
+        for hash in [FIRST_HASH, SECOND_HASH] {
+            let secret = hash.rsplit('$').next().unwrap();
+            assert!(
+                !out.contains(secret) && !err.contains(secret),
+                "{format} output shows a hash:\n{out}\n{err}"
+            );
+        }
+        assert!(out.contains("password"), "{format}: {out}");
+    }
+    assert_eq!(
+        shadow_hash(&m, name),
+        FIRST_HASH,
+        "noop left the host alone"
+    );
+}
+
+/// `groups_exact`: memberships the role does not list are removed, and the
+/// listed ones kept or added.
+#[test]
+fn groups_exact_timeline() {
+    let m = Machine::boot("user-groups-exact");
+    let name = "cairn-gx";
+    let t = Timeline::new(
+        &m,
+        &format!("user:{name}"),
+        &format!("id -nG {name} 2>/dev/null; true"),
+    );
+    m.sh_ok("groupadd cairn-gx1 && groupadd cairn-gx2 && groupadd cairn-gx3");
+    m.sh_ok(&format!("useradd --groups cairn-gx1,cairn-gx2 {name}"));
+    let spec = |exact: bool| {
+        format!(
+            "[[user]]\nname = \"{name}\"\ngroups = [\"cairn-gx1\", \"cairn-gx3\"]\n\
+             groups_exact = {exact}\n"
+        )
+    };
+
+    // Not exact: only the missing one is added.
+    t.converges(
+        &spec(false),
+        &[(
+            "groups",
+            "cairn-gx1,cairn-gx2",
+            "cairn-gx1,cairn-gx2,cairn-gx3",
+        )],
+    );
+    assert_eq!(members(&m, "cairn-gx2"), [name]);
+
+    // Exact: the unlisted one goes.
+    t.converges(
+        &spec(true),
+        &[(
+            "groups",
+            "cairn-gx1,cairn-gx2,cairn-gx3",
+            "cairn-gx1,cairn-gx3",
+        )],
+    );
+    assert!(members(&m, "cairn-gx2").is_empty());
+    assert_eq!(
+        (members(&m, "cairn-gx1"), members(&m, "cairn-gx3")),
+        (vec![name.to_string()], vec![name.to_string()])
+    );
+
+    // Added by hand and removed by hand: exactly that drift, both repaired.
+    m.sh_ok(&format!(
+        "usermod --append --groups cairn-gx2 {name} && gpasswd --delete {name} cairn-gx1"
+    ));
+    t.converges(
+        &spec(true),
+        &[("groups", "cairn-gx2,cairn-gx3", "cairn-gx3,cairn-gx1")],
+    );
+    assert!(members(&m, "cairn-gx2").is_empty());
+    assert_eq!(members(&m, "cairn-gx1"), [name]);
+}

@@ -135,8 +135,13 @@ pub struct UserChanges {
     pub comment: Option<String>,
     /// The primary group, by name.
     pub group: Option<String>,
-    /// Groups to add the user to (membership is never removed).
+    /// Groups to add the user to.
     pub add_groups: Vec<String>,
+    /// The user's whole supplementary group list, replacing the current one
+    /// (`groups_exact`); memberships it leaves out are removed.
+    pub set_groups: Option<Vec<String>>,
+    /// A crypt(3) hash for /etc/shadow.
+    pub password: Option<String>,
 }
 
 /// Manages local users and groups.
@@ -149,6 +154,9 @@ pub trait AccountProvider {
     }
     fn group(&self, name: &str) -> Result<Option<GroupEntry>>;
     fn user(&self, name: &str) -> Result<Option<UserEntry>>;
+    /// The password hash of `name` in the shadow database; `None` when the
+    /// user has no entry there.
+    fn password(&self, name: &str) -> Result<Option<String>>;
     fn create_group(&self, group: &cairn_proto::role::Group) -> Result<()>;
     fn set_gid(&self, name: &str, gid: u32) -> Result<()>;
     fn delete_group(&self, name: &str) -> Result<()>;

@@ -7,6 +7,9 @@
 //! changes made by hand or by another tool are seen, and the cache is dropped
 //! after every change made here.
 //!
+//! Password hashes are read from `/etc/shadow` only when a role declares one,
+//! afresh each time (few users have one), and never kept or shown.
+//!
 //! Homes are made, filled from `/etc/skel` and moved here, through the
 //! host's [`FileSystem`], never by the tools: they work by path as root, so a
 //! user owning a directory on the way could swap a component for a link
@@ -24,7 +27,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use cairn_proto::role;
 
 use super::fs::{FileKind, Ownership, Stamp, stamp_path};
-use super::process::run_ok;
+use super::process::run;
 use super::{FileSystem, GroupEntry, Needs, UserChanges, UserEntry};
 
 /// Where the shadow tools fit: wherever they are installed.
@@ -127,9 +130,30 @@ impl Shadow {
             full.push(self.root.clone().into_os_string());
         }
         full.extend(args);
-        let result = run_ok(program, &full, &[]);
+        let result = run(program, &full, &[]);
         *self.cache.borrow_mut() = None;
-        result.map(drop)
+        let ran = result?;
+        if !ran.success {
+            // The command as shown, with the password hash left out.
+            let shown: Vec<String> = full
+                .iter()
+                .scan(false, |after_password, a| {
+                    let shown = if *after_password {
+                        "(sensitive)".to_string()
+                    } else {
+                        a.to_string_lossy().into_owned()
+                    };
+                    *after_password = a == "--password";
+                    Some(shown)
+                })
+                .collect();
+            bail!(
+                "`{program} {}` failed with {}",
+                shown.join(" "),
+                ran.describe()
+            );
+        }
+        Ok(())
     }
 
     /// `home` as a path on this system (under `root` when there is one).
@@ -385,6 +409,16 @@ impl super::AccountProvider for Shadow {
         .with_context(|| format!("could not look up user {name}"))
     }
 
+    fn password(&self, name: &str) -> Result<Option<String>> {
+        let path = self.root.join("etc/shadow");
+        let text = read(&path)
+            .with_context(|| format!("could not look up the password of user {name}"))?;
+        Ok(text.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next() == Some(name)).then(|| fields.next().unwrap_or("").to_string())
+        }))
+    }
+
     fn create_group(&self, group: &role::Group) -> Result<()> {
         let mut a = Vec::new();
         if group.system {
@@ -441,6 +475,9 @@ impl super::AccountProvider for Shadow {
         }
         if !user.groups.is_empty() {
             a.extend(args(["--groups", &user.groups.join(",")]));
+        }
+        if let Some(hash) = &user.password {
+            a.extend(args(["--password", hash]));
         }
         if let Some(shell) = &user.shell {
             a.extend(args(["--shell", shell]));
@@ -518,12 +555,17 @@ impl super::AccountProvider for Shadow {
             if let Some(group) = &changes.group {
                 a.extend(args(["--gid", group]));
             }
-            if !changes.add_groups.is_empty() {
+            if let Some(groups) = &changes.set_groups {
+                a.extend(args(["--groups", &groups.join(",")]));
+            } else if !changes.add_groups.is_empty() {
                 a.extend(args([
                     "--append",
                     "--groups",
                     &changes.add_groups.join(","),
                 ]));
+            }
+            if let Some(hash) = &changes.password {
+                a.extend(args(["--password", hash]));
             }
             a.push(name.into());
             if let Some((from, to)) = &moved {
@@ -670,6 +712,8 @@ bad:x:
             uid: Some(4500),
             group: None,
             groups: vec![],
+            groups_exact: false,
+            password: None,
             shell: Some("/usr/sbin/nologin".into()),
             home: Some("/srv/svc".into()),
             comment: Some("Service".into()),
@@ -704,6 +748,31 @@ bad:x:
             ("/bin/sh", "")
         );
         assert_eq!(entry.groups, ["web"]);
+
+        // A hash is set and read back; the exact list replaces the groups.
+        let hash = "$6$salt$0123456789abcdef";
+        let changes = UserChanges {
+            password: Some(hash.into()),
+            set_groups: Some(vec![]),
+            ..Default::default()
+        };
+        shadow.modify_user("svc", &changes, &files).unwrap();
+        assert_eq!(shadow.password("svc").unwrap().as_deref(), Some(hash));
+        assert!(shadow.user("svc").unwrap().unwrap().groups.is_empty());
+        // A failing tool's error shows the command without the hash.
+        let changes = UserChanges {
+            password: Some(hash.into()),
+            group: Some("no-such-group".into()),
+            ..Default::default()
+        };
+        let err = format!(
+            "{:#}",
+            shadow.modify_user("svc", &changes, &files).unwrap_err()
+        );
+        assert!(
+            err.contains("--password (sensitive)") && !err.contains(hash),
+            "{err}"
+        );
 
         let err = format!("{:#}", shadow.create_group(&group).unwrap_err());
         assert!(
@@ -756,6 +825,8 @@ bad:x:
             uid: None,
             group: group.map(str::to_string),
             groups: vec![],
+            groups_exact: false,
+            password: None,
             shell: None,
             home: None,
             comment: None,
@@ -811,6 +882,8 @@ bad:x:
             uid: Some(4600),
             group: None,
             groups: vec![],
+            groups_exact: false,
+            password: None,
             shell: None,
             home: home.map(str::to_string),
             comment: None,

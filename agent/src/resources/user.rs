@@ -1,8 +1,8 @@
 //! `[[user]]`: a local user's existence, uid, primary group, shell, home,
-//! comment and supplementary groups. Properties the role leaves out are neither compared
-//! nor changed. `system` only matters when the user is created. A uid change
-//! goes through `usermod`, which re-owns the files in the home directory only;
-//! files elsewhere keep the old uid.
+//! comment, supplementary groups and password hash. Properties the role
+//! leaves out are neither compared nor changed. `system` only matters when
+//! the user is created. A uid change goes through `usermod`, which re-owns
+//! the files in the home directory only; files elsewhere keep the old uid.
 
 use anyhow::{Result, anyhow};
 use cairn_proto::role::{self, Presence};
@@ -12,8 +12,10 @@ use crate::providers::{Host, UserChanges, UserEntry};
 
 /// Group membership is a minimum: the user must belong to every declared
 /// group, and groups the role does not declare are left alone (another role,
-/// a package or an operator may have added them). A user is never removed from
-/// a group here.
+/// a package or an operator may have added them), unless `groups_exact` says
+/// the declared groups are the only ones.
+///
+/// The password hash is sensitive: drift names the property, never a value.
 pub struct UserResource<'a>(pub &'a role::User);
 
 impl UserResource<'_> {
@@ -24,6 +26,18 @@ impl UserResource<'_> {
             .iter()
             .filter(|g| !current.groups.contains(g))
             .cloned()
+            .collect()
+    }
+
+    /// With `groups_exact`, the user's groups the role does not declare.
+    fn extra_groups<'c>(&self, current: &'c UserEntry) -> Vec<&'c String> {
+        if !self.0.groups_exact {
+            return Vec::new();
+        }
+        current
+            .groups
+            .iter()
+            .filter(|g| !self.0.groups.contains(g))
             .collect()
     }
 }
@@ -65,10 +79,21 @@ impl Resource for UserResource<'_> {
             }
         }
         let missing = self.missing_groups(&cur);
-        if !missing.is_empty() {
-            let after: Vec<&String> = cur.groups.iter().chain(&missing).collect();
-            let after: Vec<&str> = after.into_iter().map(String::as_str).collect();
+        let extra = self.extra_groups(&cur);
+        if !missing.is_empty() || !extra.is_empty() {
+            let after: Vec<&str> = cur
+                .groups
+                .iter()
+                .filter(|g| !extra.contains(g))
+                .chain(&missing)
+                .map(String::as_str)
+                .collect();
             drift.push("groups", cur.groups.join(","), after.join(","));
+        }
+        if let Some(want) = &u.password
+            && host.accounts()?.password(&u.name)?.as_ref() != Some(want)
+        {
+            drift.push("password", "(sensitive)", "(sensitive)");
         }
         Ok(drift)
     }
@@ -93,12 +118,18 @@ impl Resource for UserResource<'_> {
             shell: take("shell", &u.shell),
             comment: take("comment", &u.comment),
             add_groups: Vec::new(),
+            set_groups: None,
+            password: u.password.clone().filter(|_| drift.has("password")),
         };
         if drift.has("groups") {
-            let current = accounts
-                .user(&u.name)?
-                .ok_or_else(|| anyhow!("user {} disappeared since it was checked", u.name))?;
-            changes.add_groups = self.missing_groups(&current);
+            if u.groups_exact {
+                changes.set_groups = Some(u.groups.clone());
+            } else {
+                let current = accounts
+                    .user(&u.name)?
+                    .ok_or_else(|| anyhow!("user {} disappeared since it was checked", u.name))?;
+                changes.add_groups = self.missing_groups(&current);
+            }
         }
         accounts.modify_user(&u.name, &changes, host.files())
     }
