@@ -316,31 +316,10 @@ pub async fn expire_reports(store: &dyn Store, retention: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewReport, ReportMeta};
+    use crate::store::NewReport;
 
     fn report(run_id: &str, received_at: Micros) -> NewReport {
-        NewReport {
-            meta: ReportMeta {
-                id: 0,
-                node: "n1".into(),
-                run_id: run_id.into(),
-                role: "web".into(),
-                channel: "production".into(),
-                role_version: 1,
-                role_digest: "d1".into(),
-                status: RunStatus::Unchanged,
-                noop: false,
-                from_cache: false,
-                resources: 0,
-                changed: 0,
-                failed: 0,
-                finished_at: received_at,
-                received_at,
-            },
-            interval_secs: 60,
-            facts_json: String::new(),
-            report: vec![],
-        }
+        crate::store::tests::plain_report("n1", run_id, received_at, received_at)
     }
 
     #[tokio::test]

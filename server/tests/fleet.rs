@@ -199,6 +199,17 @@ async fn audited(ops: &Connection, action: &str) -> Vec<(String, String, String)
         .collect()
 }
 
+/// Asserts that the audit log holds a refusal of `action` by `actor` on `target`.
+async fn assert_denied_audited(ops: &Connection, action: &str, actor: &str, target: &str) {
+    let refusals = audited(ops, action).await;
+    assert!(
+        refusals
+            .iter()
+            .any(|(a, t, outcome)| a == actor && t == target && outcome.starts_with("denied: ")),
+        "{refusals:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_node_fetches_its_own_role_and_is_refused_another() {
     let server = Server::start();
@@ -231,15 +242,7 @@ async fn a_node_fetches_its_own_role_and_is_refused_another() {
             err.message()
         );
     }
-    let refusals = audited(&ops, "fetch").await;
-    assert!(
-        refusals
-            .iter()
-            .any(|(actor, target, outcome)| actor == "web-1"
-                && target == "db@production"
-                && outcome.starts_with("denied: ")),
-        "{refusals:?}"
-    );
+    assert_denied_audited(&ops, "fetch", "web-1", "db@production").await;
 
     // What a node asks for is cut in the refusal, which travels in a header.
     let huge = "x".repeat(100_000);
@@ -333,15 +336,7 @@ async fn a_watch_gets_the_current_version_then_every_move() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    let refusals = audited(&ops, "watch").await;
-    assert!(
-        refusals
-            .iter()
-            .any(|(actor, target, outcome)| actor == "web-1"
-                && target == "db@production"
-                && outcome.starts_with("denied: ")),
-        "{refusals:?}"
-    );
+    assert_denied_audited(&ops, "watch", "web-1", "db@production").await;
 
     // Shutting down ends the stream, so an agent's watch does not hold up the
     // drain (at most 20 s) but reconnects elsewhere at once.
@@ -463,15 +458,7 @@ async fn a_report_is_stored_once_and_another_nodes_is_refused() {
         "{}",
         err.message()
     );
-    let refusals = audited(&ops, "report").await;
-    assert!(
-        refusals
-            .iter()
-            .any(|(actor, target, outcome)| actor == "web-1"
-                && target == "web-2"
-                && outcome.starts_with("denied: ")),
-        "{refusals:?}"
-    );
+    assert_denied_audited(&ops, "report", "web-1", "web-2").await;
     // An invalid one is refused as such.
     let mut bad = run_report("web-1", "run-2", 1, "not a time", &[]);
     bad.role = "web".into();

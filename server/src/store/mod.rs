@@ -1106,6 +1106,37 @@ pub(crate) mod tests {
         assert!(!log.iter().any(|e| e.detail.contains("hash of")));
     }
 
+    /// An unchanged run of `node` at version 1 of `web`, with no resources.
+    pub(crate) fn plain_report(
+        node: &str,
+        run_id: &str,
+        finished_at: Micros,
+        received_at: Micros,
+    ) -> NewReport {
+        NewReport {
+            meta: ReportMeta {
+                id: 0,
+                node: node.into(),
+                run_id: run_id.into(),
+                role: "web".into(),
+                channel: "production".into(),
+                role_version: 1,
+                role_digest: "d1".into(),
+                status: RunStatus::Unchanged,
+                noop: false,
+                from_cache: false,
+                resources: 0,
+                changed: 0,
+                failed: 0,
+                finished_at,
+                received_at,
+            },
+            interval_secs: 60,
+            facts_json: String::new(),
+            report: vec![],
+        }
+    }
+
     fn new_report(node: &str, run_id: &str, finished_at: Micros, status: RunStatus) -> NewReport {
         NewReport {
             meta: ReportMeta {

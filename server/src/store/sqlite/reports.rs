@@ -409,28 +409,7 @@ mod tests {
     use super::*;
 
     fn report(node: &str, run_id: &str, finished_at: Micros, received_at: Micros) -> NewReport {
-        NewReport {
-            meta: ReportMeta {
-                id: 0,
-                node: node.into(),
-                run_id: run_id.into(),
-                role: "web".into(),
-                channel: "production".into(),
-                role_version: 1,
-                role_digest: "d1".into(),
-                status: RunStatus::Unchanged,
-                noop: false,
-                from_cache: false,
-                resources: 0,
-                changed: 0,
-                failed: 0,
-                finished_at,
-                received_at,
-            },
-            interval_secs: 60,
-            facts_json: String::new(),
-            report: vec![],
-        }
+        crate::store::tests::plain_report(node, run_id, finished_at, received_at)
     }
 
     /// (run id of the newest run, its finished_at, seen_at) of `node`.
