@@ -46,12 +46,6 @@ pub fn run(
             notifiers.entry(target).or_default().push(&r.id);
         }
     }
-    let order: HashMap<&ResourceId, usize> = role
-        .resources
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (&r.id, i))
-        .collect();
     let mut status: HashMap<&ResourceId, ResourceStatus> = HashMap::new();
     let mut reports = Vec::with_capacity(role.resources.len());
 
@@ -88,17 +82,19 @@ pub fn run(
                 // installed): that is a pending change, not a failure. Which
                 // of the pending dependencies it waits on cannot be told, so
                 // each is named, in the order they converge.
-                let mut waiting_on: Vec<&ResourceId> = Vec::new();
-                if opts.noop && outcome.status == ResourceStatus::Failed {
-                    for dep in deps() {
-                        if status.get(dep) == Some(&ResourceStatus::WouldChange)
-                            && !waiting_on.contains(&dep)
-                        {
-                            waiting_on.push(dep);
-                        }
-                    }
-                    waiting_on.sort_by_key(|d| order[*d]);
-                }
+                let waiting_on: Vec<&ResourceId> =
+                    if opts.noop && outcome.status == ResourceStatus::Failed {
+                        role.resources[..index]
+                            .iter()
+                            .map(|d| &d.id)
+                            .filter(|d| {
+                                status.get(d) == Some(&ResourceStatus::WouldChange)
+                                    && deps().any(|x| x == *d)
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                 match waiting_on.as_slice() {
                     [] => outcome,
                     deps => Outcome {

@@ -313,7 +313,6 @@ pub fn check_report(
     crate::service::check_assigned_role(&wire.role)
         .map_err(|s| Status::invalid_argument(format!("invalid report: {}", s.message())))?;
     for (field, value) in [
-        ("role", &wire.role),
         ("role_digest", &wire.role_digest),
         ("agent_version", &wire.agent_version),
         ("started_at", &wire.started_at),

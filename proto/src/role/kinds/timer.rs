@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Kind, ResourceKind, path_requires};
+use super::{ResourceKind, path_requires};
 use crate::role::diagnostic::clip;
 use crate::role::id::ResourceId;
 use crate::role::rules::Table;
@@ -210,9 +210,7 @@ impl ResourceKind for Timer {
     }
 
     fn implicit_requires(&self) -> Vec<ResourceId> {
-        let mut out = path_requires(&self.timer_path(), None, None);
-        out.extend(self.user.as_ref().map(|u| ResourceId::new(Kind::User, u)));
-        out
+        path_requires(&self.timer_path(), self.user.as_deref(), None)
     }
 }
 

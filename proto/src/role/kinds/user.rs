@@ -127,8 +127,7 @@ fn check_password_hash(value: &str) -> Result<(), &'static str> {
         return Err("it has no `$` after the method");
     };
     let crypt_char = |c: char| c.is_ascii_alphanumeric() || "./$=,+-".contains(c);
-    if id.is_empty() || body.is_empty() || !value.chars().skip_while(|&c| c == '!').all(crypt_char)
-    {
+    if id.is_empty() || body.is_empty() || !unlocked.chars().all(crypt_char) {
         return Err("it holds characters a crypt(3) hash does not");
     }
     Ok(())
