@@ -213,3 +213,23 @@ fn a_command_is_bounded_by_what_the_kernel_takes_as_one_argument() {
     );
     assert_eq!(exec(&load(&toml).unwrap(), "x").command.len(), 100_007);
 }
+
+/// Commands draw on the role's one rendering budget with its files: each
+/// command within its own bound, 600 of them render to more than 64 MiB.
+#[test]
+fn commands_count_toward_what_a_role_renders_in_all() {
+    let word = format!("\"{}\"", "w".repeat(1000));
+    let list = vec![word; 120].join(", ");
+    let mut toml = format!("\n[vars]\nl = [{list}]\n");
+    for i in 0..600 {
+        toml += &format!(
+            "\n[[exec]]\nname = \"e{i}\"\ncommand = \"echo {{{{#each vars.l}}}}{{{{sh this}}}}{{{{/each}}}}\"\n"
+        );
+    }
+    let errors = load(&toml).expect_err("a role rendering 72 MiB of commands was accepted");
+    let first = errors[0].to_string();
+    assert!(
+        first.contains("the role's templates render to more than 64 MiB in all"),
+        "{first}"
+    );
+}

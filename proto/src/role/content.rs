@@ -117,13 +117,14 @@ pub(super) fn resolve(
         "vars": vars,
         "role": { "name": meta.name, "description": meta.description },
     });
+    // Commands and files draw on one budget, so a role renders at most this
+    // much in all, however its output is split.
     let mut rendered_left = MAX_ROLE_RENDERED_BYTES;
-    // Apart from the role's template files, so no name can collide; their
-    // own budgets bound these as those bound the files.
+    // Apart from the role's template files, so no name can collide.
     let mut texts = Templates::new();
     for d in decls.iter_mut() {
         for pending in std::mem::take(&mut d.pending_texts) {
-            render_text(diags, &mut texts, &data, d, pending);
+            render_text(diags, &mut texts, &data, &mut rendered_left, d, pending);
         }
     }
     for d in decls {
@@ -147,6 +148,7 @@ fn render_text(
     diags: &mut Diags<'_>,
     texts: &mut Templates,
     data: &serde_json::Value,
+    rendered_left: &mut usize,
     d: &mut Decl,
     pending: PendingText,
 ) {
@@ -191,8 +193,15 @@ fn render_text(
         let message = format!("template syntax error: {}{}", e.message, at(&e));
         return report(diags, message, help);
     }
-    let rendered = match texts.render(&name, data, max) {
+    let rendered = match texts.render(&name, data, max.min(*rendered_left)) {
         Ok(r) => r,
+        Err(e) if e.too_large && *rendered_left < max => {
+            let message = format!(
+                "the role's templates render to more than {} MiB in all",
+                MAX_ROLE_RENDERED_BYTES >> 20
+            );
+            return report(diags, message, help);
+        }
         Err(e) if e.too_large => {
             let message = format!("`{}` renders to more than {max} bytes", field.name());
             return report(diags, message, help);
@@ -206,6 +215,7 @@ fn render_text(
         let help = "`cwd` is a path, not a command: values go in as they are, without {{sh …}}";
         return report(diags, message, help);
     }
+    *rendered_left -= rendered.len();
     let Spec::Exec(e) = &mut d.spec else {
         unreachable!("only execs have templated fields")
     };
