@@ -128,6 +128,7 @@ impl Templates {
     /// Blocks other than `if`, `unless`, `each` and `with` are refused here.
     pub fn add_command(&mut self, name: &str, source: &str) -> Result<(), TemplateError> {
         let mut template = self.compile(name, source)?;
+        sh_outside_quotes(&template, Quoting::None)?;
         numbers_only(&mut template)?;
         self.hb.register_template(name, template);
         Ok(())
@@ -398,6 +399,76 @@ fn numbers_only(template: &mut Template) -> Result<(), TemplateError> {
         }
     }
     Ok(())
+}
+
+/// Where the shell is in a command's text: what a quote opened, or a
+/// backslash about to escape the next character.
+#[derive(Clone, Copy, PartialEq)]
+enum Quoting {
+    None,
+    Escape,
+    Single,
+    Double,
+    DoubleEscape,
+}
+
+impl Quoting {
+    fn after(self, c: char) -> Quoting {
+        use Quoting::*;
+        match (self, c) {
+            (None, '\\') => Escape,
+            (None, '\'') => Single,
+            (None, '"') => Double,
+            (Escape, _) | (Single, '\'') => None,
+            (Double, '\\') => DoubleEscape,
+            (Double, '"') => None,
+            (DoubleEscape, _) => Double,
+            (state, _) => state,
+        }
+    }
+}
+
+/// Refuses `{{sh …}}` where its single quotes would not make one word: inside
+/// double quotes (`$(…)` in the value still runs), inside single quotes (the
+/// value's quotes close them) or after a backslash (which escapes its first
+/// quote). Follows the shell's quoting through the text, into each branch of
+/// a block with the state it starts in. Returns the state at the end.
+fn sh_outside_quotes(template: &Template, mut state: Quoting) -> Result<Quoting, TemplateError> {
+    for (i, element) in template.elements.iter().enumerate() {
+        let (line, column) = template.mapping.get(i).map_or((1, 1), |m| (m.0, m.1));
+        match element {
+            TemplateElement::RawString(text) => state = text.chars().fold(state, Quoting::after),
+            TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h)
+                if h.name.as_name() == Some(SH_HELPER) && state != Quoting::None =>
+            {
+                let place = match state {
+                    Quoting::Single => "inside single quotes",
+                    Quoting::Double | Quoting::DoubleEscape => "inside double quotes",
+                    _ => "right after a backslash",
+                };
+                return Err(TemplateError {
+                    line,
+                    column,
+                    message: format!(
+                        "`{{{{sh …}}}}` is {place}, where its quoting does not hold: \
+                         write it outside any quotes (it makes one word by itself)"
+                    ),
+                    too_large: false,
+                });
+            }
+            TemplateElement::HelperBlock(h) => {
+                let entered = state;
+                if let Some(inner) = &h.template {
+                    state = sh_outside_quotes(inner, entered)?;
+                }
+                if let Some(inner) = &h.inverse {
+                    sh_outside_quotes(inner, entered)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(state)
 }
 
 /// Quotes `s` as one word for a POSIX shell: in single quotes, where nothing

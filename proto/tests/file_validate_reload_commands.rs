@@ -114,6 +114,13 @@ fn commands_insert_values_quoted_or_as_numbers() {
     )
     .unwrap();
     assert_eq!(exec(&role, "x").command, "ls -l 'a b' 'c' ");
+    // Quotes closed before `sh`, and escaped ones, leave it outside quotes.
+    let role = load(
+        "\n[vars]\nd = \"a b\"\n\n[[exec]]\nname = \"x\"\n\
+         command = \"echo \\\"x\\\\\\\"\\\" 'y\\\\' \\\\' {{sh vars.d}}\"\n",
+    )
+    .unwrap();
+    assert_eq!(exec(&role, "x").command, r#"echo "x\"" 'y\' \' 'a b'"#);
     // Text without a tag is taken as it is.
     let role = load("\n[[exec]]\nname = \"x\"\ncommand = \"awk '{print $1}' f\"\n").unwrap();
     assert_eq!(exec(&role, "x").command, "awk '{print $1}' f");
@@ -163,6 +170,26 @@ fn a_value_other_than_a_number_inserted_unquoted_is_refused_at_its_field() {
             "command = \"echo {{#raw}}x{{/raw}}\"",
             "command",
             "the `{{#raw}}` block cannot be used in a command",
+        ),
+        (
+            "command = \"echo \\\"{{sh vars.dir}}\\\"\"",
+            "command",
+            "`{{sh …}}` is inside double quotes, where its quoting does not hold",
+        ),
+        (
+            "command = \"echo '{{sh vars.dir}}'\"",
+            "command",
+            "is inside single quotes",
+        ),
+        (
+            "command = \"echo \\\\\\\\{{sh vars.dir}}\"",
+            "command",
+            "right after a backslash",
+        ),
+        (
+            "command = \"echo \\\"{{#if vars.dir}}{{sh vars.dir}}{{/if}}\\\"\"",
+            "command",
+            "is inside double quotes",
         ),
         (
             "command = \"echo {{#if x}}\"",
