@@ -20,7 +20,6 @@ use crate::transport::{self, Limits};
 
 const DEFAULT_DATA_DIR: &str = "/var/lib/cairn-server";
 const DEFAULT_PORT: u16 = 7443;
-const DEFAULT_REPORT_RETENTION_DAYS: u32 = 30;
 /// Descriptors wanted beside the connections: the database, the listeners, the HTTP endpoint.
 const SPARE_DESCRIPTORS: u64 = 1024;
 
@@ -63,7 +62,7 @@ enum Command {
         #[arg(long, default_value_t = transport::MAX_CONNECTIONS_PER_PEER, value_parser = at_least_one)]
         max_connections_per_peer: usize,
         /// Days to keep run reports; older ones are deleted (checked hourly).
-        #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_REPORT_RETENTION_DAYS,
+        #[arg(long, value_name = "DAYS", default_value_t = serve::DEFAULT_REPORT_RETENTION_DAYS,
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         report_retention: u32,
     },

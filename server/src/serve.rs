@@ -46,8 +46,10 @@ const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often reports past their retention are deleted (and once at start).
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
-/// Reports are kept this long unless `--report-retention` says otherwise.
-pub const DEFAULT_REPORT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// Reports are kept this many days unless `--report-retention` says otherwise.
+pub const DEFAULT_REPORT_RETENTION_DAYS: u32 = 30;
+pub const DEFAULT_REPORT_RETENTION: Duration =
+    Duration::from_secs(DEFAULT_REPORT_RETENTION_DAYS as u64 * 86_400);
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use cairn_proto::bundle::RoleBundle;
 use cairn_proto::facts::Facts;
 use cairn_proto::pb;
-use cairn_proto::role;
+use cairn_proto::role::{self, ROLE_NAME_RULE, is_role_name};
 use prost::Message;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -100,27 +100,15 @@ fn channel_info(c: store::Channel) -> pb::ChannelInfo {
     }
 }
 
-/// Role and channel names: 1 to 63 lowercase letters, digits and dashes,
-/// starting with a letter or digit (the rule of role.toml's `name`).
-fn is_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && s.len() <= 63
-}
-
-const NAME_RULE: &str =
-    "use 1 to 63 lowercase letters, digits and dashes, starting with a letter or digit";
-
 pub(crate) fn check_channel(channel: &str) -> Result<String, Status> {
     let channel = if channel.is_empty() {
         DEFAULT_CHANNEL
     } else {
         channel
     };
-    if !is_name(channel) {
+    if !is_role_name(channel) {
         return Err(Status::invalid_argument(format!(
-            "invalid channel name {:?}: {NAME_RULE}",
+            "invalid channel name {:?}: {ROLE_NAME_RULE}",
             cut(channel)
         )));
     }
@@ -139,9 +127,9 @@ pub(crate) fn check_role_name(role: &str) -> Result<(), Status> {
 /// their names as stored ([`check_role_name`]).
 pub(crate) fn check_assigned_role(role: &str) -> Result<(), Status> {
     check_role_name(role)?;
-    if !is_name(role) {
+    if !is_role_name(role) {
         return Err(Status::invalid_argument(format!(
-            "invalid role name {:?}: {NAME_RULE}",
+            "invalid role name {:?}: {ROLE_NAME_RULE}",
             cut(role)
         )));
     }

@@ -13,7 +13,7 @@ use super::content::{PendingContent, PendingText};
 use super::diagnostic::{Diags, clip, clip_to, suggest};
 use super::id::ResourceId;
 use super::kinds::{self, Kind, ResourceKind, Spec};
-use super::rules::{Table, is_role_name};
+use super::rules::{ROLE_NAME_RULE, Table, is_role_name};
 
 /// `[role]`, checked.
 pub(super) struct Meta {
@@ -165,9 +165,7 @@ fn check_meta(diags: &mut Diags<'_>, m: RawMeta) -> Meta {
             Some("[role]"),
             Some("name"),
             format!("invalid role name {:?}", clip(m.name.get_ref())),
-            Some(
-                "use lowercase letters, digits and dashes, starting with a letter or digit".into(),
-            ),
+            Some(ROLE_NAME_RULE.into()),
         );
     }
     Meta {

@@ -27,7 +27,9 @@ pub use id::ResourceId;
 // `Kind`, `Spec`, `Presence` and each kind's checked form (`File`, …).
 pub(crate) use diagnostic::clip_to;
 pub use kinds::*;
-pub use rules::{check_abs_path, check_path_text, check_rel_path, parse_mode};
+pub use rules::{
+    ROLE_NAME_RULE, check_abs_path, check_path_text, check_rel_path, is_role_name, parse_mode,
+};
 
 use crate::bundle::{MANIFEST, RoleBundle};
 use crate::facts::Facts;

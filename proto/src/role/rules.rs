@@ -17,7 +17,12 @@ pub const MAX_NAME_BYTES: usize = 255;
 
 pub(super) const ACCOUNT_RULE: &str = "user and group names start with a lowercase letter or _, then lowercase letters, digits, _ or - (at most 32)";
 
-pub(super) fn is_role_name(s: &str) -> bool {
+/// What [`is_role_name`] accepts, as a fix to show.
+pub const ROLE_NAME_RULE: &str =
+    "use 1 to 63 lowercase letters, digits and dashes, starting with a letter or digit";
+
+/// A role's name (role.toml's `name`), and a channel's.
+pub fn is_role_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
