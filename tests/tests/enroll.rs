@@ -4,98 +4,15 @@
 //! token file; a wrong pin or a used token fail with the token file kept.
 //! Boots no machine and touches nothing outside its temporary directory.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 
-use cairn_e2e::{agent_binary, workspace_binary, workspace_root};
-use serde_json::Value;
-
-/// `cairn-server serve` on loopback ports of its choosing.
-struct Server {
-    child: Child,
-    url: String,
-    data: PathBuf,
-}
-
-impl Server {
-    fn start(dir: &Path) -> Server {
-        let data = dir.join("data");
-        let log = std::fs::File::create(dir.join("server.log")).unwrap();
-        let mut child = Command::new(workspace_binary("cairn-server"))
-            .args(["serve", "--data-dir"])
-            .arg(&data)
-            .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .args(["--name", "127.0.0.1"])
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        // It says where it listens once it does.
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let grpc = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("grpc="))
-            .unwrap_or_else(|| {
-                panic!(
-                    "cairn-server did not start: {line:?}\n{}",
-                    std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-                )
-            });
-        Server {
-            url: format!("https://{grpc}"),
-            child,
-            data,
-        }
-    }
-
-    fn pin(&self) -> String {
-        let out = run(Command::new(workspace_binary("cairn-server"))
-            .args(["ca", "pin", "--data-dir"])
-            .arg(&self.data));
-        out.trim().to_string()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs a command that must succeed; its stdout.
-#[track_caller]
-fn run(cmd: &mut Command) -> String {
-    let o = cmd.output().unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn cairn(creds: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(workspace_binary("cairn"));
-    cmd.env_remove("CAIRN_SERVER")
-        .env("CAIRN_CREDENTIALS", creds)
-        .args(args);
-    cmd
-}
+use cairn_e2e::{Operator, Server, agent_binary, workspace_root};
 
 /// A new join token for role `web`, written to `path` as a node gets it.
-fn token_file(creds: &Path, path: &Path) -> String {
-    let out = run(&mut cairn(
-        creds,
-        &["token", "create", "--role", "web", "--output", "json"],
-    ));
-    let created: Value = serde_json::from_str(&out).unwrap();
-    let token = created["token"].as_str().unwrap().to_string();
+fn token_file(ops: &Operator, path: &Path) -> String {
+    let token = ops.token("web", "production");
     std::fs::write(path, format!("{token}\n")).unwrap();
     token
 }
@@ -124,22 +41,14 @@ fn the_agent_enrolls_with_a_token_and_keeps_its_identity_privately() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let server = Server::start(dir);
-    let creds = dir.join("ada.toml");
-    run(Command::new(workspace_binary("cairn-server"))
-        .args(["operator", "add", "ada", "--role", "admin", "--out"])
-        .arg(&creds)
-        .arg("--data-dir")
-        .arg(&server.data)
-        .args(["--server", &server.url]));
-    run(&mut cairn(
-        &creds,
-        &[
-            "role",
-            "push",
-            workspace_root().join("recipes/web").to_str().unwrap(),
-        ],
-    ));
-    let pin = server.pin();
+    let ops = server.add_operator("ada", &dir.join("ada.toml"));
+    ops.cairn(&[
+        "role",
+        "push",
+        workspace_root().join("recipes/web").to_str().unwrap(),
+    ]);
+    let pin = server.ca_pin();
+    let url = server.url();
 
     // The configuration names a server that does not answer first, then the
     // real one, and the pin; the flags give the name.
@@ -148,13 +57,13 @@ fn the_agent_enrolls_with_a_token_and_keeps_its_identity_privately() {
         &config,
         format!(
             "servers = [\"https://127.0.0.1:1\", \"{}\"]\nca_pin = \"{pin}\"\n",
-            server.url
+            url
         ),
     )
     .unwrap();
     let state = dir.join("state");
     let token = dir.join("token");
-    token_file(&creds, &token);
+    token_file(&ops, &token);
     let o = enroll(&["--name", "web-1"], &state, &token, &config);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&o.stdout),
@@ -174,7 +83,7 @@ fn the_agent_enrolls_with_a_token_and_keeps_its_identity_privately() {
         "name = \"web-1\"",
         "BEGIN PRIVATE KEY",
         "BEGIN CERTIFICATE",
-        &server.url,
+        &url,
         "https://127.0.0.1:1",
         "[assignment]",
         "role = \"web\"",
@@ -182,8 +91,7 @@ fn the_agent_enrolls_with_a_token_and_keeps_its_identity_privately() {
     ] {
         assert!(stored.contains(part), "{part} not in {stored}");
     }
-    let audit = run(&mut cairn(&creds, &["audit", "--output", "json"]));
-    let audit: Value = serde_json::from_str(&audit).unwrap();
+    let audit = ops.cairn_json(&["audit"]);
     let enrolled = audit["entries"]
         .as_array()
         .unwrap()
@@ -194,17 +102,10 @@ fn the_agent_enrolls_with_a_token_and_keeps_its_identity_privately() {
 
     // A wrong pin (here: flags over the file): refused before the token is
     // sent; the token file is kept.
-    token_file(&creds, &token);
+    token_file(&ops, &token);
     let wrong = format!("sha256:{}", "0".repeat(64));
     let o = enroll(
-        &[
-            "--name",
-            "web-2",
-            "--server",
-            &server.url,
-            "--ca-pin",
-            &wrong,
-        ],
+        &["--name", "web-2", "--server", &url, "--ca-pin", &wrong],
         &dir.join("state2"),
         &token,
         &config,
@@ -220,7 +121,7 @@ fn the_agent_enrolls_with_a_token_and_keeps_its_identity_privately() {
 
     // The right pin, but a name the server's certificate was not issued for
     // (it has only 127.0.0.1): the whole chain is checked, names included.
-    let by_name = server.url.replace("127.0.0.1", "localhost");
+    let by_name = url.replace("127.0.0.1", "localhost");
     let o = enroll(
         &["--name", "web-2", "--server", &by_name, "--ca-pin", &pin],
         &dir.join("state2"),
@@ -237,7 +138,7 @@ fn the_agent_enrolls_with_a_token_and_keeps_its_identity_privately() {
 
     // The same token again, once used: refused, saying so; the file is kept.
     let used = dir.join("used");
-    let first = token_file(&creds, &used);
+    let first = token_file(&ops, &used);
     let o = enroll(&["--name", "web-3"], &dir.join("state3"), &used, &config);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::write(&used, &first).unwrap();
@@ -266,10 +167,10 @@ fn the_agent_enrolls_with_a_token_and_keeps_its_identity_privately() {
     if machine_id.trim().len() >= 12 {
         assert!(name.starts_with(&machine_id.trim()[..12]), "{name}");
     }
-    token_file(&creds, &token);
+    token_file(&ops, &token);
     let o = enroll(&[], &dir.join("rebuilt-again"), &token, &config);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let audit = run(&mut cairn(&creds, &["audit", "--output", "json"]));
+    let audit = ops.cairn_json(&["audit"]).to_string();
     assert!(
         audit.contains("replaced the certificate enrolled at"),
         "{audit}"
