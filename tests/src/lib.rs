@@ -33,7 +33,7 @@
 mod server;
 mod user_data;
 
-pub use server::{Operator, Server, succeeded, terminate};
+pub use server::{Operator, Server, down_server_url, succeeded, terminate, wait_for};
 pub use user_data::{AgentDownloads, Enrollment, FirstBoot, first_boot_user_data};
 
 use std::fmt;

@@ -173,6 +173,28 @@ impl Operator {
     }
 }
 
+/// The URL of a server that is down: a loopback port nothing listens on.
+pub fn down_server_url() -> String {
+    let port = TcpListener::bind("127.0.0.1:0").expect("could not listen on 127.0.0.1");
+    format!(
+        "https://{}",
+        port.local_addr().expect("a bound listener has an address")
+    )
+}
+
+/// Waits until `done`, failing the test with `what` after `within`.
+#[track_caller]
+pub fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn free_ports() -> (SocketAddr, SocketAddr) {
     let bind = || TcpListener::bind("127.0.0.1:0").expect("could not listen on 127.0.0.1");
     let (a, b) = (bind(), bind());

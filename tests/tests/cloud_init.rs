@@ -19,12 +19,14 @@
 //! provoke (asking for another role, posting another node's report) are
 //! proven with a crafted client in `server/tests/fleet.rs`.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cairn_e2e::{FirstBoot, Machine, Operator, Server, cloud_init_image_dir, static_agent_binary};
+use cairn_e2e::{
+    FirstBoot, Machine, Operator, Server, cloud_init_image_dir, down_server_url,
+    static_agent_binary, wait_for,
+};
 use serde_json::Value;
 
 const ROLE: &str = "first-boot";
@@ -233,11 +235,9 @@ fn the_documented_user_data_installs_the_agent_and_converges_on_first_boot() {
     );
     assert!(journal.contains("a run every 1800s"), "{journal}");
     eprintln!("promote to converged: {took:?}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ops.cairn_json(&["node", "list"])["nodes"][0]["last_run"]["role_version"] != 2 {
-        assert!(Instant::now() < deadline, "no report of version 2");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for("a report of version 2", Duration::from_secs(60), || {
+        ops.cairn_json(&["node", "list"])["nodes"][0]["last_run"]["role_version"] == 2
+    });
 
     // `cairn-agent facts` shows what cloud-init wrote.
     let (code, out, err) = m.agent(&["facts"]);
@@ -292,14 +292,7 @@ fn a_booted_node_fails_over_survives_an_outage_and_is_refused_what_it_may_not_ha
     let role = dir.path().join("role");
     write_role(&role, 1);
     assert_eq!(ops.push(&role, "first", CHANNEL), 1);
-    // A loopback port nothing listens on: the first server, down.
-    let down = format!(
-        "https://{}",
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    );
+    let down = down_server_url();
     let url = server.url();
     let boot = FirstBoot::new(
         &server,

@@ -13,21 +13,17 @@
 //! Needs the debug binaries (`cargo build --bins`).
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_e2e::{Operator, Server, succeeded, terminate, workspace_binary};
+use cairn_e2e::{
+    Operator, Server, down_server_url, succeeded, terminate, wait_for, workspace_binary,
+};
 use serde_json::Value;
 
-/// A loopback port nothing listens on: a server that is down.
-fn closed_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+/// How long a daemon gets to do what a test waits for.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// A server, an operator, a role whose one file lives in the test's
 /// directory, and a node enrolled for it.
@@ -289,22 +285,13 @@ fn with_the_server_down_run_converges_from_the_cache_and_spools_until_it_is_back
 
 #[test]
 fn with_the_first_server_down_the_second_is_used() {
-    let down = format!("https://{}", closed_port());
+    let down = down_server_url();
     let fleet = Fleet::new("failover", |url| vec![down.clone(), url]);
     let (code, report, stderr) = fleet.run();
     assert_eq!(code, 0, "{stderr}");
     assert!(report.get("from_cache").is_none(), "{report}");
     assert_eq!(fleet.managed(), "failover");
     assert_eq!(fleet.reports(), [run_id(&report)]);
-}
-
-/// Waits for `done` with a generous deadline.
-fn wait_for(what: &str, done: &dyn Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} did not happen");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 impl Fleet {
@@ -348,15 +335,15 @@ fn the_daemon_converges_a_promote_through_its_watch_and_stops_on_sigterm() {
     let fleet = Fleet::new("v1", |url| vec![url]);
     let daemon = fleet.daemon();
     // The first run, at start.
-    wait_for("the first run", &|| fleet.managed() == "v1");
-    wait_for("the first report", &|| fleet.reports().len() == 1);
+    wait_for("the first run", WAIT, || fleet.managed() == "v1");
+    wait_for("the first report", WAIT, || fleet.reports().len() == 1);
 
     // The interval is an hour: only the watch can bring this version.
     let promoted = Instant::now();
     fleet.push("v2");
-    wait_for("the promoted version", &|| fleet.managed() == "v2");
+    wait_for("the promoted version", WAIT, || fleet.managed() == "v2");
     let took = promoted.elapsed();
-    wait_for("the second report", &|| fleet.reports().len() == 2);
+    wait_for("the second report", WAIT, || fleet.reports().len() == 2);
 
     let log = stop_daemon(daemon);
     assert!(log.contains("moved to version 2"), "{log}");
@@ -367,7 +354,7 @@ fn the_daemon_converges_a_promote_through_its_watch_and_stops_on_sigterm() {
 fn the_daemon_reconnects_after_an_outage_and_delivers_the_spool() {
     let mut fleet = Fleet::new("v1", |url| vec![url]);
     let daemon = fleet.daemon();
-    wait_for("the first report", &|| fleet.reports().len() == 1);
+    wait_for("the first report", WAIT, || fleet.reports().len() == 1);
 
     // Down: a run meanwhile (the daemon's lock is free between its runs)
     // converges from the cache and spools its report.
@@ -380,12 +367,12 @@ fn the_daemon_reconnects_after_an_outage_and_delivers_the_spool() {
     // Back: the daemon reconnects by itself and delivers the spool; a
     // promote then reaches it through the new watch stream.
     fleet.server.restart();
-    wait_for("the spooled report", &|| {
+    wait_for("the spooled report", WAIT, || {
         fleet.reports().contains(&run_id(&cached))
     });
     assert!(fleet.spool_files().is_empty());
     fleet.push("v2");
-    wait_for("the promoted version", &|| fleet.managed() == "v2");
+    wait_for("the promoted version", WAIT, || fleet.managed() == "v2");
 
     let log = stop_daemon(daemon);
     assert!(log.contains("reconnecting in"), "{log}");
