@@ -1,35 +1,23 @@
 //! The `Fleet` service: what operators (auditor and up) read of the fleet —
 //! nodes and their last runs, stored reports, and how each role's channels
-//! stand. Pages are bounded like the audit log's.
+//! stand, in bounded pages ([`crate::paging`]).
 
 use std::time::Duration;
 
 use cairn_proto::node;
 use cairn_proto::pb;
 use prost::Message;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tonic::{Request, Response, Status};
 use tracing::{error, info};
 
 use crate::auth::Permission;
+use crate::paging;
 use crate::service::{Api, rfc3339, store_status};
 use crate::store::{self, FleetNode, LastRun, Micros, ReportMeta, ReportQuery, RunStatus, Store};
 
-/// At most this many nodes or reports in one response.
-pub const MAX_PAGE_ENTRIES: u32 = 1000;
-/// A page of reports stops before the one that would take it past this size.
-pub const MAX_PAGE_BYTES: usize = 1 << 20;
 /// How many of a node's newest reports `GetNode` lists unless asked, and at most.
 const DEFAULT_HISTORY: u32 = 20;
 const MAX_HISTORY: u32 = 100;
-
-fn page_limit(limit: u32) -> u32 {
-    match limit {
-        0 => MAX_PAGE_ENTRIES,
-        n => n.min(MAX_PAGE_ENTRIES),
-    }
-}
 
 fn last_run(r: LastRun) -> pb::LastRun {
     pb::LastRun {
@@ -81,18 +69,6 @@ fn filter(s: String) -> Option<String> {
     Some(s).filter(|s| !s.is_empty())
 }
 
-fn parse_since(since: &str) -> Result<Option<Micros>, Status> {
-    if since.is_empty() {
-        return Ok(None);
-    }
-    let t = OffsetDateTime::parse(since, &Rfc3339).map_err(|e| {
-        Status::invalid_argument(format!(
-            "`since` must be an RFC 3339 time like 2026-01-31T12:00:00Z: {e}"
-        ))
-    })?;
-    Ok(Some((t.unix_timestamp_nanos() / 1000) as Micros))
-}
-
 #[tonic::async_trait]
 impl pb::fleet_server::Fleet for Api {
     async fn list_nodes(
@@ -103,19 +79,15 @@ impl pb::fleet_server::Fleet for Api {
             self.authorize(&req, Permission::Read, "node list", "", "list nodes")
                 .await?;
             let pb::ListNodesRequest { after_name, limit } = req.into_inner();
-            let limit = page_limit(limit);
-            let mut nodes = self
+            let limit = paging::limit(limit);
+            let nodes = self
                 .store
                 .fleet_nodes(&after_name, limit + 1)
                 .await
                 .map_err(store_status)?;
-            let more = nodes.len() > limit as usize;
-            nodes.truncate(limit as usize);
             let now = store::now_micros();
-            Ok(pb::ListNodesResponse {
-                nodes: nodes.into_iter().map(|n| node_summary(n, now)).collect(),
-                more,
-            })
+            let (nodes, more) = paging::fill(nodes, limit, |n| node_summary(n, now));
+            Ok(pb::ListNodesResponse { nodes, more })
         })
         .await
     }
@@ -175,33 +147,20 @@ impl pb::fleet_server::Fleet for Api {
                     ))
                 })?),
             };
-            let limit = page_limit(limit);
-            let mut reports = self
+            let limit = paging::limit(limit);
+            let reports = self
                 .store
                 .reports(&ReportQuery {
                     node: filter(node),
                     role: filter(role),
                     status,
-                    since: parse_since(&since)?,
+                    since: paging::since(&since)?,
                     before_id: (before_id > 0).then_some(before_id),
                     limit: limit + 1,
                 })
                 .await
                 .map_err(store_status)?;
-            let mut more = reports.len() > limit as usize;
-            reports.truncate(limit as usize);
-            let mut page = Vec::with_capacity(reports.len());
-            let mut size = 0;
-            for r in reports {
-                let summary = report_summary(r);
-                // Every field is bounded at ingest, so one always fits.
-                size += summary.encoded_len() + 8;
-                if size > MAX_PAGE_BYTES && !page.is_empty() {
-                    more = true;
-                    break;
-                }
-                page.push(summary);
-            }
+            let (page, more) = paging::fill(reports, limit, report_summary);
             Ok(pb::ListReportsResponse {
                 reports: page,
                 more,

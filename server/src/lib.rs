@@ -29,6 +29,7 @@ pub mod gate;
 pub mod http;
 pub mod metrics;
 pub mod nodes;
+pub mod paging;
 pub mod pki;
 pub mod redact;
 pub mod refusals;

@@ -20,6 +20,7 @@ use tracing::{error, info};
 use crate::auth::{self, OperatorRole, Permission};
 use crate::metrics::Metrics;
 use crate::nodes::ChannelMoves;
+use crate::paging;
 use crate::redact;
 use crate::refusals::{Refusal, Refusals};
 use crate::store::{self, Actor, Micros, Store, StoreError};
@@ -37,10 +38,6 @@ pub const MAX_MESSAGE_TEXT_BYTES: usize = 4 << 10;
 pub const DEFAULT_CHANNEL: &str = "production";
 /// A "not found" answer names the object in at most this many characters.
 const MAX_NOT_FOUND_CHARS: usize = 256;
-/// At most this many audit entries in one response.
-pub const MAX_AUDIT_PAGE_ENTRIES: u32 = 1000;
-/// An audit response stops before the entry that would take it past this size.
-pub const MAX_AUDIT_PAGE_BYTES: usize = 1 << 20;
 
 /// The handlers; they see storage only as `dyn Store`.
 #[derive(Clone)]
@@ -527,49 +524,22 @@ impl pb::audit_server::Audit for Api {
                 newest_first,
                 before_id,
             } = req.get_ref().clone();
-            let since = if since.is_empty() {
-                None
-            } else {
-                let t = OffsetDateTime::parse(&since, &Rfc3339).map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "`since` must be an RFC 3339 time like 2026-01-31T12:00:00Z: {e}"
-                    ))
-                })?;
-                Some((t.unix_timestamp_nanos() / 1000) as Micros)
-            };
-            let limit = match limit {
-                0 => MAX_AUDIT_PAGE_ENTRIES,
-                n => n.min(MAX_AUDIT_PAGE_ENTRIES),
-            };
+            let limit = paging::limit(limit);
             let from = if newest_first {
                 store::AuditCursor::Before((before_id > 0).then_some(before_id))
             } else {
                 store::AuditCursor::After(after_id)
             };
-            // One more than a page, to know whether there is more.
-            let mut records = self
+            let records = self
                 .store
                 .audit_log(store::AuditQuery {
-                    since,
+                    since: paging::since(&since)?,
                     from,
                     limit: limit + 1,
                 })
                 .await
                 .map_err(store_status)?;
-            let mut more = records.len() > limit as usize;
-            records.truncate(limit as usize);
-            let mut entries = Vec::with_capacity(records.len());
-            let mut size = 0;
-            for r in records {
-                let entry = audit_entry(r);
-                // Every entry is bounded (a few KiB), so one always fits.
-                size += entry.encoded_len() + 8;
-                if size > MAX_AUDIT_PAGE_BYTES && !entries.is_empty() {
-                    more = true;
-                    break;
-                }
-                entries.push(entry);
-            }
+            let (entries, more) = paging::fill(records, limit, audit_entry);
             Ok(pb::AuditResponse { entries, more })
         })
         .await
