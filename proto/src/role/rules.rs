@@ -157,6 +157,17 @@ impl<'t, 'a> Table<'t, 'a> {
             .error(span, Some(&self.context), field, message, help);
     }
 
+    /// `field` of a `kind` ("a file") was set with state = "absent", where
+    /// nothing reads it: an error rather than a surprise.
+    pub(super) fn set_when_absent(&mut self, kind: &str, field: &str, span: Range<usize>) {
+        self.error(
+            span,
+            Some(field),
+            format!("`{field}` cannot be set on {kind} with state = \"absent\""),
+            None,
+        );
+    }
+
     /// Checks a name against `valid`; `rule` says what a valid one looks like.
     pub(super) fn check_name(
         &mut self,

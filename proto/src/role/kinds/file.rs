@@ -74,12 +74,7 @@ impl ResourceKind for File {
             .collect();
         if absent {
             if let Some((field, span)) = given.first() {
-                t.error(
-                    span.clone(),
-                    Some(field),
-                    format!("`{field}` cannot be set on a file with state = \"absent\""),
-                    None,
-                );
+                t.set_when_absent("a file", field, span.clone());
             }
         } else if given.is_empty()
             && !t
@@ -107,12 +102,7 @@ impl ResourceKind for File {
         }
         if let Some(v) = &r.validate {
             if absent {
-                t.error(
-                    v.span(),
-                    Some("validate"),
-                    "`validate` cannot be set on a file with state = \"absent\"",
-                    None,
-                );
+                t.set_when_absent("a file", "validate", v.span());
             } else if !v.get_ref().contains('%') {
                 t.error(
                     v.span(),

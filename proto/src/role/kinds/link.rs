@@ -54,12 +54,7 @@ impl ResourceKind for Link {
                 ("force", r.force.as_ref().map(Spanned::span)),
             ];
             if let Some((field, Some(span))) = set.into_iter().find(|(_, s)| s.is_some()) {
-                t.error(
-                    span,
-                    Some(field),
-                    format!("`{field}` cannot be set on a link with state = \"absent\""),
-                    None,
-                );
+                t.set_when_absent("a link", field, span);
             }
         } else {
             match &r.target {
