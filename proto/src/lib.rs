@@ -16,6 +16,7 @@
 
 pub mod bundle;
 pub mod client;
+pub mod codec;
 pub mod diff;
 pub mod facts;
 pub mod node;
