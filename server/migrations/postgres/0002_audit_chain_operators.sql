@@ -5,7 +5,7 @@
 -- says how). A PostgreSQL database never held entries from before the chain,
 -- so every entry carries its hash from the start and no update is allowed
 -- (audit_log_no_update, from 0001, stays as it is).
-ALTER TABLE audit_log ADD COLUMN hash TEXT;
+ALTER TABLE audit_log ADD COLUMN hash TEXT COLLATE "C";
 
 CREATE TRIGGER audit_log_hash_required BEFORE INSERT ON audit_log
     FOR EACH ROW WHEN (NEW.hash IS NULL)
@@ -17,9 +17,9 @@ CREATE TRIGGER audit_log_hash_required BEFORE INSERT ON audit_log
 -- operator added before certificates were recorded (SQLite databases only; it
 -- is kept here so both backends read the same rows).
 CREATE TABLE operators (
-    name         TEXT    PRIMARY KEY,
-    role         TEXT    NOT NULL,
-    fingerprint  TEXT,
+    name         TEXT COLLATE "C" PRIMARY KEY,
+    role         TEXT COLLATE "C" NOT NULL,
+    fingerprint  TEXT COLLATE "C",
     updated_at   BIGINT  NOT NULL,
     revoked_at   BIGINT
 );

@@ -5,11 +5,11 @@
 -- database does not give a token that works. A token admits `uses_allowed`
 -- enrollments until `expires_at`, unless revoked.
 CREATE TABLE tokens (
-    id            TEXT    PRIMARY KEY,
-    secret_sha256 TEXT    NOT NULL,
-    role          TEXT    NOT NULL,
-    channel       TEXT    NOT NULL,
-    created_by    TEXT    NOT NULL,
+    id            TEXT COLLATE "C" PRIMARY KEY,
+    secret_sha256 TEXT COLLATE "C" NOT NULL,
+    role          TEXT COLLATE "C" NOT NULL,
+    channel       TEXT COLLATE "C" NOT NULL,
+    created_by    TEXT COLLATE "C" NOT NULL,
     created_at    BIGINT  NOT NULL,
     expires_at    BIGINT  NOT NULL,
     uses_allowed  BIGINT  NOT NULL CHECK (uses_allowed > 0),
@@ -23,14 +23,14 @@ CREATE TABLE tokens (
 -- sets `revoked_at`. The assignment is one role at one channel for now.
 -- `token_id` names the token of the latest enrollment (tokens are kept).
 CREATE TABLE nodes (
-    name         TEXT    PRIMARY KEY,
-    role         TEXT    NOT NULL,
-    channel      TEXT    NOT NULL,
-    fingerprint  TEXT    NOT NULL,
+    name         TEXT COLLATE "C" PRIMARY KEY,
+    role         TEXT COLLATE "C" NOT NULL,
+    channel      TEXT COLLATE "C" NOT NULL,
+    fingerprint  TEXT COLLATE "C" NOT NULL,
     enrolled_at  BIGINT  NOT NULL,
     revoked_at   BIGINT,
-    token_id     TEXT    NOT NULL REFERENCES tokens (id),
+    token_id     TEXT COLLATE "C" NOT NULL REFERENCES tokens (id),
     -- The facts the node sent when it enrolled (JSON), if any.
-    facts        TEXT
+    facts        TEXT COLLATE "C"
 );
 CREATE INDEX nodes_by_assignment ON nodes (role, channel);

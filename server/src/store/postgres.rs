@@ -137,10 +137,8 @@ impl PgStore {
             .application_name("cairn-server");
         let place = format!(
             "database {} at {}:{}",
-            options
-                .get_database()
-                .or(options.get_username().into())
-                .unwrap_or("postgres"),
+            // PostgreSQL's default database is the user's name.
+            options.get_database().unwrap_or(options.get_username()),
             options.get_host(),
             options.get_port()
         );
@@ -228,40 +226,36 @@ impl PgStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(db("read the audit log"))?;
-        let probe = "INSERT INTO audit_log (id, at, actor, actor_role, action, target, detail, peer, outcome, hash)
-                     VALUES ($1, 0, '', '', 'protection check', '', '', '', '', $2)";
-        let refused =
-            async |tx: &mut Tx, sql: &str, hash: Option<&str>, why: &str| -> Result<bool> {
-                let mut savepoint = tx.begin().await.map_err(db("begin a savepoint"))?;
-                let result = sqlx::query(sql)
-                    .bind(next)
-                    .bind(hash)
-                    .execute(&mut *savepoint)
-                    .await;
-                savepoint
-                    .rollback()
-                    .await
-                    .map_err(db("roll back a savepoint"))?;
-                Ok(result.is_err_and(|e| e.to_string().contains(why)))
-            };
-        let unhashed = refused(&mut tx, probe, None, "chain hash").await?;
-        sqlx::query(probe)
+        let insert = |hash: &str| {
+            format!(
+                "INSERT INTO audit_log (id, at, actor, actor_role, action, target, detail, peer, outcome, hash)
+                 VALUES ($1, 0, '', '', 'protection check', '', '', '', '', {hash})"
+            )
+        };
+        let refused = async |tx: &mut Tx, sql: &str, why: &str| -> Result<bool> {
+            let mut savepoint = tx.begin().await.map_err(db("begin a savepoint"))?;
+            let result = sqlx::query(sql).bind(next).execute(&mut *savepoint).await;
+            savepoint
+                .rollback()
+                .await
+                .map_err(db("roll back a savepoint"))?;
+            Ok(result.is_err_and(|e| e.to_string().contains(why)))
+        };
+        let unhashed = refused(&mut tx, &insert("NULL"), "chain hash").await?;
+        sqlx::query(&insert("'check'"))
             .bind(next)
-            .bind("check")
             .execute(&mut *tx)
             .await
             .map_err(db("check the audit log's triggers"))?;
         let changed = refused(
             &mut tx,
-            "UPDATE audit_log SET detail = 'x' WHERE id = $1 AND $2::text IS NULL",
-            None,
+            "UPDATE audit_log SET detail = 'x' WHERE id = $1",
             "append-only",
         )
         .await?;
         let removed = refused(
             &mut tx,
-            "DELETE FROM audit_log WHERE id = $1 AND $2::text IS NULL",
-            None,
+            "DELETE FROM audit_log WHERE id = $1",
             "append-only",
         )
         .await?;
@@ -940,6 +934,29 @@ mod tests {
         let ids: Vec<u64> = log.iter().map(|e| e.id).collect();
         assert_eq!(ids, (1..=log.len() as u64).collect::<Vec<_>>());
         assert!(!log.iter().any(|e| e.action == "gone"));
+
+        // A change made through one counts at the other's next call.
+        a.add_operator("ann", "admin", "f1", &someone())
+            .await
+            .unwrap();
+        assert_eq!(b.standing("ann", "f1").await.unwrap(), Standing::Current);
+        a.revoke_operator("ann", &someone()).await.unwrap();
+        assert_eq!(b.standing("ann", "f1").await.unwrap(), Standing::Revoked);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_database_is_used_again_without_reopening() {
+        let cluster = PgCluster::start();
+        let store = PgStore::open(&cluster.database()).await.unwrap();
+        store.push(new("web", "d1"), &someone()).await.unwrap();
+        cluster.stop();
+        let err = store.ping().await.unwrap_err().to_string();
+        assert!(err.contains("could not ping"), "{err}");
+        cluster.restart();
+        // The pool drops the connections the restart broke and opens new ones.
+        store.ping().await.unwrap();
+        let (meta, _) = store.get("web", None).await.unwrap();
+        assert_eq!(meta.digest, "d1");
     }
 
     #[tokio::test]

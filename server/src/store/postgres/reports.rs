@@ -234,11 +234,10 @@ impl PgStore {
         after: &str,
         limit: u32,
     ) -> Result<Vec<FleetNode>> {
-        // Names compare byte by byte (COLLATE "C"), as SQLite compares them,
-        // so pages follow one order whatever the database's locale.
+        // Names compare byte by byte (the schema's COLLATE "C"), as in SQLite.
         let rows: Vec<FleetRow> = sqlx::query_as(&format!(
             "SELECT {FLEET_COLUMNS} FROM nodes n LEFT JOIN node_runs r ON r.node = n.name
-             WHERE n.name COLLATE \"C\" > $1 ORDER BY n.name COLLATE \"C\" LIMIT $2"
+             WHERE n.name > $1 ORDER BY n.name LIMIT $2"
         ))
         .bind(after)
         .bind(i64::from(limit))
@@ -289,7 +288,7 @@ impl PgStore {
              LEFT JOIN channels c ON c.role = n.role AND c.channel = n.channel
              WHERE n.revoked_at IS NULL
              GROUP BY n.role, n.channel, c.version
-             ORDER BY n.role COLLATE \"C\", n.channel COLLATE \"C\"",
+             ORDER BY n.role, n.channel",
         )
         .bind(now)
         .fetch_all(&self.pool)
