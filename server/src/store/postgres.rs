@@ -58,6 +58,10 @@ mod reports;
 pub const MAX_CONNECTIONS: u32 = 16;
 /// How long opening a connection, or waiting for a free one, may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a statement may run, and a transaction may sit idle, on the pool's
+/// connections (the gRPC call limit): a server that hangs or loses its
+/// network mid-transaction holds its locks no longer than this.
+const STATEMENT_TIMEOUT: &str = "60s";
 
 /// Converts at the edge: no sqlx type leaves this module.
 fn db<E: std::error::Error + Send + Sync + 'static>(
@@ -161,6 +165,14 @@ impl PgStore {
             .close()
             .await
             .map_err(db(format!("close a connection to the {place}")))?;
+        // The locking above relies on READ COMMITTED, whatever the database's
+        // default; migrations (on the first connection) are not cut off.
+        let options = options.options([
+            // A space in a value is escaped in the startup options.
+            ("default_transaction_isolation", "read\\ committed"),
+            ("statement_timeout", STATEMENT_TIMEOUT),
+            ("idle_in_transaction_session_timeout", STATEMENT_TIMEOUT),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(CONNECT_TIMEOUT)
@@ -888,9 +900,29 @@ mod tests {
         // so only the database's locks keep them in order.
         let cluster = PgCluster::start();
         let url = cluster.database();
+        // Whatever the database's default, transactions are READ COMMITTED,
+        // which the locking is made for.
+        let mut admin = PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "ALTER DATABASE cairn_test_0 SET default_transaction_isolation = serializable",
+        )
+        .execute(&mut admin)
+        .await
+        .unwrap();
         let (a, b) = (
             Arc::new(PgStore::open(&url).await.unwrap()),
             Arc::new(PgStore::open(&url).await.unwrap()),
+        );
+        let settings: (String, String, String) = sqlx::query_as(
+            "SELECT current_setting('transaction_isolation'), current_setting('statement_timeout'),
+                 current_setting('idle_in_transaction_session_timeout')",
+        )
+        .fetch_one(&a.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            settings,
+            ("read committed".into(), "1min".into(), "1min".into())
         );
         let mut tasks = Vec::new();
         for i in 0..24 {
