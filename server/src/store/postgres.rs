@@ -867,6 +867,25 @@ mod tests {
     use super::cluster::PgCluster;
     use super::*;
 
+    #[test]
+    fn without_postgresql_a_test_fails_saying_what_to_install() {
+        let empty = tempfile::tempdir().unwrap();
+        for given in [None, Some(empty.path().as_os_str().to_owned())] {
+            let err = super::cluster::find_binaries(given, empty.path()).unwrap_err();
+            assert!(
+                err.contains("run scripts/setup.sh") && err.contains("apt-get install postgresql"),
+                "{err}"
+            );
+        }
+        let debian = empty.path().join("15/bin");
+        std::fs::create_dir_all(&debian).unwrap();
+        std::fs::write(debian.join("initdb"), "").unwrap();
+        assert_eq!(
+            super::cluster::find_binaries(None, empty.path()),
+            Ok(debian)
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn passes_the_store_suite() {
         let cluster = PgCluster::start();

@@ -12,7 +12,8 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -223,17 +224,24 @@ fn check(what: &str, out: &Output) {
 /// The directory of `initdb` and `pg_ctl`: `CAIRN_PG_BIN`, or the newest
 /// version Debian's packages installed.
 fn binaries() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CAIRN_PG_BIN") {
+    find_binaries(std::env::var_os("CAIRN_PG_BIN"), Path::new(DEBIAN_BINARIES))
+        .unwrap_or_else(|why| panic!("{why}"))
+}
+
+/// The directory `given`, or the newest `VERSION/bin` under `debian`, if it
+/// holds `initdb`; else what to install.
+pub fn find_binaries(given: Option<OsString>, debian: &Path) -> Result<PathBuf, String> {
+    if let Some(dir) = given {
         let dir = PathBuf::from(dir);
         if dir.join("initdb").is_file() {
-            return dir;
+            return Ok(dir);
         }
-        panic!(
-            "{}",
-            missing(&format!("CAIRN_PG_BIN={} holds no initdb", dir.display()))
-        );
+        return Err(missing(&format!(
+            "CAIRN_PG_BIN={} holds no initdb",
+            dir.display()
+        )));
     }
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(DEBIAN_BINARIES)
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(debian)
         .into_iter()
         .flatten()
         .flatten()
@@ -245,11 +253,11 @@ fn binaries() -> PathBuf {
         .collect();
     found.sort();
     match found.pop() {
-        Some((_, bin)) => bin,
-        None => panic!(
-            "{}",
-            missing(&format!("no {DEBIAN_BINARIES}/VERSION/bin/initdb"))
-        ),
+        Some((_, bin)) => Ok(bin),
+        None => Err(missing(&format!(
+            "there is no {}/VERSION/bin/initdb",
+            debian.display()
+        ))),
     }
 }
 
