@@ -24,7 +24,7 @@ pub const SUPPORTED_URLS: &str =
 /// PATH), or a PostgreSQL database, `postgres://` or `postgresql://` with
 /// libpq's URL syntax (the database must exist; its tables are created).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
-    // Errors name only the scheme: a URL may hold a password.
+    // Errors never repeat the URL: it may hold a password.
     match url.split_once("://") {
         Some(("sqlite", path)) if !path.is_empty() => {
             Ok(Arc::new(sqlite::SqliteStore::open(Path::new(path)).await?))
