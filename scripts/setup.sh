@@ -49,7 +49,9 @@ if [ -n "${CAIRN_SETUP_FUNCTIONS_ONLY:-}" ]; then
   return 0 2>/dev/null || exit 0
 fi
 
-packages=(build-essential pkg-config protobuf-compiler debootstrap systemd-container curl ca-certificates python3 file)
+# postgresql: the storage tests start their own throwaway clusters with its
+# binaries (initdb, pg_ctl); the cluster the package makes is not used.
+packages=(build-essential pkg-config protobuf-compiler debootstrap systemd-container curl ca-certificates python3 file postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

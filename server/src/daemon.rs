@@ -40,8 +40,9 @@ enum Command {
     Serve {
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
-        /// Where roles, channels and the audit log are stored (supported: sqlite://PATH)
-        /// [default: sqlite://DATA_DIR/cairn.db]
+        /// Where roles, channels, nodes, reports and the audit log are stored:
+        /// sqlite://PATH, or postgres://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE (also
+        /// postgresql://; the database must exist) [default: sqlite://DATA_DIR/cairn.db]
         #[arg(long, value_name = "URL")]
         database: Option<String>,
         /// gRPC address.

@@ -261,11 +261,36 @@ async fn the_caller_is_authorized_before_its_input_is_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_push_survives_sigkill() {
+    acknowledged_pushes_survive_sigkill(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_push_survives_sigkill_on_postgres() {
+    let cluster = postgres::PgCluster::start();
+    let database = cluster.database();
+    acknowledged_pushes_survive_sigkill(Some(&database)).await;
+}
+
+/// Pushes in a loop, kills the server, starts it again on the same data (in
+/// the data directory, or in `database`), and finds every acknowledged version.
+async fn acknowledged_pushes_survive_sigkill(database: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (grpc, http) = free_ports();
-    let mut server = Daemon::start_in(&data, grpc, http);
-    let creds = server.operator("pat", "publisher");
+    let args: Vec<&str> = database
+        .map(|d| ["--database", d])
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut server = Daemon::start_with(&data, grpc, http, "info", &args);
+    let creds = add_operator_to(
+        database,
+        &data,
+        &server.work,
+        "pat",
+        "publisher",
+        &server.url(),
+    );
     let mut client = connect(&creds).await.roles();
 
     // Push distinct versions in a loop; kill the server mid-stream.
@@ -301,7 +326,7 @@ async fn every_acknowledged_push_survives_sigkill() {
     assert!(acked.len() > 5, "only {} pushes acknowledged", acked.len());
 
     // Restarted on the same ports, so the credential's URL reaches it.
-    let _server = Daemon::start_in(&data, grpc, http);
+    let _server = Daemon::start_with(&data, grpc, http, "info", &args);
     let mut client = connect(&creds).await.roles();
     for (version, (i, digest)) in &acked {
         let got = client
@@ -337,6 +362,40 @@ async fn every_acknowledged_push_survives_sigkill() {
         .collect();
     assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
     assert!(versions.len() >= acked.len());
+    // The versions were where --database said, not in the data directory.
+    assert_eq!(
+        data.join(cairn_server::store::DEFAULT_DB_FILE).exists(),
+        database.is_none()
+    );
+}
+
+#[test]
+fn an_unreachable_postgres_database_is_a_clear_error_without_its_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grpc, http) = free_ports();
+    // Nothing listens on a port just freed.
+    let closed = free_ports().0.port();
+    let out = std::process::Command::new(server_bin())
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", &grpc.to_string(), "--http", &http.to_string()])
+        .args([
+            "--database",
+            &format!("postgres://cairn:hunter2@127.0.0.1:{closed}/cairn"),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("could not open the database")
+            && stderr.contains(&format!(
+                "could not connect to the database cairn at 127.0.0.1:{closed}"
+            ))
+            && stderr.contains("refused"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

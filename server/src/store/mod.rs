@@ -11,15 +11,20 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub mod audit;
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 /// The database URLs [`open`] understands, for messages.
-pub const SUPPORTED_URLS: &str = "sqlite://PATH";
+pub const SUPPORTED_URLS: &str =
+    "sqlite://PATH, postgres://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE (or postgresql://)";
 
 /// Opens (creating and migrating if needed) the database at `url`:
-/// `sqlite://PATH` (`sqlite:///var/lib/cairn-server/cairn.db` for an absolute PATH).
+/// `sqlite://PATH` (`sqlite:///var/lib/cairn-server/cairn.db` for an absolute
+/// PATH), or a PostgreSQL database, `postgres://` or `postgresql://` with
+/// libpq's URL syntax (the database must exist; its tables are created).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
-    // Errors name only the scheme: a URL may hold a password.
+    // Errors never repeat the URL: it may hold a password.
     match url.split_once("://") {
         Some(("sqlite", path)) if !path.is_empty() => {
             Ok(Arc::new(sqlite::SqliteStore::open(Path::new(path)).await?))
@@ -27,6 +32,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
         Some(("sqlite", _)) => Err(StoreError::Url(
             "the sqlite database URL names no file (sqlite://PATH)".into(),
         )),
+        Some(("postgres" | "postgresql", _)) => Ok(Arc::new(postgres::PgStore::open(url).await?)),
         Some((scheme, _)) => Err(StoreError::Url(format!(
             "unsupported database scheme {scheme:?}; supported: {SUPPORTED_URLS}"
         ))),
@@ -603,8 +609,13 @@ pub(crate) mod tests {
     async fn unknown_database_urls_name_the_supported_ones() {
         for (url, expect) in [
             (
-                "postgres://cairn:hunter2@db/cairn",
-                "unsupported database scheme \"postgres\"",
+                "mysql://cairn:hunter2@db/cairn",
+                "unsupported database scheme \"mysql\"",
+            ),
+            // Read by sqlx, whose message names what is wrong, not the URL.
+            (
+                "postgres://cairn:hunter2@db:port/cairn",
+                "the postgres database URL is not valid",
             ),
             ("/var/lib/cairn-server/cairn.db", "has no scheme"),
             ("sqlite://", "names no file"),
@@ -612,7 +623,7 @@ pub(crate) mod tests {
             let err = open(url).await.err().expect(url).to_string();
             assert!(err.contains(expect), "{url}: {err}");
             assert!(!err.contains("hunter2"), "{url}: {err}");
-            if expect != "names no file" {
+            if expect.starts_with("unsupported") || expect.contains("no scheme") {
                 assert!(err.contains(SUPPORTED_URLS), "{url}: {err}");
             }
         }

@@ -37,6 +37,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 use tokio::sync::Mutex;
 
+use super::rows::*;
 use super::*;
 
 mod enroll;
@@ -205,85 +206,6 @@ impl OperatorChanges {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct VersionRow {
-    role: String,
-    version: i64,
-    digest: String,
-    author: String,
-    message: String,
-    created_at: i64,
-}
-
-impl From<VersionRow> for VersionMeta {
-    fn from(r: VersionRow) -> Self {
-        VersionMeta {
-            role: r.role,
-            version: r.version as u64,
-            digest: r.digest,
-            author: r.author,
-            message: r.message,
-            created_at: r.created_at,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct ChannelRow {
-    role: String,
-    channel: String,
-    version: i64,
-    updated_at: i64,
-    updated_by: String,
-}
-
-impl From<ChannelRow> for Channel {
-    fn from(r: ChannelRow) -> Self {
-        Channel {
-            role: r.role,
-            channel: r.channel,
-            version: r.version as u64,
-            updated_at: r.updated_at,
-            updated_by: r.updated_by,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct AuditRow {
-    id: i64,
-    at: i64,
-    actor: String,
-    actor_role: String,
-    action: String,
-    target: String,
-    detail: String,
-    peer: String,
-    outcome: String,
-    hash: Option<String>,
-}
-
-impl From<AuditRow> for AuditRecord {
-    fn from(r: AuditRow) -> Self {
-        AuditRecord {
-            id: r.id as u64,
-            at: r.at,
-            actor: r.actor,
-            actor_role: r.actor_role,
-            action: r.action,
-            target: r.target,
-            detail: r.detail,
-            peer: r.peer,
-            outcome: r.outcome,
-            hash: r.hash.unwrap_or_default(),
-            full_digest: None,
-        }
-    }
-}
-
-const AUDIT_COLUMNS: &str =
-    "id, at, actor, actor_role, action, target, detail, peer, outcome, hash";
-
 /// The triggers that keep the audit log append-only and chained (and versions
 /// immutable), each with what it guards; the server refuses to start without
 /// any of them (see `server/migrations/sqlite/` for their definitions).
@@ -328,8 +250,6 @@ fn restrict_files(path: &Path) -> Result<()> {
     }
     Ok(())
 }
-
-const VERSION_COLUMNS: &str = "role, version, digest, author, message, created_at";
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, migrates it, chains

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod postgres;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -286,6 +287,19 @@ pub fn server_bin() -> PathBuf {
 
 /// `cairn-server operator add NAME --role ROLE`, the file written into `work`.
 pub fn add_operator(data_dir: &Path, work: &Path, name: &str, role: &str, url: &str) -> PathBuf {
+    add_operator_to(None, data_dir, work, name, role, url)
+}
+
+/// [`add_operator`] recorded in the database at `database` (`--database`)
+/// rather than the data directory's.
+pub fn add_operator_to(
+    database: Option<&str>,
+    data_dir: &Path,
+    work: &Path,
+    name: &str,
+    role: &str,
+    url: &str,
+) -> PathBuf {
     let out = work.join(format!("{name}.toml"));
     let o = Command::new(server_bin())
         .args(["operator", "add", name, "--role", role, "--out"])
@@ -293,6 +307,7 @@ pub fn add_operator(data_dir: &Path, work: &Path, name: &str, role: &str, url: &
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--server", url])
+        .args(database.map(|d| ["--database", d]).into_iter().flatten())
         .output()
         .unwrap();
     assert!(

@@ -1,0 +1,271 @@
+//! Rows as both backends read them, and what they become: the tables are the
+//! same in SQLite and PostgreSQL (`migrations/sqlite/`, `migrations/postgres/`),
+//! so one definition decodes either.
+
+use super::*;
+
+#[derive(sqlx::FromRow)]
+pub(super) struct VersionRow {
+    pub(super) role: String,
+    pub(super) version: i64,
+    pub(super) digest: String,
+    pub(super) author: String,
+    pub(super) message: String,
+    pub(super) created_at: i64,
+}
+
+impl From<VersionRow> for VersionMeta {
+    fn from(r: VersionRow) -> Self {
+        VersionMeta {
+            role: r.role,
+            version: r.version as u64,
+            digest: r.digest,
+            author: r.author,
+            message: r.message,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ChannelRow {
+    pub(super) role: String,
+    pub(super) channel: String,
+    pub(super) version: i64,
+    pub(super) updated_at: i64,
+    pub(super) updated_by: String,
+}
+
+impl From<ChannelRow> for Channel {
+    fn from(r: ChannelRow) -> Self {
+        Channel {
+            role: r.role,
+            channel: r.channel,
+            version: r.version as u64,
+            updated_at: r.updated_at,
+            updated_by: r.updated_by,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct AuditRow {
+    pub(super) id: i64,
+    pub(super) at: i64,
+    pub(super) actor: String,
+    pub(super) actor_role: String,
+    pub(super) action: String,
+    pub(super) target: String,
+    pub(super) detail: String,
+    pub(super) peer: String,
+    pub(super) outcome: String,
+    pub(super) hash: Option<String>,
+}
+
+impl From<AuditRow> for AuditRecord {
+    fn from(r: AuditRow) -> Self {
+        AuditRecord {
+            id: r.id as u64,
+            at: r.at,
+            actor: r.actor,
+            actor_role: r.actor_role,
+            action: r.action,
+            target: r.target,
+            detail: r.detail,
+            peer: r.peer,
+            outcome: r.outcome,
+            hash: r.hash.unwrap_or_default(),
+            full_digest: None,
+        }
+    }
+}
+
+pub(super) const AUDIT_COLUMNS: &str =
+    "id, at, actor, actor_role, action, target, detail, peer, outcome, hash";
+
+pub(super) const VERSION_COLUMNS: &str = "role, version, digest, author, message, created_at";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct TokenRow {
+    pub(super) id: String,
+    pub(super) role: String,
+    pub(super) channel: String,
+    pub(super) created_by: String,
+    pub(super) created_at: i64,
+    pub(super) expires_at: i64,
+    pub(super) uses_allowed: i64,
+    pub(super) uses_used: i64,
+    pub(super) revoked_at: Option<i64>,
+}
+
+pub(super) const TOKEN_COLUMNS: &str =
+    "id, role, channel, created_by, created_at, expires_at, uses_allowed, uses_used, revoked_at";
+
+impl From<TokenRow> for TokenRecord {
+    fn from(r: TokenRow) -> Self {
+        TokenRecord {
+            id: r.id,
+            assignment: Assignment {
+                role: r.role,
+                channel: r.channel,
+            },
+            created_by: r.created_by,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            uses_allowed: r.uses_allowed.clamp(0, u32::MAX.into()) as u32,
+            uses_used: r.uses_used.clamp(0, u32::MAX.into()) as u32,
+            revoked_at: r.revoked_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct NodeRow {
+    pub(super) name: String,
+    pub(super) role: String,
+    pub(super) channel: String,
+    pub(super) fingerprint: String,
+    pub(super) enrolled_at: i64,
+    pub(super) revoked_at: Option<i64>,
+    pub(super) token_id: String,
+    pub(super) facts: Option<String>,
+}
+
+pub(super) const NODE_COLUMNS: &str =
+    "name, role, channel, fingerprint, enrolled_at, revoked_at, token_id, facts";
+
+impl From<NodeRow> for NodeRecord {
+    fn from(r: NodeRow) -> Self {
+        NodeRecord {
+            name: r.name,
+            assignment: Assignment {
+                role: r.role,
+                channel: r.channel,
+            },
+            fingerprint: r.fingerprint,
+            enrolled_at: r.enrolled_at,
+            revoked_at: r.revoked_at,
+            token_id: r.token_id,
+            facts_json: r.facts,
+        }
+    }
+}
+
+/// Why the token (already read) admits no enrollment at `now`, if it does not.
+pub(super) fn refusal(token: &TokenRecord, now: Micros) -> Option<TokenRefusal> {
+    if let Some(at) = token.revoked_at {
+        Some(TokenRefusal::Revoked { at })
+    } else if token.expires_at <= now {
+        Some(TokenRefusal::Expired {
+            at: token.expires_at,
+        })
+    } else if token.uses_used >= token.uses_allowed {
+        Some(TokenRefusal::UsedUp {
+            uses: token.uses_allowed,
+        })
+    } else {
+        None
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ReportRow {
+    pub(super) id: i64,
+    pub(super) node: String,
+    pub(super) run_id: String,
+    pub(super) role: String,
+    pub(super) channel: String,
+    pub(super) role_version: i64,
+    pub(super) role_digest: String,
+    pub(super) status: String,
+    pub(super) noop: bool,
+    pub(super) from_cache: bool,
+    pub(super) resources: i64,
+    pub(super) changed: i64,
+    pub(super) failed: i64,
+    pub(super) finished_at: i64,
+    pub(super) received_at: i64,
+}
+
+pub(super) const REPORT_COLUMNS: &str = "id, node, run_id, role, channel, role_version, role_digest, status, \
+     noop, from_cache, resources, changed, failed, finished_at, received_at";
+
+impl TryFrom<ReportRow> for ReportMeta {
+    type Error = StoreError;
+    fn try_from(r: ReportRow) -> Result<Self> {
+        Ok(ReportMeta {
+            id: r.id as u64,
+            status: status_of(&r.status)?,
+            node: r.node,
+            run_id: r.run_id,
+            role: r.role,
+            channel: r.channel,
+            role_version: r.role_version as u64,
+            role_digest: r.role_digest,
+            noop: r.noop,
+            from_cache: r.from_cache,
+            resources: r.resources as u64,
+            changed: r.changed as u64,
+            failed: r.failed as u64,
+            finished_at: r.finished_at,
+            received_at: r.received_at,
+        })
+    }
+}
+
+/// A stored status; the table's CHECK allows only the three.
+pub(super) fn status_of(s: &str) -> Result<RunStatus> {
+    RunStatus::parse(s).ok_or_else(|| StoreError::Backend {
+        op: "read a run status".into(),
+        source: format!("unknown run status {s:?} in the database").into(),
+    })
+}
+
+/// A node (from `nodes`, migration 0003) with its newest run, if any.
+#[derive(sqlx::FromRow)]
+pub(super) struct FleetRow {
+    pub(super) name: String,
+    pub(super) role: String,
+    pub(super) channel: String,
+    pub(super) revoked_at: Option<i64>,
+    pub(super) report_id: Option<i64>,
+    pub(super) run_role: Option<String>,
+    pub(super) run_channel: Option<String>,
+    pub(super) role_version: Option<i64>,
+    pub(super) status: Option<String>,
+    pub(super) from_cache: Option<bool>,
+    pub(super) finished_at: Option<i64>,
+    pub(super) seen_at: Option<i64>,
+    pub(super) interval_secs: Option<i64>,
+}
+
+pub(super) const FLEET_COLUMNS: &str = "n.name, n.role, n.channel, n.revoked_at, r.report_id, \
+     r.role AS run_role, r.channel AS run_channel, r.role_version, r.status, r.from_cache, \
+     r.finished_at, r.seen_at, r.interval_secs";
+
+impl TryFrom<FleetRow> for FleetNode {
+    type Error = StoreError;
+    fn try_from(r: FleetRow) -> Result<Self> {
+        let last = match (r.report_id, r.status) {
+            (Some(report_id), Some(status)) => Some(LastRun {
+                report_id: report_id as u64,
+                role: r.run_role.unwrap_or_default(),
+                channel: r.run_channel.unwrap_or_default(),
+                role_version: r.role_version.unwrap_or_default() as u64,
+                status: status_of(&status)?,
+                from_cache: r.from_cache.unwrap_or_default(),
+                finished_at: r.finished_at.unwrap_or_default(),
+                seen_at: r.seen_at.unwrap_or_default(),
+                interval_secs: r.interval_secs.unwrap_or_default() as u64,
+            }),
+            _ => None,
+        };
+        Ok(FleetNode {
+            name: r.name,
+            role: r.role,
+            channel: r.channel,
+            revoked: r.revoked_at.is_some(),
+            last,
+        })
+    }
+}
