@@ -13,14 +13,23 @@
 //!   unchanged and `sudo -n true` still working; a narrower rule goes live.
 
 use std::fs;
+use std::time::{Duration, Instant};
 
 use cairn_e2e::{GUEST_RECIPES, Machine, Run};
-use cairn_proto::report::ResourceStatus::{Changed, Failed};
+use cairn_proto::report::ResourceStatus::{Changed, Failed, Skipped};
 use serde_json::Value;
 
 /// Converges the role in `dir` twice: the first run changes the machine
-/// without a failure, the second finds nothing to do. Returns the first.
+/// without a failure, the second finds nothing to do. Before them, `--noop`
+/// reports changes pending and nothing failed or skipped. Returns the first
+/// real run.
 fn converge_twice(m: &Machine, dir: &str) -> Run {
+    let noop = m.apply_json(dir, &["--noop", "--detailed-exitcodes"]);
+    assert_eq!(
+        (noop.code, noop.ids(Failed), noop.ids(Skipped)),
+        (2, vec![], vec![]),
+        "--noop of {dir}: {noop}"
+    );
     let first = m.apply_json(dir, &["--detailed-exitcodes"]);
     assert_eq!(first.code, 2, "first run of {dir}: {first}");
     let second = m.apply_json(dir, &["--detailed-exitcodes"]);
@@ -55,14 +64,28 @@ fn recipe_with_var(m: &Machine, name: &str, var: &str, value: &str) -> String {
     dir
 }
 
+/// `GET /` of the app through the proxy, by the name in its certificate.
+const THROUGH_THE_PROXY: &str = "curl -sS --max-time 10 --cacert /etc/nginx/tls/server.crt \
+     --resolve app.internal:443:127.0.0.1 https://app.internal/";
+
 /// What `GET /` of the app answers through the proxy, over TLS verified
 /// against the certificate the proxy role made on the machine.
 fn app_through_the_proxy(m: &Machine) -> Value {
-    let body = m.sh_ok(
-        "curl -sS --fail --max-time 10 --cacert /etc/nginx/tls/server.crt \
-         --resolve app.internal:443:127.0.0.1 https://app.internal/",
-    );
+    let body = m.sh_ok(&format!("{THROUGH_THE_PROXY} --fail"));
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// What `script` prints once it prints `want`, or after 10 s, what it
+/// printed last.
+fn eventually(m: &Machine, script: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = String::from_utf8_lossy(&m.sh(script).stdout).into_owned();
+        if out == want || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn main_pid(m: &Machine, unit: &str) -> String {
@@ -82,7 +105,11 @@ fn python_service_behind_the_tls_proxy_takes_a_changed_unit() {
         "{first}"
     );
 
-    // Through the proxy, over TLS, to the service, as its user.
+    // Through the proxy, over TLS, to the service, as its user. nginx
+    // reloads in the background (its old workers may still take a connection
+    // with the old configuration for a moment): wait for the new one.
+    let status = format!("{THROUGH_THE_PROXY} -o /dev/null -w '%{{http_code}}'");
+    assert_eq!(eventually(&m, &status, "200"), "200");
     let answer = app_through_the_proxy(&m);
     assert_eq!(answer["service"], "app", "{answer}");
     assert_eq!(answer["greeting"], "hello from Cairn", "{answer}");
@@ -95,8 +122,9 @@ fn python_service_behind_the_tls_proxy_takes_a_changed_unit() {
         m.sh_ok("stat -c '%a %U' /etc/nginx/tls/server.key"),
         "600 root\n"
     );
+    let redirect = "curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' http://127.0.0.1/";
     assert_eq!(
-        m.sh_ok("curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' http://127.0.0.1/"),
+        eventually(&m, redirect, "301 https://127.0.0.1/"),
         "301 https://127.0.0.1/"
     );
 
@@ -170,6 +198,9 @@ fn node_exporter_serves_the_metric_its_timer_writes() {
         m.sh_ok("stat -c %U /var/lib/prometheus/node-exporter/apt.prom"),
         "prometheus\n"
     );
+    // The exporter, restarted by the run, listens a moment after it starts.
+    let up = "curl -sS -o /dev/null -w '%{http_code}' http://127.0.0.1:9100/metrics";
+    assert_eq!(eventually(&m, up, "200"), "200");
     let metrics = m.sh_ok("curl -sS --fail --max-time 10 http://127.0.0.1:9100/metrics");
     let pending = metrics
         .lines()
