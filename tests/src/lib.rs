@@ -441,6 +441,7 @@ impl Machine {
                 panic!("could not start setpriv (util-linux) for systemd-nspawn: {e}")
             });
         self.nspawn = Some(nspawn);
+        // After a reboot the old PID may be reused: never signal it.
         self.init = 0;
         self.init = self.find_init();
     }
