@@ -469,6 +469,10 @@ fn recipes_in_the_repo_are_valid() {
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
+        // recipes/README.md describes them.
+        if !path.is_dir() {
+            continue;
+        }
         let bundle = RoleBundle::from_dir(&path).unwrap();
         if let Err(d) = role::load(&bundle, &Facts::placeholder()) {
             panic!("{}:\n{d}", path.display());

@@ -8,7 +8,8 @@
 //!   the system is up.
 //! - [`Machine::boot_private_network`] boots it with a network namespace of
 //!   its own (loopback only), for what must not touch the host's network
-//!   settings (`net.*` sysctls).
+//!   settings (`net.*` sysctls); [`Machine::boot_private_network_with_packages`]
+//!   installs packages on the host's network first, then reboots it so.
 //! - [`Machine::boot_cloud_init`] boots the image with real cloud-init
 //!   (`tests/machine/build-cloud-init-image.sh`) with a [`NoCloudSeed`]
 //!   (meta-data and user-data) in its layer, and waits for cloud-init too.
@@ -251,6 +252,10 @@ pub struct Machine {
     /// Holds the machine's writable layer (`upper/`, `work/`), the mount point
     /// of its root, and the console log; removed on drop, once it is down.
     dir: Option<tempfile::TempDir>,
+    /// The image below the layer, and the `--bind-ro=` options: what a
+    /// reboot boots again.
+    image: PathBuf,
+    bind_args: Vec<String>,
     /// The `systemd-nspawn` process; `None` once it has been waited for.
     nspawn: Option<Child>,
     /// The machine's systemd (PID 1 inside), as a host PID; 0 until found.
@@ -289,6 +294,25 @@ impl Machine {
             None,
             &["--private-network"],
         )
+    }
+
+    /// Like [`Machine::boot_private_network`], with `packages` installed from
+    /// Debian's archive first (`apt-get install --no-install-recommends`),
+    /// which a machine without a network could not reach: the machine boots
+    /// on the host's network, installs them, and is rebooted from the same
+    /// layer with a network of its own. For roles that install packages and
+    /// set `net.*` sysctls.
+    pub fn boot_private_network_with_packages(name: &str, packages: &[&str]) -> Machine {
+        let mut m = Self::boot(name);
+        if !packages.is_empty() {
+            m.sh_ok(&format!(
+                "apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+                 apt-get install -y -q --no-install-recommends {}",
+                packages.join(" ")
+            ));
+        }
+        m.reboot(&["--private-network"]);
+        m
     }
 
     /// Boots the image with real cloud-init (built by
@@ -352,9 +376,46 @@ impl Machine {
             );
         }
 
+        // The recipes and the given binds, read-only.
+        let mut bind_args = vec![format!("--bind-ro={}:{GUEST_RECIPES}", recipes.display())];
+        bind_args.extend(
+            binds
+                .iter()
+                .map(|(host, guest)| format!("--bind-ro={}:{guest}", host.display())),
+        );
+        let mut machine = Machine {
+            name,
+            dir: Some(dir),
+            image: image.to_path_buf(),
+            bind_args,
+            nspawn: None,
+            init: 0,
+        };
+        // From here on a panic drops `machine`, which halts and removes it.
+        machine.spawn(nspawn_args);
+        if seed.is_some() {
+            machine.wait_for_cloud_init();
+        }
+        machine.wait_until_up();
+        eprintln!(
+            "machine {} up in {:.2} s",
+            machine.name,
+            t0.elapsed().as_secs_f64()
+        );
+        machine
+    }
+
+    /// Starts nspawn on the machine's layers and finds its systemd; the
+    /// console log is appended to.
+    fn spawn(&mut self, nspawn_args: &[&str]) {
+        let dir = self.dir.as_ref().expect("the machine has its directory");
+        let layers = ["upper", "work", "root"].map(|d| dir.path().join(d));
         let console = dir.path().join("console.log");
-        let log = File::create(&console)
-            .unwrap_or_else(|e| panic!("could not create {}: {e}", console.display()));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&console)
+            .unwrap_or_else(|e| panic!("could not open {}: {e}", console.display()));
         let log2 = log
             .try_clone()
             .expect("could not duplicate the console log handle");
@@ -367,16 +428,11 @@ impl Machine {
             .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
             .arg(r#"mount -t overlay cairn-machine -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" && root=$4 && shift 4 && exec systemd-nspawn -D "$root" "$@""#)
             .arg("sh")
-            .arg(image)
+            .arg(&self.image)
             .args(&layers)
-            .args(["--quiet", "-M", &name, "--boot", "--register=no", "--keep-unit", "--console=pipe"])
+            .args(["--quiet", "-M", &self.name, "--boot", "--register=no", "--keep-unit", "--console=pipe"])
             .args(nspawn_args)
-            .arg(format!("--bind-ro={}:{GUEST_RECIPES}", recipes.display()))
-            .args(
-                binds
-                    .iter()
-                    .map(|(host, guest)| format!("--bind-ro={}:{guest}", host.display())),
-            )
+            .args(&self.bind_args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -384,25 +440,25 @@ impl Machine {
             .unwrap_or_else(|e| {
                 panic!("could not start setpriv (util-linux) for systemd-nspawn: {e}")
             });
+        self.nspawn = Some(nspawn);
+        // After a reboot the old PID may be reused: never signal it.
+        self.init = 0;
+        self.init = self.find_init();
+    }
 
-        let mut machine = Machine {
-            name,
-            dir: Some(dir),
-            nspawn: Some(nspawn),
-            init: 0,
-        };
-        // From here on a panic drops `machine`, which halts and removes it.
-        machine.init = machine.find_init();
-        if seed.is_some() {
-            machine.wait_for_cloud_init();
-        }
-        machine.wait_until_up();
+    /// Halts the machine and boots it again from the same layer (what it has
+    /// installed and written stays), with `nspawn_args` instead of the ones
+    /// it was booted with; waits until it is up.
+    pub fn reboot(&mut self, nspawn_args: &[&str]) {
+        let t0 = Instant::now();
+        self.shut_down();
+        self.spawn(nspawn_args);
+        self.wait_until_up();
         eprintln!(
-            "machine {} up in {:.2} s",
-            machine.name,
+            "machine {} rebooted in {:.2} s",
+            self.name,
             t0.elapsed().as_secs_f64()
         );
-        machine
     }
 
     /// The machine's name, which is also its hostname.

@@ -1,12 +1,42 @@
 //! Every recipe in `recipes/` (listed when the test runs, so a new recipe is
 //! covered without touching this file) converges a fresh machine without a
 //! failure, and a second run finds nothing to change.
+//!
+//! A recipe that sets kernel parameters (`[[sysctl]]`, `net.*` keys) runs on
+//! a machine with a network of its own, so that it never sets the host's; its
+//! packages are installed before that machine loses Debian's archive.
 
-use cairn_e2e::{GUEST_RECIPES, Machine, recipe_names};
+use cairn_e2e::{GUEST_RECIPES, Machine, recipe_names, workspace_root};
+use cairn_proto::bundle::RoleBundle;
+use cairn_proto::facts::Facts;
+use cairn_proto::role::{self, Kind, PackageState, Spec};
+
+/// A fresh machine for `recipe`: on the host's network, or, when the recipe
+/// sets sysctls, on its own with the recipe's packages installed beforehand.
+fn machine_for(recipe: &str) -> Machine {
+    let dir = workspace_root().join("recipes").join(recipe);
+    let bundle = RoleBundle::from_dir(&dir)
+        .unwrap_or_else(|e| panic!("could not read {}: {e}", dir.display()));
+    let role = role::load(&bundle, &Facts::placeholder())
+        .unwrap_or_else(|d| panic!("{}:\n{d}", dir.display()));
+    let name = format!("recipe-{recipe}");
+    if !role.resources.iter().any(|r| r.id.kind == Kind::Sysctl) {
+        return Machine::boot(&name);
+    }
+    let packages: Vec<&str> = role
+        .resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Package(p) if p.state == PackageState::Installed => Some(p.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    Machine::boot_private_network_with_packages(&name, &packages)
+}
 
 /// Converges one recipe on its own machine; returns what went wrong, if anything.
 fn converge(recipe: &str) -> Result<(), String> {
-    let m = Machine::boot(&format!("recipe-{recipe}"));
+    let m = machine_for(recipe);
     let dir = format!("{GUEST_RECIPES}/{recipe}");
 
     let first = m.apply_json(&dir, &[]);
