@@ -62,19 +62,14 @@ pub fn run(
     } else {
         batches(role, &notifiers)
     };
+    let mut batches = batches.into_iter().peekable();
     let mut ahead: HashMap<usize, Ahead> = HashMap::new();
 
     let total = role.resources.len();
     for (index, r) in role.resources.iter().enumerate() {
         observer.started(index, total, &r.id);
-        if let Some(batch) = batches.iter().find(|b| b.start == index) {
-            ahead.extend(install_batch(
-                role,
-                batch.clone(),
-                host,
-                &notifiers,
-                &status,
-            ));
+        if let Some(batch) = batches.next_if(|b| b.start == index) {
+            ahead.extend(install_batch(role, batch, host, &notifiers, &status));
         }
         let ahead = ahead.remove(&index);
         let spent_ahead = ahead.as_ref().map_or(Duration::ZERO, |a| a.spent);
@@ -260,27 +255,21 @@ fn install_batch(
             },
         );
     }
-    let together: Vec<(usize, BatchInstall<'_>, &Drift)> = members
+    let (took_part, together): (Vec<usize>, Vec<(BatchInstall<'_>, &Drift)>) = members
         .iter()
         .filter_map(|(i, res)| match &ahead[i].checked {
-            Ok(drift) if !drift.is_empty() => Some((*i, res.batch_install()?, drift)),
+            Ok(drift) if !drift.is_empty() => Some((*i, (res.batch_install()?, drift))),
             _ => None,
         })
-        .collect();
+        .unzip();
     if together.len() < 2 {
         return ahead;
     }
     let t0 = Instant::now();
-    let installed = resources::install_together(
-        host,
-        &together
-            .iter()
-            .map(|(_, b, d)| (*b, *d))
-            .collect::<Vec<_>>(),
-    )
-    .is_ok();
+    // Its error is not kept: each package is then installed on its own, and
+    // its own error says what is wrong with it.
+    let installed = resources::install_together(host, &together).is_ok();
     let took = t0.elapsed();
-    let took_part: Vec<usize> = together.iter().map(|(i, _, _)| *i).collect();
     for i in took_part {
         let a = ahead.get_mut(&i).expect("checked above");
         a.installed = installed;
