@@ -34,6 +34,8 @@ struct World {
     uninstallable: BTreeSet<String>,
     /// Packages whose installation says it worked but installs nothing.
     phantom: BTreeSet<String>,
+    /// What an interrupted package operation left undone, until finished.
+    interrupted: Option<String>,
     services: BTreeMap<String, ServiceStatus>,
     /// Services whose unit file changed since the service manager read it
     /// (written under `/etc/systemd/system/`, as systemd would see).
@@ -156,6 +158,16 @@ impl PackageProvider for Fake {
                     .insert(p.name.into(), p.version.unwrap_or("1.0").into());
             }
         }
+        Ok(())
+    }
+
+    fn interrupted(&self) -> Result<Option<String>> {
+        Ok(self.0.borrow().interrupted.clone())
+    }
+
+    fn finish_interrupted(&self) -> Result<()> {
+        self.change("finish interrupted".into());
+        self.world().interrupted = None;
         Ok(())
     }
 
@@ -642,6 +654,26 @@ fn packages_nothing_orders_apart_are_installed_in_one_transaction_each_with_its_
     let (report, changes) = case.apply_changes();
     assert!(changes.is_empty(), "{changes:?}");
     assert_eq!(report.summary.unchanged, 5, "{report:#?}");
+}
+
+#[test]
+fn an_interrupted_package_operation_is_finished_once_before_the_shared_transaction() {
+    let case = Case::new("[[package]]\nname = \"one\"\n\n[[package]]\nname = \"two\"\n");
+    case.world.world().interrupted = Some("dpkg was interrupted".into());
+
+    let (report, changes) = case.apply_changes();
+    assert_eq!(changes, ["finish interrupted", "install one two"]);
+    // Each waited for it, so each says so.
+    for r in &report.resources {
+        assert_eq!(r.status, Changed, "{report:#?}");
+        assert_eq!(
+            r.changes,
+            [
+                PropertyChange::new("unfinished", "dpkg was interrupted", "finished"),
+                PropertyChange::new("ensure", "absent", "installed"),
+            ]
+        );
+    }
 }
 
 #[test]

@@ -116,15 +116,13 @@ fn local_repository(script: &str) -> String {
     format!("{REPOSITORY_TOOLS}\n{script}")
 }
 
-/// Two packages: `cairn-stuck`, whose preinst waits while `/run/cairn-block`
-/// exists (after writing its own and dpkg's pids), and `cairn-other`.
-const STUCK_AND_OTHER: &str = r#"
+/// `cairn-stuck`, whose preinst waits while `/run/cairn-block` exists (after
+/// writing its own and dpkg's pids).
+const STUCK: &str = r#"
 package cairn-stuck '#!/bin/sh
 echo $PPID > /run/cairn-dpkg-pid
 echo $$ > /run/cairn-preinst-pid
 while [ -e /run/cairn-block ]; do sleep 0.1; done'
-package cairn-other
-publish
 "#;
 
 /// Installs `cairn-stuck` and kills dpkg once its preinst runs: dpkg has
@@ -144,7 +142,9 @@ while kill -0 "$(cat /run/cairn-apt-pid)" 2>/dev/null; do sleep 0.1; done
 #[test]
 fn a_dpkg_killed_mid_install_is_finished_before_the_next_change() {
     let m = Machine::boot("package-interrupted");
-    m.sh_ok(&local_repository(STUCK_AND_OTHER));
+    m.sh_ok(&local_repository(&format!(
+        "{STUCK}\npackage cairn-other\npublish"
+    )));
     m.sh_ok(KILL_DPKG_MID_INSTALL);
     // What blocks every apt run until someone finishes dpkg's work.
     let blocked = m.sh("apt-get install -y cairn-other");
@@ -352,4 +352,46 @@ fn a_package_apt_cannot_find_fails_alone_and_the_others_of_its_transaction_are_i
         );
         assert_eq!(m.sh_ok(CAIRN_PACKAGES), "cairn-one ii \ncairn-two ii \n");
     }
+}
+
+#[test]
+fn a_dpkg_killed_mid_install_is_finished_once_before_a_shared_transaction() {
+    let m = Machine::boot("package-together-interrupted");
+    m.sh_ok(&local_repository(&format!(
+        "{STUCK}\npackage cairn-other\npackage cairn-third\npublish"
+    )));
+    m.sh_ok(KILL_DPKG_MID_INSTALL);
+    m.write_file(
+        "/root/roles/packages/role.toml",
+        packages_role(&["cairn-other", "cairn-third"]),
+    );
+    let history = m.sh_ok(APT_HISTORY);
+
+    let run = m.apply_json("/root/roles/packages", &["--detailed-exitcodes"]);
+    assert_eq!(run.code, 2, "{run}");
+    for id in ["package:cairn-other", "package:cairn-third"] {
+        let unfinished = "dpkg was interrupted: cairn-stuck half-installed";
+        assert!(
+            run.has_change(id, "unfinished", unfinished, "finished"),
+            "{run}"
+        );
+        assert!(run.has_change(id, "ensure", "absent", "installed"), "{run}");
+    }
+    assert_eq!(
+        m.sh_ok(CAIRN_PACKAGES),
+        "cairn-other ii \ncairn-stuck ii \ncairn-third ii \n"
+    );
+    // After what finished dpkg's work, one transaction installed both.
+    let added = history_since(&m, &history);
+    let installs: Vec<&str> = added
+        .lines()
+        .filter(|l| l.starts_with("Commandline:") && l.contains("cairn-other"))
+        .collect();
+    assert!(
+        installs.len() == 1 && installs[0].ends_with("install cairn-other cairn-third"),
+        "{added}"
+    );
+
+    let again = m.apply_json("/root/roles/packages", &["--detailed-exitcodes"]);
+    assert_eq!(again.code, 0, "{again}");
 }
