@@ -25,7 +25,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::progress::Observer;
 use crate::providers::Host;
-use crate::resources::{self, BatchInstall, Drift, Refresh, Resource};
+use crate::resources::{self, BatchInstall, Drift, Refresh};
 use crate::state::StateDir;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -213,23 +213,25 @@ fn batches(role: &Role, notifiers: &HashMap<&ResourceId, Vec<&ResourceId>>) -> V
     found
 }
 
-/// What was done for a resource before its turn, at the start of its batch.
+/// What was done for a resource before its turn, at the start of its batch,
+/// when it took part in the batch's transaction.
 struct Ahead {
     /// What its check found.
-    checked: Result<Drift>,
-    /// That drift was applied, in the batch's one transaction.
+    drift: Drift,
+    /// That drift was applied, in the transaction.
     installed: bool,
-    /// The time spent on it: its check, and the whole transaction when it
-    /// took part.
+    /// The time spent on it: its check and the whole transaction.
     spent: Duration,
 }
 
 /// At the first resource of `batch`: checks each resource of it that no
 /// failed dependency blocks, and installs in one transaction those that drift
-/// (when two or more do; one alone is applied at its turn as usual). Returns,
-/// by index, what was done for each checked; if the transaction failed, none
-/// is `installed`, so each is applied on its own at its turn and a failure
-/// is reported on the package that caused it.
+/// (when two or more do). Returns, by index, what was done for each that
+/// took part; if the transaction failed, none is `installed`, so each is
+/// applied on its own at its turn and a failure is reported on the package
+/// that caused it. The others are checked again at their turn, as usual
+/// (what was installed before them may have changed them; a failed check
+/// is reported there).
 fn install_batch(
     role: &Role,
     batch: Range<usize>,
@@ -237,45 +239,46 @@ fn install_batch(
     notifiers: &HashMap<&ResourceId, Vec<&ResourceId>>,
     status: &HashMap<&ResourceId, ResourceStatus>,
 ) -> HashMap<usize, Ahead> {
-    let members: Vec<(usize, Box<dyn Resource + '_>)> = batch
-        .filter(|&i| blocker(&role.resources[i], notifiers, status).is_none())
-        .map(|i| (i, resources::for_spec(&role.resources[i].spec)))
-        .collect();
-    let mut ahead = HashMap::with_capacity(members.len());
-    for (i, res) in &members {
+    let mut drifting = Vec::new();
+    for i in batch.filter(|&i| blocker(&role.resources[i], notifiers, status).is_none()) {
+        let res = resources::for_spec(&role.resources[i].spec);
         let t0 = Instant::now();
-        let checked = res.check(host);
-        let spent = t0.elapsed();
-        ahead.insert(
-            *i,
-            Ahead {
-                checked,
-                installed: false,
-                spent,
-            },
-        );
+        if let Ok(drift) = res.check(host)
+            && !drift.is_empty()
+        {
+            drifting.push((i, res, drift, t0.elapsed()));
+        }
     }
-    let (took_part, together): (Vec<usize>, Vec<(BatchInstall<'_>, &Drift)>) = members
+    if drifting.len() < 2 {
+        return HashMap::new();
+    }
+    let together: Vec<(BatchInstall<'_>, &Drift)> = drifting
         .iter()
-        .filter_map(|(i, res)| match &ahead[i].checked {
-            Ok(drift) if !drift.is_empty() => Some((*i, (res.batch_install()?, drift))),
-            _ => None,
+        .map(|(_, res, drift, _)| {
+            let install = res.batch_install().expect("a batch holds installs only");
+            (install, drift)
         })
-        .unzip();
-    if together.len() < 2 {
-        return ahead;
-    }
+        .collect();
     let t0 = Instant::now();
     // Its error is not kept: each package is then installed on its own, and
     // its own error says what is wrong with it.
     let installed = resources::install_together(host, &together).is_ok();
+    drop(together);
     let took = t0.elapsed();
-    for i in took_part {
-        let a = ahead.get_mut(&i).expect("checked above");
-        a.installed = installed;
-        a.spent += took;
-    }
-    ahead
+    drifting
+        .into_iter()
+        .map(|(i, _, drift, checked_in)| {
+            let spent = checked_in + took;
+            (
+                i,
+                Ahead {
+                    drift,
+                    installed,
+                    spent,
+                },
+            )
+        })
+        .collect()
 }
 
 struct Outcome {
@@ -316,7 +319,7 @@ fn converge(
 ) -> Outcome {
     let res = resources::for_spec(&r.spec);
     let (checked, installed) = match ahead {
-        Some(a) => (a.checked, a.installed),
+        Some(a) => (Ok(a.drift), a.installed),
         None => (res.check(host), false),
     };
     let drift = match checked {
