@@ -657,6 +657,21 @@ fn packages_nothing_orders_apart_are_installed_in_one_transaction_each_with_its_
 }
 
 #[test]
+fn a_package_that_alone_drifts_is_installed_on_its_own() {
+    let case = Case::new("[[package]]\nname = \"one\"\n\n[[package]]\nname = \"two\"\n");
+    case.world
+        .world()
+        .packages
+        .insert("two".into(), "1.0".into());
+    let (report, changes) = case.apply_changes();
+    assert_eq!(changes, ["install one"]);
+    assert_eq!(
+        statuses(&report),
+        [("package:one", Changed), ("package:two", Unchanged)]
+    );
+}
+
+#[test]
 fn an_interrupted_package_operation_is_finished_once_before_the_shared_transaction() {
     let case = Case::new("[[package]]\nname = \"one\"\n\n[[package]]\nname = \"two\"\n");
     case.world.world().interrupted = Some("dpkg was interrupted".into());
