@@ -147,7 +147,7 @@ impl PackageProvider for Fake {
     /// Like apt: nothing is installed when one of them cannot be.
     fn install_together(&self, packages: &[ToInstall<'_>], _: Option<bool>) -> Result<()> {
         let names: Vec<&str> = packages.iter().map(|p| p.name).collect();
-        self.change(format!("install {}", names.join(" ")));
+        self.change(format!("install together {}", names.join(" ")));
         let mut w = self.world();
         if let Some(bad) = names.iter().find(|n| w.uninstallable.contains(**n)) {
             bail!("no installation candidate for {bad}");
@@ -634,7 +634,7 @@ fn packages_nothing_orders_apart_are_installed_in_one_transaction_each_with_its_
     let (report, changes) = case.apply_changes();
     // The one already installed is left out; the notification is owed as
     // when each is installed on its own.
-    assert_eq!(changes, ["install web tools extra", "restart web"]);
+    assert_eq!(changes, ["install together web tools extra", "restart web"]);
     assert_eq!(
         statuses(&report),
         [
@@ -677,7 +677,7 @@ fn an_interrupted_package_operation_is_finished_once_before_the_shared_transacti
     case.world.world().interrupted = Some("dpkg was interrupted".into());
 
     let (report, changes) = case.apply_changes();
-    assert_eq!(changes, ["finish interrupted", "install one two"]);
+    assert_eq!(changes, ["finish interrupted", "install together one two"]);
     // Each waited for it, so each says so.
     for r in &report.resources {
         assert_eq!(r.status, Changed, "{report:#?}");
@@ -705,7 +705,7 @@ fn a_failed_transaction_installs_each_on_its_own_and_fails_only_the_culprit() {
     assert_eq!(
         changes,
         [
-            "install first broken last",
+            "install together first broken last",
             "install first",
             "install broken",
             "install last"
@@ -742,7 +742,11 @@ fn packages_a_failure_blocks_or_an_order_separates_are_not_installed_together() 
     let (report, changes) = case.apply_changes();
     assert_eq!(
         changes,
-        ["install base", "install needs-base other", "install lean"]
+        [
+            "install base",
+            "install together needs-base other",
+            "install lean"
+        ]
     );
     assert_eq!(
         statuses(&report),
