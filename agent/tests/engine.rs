@@ -15,12 +15,13 @@ use cairn_agent::providers::fs::{FileKind, Meta, Ownership};
 use cairn_agent::providers::process::Ran;
 use cairn_agent::providers::{
     FileSystem, PackageProvider, Providers, Reloaded, ServiceProvider, ServiceStatus, Shell,
+    ToInstall,
 };
 use cairn_agent::run::{Options, RunInput, run_once};
 use cairn_proto::bundle::RoleBundle;
 use cairn_proto::facts::Facts;
 use cairn_proto::report::ResourceStatus::{Changed, Failed, Skipped, Unchanged, WouldChange};
-use cairn_proto::report::{ResourceStatus, RunReport};
+use cairn_proto::report::{PropertyChange, ResourceStatus, RunReport};
 use cairn_proto::role::{Diagnostics, Role, Spec};
 
 /// The whole host in memory, shared by every fake provider of a test.
@@ -33,6 +34,8 @@ struct World {
     uninstallable: BTreeSet<String>,
     /// Packages whose installation says it worked but installs nothing.
     phantom: BTreeSet<String>,
+    /// What an interrupted package operation left undone, until finished.
+    interrupted: Option<String>,
     services: BTreeMap<String, ServiceStatus>,
     /// Services whose unit file changed since the service manager read it
     /// (written under `/etc/systemd/system/`, as systemd would see).
@@ -138,6 +141,33 @@ impl PackageProvider for Fake {
             w.packages
                 .insert(package.into(), version.unwrap_or("1.0").into());
         }
+        Ok(())
+    }
+
+    /// Like apt: nothing is installed when one of them cannot be.
+    fn install_together(&self, packages: &[ToInstall<'_>], _: Option<bool>) -> Result<()> {
+        let names: Vec<&str> = packages.iter().map(|p| p.name).collect();
+        self.change(format!("install together {}", names.join(" ")));
+        let mut w = self.world();
+        if let Some(bad) = names.iter().find(|n| w.uninstallable.contains(**n)) {
+            bail!("no installation candidate for {bad}");
+        }
+        for p in packages {
+            if !w.phantom.contains(p.name) {
+                w.packages
+                    .insert(p.name.into(), p.version.unwrap_or("1.0").into());
+            }
+        }
+        Ok(())
+    }
+
+    fn interrupted(&self) -> Result<Option<String>> {
+        Ok(self.0.borrow().interrupted.clone())
+    }
+
+    fn finish_interrupted(&self) -> Result<()> {
+        self.change("finish interrupted".into());
+        self.world().interrupted = None;
         Ok(())
     }
 
@@ -580,6 +610,156 @@ fn a_failure_skips_its_dependents_and_the_rest_goes_on() {
     );
     assert_eq!(changes, ["install broken", "write /etc/unrelated"]);
     assert_eq!(case.world.content("/etc/broken.conf"), None);
+}
+
+#[test]
+fn packages_nothing_orders_apart_are_installed_in_one_transaction_each_with_its_own_entry() {
+    let case = Case::new(
+        "[[package]]\nname = \"web\"\nnotify = [\"service:web\"]\n\n\
+         [[package]]\nname = \"tools\"\nversion = \"2.0\"\n\n\
+         [[package]]\nname = \"kept\"\n\n\
+         [[package]]\nname = \"extra\"\n\n\
+         [[service]]\nname = \"web\"\nrunning = true\n",
+    );
+    case.world.service("web", true, true);
+    case.world
+        .world()
+        .packages
+        .insert("kept".into(), "1.0".into());
+
+    let report = case.noop();
+    assert!(case.world.changes().is_empty());
+    assert_eq!(report.summary.would_change, 4, "{report:#?}");
+
+    let (report, changes) = case.apply_changes();
+    // The one already installed is left out; the notification is owed as
+    // when each is installed on its own.
+    assert_eq!(changes, ["install together web tools extra", "restart web"]);
+    assert_eq!(
+        statuses(&report),
+        [
+            ("package:web", Changed),
+            ("package:tools", Changed),
+            ("package:kept", Unchanged),
+            ("package:extra", Changed),
+            ("service:web", Changed),
+        ]
+    );
+    assert_eq!(
+        report.resources[1].changes,
+        [PropertyChange::new("ensure", "absent", "2.0")]
+    );
+    assert_eq!(case.world.0.borrow().packages["tools"], "2.0");
+
+    let (report, changes) = case.apply_changes();
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(report.summary.unchanged, 5, "{report:#?}");
+}
+
+#[test]
+fn a_package_that_alone_drifts_is_installed_on_its_own() {
+    let case = Case::new("[[package]]\nname = \"one\"\n\n[[package]]\nname = \"two\"\n");
+    case.world
+        .world()
+        .packages
+        .insert("two".into(), "1.0".into());
+    let (report, changes) = case.apply_changes();
+    assert_eq!(changes, ["install one"]);
+    assert_eq!(
+        statuses(&report),
+        [("package:one", Changed), ("package:two", Unchanged)]
+    );
+}
+
+#[test]
+fn an_interrupted_package_operation_is_finished_once_before_the_shared_transaction() {
+    let case = Case::new("[[package]]\nname = \"one\"\n\n[[package]]\nname = \"two\"\n");
+    case.world.world().interrupted = Some("dpkg was interrupted".into());
+
+    let (report, changes) = case.apply_changes();
+    assert_eq!(changes, ["finish interrupted", "install together one two"]);
+    // Each waited for it, so each says so.
+    for r in &report.resources {
+        assert_eq!(r.status, Changed, "{report:#?}");
+        assert_eq!(
+            r.changes,
+            [
+                PropertyChange::new("unfinished", "dpkg was interrupted", "finished"),
+                PropertyChange::new("ensure", "absent", "installed"),
+            ]
+        );
+    }
+}
+
+#[test]
+fn a_failed_transaction_installs_each_on_its_own_and_fails_only_the_culprit() {
+    let case = Case::new(
+        "[[package]]\nname = \"first\"\n\n\
+         [[package]]\nname = \"broken\"\n\n\
+         [[package]]\nname = \"last\"\n\n\
+         [[file]]\npath = \"/etc/broken.conf\"\ncontent = \"x\"\nrequires = [\"package:broken\"]\n",
+    );
+    case.world.world().uninstallable.insert("broken".into());
+
+    let (report, changes) = case.apply_changes();
+    assert_eq!(
+        changes,
+        [
+            "install together first broken last",
+            "install first",
+            "install broken",
+            "install last"
+        ]
+    );
+    assert_eq!(
+        statuses(&report),
+        [
+            ("package:first", Changed),
+            ("package:broken", Failed),
+            ("package:last", Changed),
+            ("file:/etc/broken.conf", Skipped),
+        ]
+    );
+    assert!(
+        error_of(&report, "package:broken")
+            .starts_with("could not apply package:broken: no installation candidate for broken")
+    );
+}
+
+#[test]
+fn packages_a_failure_blocks_or_an_order_separates_are_not_installed_together() {
+    let case = Case::new(
+        "[[package]]\nname = \"base\"\n\n\
+         [[package]]\nname = \"needs-base\"\nrequires = [\"package:base\"]\n\n\
+         [[package]]\nname = \"other\"\n\n\
+         [[package]]\nname = \"after-repo\"\nrequires = [\"exec:repo\"]\n\n\
+         [[package]]\nname = \"blocked\"\nrequires = [\"exec:repo\"]\n\n\
+         [[package]]\nname = \"lean\"\ninstall_recommends = false\n\n\
+         [[exec]]\nname = \"repo\"\ncommand = \"add-repo\"\n",
+    );
+    case.world.world().failing.insert("add-repo".into());
+
+    let (report, changes) = case.apply_changes();
+    assert_eq!(
+        changes,
+        [
+            "install base",
+            "install together needs-base other",
+            "install lean"
+        ]
+    );
+    assert_eq!(
+        statuses(&report),
+        [
+            ("package:base", Changed),
+            ("package:needs-base", Changed),
+            ("package:other", Changed),
+            ("package:lean", Changed),
+            ("exec:repo", Failed),
+            ("package:after-repo", Skipped),
+            ("package:blocked", Skipped),
+        ]
+    );
 }
 
 #[test]

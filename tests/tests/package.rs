@@ -3,9 +3,12 @@
 //! the installed version, a pin the archive does not have, removal, a
 //! package the archive does not know, a dpkg killed mid-install, purging
 //! (from installed and from what a removal left) and installing without
-//! recommends. dpkg-query is the oracle.
+//! recommends; and the packages of one role installed in one apt transaction
+//! (apt's own history says so), a package apt cannot find failing alone.
+//! dpkg-query is the oracle.
 
 use cairn_e2e::{Machine, Timeline};
+use cairn_proto::report::ResourceStatus;
 
 /// Small, depends on libc6 only, not installed on a base system.
 const PKG: &str = "figlet";
@@ -113,15 +116,13 @@ fn local_repository(script: &str) -> String {
     format!("{REPOSITORY_TOOLS}\n{script}")
 }
 
-/// Two packages: `cairn-stuck`, whose preinst waits while `/run/cairn-block`
-/// exists (after writing its own and dpkg's pids), and `cairn-other`.
-const STUCK_AND_OTHER: &str = r#"
+/// `cairn-stuck`, whose preinst waits while `/run/cairn-block` exists (after
+/// writing its own and dpkg's pids).
+const STUCK: &str = r#"
 package cairn-stuck '#!/bin/sh
 echo $PPID > /run/cairn-dpkg-pid
 echo $$ > /run/cairn-preinst-pid
 while [ -e /run/cairn-block ]; do sleep 0.1; done'
-package cairn-other
-publish
 "#;
 
 /// Installs `cairn-stuck` and kills dpkg once its preinst runs: dpkg has
@@ -141,7 +142,9 @@ while kill -0 "$(cat /run/cairn-apt-pid)" 2>/dev/null; do sleep 0.1; done
 #[test]
 fn a_dpkg_killed_mid_install_is_finished_before_the_next_change() {
     let m = Machine::boot("package-interrupted");
-    m.sh_ok(&local_repository(STUCK_AND_OTHER));
+    m.sh_ok(&local_repository(&format!(
+        "{STUCK}\npackage cairn-other\npublish"
+    )));
     m.sh_ok(KILL_DPKG_MID_INSTALL);
     // What blocks every apt run until someone finishes dpkg's work.
     let blocked = m.sh("apt-get install -y cairn-other");
@@ -241,4 +244,154 @@ fn install_recommends_false_leaves_recommended_packages_out() {
         &[("ensure", "absent", "installed")],
     );
     assert_eq!(after, "cairn-full ii \ncairn-lean ii \ncairn-other ii \n");
+}
+
+/// apt's own record of its transactions, one `Start-Date:` stanza each.
+const APT_HISTORY: &str = "cat /var/log/apt/history.log 2>/dev/null; true";
+
+/// The role of `names`, each `[[package]]` with nothing between them.
+fn packages_role(names: &[&str]) -> String {
+    let tables: Vec<String> = names
+        .iter()
+        .map(|n| format!("[[package]]\nname = \"{n}\"\n"))
+        .collect();
+    format!("[role]\nname = \"packages\"\n\n{}", tables.join("\n"))
+}
+
+/// What apt's history gained since it read `before`.
+fn history_since(m: &Machine, before: &str) -> String {
+    let now = m.sh_ok(APT_HISTORY);
+    assert!(
+        now.starts_with(before),
+        "apt's history was rewritten:\nbefore:\n{before}\nnow:\n{now}"
+    );
+    now[before.len()..].to_string()
+}
+
+#[test]
+fn the_packages_of_one_role_are_installed_in_one_apt_transaction() {
+    let m = Machine::boot("package-together");
+    let names = ["cairn-one", "cairn-two", "cairn-three"];
+    m.sh_ok(&local_repository(
+        "package cairn-one\npackage cairn-two\npackage cairn-three\npublish",
+    ));
+    m.write_file("/root/roles/packages/role.toml", packages_role(&names));
+    let history = m.sh_ok(APT_HISTORY);
+
+    let noop = m.apply_json("/root/roles/packages", &["--detailed-exitcodes", "--noop"]);
+    assert_eq!(noop.code, 2, "{noop}");
+    assert_eq!(noop.ids(ResourceStatus::WouldChange).len(), 3, "{noop}");
+    assert_eq!(m.sh_ok(&format!("{CAIRN_PACKAGES}; true")), "");
+    assert_eq!(history_since(&m, &history), "", "noop ran apt");
+
+    let run = m.apply_json("/root/roles/packages", &["--detailed-exitcodes"]);
+    assert_eq!(run.code, 2, "{run}");
+    for name in names {
+        let id = format!("package:{name}");
+        assert_eq!(run.resource(&id).status, ResourceStatus::Changed, "{run}");
+        assert!(
+            run.has_change(&id, "ensure", "absent", "installed"),
+            "{run}"
+        );
+    }
+    assert_eq!(
+        m.sh_ok(CAIRN_PACKAGES),
+        "cairn-one ii \ncairn-three ii \ncairn-two ii \n"
+    );
+    // One transaction, as apt recorded it: one stanza installing all three.
+    let added = history_since(&m, &history);
+    assert_eq!(added.matches("Start-Date:").count(), 1, "{added}");
+    let installed = added
+        .lines()
+        .find_map(|l| l.strip_prefix("Install: "))
+        .unwrap_or_else(|| panic!("no Install: line in\n{added}"));
+    for name in names {
+        assert!(installed.contains(&format!("{name}:")), "{added}");
+    }
+
+    let history = m.sh_ok(APT_HISTORY);
+    let again = m.apply_json("/root/roles/packages", &["--detailed-exitcodes"]);
+    assert_eq!(again.code, 0, "{again}");
+    assert_eq!(again.ids(ResourceStatus::Unchanged).len(), 3, "{again}");
+    assert_eq!(history_since(&m, &history), "", "a converged run ran apt");
+}
+
+#[test]
+fn a_package_apt_cannot_find_fails_alone_and_the_others_of_its_transaction_are_installed() {
+    let m = Machine::boot("package-together-unknown");
+    m.sh_ok(&local_repository(
+        "package cairn-one\npackage cairn-two\npublish",
+    ));
+    let names = ["cairn-one", UNKNOWN, "cairn-two"];
+    m.write_file("/root/roles/packages/role.toml", packages_role(&names));
+
+    // The second run: the others are left alone, the unknown one fails again.
+    for (code, others) in [(6, ResourceStatus::Changed), (4, ResourceStatus::Unchanged)] {
+        let run = m.apply_json("/root/roles/packages", &["--detailed-exitcodes"]);
+        assert_eq!(run.code, code, "{run}");
+        assert_eq!(
+            run.ids(others),
+            ["package:cairn-one", "package:cairn-two"],
+            "{run}"
+        );
+        assert_eq!(
+            run.ids(ResourceStatus::Failed),
+            [format!("package:{UNKNOWN}")],
+            "{run}"
+        );
+        let error = run
+            .resource(&format!("package:{UNKNOWN}"))
+            .error
+            .as_deref()
+            .unwrap_or_default();
+        assert!(
+            error.contains(&format!("could not install package {UNKNOWN}"))
+                && error.contains(&format!("Unable to locate package {UNKNOWN}"))
+                && !error.contains("cairn-one"),
+            "{run}"
+        );
+        assert_eq!(m.sh_ok(CAIRN_PACKAGES), "cairn-one ii \ncairn-two ii \n");
+    }
+}
+
+#[test]
+fn a_dpkg_killed_mid_install_is_finished_once_before_a_shared_transaction() {
+    let m = Machine::boot("package-together-interrupted");
+    m.sh_ok(&local_repository(&format!(
+        "{STUCK}\npackage cairn-other\npackage cairn-third\npublish"
+    )));
+    m.sh_ok(KILL_DPKG_MID_INSTALL);
+    m.write_file(
+        "/root/roles/packages/role.toml",
+        packages_role(&["cairn-other", "cairn-third"]),
+    );
+    let history = m.sh_ok(APT_HISTORY);
+
+    let run = m.apply_json("/root/roles/packages", &["--detailed-exitcodes"]);
+    assert_eq!(run.code, 2, "{run}");
+    for id in ["package:cairn-other", "package:cairn-third"] {
+        let unfinished = "dpkg was interrupted: cairn-stuck half-installed";
+        assert!(
+            run.has_change(id, "unfinished", unfinished, "finished"),
+            "{run}"
+        );
+        assert!(run.has_change(id, "ensure", "absent", "installed"), "{run}");
+    }
+    assert_eq!(
+        m.sh_ok(CAIRN_PACKAGES),
+        "cairn-other ii \ncairn-stuck ii \ncairn-third ii \n"
+    );
+    // After what finished dpkg's work, one transaction installed both.
+    let added = history_since(&m, &history);
+    let installs: Vec<&str> = added
+        .lines()
+        .filter(|l| l.starts_with("Commandline:") && l.contains("cairn-other"))
+        .collect();
+    assert!(
+        installs.len() == 1 && installs[0].ends_with("install cairn-other cairn-third"),
+        "{added}"
+    );
+
+    let again = m.apply_json("/root/roles/packages", &["--detailed-exitcodes"]);
+    assert_eq!(again.code, 0, "{again}");
 }

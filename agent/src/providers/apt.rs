@@ -23,7 +23,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use super::fs::Posix;
 use super::process::{self, Ran};
-use super::{FileSystem, Needs};
+use super::{FileSystem, Needs, ToInstall};
 
 const DPKG_STATUS: &str = "/var/lib/dpkg/status";
 /// dpkg's journal: status changes not yet merged into the status file.
@@ -173,21 +173,14 @@ impl Apt {
         }
     }
 
-    fn install_inner(
-        &self,
-        package: &str,
-        version: Option<&str>,
-        recommends: Option<bool>,
-    ) -> Result<()> {
+    /// One `apt-get install` of every one of `packages`.
+    fn install_inner(&self, packages: &[ToInstall<'_>], recommends: Option<bool>) -> Result<()> {
         let update_error = self.refresh_stale_lists()?;
-        let target = match version {
-            Some(v) => format!("{package}={v}"),
-            None => package.to_string(),
-        };
+        let targets: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
         let mut args = vec!["install"];
         // A pinned version is exactly what the role asks for, even when it is
         // older than the installed one.
-        if version.is_some() {
+        if packages.iter().any(|p| p.version.is_some()) {
             args.push("--allow-downgrades");
         }
         match recommends {
@@ -195,7 +188,7 @@ impl Apt {
             Some(false) => args.push("--no-install-recommends"),
             None => {}
         }
-        args.push(&target);
+        args.extend(targets.iter().map(String::as_str));
         let mut ran = self.try_install(&args)?;
         if !ran.success && !self.updated.get() && missing_from_lists(&ran.stderr) {
             // The lists may predate the package or version: refresh once, retry.
@@ -375,11 +368,29 @@ impl super::PackageProvider for Apt {
         version: Option<&str>,
         recommends: Option<bool>,
     ) -> Result<()> {
-        self.install_inner(package, version, recommends)
+        let one = ToInstall {
+            name: package,
+            version,
+        };
+        self.install_inner(&[one], recommends)
             .with_context(|| match version {
                 Some(v) => format!("could not install package {package} version {v}"),
                 None => format!("could not install package {package}"),
             })
+    }
+
+    /// One `apt-get install a b=1.2 c`: apt resolves them together and dpkg
+    /// runs once. apt checks that every one can be installed before it
+    /// changes anything, so a package it cannot find fails the whole
+    /// transaction with nothing installed.
+    fn install_together(&self, packages: &[ToInstall<'_>], recommends: Option<bool>) -> Result<()> {
+        self.install_inner(packages, recommends).with_context(|| {
+            let names: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
+            format!(
+                "could not install packages {} in one transaction",
+                names.join(", ")
+            )
+        })
     }
 
     /// `remove`, not `purge`: configuration files stay, as with Puppet's and

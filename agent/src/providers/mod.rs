@@ -10,6 +10,7 @@
 //! role's shell commands ([`process`]) are POSIX everywhere and need no choosing.
 
 use std::ffi::{OsStr, OsString};
+use std::fmt;
 use std::path::Path;
 
 use anyhow::{Result, anyhow};
@@ -43,6 +44,11 @@ pub trait PackageProvider {
     /// packages or without when `recommends` says, else as the host is set.
     fn install(&self, package: &str, version: Option<&str>, recommends: Option<bool>)
     -> Result<()>;
+    /// Installs all of `packages` (each at its version when given) in one
+    /// transaction of the package manager, as `install` would one, so their
+    /// shared work (lists, dependency resolution, triggers) is done once.
+    /// On an error, which of them were installed is not said.
+    fn install_together(&self, packages: &[ToInstall<'_>], recommends: Option<bool>) -> Result<()>;
     fn remove(&self, package: &str) -> Result<()>;
     /// Removes `package` and its configuration files.
     fn purge(&self, package: &str) -> Result<()>;
@@ -54,6 +60,24 @@ pub trait PackageProvider {
     /// Finishes what [`PackageProvider::interrupted`] found.
     fn finish_interrupted(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// One package of [`PackageProvider::install_together`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToInstall<'a> {
+    pub name: &'a str,
+    /// The exact version wanted, when pinned.
+    pub version: Option<&'a str>,
+}
+
+/// `name`, or `name=version` when pinned, as apt and the report write it.
+impl fmt::Display for ToInstall<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.version {
+            Some(v) => write!(f, "{}={v}", self.name),
+            None => f.write_str(self.name),
+        }
     }
 }
 

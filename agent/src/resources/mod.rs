@@ -7,7 +7,9 @@ use cairn_proto::report::PropertyChange;
 use cairn_proto::role::Spec;
 use serde::{Deserialize, Serialize};
 
-use crate::providers::Host;
+use crate::providers::{Host, ToInstall};
+
+pub use package::install_together;
 
 mod directory;
 mod exec;
@@ -55,6 +57,16 @@ pub enum Refresh {
     Restart,
 }
 
+/// What one resource installs as its part of a package transaction shared
+/// with others: [`Resource::batch_install`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchInstall<'a> {
+    pub package: ToInstall<'a>,
+    /// The transaction's option (`install_recommends`): only resources that
+    /// agree on it can share one.
+    pub recommends: Option<bool>,
+}
+
 /// The lifecycle every resource type implements. The engine calls, in order:
 /// `check`; if there is drift and the run is not a noop, `apply(drift)`; then
 /// `verify`, whose drift must be empty. `refresh` runs when a resource this one
@@ -92,6 +104,14 @@ pub trait Resource {
     /// reports; the same rules as `refresh`.
     fn refresh_preview(&self, drift: &Drift, how: Refresh) -> Option<PropertyChange> {
         let _ = (drift, how);
+        None
+    }
+
+    /// When `apply` is a package install that may run in one transaction
+    /// with other resources' (the engine decides which, and then calls
+    /// [`install_together`] instead of their `apply`), what it installs;
+    /// `None` (every other resource) when it must be applied on its own.
+    fn batch_install(&self) -> Option<BatchInstall<'_>> {
         None
     }
 }

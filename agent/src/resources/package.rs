@@ -7,8 +7,8 @@ use anyhow::Result;
 use cairn_proto::report::PropertyChange;
 use cairn_proto::role::{self, PackageState};
 
-use super::{Drift, Resource};
-use crate::providers::Host;
+use super::{BatchInstall, Drift, Resource};
+use crate::providers::{Host, ToInstall};
 
 pub struct PackageResource<'a>(pub &'a role::Package);
 
@@ -65,7 +65,9 @@ impl Resource for PackageResource<'_> {
     fn apply(&self, host: &Host, drift: &Drift) -> Result<()> {
         let p = self.0;
         let packages = host.packages()?;
-        if drift.has(UNFINISHED) {
+        // Still unfinished: a transaction this one was to share may have
+        // finished it already.
+        if drift.has(UNFINISHED) && packages.interrupted()?.is_some() {
             packages.finish_interrupted()?;
         }
         match p.state {
@@ -76,4 +78,31 @@ impl Resource for PackageResource<'_> {
             PackageState::Purged => packages.purge(&p.name),
         }
     }
+
+    /// A package to install, when it is one.
+    fn batch_install(&self) -> Option<BatchInstall<'_>> {
+        let p = self.0;
+        (p.state == PackageState::Installed).then_some(BatchInstall {
+            package: ToInstall {
+                name: &p.name,
+                version: p.version.as_deref(),
+            },
+            recommends: p.install_recommends,
+        })
+    }
+}
+
+/// Applies, in one package transaction, the drift of each of `members` (the
+/// [`Resource::batch_install`] of each, with the drift its `check` found; the
+/// same `recommends`): what an interrupted package operation left is finished
+/// once first, when a drift says so, then all are installed together.
+pub fn install_together(host: &Host, members: &[(BatchInstall<'_>, &Drift)]) -> Result<()> {
+    let packages = host.packages()?;
+    if members.iter().any(|(_, drift)| drift.has(UNFINISHED)) {
+        packages.finish_interrupted()?;
+    }
+    let wanted: Vec<ToInstall<'_>> = members.iter().map(|(b, _)| b.package).collect();
+    let recommends = members.first().and_then(|(b, _)| b.recommends);
+    debug_assert!(members.iter().all(|(b, _)| b.recommends == recommends));
+    packages.install_together(&wanted, recommends)
 }
