@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::providers::Host;
 
+mod apt_repository;
 mod directory;
 mod exec;
 mod file;
@@ -101,6 +102,7 @@ pub fn for_spec(spec: &Spec) -> Box<dyn Resource + '_> {
     match spec {
         Spec::Group(s) => Box::new(group::GroupResource(s)),
         Spec::User(s) => Box::new(user::UserResource(s)),
+        Spec::AptRepository(s) => Box::new(apt_repository::AptRepositoryResource(s)),
         Spec::Package(s) => Box::new(package::PackageResource(s)),
         Spec::Directory(s) => Box::new(directory::DirectoryResource(s)),
         Spec::File(s) => Box::new(file::FileResource(s)),
