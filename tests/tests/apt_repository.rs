@@ -146,7 +146,11 @@ fn apt_repository_timeline_against_a_signed_repository_on_loopback() {
         "mkdir -p {ROLE_DIR}/files && cp /root/keys/repo.gpg /root/keys/other.asc {ROLE_DIR}/files/"
     ));
     let t = Timeline::new(&m, ID, PROBE);
-    assert_eq!(t.probe(), "", "precondition: apt knows nothing of the repository");
+    assert_eq!(
+        t.probe(),
+        "",
+        "precondition: apt knows nothing of the repository"
+    );
 
     // The repository and a package only it has, in one role.
     let table = repo.table("repo.gpg", &spaced(&repo_fpr), "");
@@ -157,19 +161,35 @@ fn apt_repository_timeline_against_a_signed_repository_on_loopback() {
     );
     let source = repo.source_file("");
     let added = [
-        ("source", "absent".to_string(), digest_label(source.as_bytes())),
+        (
+            "source",
+            "absent".to_string(),
+            digest_label(source.as_bytes()),
+        ),
         ("key", "absent".to_string(), digest_label(&repo_key)),
     ];
     let noop = m.apply_json(ROLE_DIR, &["--detailed-exitcodes", "--noop"]);
     assert_eq!(noop.code, 2, "{noop}");
-    assert_eq!(noop.resource(ID).status, ResourceStatus::WouldChange, "{noop}");
+    assert_eq!(
+        noop.resource(ID).status,
+        ResourceStatus::WouldChange,
+        "{noop}"
+    );
     for (property, before, after) in &added {
         assert!(noop.has_change(ID, property, before, after), "{noop}");
     }
     let diff = noop.resource(ID).diff.as_deref().unwrap_or_default();
-    assert!(diff.contains("+Signed-By: /etc/apt/keyrings/cairn-test.gpg"), "{noop}");
     assert!(
-        noop.has_change(&format!("package:{PACKAGE}"), "ensure", "absent", "installed"),
+        diff.contains("+Signed-By: /etc/apt/keyrings/cairn-test.gpg"),
+        "{noop}"
+    );
+    assert!(
+        noop.has_change(
+            &format!("package:{PACKAGE}"),
+            "ensure",
+            "absent",
+            "installed"
+        ),
         "{noop}"
     );
     assert_eq!(t.probe(), "", "--noop touched the host");
@@ -215,7 +235,10 @@ fn apt_repository_timeline_against_a_signed_repository_on_loopback() {
             && calls[0].ends_with("--error-on=any update"),
         "{calls:#?}"
     );
-    assert!(calls[1].contains("install") && calls[1].ends_with(PACKAGE), "{calls:#?}");
+    assert!(
+        calls[1].contains("install") && calls[1].ends_with(PACKAGE),
+        "{calls:#?}"
+    );
 
     // Nothing to do, and nothing run to find that out.
     m.sh_ok("rm -f /run/cairn-apt-get.log");
@@ -266,20 +289,30 @@ fn apt_repository_timeline_against_a_signed_repository_on_loopback() {
 
     // A key pinned right but not the one the repository is signed with:
     // apt refuses the repository, the run fails saying why, and the old key
-    // is put back, so apt still works with the repository.
+    // is put back, so apt still works with the repository. The package,
+    // which follows the repository, is skipped.
     let unverifiable = repo.table(
         "other.asc",
         &other_fpr,
         &format!("architectures = [\"{}\"]\n", repo.arch),
     );
-    t.fails(
-        &unverifiable,
+    let failed = t.fails(
+        &format!("{unverifiable}\n[[package]]\nname = \"{PACKAGE}\"\n"),
         &[("key", &digest_label(&repo_key), &digest_label(&other_key))],
         &[
-            "was not written and /etc/apt/keyrings/cairn-test.gpg is as it was",
+            &format!("{SOURCE} was not written and {KEY} is as it was"),
             "could not refresh the package lists of cairn-test",
             "NO_PUBKEY",
         ],
+    );
+    let skipped = failed.resource(&format!("package:{PACKAGE}"));
+    assert_eq!(
+        (skipped.status, skipped.error.as_deref()),
+        (
+            ResourceStatus::Skipped,
+            Some("skipped because apt_repository:cairn-test failed")
+        ),
+        "{failed}"
     );
     m.sh_ok("apt-get update --error-on=any -q >/dev/null");
 
@@ -287,7 +320,11 @@ fn apt_repository_timeline_against_a_signed_repository_on_loopback() {
     let after = t.converges(
         &format!("[[apt_repository]]\nname = \"{NAME}\"\nstate = \"absent\"\n"),
         &[
-            ("source", &digest_label(narrowed_source.as_bytes()), "absent"),
+            (
+                "source",
+                &digest_label(narrowed_source.as_bytes()),
+                "absent",
+            ),
             ("key", &digest_label(&repo_key), "absent"),
         ],
     );

@@ -128,8 +128,10 @@ impl Resource for AptRepositoryResource<'_> {
             }
             return Ok(());
         };
-        let old_key = current(files, &key_path.to_string_lossy())?.content;
+        // What to put back should apt refuse the new key.
+        let mut old_key = None;
         if drift.has("key") {
+            old_key = current(files, &r.key_path())?.content;
             files.create_parents(key_path)?;
             files.write_atomic(key_path, &want.key, ROOT_0644)?;
         }

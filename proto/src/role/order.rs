@@ -191,18 +191,20 @@ fn precede_every(
             before[ids[target]].push(i);
         }
     }
-    // Everything some leader follows.
-    let mut led = vec![false; decls.len()];
+    // Everything some leader follows, which must come first.
+    let mut first = vec![false; decls.len()];
     let mut stack: Vec<usize> = leaders.iter().flat_map(|&l| before[l].clone()).collect();
     while let Some(i) = stack.pop() {
-        if !std::mem::replace(&mut led[i], true) {
+        if !std::mem::replace(&mut first[i], true) {
             stack.extend(&before[i]);
         }
     }
     for leader in leaders {
         let id = &decls[leader].id;
         for (i, d) in decls.iter().enumerate() {
-            if id.kind.precedes_every().contains(&d.id.kind) && !led[i] && !requires[i].contains(id)
+            if id.kind.precedes_every().contains(&d.id.kind)
+                && !first[i]
+                && !requires[i].contains(id)
             {
                 requires[i].push(id.clone());
             }

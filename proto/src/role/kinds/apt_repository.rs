@@ -162,8 +162,12 @@ fn word_problem(v: &str) -> Option<String> {
     }
 }
 
+/// What is wrong with one entry of a list, and a help line if one helps;
+/// `None` when nothing is.
+type Problem = Option<(String, Option<String>)>;
+
 /// What is wrong with a URI apt is to fetch from, beyond [`word_problem`].
-fn uri_problem(uri: &str) -> Option<(String, Option<String>)> {
+fn uri_problem(uri: &str) -> Problem {
     let Some((scheme, rest)) = uri.split_once(':') else {
         return Some((
             "has no scheme".into(),
@@ -201,7 +205,7 @@ fn list(
     t: &mut Table<'_, '_>,
     field: &str,
     values: Option<Spanned<Vec<Spanned<String>>>>,
-    valid: fn(&str) -> Option<(String, Option<String>)>,
+    valid: fn(&str) -> Problem,
 ) -> Vec<String> {
     let Some(values) = values else {
         return Vec::new();
@@ -237,20 +241,16 @@ fn list(
     values.into_iter().map(Spanned::into_inner).collect()
 }
 
-fn any_entry(_: &str) -> Option<(String, Option<String>)> {
+fn any_entry(_: &str) -> Problem {
     None
 }
 
-fn source_type(v: &str) -> Option<(String, Option<String>)> {
-    (!matches!(v, "deb" | "deb-src")).then(|| {
-        (
-            "a source type is \"deb\" or \"deb-src\"".into(),
-            None::<String>,
-        )
-    })
+fn source_type(v: &str) -> Problem {
+    (!matches!(v, "deb" | "deb-src"))
+        .then(|| ("a source type is \"deb\" or \"deb-src\"".into(), None))
 }
 
-fn architecture(v: &str) -> Option<(String, Option<String>)> {
+fn architecture(v: &str) -> Problem {
     (!v.chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
     .then(|| {
