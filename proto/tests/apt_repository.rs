@@ -343,3 +343,20 @@ fn bad_fields_are_named_with_their_line() {
         assert!(d.message.contains(message), "{message:?}: {d}");
     }
 }
+
+proptest::proptest! {
+    /// Whatever the bytes, reading them as a key returns; a valid key cut or
+    /// changed anywhere is read or refused, never a panic.
+    #[test]
+    fn any_bytes_are_read_or_refused(data in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+        let _ = openpgp::read_public_key(&data);
+    }
+
+    #[test]
+    fn a_changed_key_is_read_or_refused(at in 0..REPO_GPG.len(), byte in proptest::num::u8::ANY, cut in 0..REPO_GPG.len()) {
+        let mut data = REPO_GPG.to_vec();
+        data[at] = byte;
+        let _ = openpgp::read_public_key(&data);
+        let _ = openpgp::read_public_key(&REPO_GPG[..cut]);
+    }
+}

@@ -5,7 +5,7 @@
 //! package from the repository is installed in the same run, nothing to do
 //! after; a changed source; a key that is not the pinned one refused before
 //! anything is touched; a key apt cannot verify the repository with, put
-//! back; the repository removed. apt itself is the oracle: every apt-get
+//! back (or removed, for a new repository); the repository removed. apt itself is the oracle: every apt-get
 //! the agent runs is logged, and dpkg-query says what is installed.
 
 use std::net::TcpListener;
@@ -330,6 +330,21 @@ fn apt_repository_timeline_against_a_signed_repository_on_loopback() {
     );
     assert!(!after.contains("cairn-test"), "{after}");
     m.sh_ok("apt-get update -q >/dev/null");
+
+    // A new repository apt refuses leaves neither file behind.
+    t.fails(
+        &unverifiable,
+        &[
+            (
+                "source",
+                "absent",
+                &digest_label(narrowed_source.as_bytes()),
+            ),
+            ("key", "absent", &digest_label(&other_key)),
+        ],
+        &["NO_PUBKEY"],
+    );
+    assert!(!t.probe().contains("cairn-test"), "{}", t.probe());
 }
 
 fn sha256_hex(data: &[u8]) -> String {
