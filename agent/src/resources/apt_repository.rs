@@ -128,6 +128,8 @@ impl Resource for AptRepositoryResource<'_> {
             }
             return Ok(());
         };
+        // Before anything is written: a host without apt changes nothing.
+        let packages = host.packages()?;
         // What to put back should apt refuse the new key.
         let mut old_key = None;
         if drift.has("key") {
@@ -135,7 +137,7 @@ impl Resource for AptRepositoryResource<'_> {
             files.create_parents(key_path)?;
             files.write_atomic(key_path, &want.key, ROOT_0644)?;
         }
-        if let Err(e) = host.packages()?.update_source(&r.name, source.as_bytes()) {
+        if let Err(e) = packages.update_source(&r.name, source.as_bytes()) {
             if drift.has("key") {
                 let restored = match &old_key {
                     Some(old) => files.write_atomic(key_path, old, ROOT_0644),
