@@ -6,6 +6,7 @@
 //! - [`template`]: Handlebars rendering in strict mode, shared by validation and the agent.
 //! - [`facts`]: what the agent knows about its node; templates see it as `facts`.
 //! - [`node`]: a node's name rule and its assignment (role and channel).
+//! - [`openpgp`]: an apt repository's public key read and its fingerprint computed.
 //! - [`report`]: the run report, printed by the agent and stored by the server,
 //!   and its rendering for people.
 //! - [`diff`]: unified diffs of file content and of two role bundles.
@@ -20,6 +21,7 @@ pub mod codec;
 pub mod diff;
 pub mod facts;
 pub mod node;
+pub mod openpgp;
 pub mod report;
 pub mod role;
 pub mod template;

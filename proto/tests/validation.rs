@@ -510,9 +510,14 @@ fn every_bad_field_of_one_table_is_reported() {
 
 /// The smallest valid table of each kind, and the NAME of its id. Every kind
 /// must be here: the tests below run each case for every kind.
-const MINIMAL: [(&str, &str, &str); 10] = [
+const MINIMAL: [(&str, &str, &str); 11] = [
     ("group", "name = \"ops\"", "ops"),
     ("user", "name = \"app\"", "app"),
+    (
+        "apt_repository",
+        "name = \"example\"\nstate = \"absent\"",
+        "example",
+    ),
     ("package", "name = \"vim\"", "vim"),
     ("directory", "path = \"/srv\"", "/srv"),
     (

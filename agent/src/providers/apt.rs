@@ -278,6 +278,23 @@ impl Apt {
     }
 }
 
+/// `apt-get update` of one source file alone (`Dir::Etc::sourcelist`, no
+/// `sources.list.d`), keeping the lists of every other source
+/// (`List-Cleanup=0`), and failing on any error, a list that could not be
+/// fetched included (`--error-on=any`; by default that is only a warning).
+fn update_one_source_args(sources: &Path) -> [String; 8] {
+    [
+        "-o".into(),
+        format!("Dir::Etc::sourcelist={}", sources.display()),
+        "-o".into(),
+        "Dir::Etc::sourceparts=-".into(),
+        "-o".into(),
+        "APT::Get::List-Cleanup=0".into(),
+        "--error-on=any".into(),
+        "update".into(),
+    ]
+}
+
 fn failed(args: &[&str], ran: &Ran) -> anyhow::Error {
     anyhow!(
         "`apt-get {}` failed with {}",
@@ -401,6 +418,29 @@ impl super::PackageProvider for Apt {
     fn remove(&self, package: &str) -> Result<()> {
         self.remove_with("remove", package)
             .with_context(|| format!("could not remove package {package}"))
+    }
+
+    /// apt reads the source from a copy in a directory of its own (apt
+    /// takes a file as deb822 by its `.sources` name), so the live
+    /// `sources.list.d` never holds a source whose lists failed.
+    fn update_source(&self, name: &str, source: &[u8]) -> Result<()> {
+        let update = || -> Result<()> {
+            let dir = tempfile::Builder::new()
+                .prefix("cairn-apt-source.")
+                .tempdir()
+                .context("could not make a directory for the source to try")?;
+            let path = dir.path().join(format!("{name}.sources"));
+            std::fs::write(&path, source)
+                .with_context(|| format!("could not write {}", path.display()))?;
+            let args = update_one_source_args(&path);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let ran = self.apt_get(&args)?;
+            if !ran.success {
+                return Err(failed(&args, &ran));
+            }
+            Ok(())
+        };
+        update().with_context(|| format!("could not refresh the package lists of {name}"))
     }
 
     /// As `remove`, configuration files too; packages that depend on it are

@@ -61,6 +61,18 @@ pub trait PackageProvider {
     fn finish_interrupted(&self) -> Result<()> {
         Ok(())
     }
+    /// Refreshes the package lists of one apt source alone: `source` is the
+    /// text its file `NAME.sources` is to have, tried before that file goes
+    /// live; every other source's lists are kept. Fails, with apt's words,
+    /// when a list cannot be fetched or its signature does not verify. Only
+    /// apt has apt sources.
+    fn update_source(&self, name: &str, source: &[u8]) -> Result<()> {
+        let _ = source;
+        Err(anyhow!(
+            "{} has no apt sources, so apt repository {name} cannot be used",
+            self.name()
+        ))
+    }
 }
 
 /// One package of [`PackageProvider::install_together`].

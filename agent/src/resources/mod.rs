@@ -11,6 +11,7 @@ use crate::providers::{Host, ToInstall};
 
 pub use package::install_together;
 
+mod apt_repository;
 mod directory;
 mod exec;
 mod file;
@@ -121,6 +122,7 @@ pub fn for_spec(spec: &Spec) -> Box<dyn Resource + '_> {
     match spec {
         Spec::Group(s) => Box::new(group::GroupResource(s)),
         Spec::User(s) => Box::new(user::UserResource(s)),
+        Spec::AptRepository(s) => Box::new(apt_repository::AptRepositoryResource(s)),
         Spec::Package(s) => Box::new(package::PackageResource(s)),
         Spec::Directory(s) => Box::new(directory::DirectoryResource(s)),
         Spec::File(s) => Box::new(file::FileResource(s)),

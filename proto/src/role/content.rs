@@ -22,6 +22,8 @@ pub(super) const MAX_ROLE_RENDERED_BYTES: usize = 64 << 20;
 pub(super) enum ContentFrom {
     Template,
     Source,
+    /// An apt repository's key: a file of `files/`, as a source.
+    Key,
 }
 
 impl ContentFrom {
@@ -29,13 +31,14 @@ impl ContentFrom {
         match self {
             ContentFrom::Template => "template",
             ContentFrom::Source => "source",
+            ContentFrom::Key => "key",
         }
     }
 
     fn dir(self) -> &'static str {
         match self {
             ContentFrom::Template => "templates",
-            ContentFrom::Source => "files",
+            ContentFrom::Source | ContentFrom::Key => "files",
         }
     }
 }
@@ -131,13 +134,21 @@ pub(super) fn resolve(
         let Some(pending) = d.pending_content.take() else {
             continue;
         };
+        let (span, path) = (pending.name.span(), pending.name.get_ref().clone());
         let templates = (&templates, &compiled, &data);
         let Some(content) = read(diags, bundle, templates, &mut rendered_left, d, pending) else {
             continue;
         };
-        // Only files have content to read.
-        if let Spec::File(f) = &mut d.spec {
-            f.content = Some(content);
+        match &mut d.spec {
+            Spec::File(f) => f.content = Some(content),
+            // An apt repository's key, held to its pinned fingerprint.
+            Spec::AptRepository(a) => {
+                if let Err((message, help)) = a.take_key(&content) {
+                    let message = format!("files/{}: {message}", clip(&path));
+                    diags.error(span, Some(&d.context), Some("key"), message, Some(help));
+                }
+            }
+            _ => unreachable!("only files and apt repositories have content to read"),
         }
     }
 }
@@ -301,7 +312,7 @@ fn read(
         return None;
     };
     match from {
-        ContentFrom::Source => Some(bytes.to_vec()),
+        ContentFrom::Source | ContentFrom::Key => Some(bytes.to_vec()),
         // Its syntax error is reported already.
         ContentFrom::Template if !compiled.contains(name.get_ref()) => None,
         ContentFrom::Template => match templates.render(name.get_ref(), data, *rendered_left) {

@@ -46,7 +46,8 @@ pub struct Resource {
     pub id: ResourceId,
     pub spec: Spec,
     /// Declared `requires` plus implicit ones (managed parent directory, owner
-    /// user, group): what must converge first, and whose failure skips this one.
+    /// user, group; every apt repository, for a package): what must converge
+    /// first, and whose failure skips this one.
     pub requires: Vec<ResourceId>,
     /// Resources that refresh after this one changes: a service restarts,
     /// an exec runs.

@@ -56,6 +56,7 @@ pub(super) fn order(diags: &mut Diags<'_>, decls: Vec<Decl>) -> Vec<Resource> {
         .zip(&reload)
         .map(|(n, r)| n.iter().chain(r).cloned().collect())
         .collect();
+    precede_every(&decls, &ids, &mut requires, &refreshes);
     let order = match topological(&decls, &ids, &requires, &refreshes) {
         Ok(order) => order,
         Err(cycle) => {
@@ -159,6 +160,56 @@ fn references(
         }
     }
     [requires, notify, reload]
+}
+
+/// Adds the edges of [`Kind::precedes_every`]: a resource of a following
+/// kind (a package) requires every resource of the leading kind (an apt
+/// repository). A resource some leader must follow already (a repository
+/// requires the package, directly or through others) gets none of these
+/// edges, which would make cycles the role never wrote: that package is
+/// installed from the lists there are. No cycle can come of the edges added,
+/// since each goes to a resource no leader follows.
+fn precede_every(
+    decls: &[Decl],
+    ids: &HashMap<ResourceId, usize>,
+    requires: &mut [Vec<ResourceId>],
+    refreshes: &[Vec<ResourceId>],
+) {
+    let leaders: Vec<usize> = (0..decls.len())
+        .filter(|&i| !decls[i].id.kind.precedes_every().is_empty())
+        .collect();
+    if leaders.is_empty() {
+        return;
+    }
+    // What must come before each resource, by index.
+    let mut before: Vec<Vec<usize>> = requires
+        .iter()
+        .map(|r| r.iter().map(|id| ids[id]).collect())
+        .collect();
+    for (i, targets) in refreshes.iter().enumerate() {
+        for target in targets {
+            before[ids[target]].push(i);
+        }
+    }
+    // Everything some leader follows, which must come first.
+    let mut first = vec![false; decls.len()];
+    let mut stack: Vec<usize> = leaders.iter().flat_map(|&l| before[l].clone()).collect();
+    while let Some(i) = stack.pop() {
+        if !std::mem::replace(&mut first[i], true) {
+            stack.extend(&before[i]);
+        }
+    }
+    for leader in leaders {
+        let id = &decls[leader].id;
+        for (i, d) in decls.iter().enumerate() {
+            if id.kind.precedes_every().contains(&d.id.kind)
+                && !first[i]
+                && !requires[i].contains(id)
+            {
+                requires[i].push(id.clone());
+            }
+        }
+    }
 }
 
 /// Kahn's algorithm, always taking the ready resource that comes first by

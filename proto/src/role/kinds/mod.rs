@@ -14,6 +14,7 @@ use super::id::ResourceId;
 use super::manifest::{self, Decl};
 use super::rules::Table;
 
+mod apt_repository;
 mod directory;
 mod exec;
 mod file;
@@ -25,6 +26,7 @@ mod sysctl;
 mod timer;
 mod user;
 
+pub use apt_repository::{AptRepository, AptSource};
 pub use directory::Directory;
 pub use exec::Exec;
 pub use file::File;
@@ -53,6 +55,10 @@ pub(super) trait ResourceKind: Sized {
     type Raw: DeserializeOwned;
     /// Whether the kind reacts to a refresh, so `notify` may name it.
     const REFRESHABLE: bool = false;
+    /// Kinds every resource of which converges after every resource of this
+    /// kind, unless it must come first (this one requires it): every package
+    /// after every apt repository, as puppetlabs-apt orders them.
+    const PRECEDES_EVERY: &'static [Kind] = &[];
     /// The field that names the resource: the NAME of its `TYPE:NAME` id.
     fn name(raw: &Self::Raw) -> &Spanned<String>;
     /// Checks the fields, reporting every problem to `table`, and builds the
@@ -106,6 +112,14 @@ macro_rules! kinds {
                     $(Kind::$ty => <$ty as ResourceKind>::REFRESHABLE,)*
                 }
             }
+
+            /// The kinds whose every resource follows every resource of this
+            /// kind ([`ResourceKind::PRECEDES_EVERY`]).
+            pub fn precedes_every(self) -> &'static [Kind] {
+                match self {
+                    $(Kind::$ty => <$ty as ResourceKind>::PRECEDES_EVERY,)*
+                }
+            }
         }
 
         /// A checked resource, as the agent converges it.
@@ -145,6 +159,7 @@ macro_rules! kinds {
 kinds! {
     Group = "group",
     User = "user",
+    AptRepository = "apt_repository",
     Package = "package",
     Directory = "directory",
     File = "file",
