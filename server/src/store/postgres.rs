@@ -133,8 +133,15 @@ async fn lock(tx: &mut Tx, what: Lock<'_>) -> Result<()> {
 
 impl PgStore {
     /// Connects to the database at `url` (`postgres://` or `postgresql://`),
-    /// migrates it, and checks that the audit log is still protected.
+    /// migrates it if it is new (else refuses it with migrations pending: see
+    /// [`Pending::Refuse`]), and checks that the audit log is still protected.
     pub async fn open(url: &str) -> Result<Self> {
+        Ok(Self::open_with(url, Pending::Refuse).await?.0)
+    }
+
+    /// [`PgStore::open`], doing `pending` with migrations this build has and
+    /// the database has not; returns the store and the migrations applied.
+    pub async fn open_with(url: &str, pending: Pending) -> Result<(Self, Vec<Migration>)> {
         // sqlx's message says what is wrong with the URL, not the URL.
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Url(format!("the postgres database URL is not valid: {e}")))?
@@ -155,9 +162,17 @@ impl PgStore {
                 source: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()).into(),
             })?
             .map_err(db(format!("connect to the {place}")))?;
+        let migrator = sqlx::migrate!("./migrations/postgres");
+        let applied = applied_migrations(&mut first, &place).await?;
+        let missing = schema::pending(&schema::known(&migrator), &applied, &place)?;
+        if !missing.is_empty() && pending == Pending::Refuse && !applied.is_empty() {
+            return Err(schema::out_of_date(&place, &applied, &missing));
+        }
         // sqlx holds an advisory lock while it migrates: servers starting
-        // together migrate one after the other.
-        sqlx::migrate!("./migrations/postgres")
+        // together on a new database migrate one after the other. Run even
+        // with nothing missing: it refuses a migration that failed half-way or
+        // whose file changed since it was applied.
+        migrator
             .run(&mut first)
             .await
             .map_err(db(format!("apply database migrations to the {place}")))?;
@@ -179,7 +194,7 @@ impl PgStore {
             .connect_lazy_with(options);
         let store = PgStore { pool, place };
         store.check_protections().await?;
-        Ok(store)
+        Ok((store, missing))
     }
 
     async fn begin(&self, op: &'static str) -> Result<Tx> {
@@ -297,6 +312,29 @@ impl PgStore {
 /// until the transaction ends: the last entry read here stays the last, and
 /// ids and times only grow (a time is never before the previous entry's, even
 /// when another machine's clock is behind).
+/// The migrations the database applied, oldest first (none for a new one).
+async fn applied_migrations(conn: &mut PgConnection, place: &str) -> Result<Vec<Migration>> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db(format!("read the schema version of the {place}")))?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db(format!("read the schema version of the {place}")))?;
+    Ok(rows
+        .into_iter()
+        .map(|(version, description)| Migration {
+            version,
+            description,
+        })
+        .collect())
+}
+
 async fn append_audit(
     tx: &mut Tx,
     actor: &Actor,
@@ -855,6 +893,101 @@ impl Store for PgStore {
 
     async fn fleet_status(&self, now: Micros) -> Result<Vec<ChannelStatus>> {
         self.fleet_status_in_postgres(now).await
+    }
+
+    async fn ca(&self) -> Result<Option<CaRecord>> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT cert_pem, key_pem FROM ca WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("read the CA"))?;
+        Ok(row.map(|(cert_pem, key_pem)| CaRecord { cert_pem, key_pem }))
+    }
+
+    async fn init_ca(
+        &self,
+        ca: &CaRecord,
+        action: &str,
+        target: &str,
+        actor: &Actor,
+    ) -> Result<(CaRecord, bool)> {
+        let mut tx = self.begin("begin storing the CA").await?;
+        // A racing insert of the row makes this one wait for its commit, then
+        // do nothing; the read after it (READ COMMITTED) sees the winner's.
+        let stored = sqlx::query(
+            "INSERT INTO ca (id, cert_pem, key_pem, created_at) VALUES (1, $1, $2, $3)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&ca.cert_pem)
+        .bind(&ca.key_pem)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("store the CA"))?
+        .rows_affected()
+            == 1;
+        let (cert_pem, key_pem): (String, String) =
+            sqlx::query_as("SELECT cert_pem, key_pem FROM ca WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("read the CA"))?;
+        if stored {
+            append_audit(&mut tx, actor, action, target, "", "ok").await?;
+        }
+        tx.commit().await.map_err(db("commit the CA"))?;
+        Ok((CaRecord { cert_pem, key_pem }, stored))
+    }
+
+    async fn job_lease(&self, job: &str) -> Result<Option<JobLease>> {
+        // A connection of its own, out of the pool: the lock is the
+        // session's, so it is held as long as this connection lives, and
+        // released by PostgreSQL when the connection ends, however it ends.
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db(format!("connect to the {} for a job lock", self.place)))?
+            .detach();
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(LOCK_SPACE + JOB_LOCK_KIND)
+            .bind(job)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db(format!("take the lock of job {job}")))?;
+        if !taken {
+            let _ = conn.close().await;
+            return Ok(None);
+        }
+        Ok(Some(JobLease::new(SessionLock {
+            conn,
+            job: job.to_string(),
+        })))
+    }
+}
+
+/// The kind (after [`LOCK_SPACE`]) of the session-level locks of background
+/// jobs, apart from the transaction-scoped ones of [`Lock`].
+const JOB_LOCK_KIND: i32 = 5;
+
+/// A job's lock, held by the session of `conn`.
+struct SessionLock {
+    conn: PgConnection,
+    job: String,
+}
+
+#[async_trait::async_trait]
+impl HeldJob for SessionLock {
+    async fn check(&mut self) -> Result<()> {
+        // The lock lives as long as the session: a connection that still
+        // answers still holds it.
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.conn.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(db(format!("keep the lock of job {}", self.job))(e)),
+            Err(_) => Err(StoreError::Backend {
+                op: format!("keep the lock of job {}", self.job),
+                source: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()).into(),
+            }),
+        }
     }
 }
 
