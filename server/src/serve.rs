@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::enroll::{Enroller, MAX_ENROLL_MESSAGE_BYTES};
 use crate::fleet;
@@ -285,7 +285,8 @@ pub async fn run(
                         if !hold_jobs_lease(store.as_ref(), &mut lease, &mut waiting).await {
                             continue;
                         }
-                        fleet::expire_reports(store.as_ref(), report_retention).await;
+                        let deleted = fleet::expire_reports(store.as_ref(), report_retention).await;
+                        debug!(deleted, "report retention ran");
                     }
                 }
             }

@@ -1322,4 +1322,147 @@ mod tests {
             (format!("m{last}"), last, 2000 + last)
         );
     }
+
+    fn ca(n: usize) -> CaRecord {
+        CaRecord {
+            cert_pem: format!("cert {n}"),
+            key_pem: format!("key {n}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers_racing_to_store_their_ca_end_with_one() {
+        let cluster = PgCluster::start();
+        let url = cluster.database();
+        let mut stores = Vec::new();
+        for _ in 0..4 {
+            stores.push(Arc::new(PgStore::open(&url).await.unwrap()));
+        }
+        let barrier = Arc::new(tokio::sync::Barrier::new(stores.len()));
+        let tasks: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, store)| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .init_ca(&ca(i), "ca create", &format!("pin {i}"), &someone())
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.unwrap());
+        }
+        let winner = got[0].0.clone();
+        assert!(got.iter().all(|(c, _)| *c == winner), "one CA for all");
+        assert_eq!(got.iter().filter(|(_, stored)| *stored).count(), 1);
+        assert_eq!(stores[3].ca().await.unwrap(), Some(winner));
+        let log = stores[0]
+            .audit_log(AuditQuery {
+                since: None,
+                from: AuditCursor::After(0),
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!(log.iter().filter(|e| e.action == "ca create").count(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_server_at_a_time_holds_a_job_until_its_session_ends() {
+        let cluster = PgCluster::start();
+        let url = cluster.database();
+        let (a, b) = (
+            PgStore::open(&url).await.unwrap(),
+            PgStore::open(&url).await.unwrap(),
+        );
+        let mut held = a.job_lease("jobs").await.unwrap().expect("free at first");
+        assert!(b.job_lease("jobs").await.unwrap().is_none());
+        assert!(
+            a.job_lease("jobs").await.unwrap().is_none(),
+            "another connection of the same server does not hold it either"
+        );
+        assert!(b.job_lease("other job").await.unwrap().is_some());
+        held.check().await.unwrap();
+        // Its holder gone, another takes it.
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut held = loop {
+            if let Some(lease) = b.job_lease("jobs").await.unwrap() {
+                break lease;
+            }
+            assert!(std::time::Instant::now() < deadline, "never released");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // The database restarted: the session, and so the lease, is lost,
+        // and the holder learns it.
+        cluster.stop();
+        cluster.restart();
+        assert!(held.check().await.is_err());
+        drop(held);
+        assert!(a.job_lease("jobs").await.unwrap().is_some());
+    }
+
+    async fn insert_migration(url: &str, version: i64, description: &str) {
+        let mut conn = PgConnection::connect(url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES ($1, $2, TRUE, '\\x00', 0)",
+        )
+        .bind(version)
+        .bind(description)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_schema_newer_than_known_is_refused_and_an_older_one_migrated_only_when_asked() {
+        let cluster = PgCluster::start();
+        let url = cluster.database();
+        let (_, applied) = PgStore::open_with(&url, Pending::Refuse).await.unwrap();
+        let known = schema::known(&sqlx::migrate!("./migrations/postgres"));
+        assert_eq!(applied, known, "a new database is migrated");
+        let newest = known.last().unwrap().version;
+
+        // Migrated by a newer release.
+        insert_migration(&url, 9999, "from the future").await;
+        for pending in [Pending::Refuse, Pending::Apply] {
+            let err = PgStore::open_with(&url, pending)
+                .await
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("is at version 9999")
+                    && err.contains("9999 from the future")
+                    && err.contains(&format!("knows versions up to {newest}")),
+                "{err}"
+            );
+        }
+
+        // Migrated by an older release: all but the last migration applied.
+        let url = cluster.database();
+        let mut older = sqlx::migrate!("./migrations/postgres");
+        older.migrations = older.migrations[..older.migrations.len() - 1]
+            .to_vec()
+            .into();
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        older.run(&mut conn).await.unwrap();
+        let last = known.last().unwrap();
+        let err = PgStore::open(&url).await.err().unwrap().to_string();
+        assert!(
+            err.contains(&format!("needs 1 more migration(s): {last}"))
+                && err.contains("cairn-server migrate"),
+            "{err}"
+        );
+        let (_, applied) = PgStore::open_with(&url, Pending::Apply).await.unwrap();
+        assert_eq!(applied, [last.clone()]);
+        let (_, applied) = PgStore::open_with(&url, Pending::Refuse).await.unwrap();
+        assert_eq!(applied, []);
+    }
 }

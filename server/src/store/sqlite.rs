@@ -1518,4 +1518,49 @@ mod tests {
             "{err}"
         );
     }
+
+    #[tokio::test]
+    async fn a_schema_newer_than_known_is_refused_and_an_older_one_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.db");
+        // Migrated by an older release: all but the last migration applied.
+        let pool = old_database(&path).await;
+        let mut older = sqlx::migrate!("./migrations/sqlite");
+        older.migrations = older.migrations[..older.migrations.len() - 1]
+            .to_vec()
+            .into();
+        older.run(&pool).await.unwrap();
+        let known = schema::known(&sqlx::migrate!("./migrations/sqlite"));
+        let last = known.last().unwrap();
+        let err = SqliteStore::open_with(&path, Pending::Refuse)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains(&format!("1 more migration(s): {last}")),
+            "{err}"
+        );
+        let (_, applied) = SqliteStore::open_with(&path, Pending::Apply).await.unwrap();
+        assert_eq!(
+            applied,
+            [last.clone()],
+            "serve on SQLite migrates by itself"
+        );
+
+        // Migrated by a newer release.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (9999, 'from the future', TRUE, X'00', 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let err = SqliteStore::open(&path).await.err().unwrap().to_string();
+        assert!(
+            err.contains("is at version 9999")
+                && err.contains(&format!("knows versions up to {}", last.version)),
+            "{err}"
+        );
+    }
 }
