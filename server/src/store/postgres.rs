@@ -1461,7 +1461,7 @@ mod tests {
             "{err}"
         );
         let (_, applied) = PgStore::open_with(&url, Pending::Apply).await.unwrap();
-        assert_eq!(applied, [last.clone()]);
+        assert_eq!(applied, std::slice::from_ref(last));
         let (_, applied) = PgStore::open_with(&url, Pending::Refuse).await.unwrap();
         assert_eq!(applied, []);
     }

@@ -1544,7 +1544,7 @@ mod tests {
         let (_, applied) = SqliteStore::open_with(&path, Pending::Apply).await.unwrap();
         assert_eq!(
             applied,
-            [last.clone()],
+            std::slice::from_ref(last),
             "serve on SQLite migrates by itself"
         );
 
