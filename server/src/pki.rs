@@ -111,8 +111,8 @@ pub fn read_data_dir_ca(dir: &Path) -> Result<Option<CaRecord>> {
         }
         (false, false) => Ok(None),
         _ => bail!(
-            "{} and {} must both exist or both be absent
-  help: restore the missing one from              a backup, or remove both: the server then takes the CA from its database",
+            "{} and {} must both exist or both be absent\n  help: restore the missing one \
+             from a backup, or remove both: the server then takes the CA from its database",
             cert_path.display(),
             key_path.display()
         ),
