@@ -264,6 +264,17 @@ async fn two_servers_on_one_database_share_the_ca_and_one_runs_the_jobs() {
          WHERE locktype = 'advisory' AND classid = {JOB_LOCK_CLASS} AND objsubid = 2 AND granted"
     );
     assert_eq!(count(&db, &holders).await, 1);
+
+    // Killed, the holder's session ends and PostgreSQL releases its lock, for
+    // the other to take at its next try.
+    let mut holder = if ran == (1, 0) { a } else { b };
+    holder.child.kill().unwrap();
+    holder.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&db, &holders).await != 0 {
+        assert!(Instant::now() < deadline, "the lock outlived its holder");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
