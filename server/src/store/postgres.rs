@@ -17,6 +17,9 @@
 //!   name, so that what an entry says was replaced is what was; a token's uses
 //!   are taken with its row locked (`FOR UPDATE`), so of two enrollments racing
 //!   for its last use exactly one gets it.
+//! - the shared CA is one row, inserted only if absent (`ON CONFLICT DO
+//!   NOTHING` waits for a racing insert to commit), so of servers racing to
+//!   store theirs one wins, and the read after it gives the others its CA.
 //! - every audit entry is appended under one advisory lock
 //!   ([`Lock::AuditChain`]) held to the commit, so entries are numbered and
 //!   chained one after the other whoever writes them. It is always the last
@@ -30,7 +33,11 @@
 //! are read from the database on every call (one primary-key read), so a
 //! revocation committed by any process counts at the next call.
 //!
-//! Connections: at most [`MAX_CONNECTIONS`], each given [`CONNECT_TIMEOUT`]
+//! Background jobs: a lease is a session-level advisory lock, held by a
+//! connection taken out of the pool for it ([`Store::job_lease`]), so it ends
+//! with the session, however the process ends.
+//!
+//! Connections: at most [`MAX_CONNECTIONS`] (and a job lease's), each given [`CONNECT_TIMEOUT`]
 //! to open and wait for; a connection lost (the database restarted) is
 //! replaced by the pool. Errors name the database by host, port and name,
 //! never by its URL, which may hold a password.
