@@ -1,5 +1,5 @@
-//! The `cairn-server` command line: `serve`, `operator add`, `operator revoke`
-//! and `ca pin`.
+//! The `cairn-server` command line: `serve`, `migrate`, `operator add`,
+//! `operator revoke` and `ca pin`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cairn_proto::client::{CaPin, Credentials};
+use cairn_proto::client::Credentials;
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
@@ -67,6 +67,15 @@ enum Command {
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         report_retention: u32,
     },
+    /// Apply the database's schema migrations, and say which; needed before
+    /// a new release serves a PostgreSQL database an older one migrated.
+    Migrate {
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The server's database (as for `serve`) [default: sqlite://DATA_DIR/cairn.db]
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+    },
     /// Manage operators.
     Operator {
         #[command(subcommand)]
@@ -87,6 +96,10 @@ enum CaCommand {
     Pin {
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// The server's database, which holds the CA the servers on it share
+        /// (as for `serve`) [default: sqlite://DATA_DIR/cairn.db]
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
     },
 }
 
@@ -178,6 +191,7 @@ async fn run(cli: Cli) -> Result<()> {
                     ..Limits::default()
                 },
                 report_retention: Duration::from_secs(u64::from(report_retention) * 86_400),
+                jobs_every: serve::JOBS_EVERY,
             })
             .await?;
             let listeners = Listeners::bind(listen, http).await?;
@@ -207,14 +221,15 @@ async fn run(cli: Cli) -> Result<()> {
                 },
         } => {
             check_operator_name(&name)?;
-            let pki = Pki::init_or_load(&data_dir)?;
             let server = match server {
                 Some(s) => s,
                 None => format!("https://{}:{DEFAULT_PORT}", default_names()[0]),
             };
+            crate::pki::ensure_data_dir(&data_dir)?;
             let store = store::open(&database_url(database, &data_dir)?)
                 .await
                 .context("could not open the database to record the new operator")?;
+            let pki = Pki::open_shared(&data_dir, store.as_ref(), &local_actor()).await?;
             let id = pki.issue_operator(&name, role)?;
             let creds = Credentials {
                 server,
@@ -246,16 +261,43 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Ca {
-            command: CaCommand::Pin { data_dir },
+            command: CaCommand::Pin { data_dir, database },
         } => {
-            let pem = crate::pki::read_ca_pem(&data_dir)?;
-            let pin = CaPin::of_cert_pem(&pem).map_err(|e| {
+            let no_ca = || {
                 anyhow::anyhow!(
-                    "could not read the CA certificate in {}: {e}",
+                    "there is no CA yet in data directory {} or its database\n  help: the \
+                     server makes its CA when it first starts; are --data-dir and --database \
+                     the server's?",
                     data_dir.display()
                 )
-            })?;
-            println!("{pin}");
+            };
+            // Without --database and without a SQLite database there (a
+            // server on PostgreSQL), the copy of the CA the server keeps in
+            // its data directory, checked against the database at its start.
+            if database.is_none() && !data_dir.join(store::DEFAULT_DB_FILE).exists() {
+                let ca = crate::pki::read_data_dir_ca(&data_dir)?.ok_or_else(no_ca)?;
+                println!("{}", crate::pki::pin_of(&ca)?);
+                return Ok(());
+            }
+            let store = store::open(&database_url(database, &data_dir)?)
+                .await
+                .context("could not open the database to read the CA")?;
+            let ca = crate::pki::shared_ca(&data_dir, store.as_ref())
+                .await?
+                .ok_or_else(no_ca)?;
+            println!("{}", crate::pki::pin_of(&ca)?);
+            Ok(())
+        }
+        Command::Migrate { data_dir, database } => {
+            let (_, applied) = store::migrate(&database_url(database, &data_dir)?)
+                .await
+                .context("could not migrate the database")?;
+            if applied.is_empty() {
+                println!("the database's schema is up to date; nothing applied");
+            }
+            for migration in applied {
+                println!("applied migration {migration}");
+            }
             Ok(())
         }
         Command::Operator {

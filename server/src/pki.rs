@@ -1,7 +1,10 @@
 //! The server's own certificate authority.
 //!
-//! On first start the server creates a CA in its data directory and, on every
-//! start, a server certificate for the names it is reached by. Operators get
+//! The CA is shared by every server on one database: the first to start
+//! stores it there ([`Pki::open_shared`]), the others take it from there, and
+//! each keeps a copy in its data directory, checked against the database's on
+//! every start. Each server issues itself, on every start, a server
+//! certificate for the names it is reached by. Operators get
 //! client certificates from the same CA; a certificate's subject carries the
 //! operator's name (CN) and role (OU), which the TLS handshake authenticates.
 //! Nodes get theirs by sending a certificate request ([`Pki::sign_node`]):
@@ -21,7 +24,10 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+use cairn_proto::client::CaPin;
+
 use crate::auth::{NODE_UNIT, OperatorRole};
+use crate::store::{Actor, CaRecord, Store};
 
 /// How long a node certificate is valid; a node enrolls again for a new one.
 pub const NODE_CERT_DAYS: i64 = 365;
@@ -72,54 +78,140 @@ pub fn ensure_data_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The CA certificate (PEM) in the data directory `dir`, which must hold one.
-pub fn read_ca_pem(dir: &Path) -> Result<String> {
-    let path = dir.join(CA_CERT);
-    fs::read_to_string(&path).with_context(|| {
-        format!(
-            "could not read the CA certificate {}\n  help: the server makes its CA when it first \
-             starts; is --data-dir its data directory?",
-            path.display()
-        )
+/// A new CA, valid for ten years.
+pub fn new_ca() -> Result<CaRecord> {
+    let key = KeyPair::generate().context("could not generate the CA key")?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn("Cairn CA", None);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
+    params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
+    let cert = params
+        .self_signed(&key)
+        .context("could not create the CA certificate")?;
+    Ok(CaRecord {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
     })
 }
 
-impl Pki {
-    /// Loads the CA from `dir`, creating it first if there is none.
-    pub fn init_or_load(dir: &Path) -> Result<Pki> {
-        ensure_data_dir(dir)?;
-        let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
-        match (cert_path.exists(), key_path.exists()) {
-            (true, true) => {}
-            (false, false) => {
-                let key = KeyPair::generate().context("could not generate the CA key")?;
-                let mut params = CertificateParams::default();
-                params.distinguished_name = dn("Cairn CA", None);
-                params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-                params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-                params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
-                params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
-                let cert = params
-                    .self_signed(&key)
-                    .context("could not create the CA certificate")?;
-                // The key first: a CA certificate without its key is useless,
-                // while a key alone is simply regenerated-over never; see below.
-                write_secret(&key_path, &key.serialize_pem())?;
-                write_public(&cert_path, &cert.pem())?;
-            }
-            _ => bail!(
-                "{} and {} must both exist or both be absent; restore the missing one from a backup",
-                cert_path.display(),
-                key_path.display()
-            ),
+/// The copy of the CA in the data directory `dir`, if it holds one.
+pub fn read_data_dir_ca(dir: &Path) -> Result<Option<CaRecord>> {
+    let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => {
+            let read = |p: &Path| {
+                fs::read_to_string(p).with_context(|| format!("could not read {}", p.display()))
+            };
+            Ok(Some(CaRecord {
+                cert_pem: read(&cert_path)?,
+                key_pem: read(&key_path)?,
+            }))
         }
-        let read = |p: &Path| {
-            fs::read_to_string(p).with_context(|| format!("could not read {}", p.display()))
+        (false, false) => Ok(None),
+        _ => bail!(
+            "{} and {} must both exist or both be absent\n  help: restore the missing one \
+             from a backup, or remove both: the server then takes the CA from its database",
+            cert_path.display(),
+            key_path.display()
+        ),
+    }
+}
+
+/// The CA's pin (`sha256:…`), the audit log's name for it.
+pub fn pin_of(ca: &CaRecord) -> Result<String> {
+    CaPin::of_cert_pem(&ca.cert_pem)
+        .map(|pin| pin.to_string())
+        .map_err(|e| anyhow::anyhow!("could not read the CA certificate: {e}"))
+}
+
+/// The CA shared through `store` and the data directory's copy of it, made to
+/// agree, without changing either: the database's CA; or, before the first
+/// server stored one, the data directory's (`None` if neither has one). A
+/// data directory holding another CA than the database's is an error.
+pub async fn shared_ca(dir: &Path, store: &dyn Store) -> Result<Option<CaRecord>> {
+    let local = read_data_dir_ca(dir)?;
+    let shared = store
+        .ca()
+        .await
+        .context("could not read the CA from the database")?;
+    match (local, shared) {
+        (Some(local), Some(shared)) if !same_ca(&local, &shared) => {
+            Err(differs(dir, &local, &shared))
+        }
+        (local, shared) => Ok(shared.or(local)),
+    }
+}
+
+fn same_ca(a: &CaRecord, b: &CaRecord) -> bool {
+    a.cert_pem.trim() == b.cert_pem.trim() && a.key_pem.trim() == b.key_pem.trim()
+}
+
+fn differs(dir: &Path, local: &CaRecord, shared: &CaRecord) -> anyhow::Error {
+    let pin = |ca| pin_of(ca).unwrap_or_else(|_| "an unreadable certificate".into());
+    anyhow::anyhow!(
+        "the CA in data directory {} ({}) is not the database's CA ({}): certificates it \
+         issued would be refused by the other servers on the database, and theirs by it\n  \
+         help: is --database the database this data directory was used with? To serve that \
+         database from this directory, move ca.crt and ca.key out of it (it then takes the \
+         database's CA); nodes and operators of the other CA must enroll and be added again",
+        dir.display(),
+        pin(local),
+        pin(shared)
+    )
+}
+
+impl Pki {
+    /// The CA the servers on `store`'s database share, set up on first use
+    /// and copied into the data directory `dir` (created, mode 0700, if
+    /// absent; the key 0600):
+    ///
+    /// - a database with a CA: that CA; a data directory holding another is
+    ///   refused;
+    /// - a database without one and a data directory with one (a server from
+    ///   before the CA was shared): that CA is stored in the database,
+    ///   audited as `ca adopt`;
+    /// - neither: a new CA, stored, audited as `ca create`.
+    ///
+    /// Of servers racing to store theirs, one wins and the others take its CA,
+    /// so every server on the database ends with the same CA.
+    pub async fn open_shared(dir: &Path, store: &dyn Store, actor: &Actor) -> Result<Pki> {
+        ensure_data_dir(dir)?;
+        let local = read_data_dir_ca(dir)?;
+        let shared = store
+            .ca()
+            .await
+            .context("could not read the CA from the database")?;
+        let ca = match shared {
+            Some(shared) => shared,
+            None => {
+                let (candidate, action) = match &local {
+                    Some(local) => (local.clone(), "ca adopt"),
+                    None => (new_ca()?, "ca create"),
+                };
+                let (ca, _) = store
+                    .init_ca(&candidate, action, &pin_of(&candidate)?, actor)
+                    .await
+                    .context("could not store the CA in the database")?;
+                ca
+            }
         };
+        if let Some(local) = &local
+            && !same_ca(local, &ca)
+        {
+            return Err(differs(dir, local, &ca));
+        }
+        if local.is_none() {
+            // The key first: a certificate without its key is refused at the
+            // next start, a key alone is written over.
+            write_secret(&dir.join(CA_KEY), &ca.key_pem)?;
+            write_public(&dir.join(CA_CERT), &ca.cert_pem)?;
+        }
         Ok(Pki {
             dir: dir.to_path_buf(),
-            ca_pem: read(&cert_path)?,
-            ca_key_pem: read(&key_path)?,
+            ca_pem: ca.cert_pem,
+            ca_key_pem: ca.key_pem,
         })
     }
 
@@ -275,13 +367,71 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn ca_is_created_once_with_strict_modes_and_signs_operators() {
+    async fn store_in(dir: &Path) -> std::sync::Arc<dyn Store> {
+        crate::store::open(&format!("sqlite://{}", dir.join("cairn.db").display()))
+            .await
+            .unwrap()
+    }
+
+    fn local() -> Actor {
+        Actor {
+            name: "test".into(),
+            role: "server".into(),
+            peer: "local".into(),
+        }
+    }
+
+    async fn ca_entries(store: &dyn Store) -> Vec<(String, String)> {
+        let log = store
+            .audit_log(crate::store::AuditQuery {
+                since: None,
+                from: crate::store::AuditCursor::After(0),
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        log.into_iter()
+            .filter(|e| e.action.starts_with("ca "))
+            .map(|e| (e.action, e.target))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn ca_is_created_once_shared_through_the_database_and_signs_operators() {
         let dir = tempfile::tempdir().unwrap();
+        let store = store_in(dir.path()).await;
         let data = dir.path().join("data");
-        let pki = Pki::init_or_load(&data).unwrap();
-        let again = Pki::init_or_load(&data).unwrap();
+        let pki = Pki::open_shared(&data, store.as_ref(), &local())
+            .await
+            .unwrap();
+        let again = Pki::open_shared(&data, store.as_ref(), &local())
+            .await
+            .unwrap();
         assert_eq!(pki.ca_pem, again.ca_pem, "the CA is created once");
+        // Another data directory on the same database gets the same CA.
+        let other = dir.path().join("other");
+        let replica = Pki::open_shared(&other, store.as_ref(), &local())
+            .await
+            .unwrap();
+        assert_eq!(
+            (replica.ca_pem.as_str(), replica.ca_key_pem.as_str()),
+            (pki.ca_pem.as_str(), pki.ca_key_pem.as_str())
+        );
+        assert_eq!(
+            fs::read_to_string(other.join(CA_CERT)).unwrap(),
+            pki.ca_pem,
+            "each data directory keeps a copy"
+        );
+        let pin = pin_of(&CaRecord {
+            cert_pem: pki.ca_pem.clone(),
+            key_pem: String::new(),
+        })
+        .unwrap();
+        assert_eq!(
+            ca_entries(store.as_ref()).await,
+            [("ca create".to_string(), pin)]
+        );
+
         let mode = |p: &str| fs::metadata(data.join(p)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(CA_KEY), 0o600);
         assert_eq!(
@@ -307,16 +457,74 @@ mod tests {
         assert_eq!(op.fingerprint, crate::auth::fingerprint(&der));
 
         fs::remove_file(data.join(CA_KEY)).unwrap();
+        let err = Pki::open_shared(&data, store.as_ref(), &local())
+            .await
+            .err()
+            .expect("a CA certificate without its key is an error, not a new copy");
+        assert!(err.to_string().contains("must both exist"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_data_directorys_ca_is_adopted_by_a_new_database_and_another_ca_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // A data directory from before the CA was shared.
+        let data = dir.path().join("data");
+        ensure_data_dir(&data).unwrap();
+        let old = new_ca().unwrap();
+        write_secret(&data.join(CA_KEY), &old.key_pem).unwrap();
+        write_public(&data.join(CA_CERT), &old.cert_pem).unwrap();
+        let store = store_in(dir.path()).await;
+        let pki = Pki::open_shared(&data, store.as_ref(), &local())
+            .await
+            .unwrap();
+        assert_eq!(pki.ca_pem, old.cert_pem);
+        assert_eq!(store.ca().await.unwrap(), Some(old.clone()));
+        assert_eq!(
+            ca_entries(store.as_ref()).await,
+            [("ca adopt".to_string(), pin_of(&old).unwrap())]
+        );
+
+        // A data directory with a CA of its own, on that database: refused,
+        // and nothing changes.
+        let stranger = dir.path().join("stranger");
+        ensure_data_dir(&stranger).unwrap();
+        let theirs = new_ca().unwrap();
+        write_secret(&stranger.join(CA_KEY), &theirs.key_pem).unwrap();
+        write_public(&stranger.join(CA_CERT), &theirs.cert_pem).unwrap();
+        let err = Pki::open_shared(&stranger, store.as_ref(), &local())
+            .await
+            .err()
+            .expect("another CA is refused")
+            .to_string();
         assert!(
-            Pki::init_or_load(&data).is_err(),
-            "a CA without its key is an error, not a new CA"
+            err.contains(&format!(
+                "({}) is not the database's CA ({})",
+                pin_of(&theirs).unwrap(),
+                pin_of(&old).unwrap()
+            )) && err.contains("help:"),
+            "{err}"
+        );
+        assert_eq!(store.ca().await.unwrap(), Some(old));
+        assert_eq!(
+            fs::read_to_string(stranger.join(CA_CERT)).unwrap(),
+            theirs.cert_pem
+        );
+        assert_eq!(
+            shared_ca(&stranger, store.as_ref())
+                .await
+                .err()
+                .map(|e| e.to_string()),
+            Some(err)
         );
     }
 
-    #[test]
-    fn a_node_request_gets_only_what_the_ca_decides() {
+    #[tokio::test]
+    async fn a_node_request_gets_only_what_the_ca_decides() {
         let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::init_or_load(&dir.path().join("data")).unwrap();
+        let store = store_in(dir.path()).await;
+        let pki = Pki::open_shared(&dir.path().join("data"), store.as_ref(), &local())
+            .await
+            .unwrap();
         // A request that asks for an operator's subject, a server name and a CA.
         let key = KeyPair::generate().unwrap();
         let mut asked = CertificateParams::new(vec!["cairn.example.org".to_string()]).unwrap();

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::rustls::ServerConfig;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::enroll::{Enroller, MAX_ENROLL_MESSAGE_BYTES};
 use crate::fleet;
@@ -37,15 +37,19 @@ use crate::nodes::{MAX_REPORT_BYTES, NodeApi};
 use crate::pki::{self, Pki};
 use crate::refusals::{self, Refusals};
 use crate::service::{Api, MAX_MESSAGE_BYTES};
-use crate::store::{self, Store};
+use crate::store::{self, Actor, JobLease, Store};
 use crate::transport::{self, Limits, MAX_STREAMS_PER_CONNECTION};
 
 const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 /// An HTTP/2 ping on a connection quiet this long, and how long its answer may take.
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often reports past their retention are deleted (and once at start).
-const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+/// How often background jobs run (and once at start): reports past their
+/// retention are deleted; a server that does not hold the jobs' lease tries
+/// to take it.
+pub const JOBS_EVERY: Duration = Duration::from_secs(3600);
+/// The lease on background jobs: one server on a database runs them.
+const JOBS_LEASE: &str = "background jobs";
 /// Reports are kept this many days unless `--report-retention` says otherwise.
 pub const DEFAULT_REPORT_RETENTION_DAYS: u32 = 30;
 pub const DEFAULT_REPORT_RETENTION: Duration =
@@ -63,6 +67,8 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Reports received longer ago than this are deleted.
     pub report_retention: Duration,
+    /// How often background jobs run: [`JOBS_EVERY`] (tests shorten it).
+    pub jobs_every: Duration,
 }
 
 impl ServeConfig {
@@ -74,6 +80,7 @@ impl ServeConfig {
             names,
             limits: Limits::default(),
             report_retention: DEFAULT_REPORT_RETENTION,
+            jobs_every: JOBS_EVERY,
         }
     }
 }
@@ -86,21 +93,32 @@ pub struct Server {
     tls: Arc<ServerConfig>,
     limits: Limits,
     report_retention: Duration,
+    jobs_every: Duration,
     /// Held while the server lives: a second server on the same data directory
     /// would rewrite its keys and race its writes.
     _data_dir_lock: Flock<File>,
 }
 
 impl Server {
-    /// Opens the CA (created, with the data directory, on first start), issues
-    /// the server certificate for the configured names, and opens the database.
+    /// Opens the database, then the CA the servers on it share (created on
+    /// the first start: see [`Pki::open_shared`]), and issues this server's
+    /// certificate for the configured names.
     pub async fn open(config: &ServeConfig) -> Result<Server> {
         pki::ensure_data_dir(&config.data_dir)?;
         let lock = lock_data_dir(&config.data_dir)?;
-        let pki = Pki::init_or_load(&config.data_dir)?;
         let store = store::open(&config.database)
             .await
             .context("could not open the database")?;
+        let me = Actor {
+            name: config
+                .names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "cairn-server".into()),
+            role: "server".into(),
+            peer: "local".into(),
+        };
+        let pki = Pki::open_shared(&config.data_dir, store.as_ref(), &me).await?;
         let id = pki
             .issue_server(&config.names)
             .context("could not issue the server certificate")?;
@@ -112,6 +130,7 @@ impl Server {
             tls,
             limits: config.limits,
             report_retention: config.report_retention,
+            jobs_every: config.jobs_every,
             _data_dir_lock: lock,
         })
     }
@@ -172,6 +191,7 @@ pub async fn run(
         tls,
         limits,
         report_retention,
+        jobs_every,
         _data_dir_lock: _lock,
     } = server;
     let metrics = Arc::new(Metrics::default());
@@ -252,16 +272,21 @@ pub async fn run(
             }
         }
     };
-    let expiring = {
+    let jobs = {
         let store = store.clone();
         let mut stop = stop_rx.clone();
         async move {
-            let mut tick = tokio::time::interval(RETENTION_EVERY);
+            let mut tick = tokio::time::interval(jobs_every);
+            let (mut lease, mut waiting) = (None, false);
             loop {
                 tokio::select! {
                     _ = stop.wait_for(|stop| *stop) => break,
                     _ = tick.tick() => {
-                        fleet::expire_reports(store.as_ref(), report_retention).await;
+                        if !hold_jobs_lease(store.as_ref(), &mut lease, &mut waiting).await {
+                            continue;
+                        }
+                        let deleted = fleet::expire_reports(store.as_ref(), report_retention).await;
+                        debug!(deleted, "report retention ran");
                     }
                 }
             }
@@ -271,8 +296,7 @@ pub async fn run(
         .with_graceful_shutdown(stopped(stop_rx));
 
     let both = async {
-        let ((), (), (), g, h) =
-            tokio::join!(accepting, flushing, expiring, grpc_server, http_server);
+        let ((), (), (), g, h) = tokio::join!(accepting, flushing, jobs, grpc_server, http_server);
         g.context("gRPC server failed")?;
         h.context("HTTP server failed")
     };
@@ -293,6 +317,53 @@ pub async fn run(
     served?;
     info!("stopped");
     Ok(())
+}
+
+/// Whether this server may run the background jobs now: it holds their lease
+/// (`lease`), still or newly taken. Each change is logged once (`waiting`:
+/// whether it was told another server holds it), so which server of several
+/// on one database runs them shows in their logs.
+async fn hold_jobs_lease(
+    store: &dyn Store,
+    lease: &mut Option<JobLease>,
+    waiting: &mut bool,
+) -> bool {
+    if let Some(held) = lease {
+        match held.check().await {
+            Ok(()) => return true,
+            Err(e) => {
+                warn!(
+                    error = format!("{:#}", anyhow::Error::from(e)),
+                    "lost the lease on background jobs; trying to take it again"
+                );
+                *lease = None;
+            }
+        }
+    }
+    match store.job_lease(JOBS_LEASE).await {
+        Ok(Some(taken)) => {
+            info!("this server runs the background jobs (report retention)");
+            (*lease, *waiting) = (Some(taken), false);
+            true
+        }
+        Ok(None) => {
+            if !*waiting {
+                info!(
+                    "another server on the database runs the background jobs; \
+                     this one takes them over if that one stops"
+                );
+                *waiting = true;
+            }
+            false
+        }
+        Err(e) => {
+            warn!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "could not take the lease on background jobs; trying again later"
+            );
+            false
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -347,13 +347,7 @@ async fn a_wrong_pin_fails_before_the_token_is_sent() {
     push_web(&admin).await;
     let secret = token(&admin, "web", 0, 1).await;
     // The pin of another server's CA.
-    let other = tempfile::tempdir().unwrap();
-    let other_pin = CaPin::of_cert_pem(
-        &cairn_server::pki::Pki::init_or_load(&other.path().join("data"))
-            .unwrap()
-            .ca_pem,
-    )
-    .unwrap();
+    let other_pin = CaPin::of_cert_pem(&cairn_server::pki::new_ca().unwrap().cert_pem).unwrap();
     let before = audit(&admin).await.len();
     let err = enroll(&server.url(), other_pin, &secret, "n1")
         .await

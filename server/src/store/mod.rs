@@ -13,26 +13,50 @@ use std::sync::Arc;
 pub mod audit;
 pub mod postgres;
 mod rows;
+pub mod schema;
 pub mod sqlite;
+
+pub use schema::{Migration, Pending};
 
 /// The database URLs [`open`] understands, for messages.
 pub const SUPPORTED_URLS: &str =
     "sqlite://PATH, postgres://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE (or postgresql://)";
 
-/// Opens (creating and migrating if needed) the database at `url`:
-/// `sqlite://PATH` (`sqlite:///var/lib/cairn-server/cairn.db` for an absolute
-/// PATH), or a PostgreSQL database, `postgres://` or `postgresql://` with
-/// libpq's URL syntax (the database must exist; its tables are created).
+/// Opens (creating if needed) the database at `url`: `sqlite://PATH`
+/// (`sqlite:///var/lib/cairn-server/cairn.db` for an absolute PATH), or a
+/// PostgreSQL database, `postgres://` or `postgresql://` with libpq's URL
+/// syntax (the database must exist). Migrations: SQLite's are applied, as one
+/// server owns it; PostgreSQL's only on a new database, else pending ones are
+/// refused (see [`Pending`] and [`migrate`]). A database migrated by a newer
+/// build is refused by both.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    let pending = match url.split_once("://") {
+        Some(("postgres" | "postgresql", _)) => Pending::Refuse,
+        _ => Pending::Apply,
+    };
+    Ok(open_with(url, pending).await?.0)
+}
+
+/// Opens the database at `url` as [`open`] does, applying every pending
+/// migration; returns the store and the migrations it applied, oldest first.
+pub async fn migrate(url: &str) -> Result<(Arc<dyn Store>, Vec<Migration>)> {
+    open_with(url, Pending::Apply).await
+}
+
+async fn open_with(url: &str, pending: Pending) -> Result<(Arc<dyn Store>, Vec<Migration>)> {
     // Errors never repeat the URL: it may hold a password.
     match url.split_once("://") {
         Some(("sqlite", path)) if !path.is_empty() => {
-            Ok(Arc::new(sqlite::SqliteStore::open(Path::new(path)).await?))
+            let (store, applied) = sqlite::SqliteStore::open_with(Path::new(path), pending).await?;
+            Ok((Arc::new(store), applied))
         }
         Some(("sqlite", _)) => Err(StoreError::Url(
             "the sqlite database URL names no file (sqlite://PATH)".into(),
         )),
-        Some(("postgres" | "postgresql", _)) => Ok(Arc::new(postgres::PgStore::open(url).await?)),
+        Some(("postgres" | "postgresql", _)) => {
+            let (store, applied) = postgres::PgStore::open_with(url, pending).await?;
+            Ok((Arc::new(store), applied))
+        }
         Some((scheme, _)) => Err(StoreError::Url(format!(
             "unsupported database scheme {scheme:?}; supported: {SUPPORTED_URLS}"
         ))),
@@ -405,6 +429,48 @@ pub struct ChannelStatus {
     pub never_reported: u64,
 }
 
+/// The certificate authority every server on one database shares (PEM): it
+/// signs the server, operator and node certificates, so a certificate one
+/// server issued is accepted by all. `key_pem` is the CA's private key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaRecord {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaRecord {
+    // Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaRecord")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The right to run a background job (report retention) while held: on a
+/// database several servers share, one server at a time holds it (see
+/// [`Store::job_lease`]).
+pub struct JobLease(Box<dyn HeldJob>);
+
+impl JobLease {
+    pub fn new(held: impl HeldJob) -> Self {
+        JobLease(Box::new(held))
+    }
+
+    /// Ok while the lease still holds; an error once it was lost (the
+    /// database connection that held it ended), after which it is never
+    /// held again: ask for a new one.
+    pub async fn check(&mut self) -> Result<()> {
+        self.0.check().await
+    }
+}
+
+/// What a backend keeps to hold a [`JobLease`]; dropping it releases it.
+#[async_trait::async_trait]
+pub trait HeldJob: Send + Sync + 'static {
+    async fn check(&mut self) -> Result<()>;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} not found")]
@@ -425,6 +491,10 @@ pub enum StoreError {
     /// which and what to do.
     #[error("{0}")]
     Damaged(String),
+    /// The database's schema is newer than this build's, or older and not to
+    /// be migrated by opening it ([`Pending::Refuse`]); the message says what to do.
+    #[error("{0}")]
+    Schema(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -580,6 +650,30 @@ pub trait Store: Send + Sync + 'static {
     /// Per role and channel that unrevoked nodes are assigned to, by name:
     /// how their newest runs stand at `now` (see [`ChannelStatus`]).
     async fn fleet_status(&self, now: Micros) -> Result<Vec<ChannelStatus>>;
+
+    // The CA and background jobs: what the servers on one database share.
+
+    /// The CA the servers on this database share; `None` until one stored it.
+    async fn ca(&self) -> Result<Option<CaRecord>>;
+
+    /// Stores `ca` as the shared CA unless the database has one, in one
+    /// transaction: of servers racing to store theirs, one wins and the others
+    /// get its. Returns the CA stored and whether it is `ca`. Audited as
+    /// `action` (`ca create`, `ca adopt`) with `target` only when stored.
+    async fn init_ca(
+        &self,
+        ca: &CaRecord,
+        action: &str,
+        target: &str,
+        actor: &Actor,
+    ) -> Result<(CaRecord, bool)>;
+
+    /// Takes the lease on background job `job` unless another process holds
+    /// it (`None`). Held until dropped or, on a shared database, until the
+    /// connection holding it ends (its process died, the database restarted):
+    /// then another process may take it. On SQLite, which one server owns, it
+    /// is always granted.
+    async fn job_lease(&self, job: &str) -> Result<Option<JobLease>>;
 }
 
 #[cfg(test)]
@@ -908,7 +1002,56 @@ pub(crate) mod tests {
         );
         nodes_and_tokens(store.clone()).await;
         reports_and_fleet(store.clone()).await;
+        shared_ca_and_jobs(store.clone()).await;
         store.ping().await.unwrap();
+    }
+
+    // The CA and background jobs.
+
+    async fn shared_ca_and_jobs(store: Arc<dyn Store>) {
+        let ca = |n: u8| CaRecord {
+            cert_pem: format!("cert {n}"),
+            key_pem: format!("key {n}"),
+        };
+        let local = Actor {
+            name: "srv".into(),
+            role: "server".into(),
+            peer: "local".into(),
+        };
+        assert_eq!(store.ca().await.unwrap(), None);
+        let first = store
+            .init_ca(&ca(1), "ca create", "sha256:one", &local)
+            .await
+            .unwrap();
+        assert_eq!(first, (ca(1), true));
+        // The first stored stays: a second is not stored, and the first returned.
+        let second = store
+            .init_ca(&ca(2), "ca adopt", "sha256:two", &local)
+            .await
+            .unwrap();
+        assert_eq!(second, (ca(1), false));
+        assert_eq!(store.ca().await.unwrap(), Some(ca(1)));
+        let log = store
+            .audit_log(AuditQuery {
+                since: None,
+                from: AuditCursor::Before(None),
+                limit: 1000,
+            })
+            .await
+            .unwrap();
+        let stored: Vec<(&str, &str, &str)> = log
+            .iter()
+            .filter(|e| e.action.starts_with("ca "))
+            .map(|e| (e.action.as_str(), e.target.as_str(), e.actor_role.as_str()))
+            .collect();
+        assert_eq!(stored, [("ca create", "sha256:one", "server")]);
+
+        let mut lease = store
+            .job_lease("report retention")
+            .await
+            .unwrap()
+            .expect("a lease nobody holds is granted");
+        lease.check().await.unwrap();
     }
 
     // Nodes and join tokens (identity).

@@ -17,6 +17,9 @@
 //!   name, so that what an entry says was replaced is what was; a token's uses
 //!   are taken with its row locked (`FOR UPDATE`), so of two enrollments racing
 //!   for its last use exactly one gets it.
+//! - the shared CA is one row, inserted only if absent (`ON CONFLICT DO
+//!   NOTHING` waits for a racing insert to commit), so of servers racing to
+//!   store theirs one wins, and the read after it gives the others its CA.
 //! - every audit entry is appended under one advisory lock
 //!   ([`Lock::AuditChain`]) held to the commit, so entries are numbered and
 //!   chained one after the other whoever writes them. It is always the last
@@ -30,7 +33,11 @@
 //! are read from the database on every call (one primary-key read), so a
 //! revocation committed by any process counts at the next call.
 //!
-//! Connections: at most [`MAX_CONNECTIONS`], each given [`CONNECT_TIMEOUT`]
+//! Background jobs: a lease is a session-level advisory lock, held by a
+//! connection taken out of the pool for it ([`Store::job_lease`]), so it ends
+//! with the session, however the process ends.
+//!
+//! Connections: at most [`MAX_CONNECTIONS`] (and a job lease's), each given [`CONNECT_TIMEOUT`]
 //! to open and wait for; a connection lost (the database restarted) is
 //! replaced by the pool. Errors name the database by host, port and name,
 //! never by its URL, which may hold a password.
@@ -133,8 +140,15 @@ async fn lock(tx: &mut Tx, what: Lock<'_>) -> Result<()> {
 
 impl PgStore {
     /// Connects to the database at `url` (`postgres://` or `postgresql://`),
-    /// migrates it, and checks that the audit log is still protected.
+    /// migrates it if it is new (else refuses it with migrations pending: see
+    /// [`Pending::Refuse`]), and checks that the audit log is still protected.
     pub async fn open(url: &str) -> Result<Self> {
+        Ok(Self::open_with(url, Pending::Refuse).await?.0)
+    }
+
+    /// [`PgStore::open`], doing `pending` with migrations this build has and
+    /// the database has not; returns the store and the migrations applied.
+    pub async fn open_with(url: &str, pending: Pending) -> Result<(Self, Vec<Migration>)> {
         // sqlx's message says what is wrong with the URL, not the URL.
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::Url(format!("the postgres database URL is not valid: {e}")))?
@@ -155,9 +169,17 @@ impl PgStore {
                 source: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()).into(),
             })?
             .map_err(db(format!("connect to the {place}")))?;
+        let migrator = sqlx::migrate!("./migrations/postgres");
+        let applied = applied_migrations(&mut first, &place).await?;
+        let missing = schema::pending(&schema::known(&migrator), &applied, &place)?;
+        if !missing.is_empty() && pending == Pending::Refuse && !applied.is_empty() {
+            return Err(schema::out_of_date(&place, &applied, &missing));
+        }
         // sqlx holds an advisory lock while it migrates: servers starting
-        // together migrate one after the other.
-        sqlx::migrate!("./migrations/postgres")
+        // together on a new database migrate one after the other. Run even
+        // with nothing missing: it refuses a migration that failed half-way or
+        // whose file changed since it was applied.
+        migrator
             .run(&mut first)
             .await
             .map_err(db(format!("apply database migrations to the {place}")))?;
@@ -179,7 +201,7 @@ impl PgStore {
             .connect_lazy_with(options);
         let store = PgStore { pool, place };
         store.check_protections().await?;
-        Ok(store)
+        Ok((store, missing))
     }
 
     async fn begin(&self, op: &'static str) -> Result<Tx> {
@@ -297,6 +319,29 @@ impl PgStore {
 /// until the transaction ends: the last entry read here stays the last, and
 /// ids and times only grow (a time is never before the previous entry's, even
 /// when another machine's clock is behind).
+/// The migrations the database applied, oldest first (none for a new one).
+async fn applied_migrations(conn: &mut PgConnection, place: &str) -> Result<Vec<Migration>> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db(format!("read the schema version of the {place}")))?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db(format!("read the schema version of the {place}")))?;
+    Ok(rows
+        .into_iter()
+        .map(|(version, description)| Migration {
+            version,
+            description,
+        })
+        .collect())
+}
+
 async fn append_audit(
     tx: &mut Tx,
     actor: &Actor,
@@ -856,6 +901,101 @@ impl Store for PgStore {
     async fn fleet_status(&self, now: Micros) -> Result<Vec<ChannelStatus>> {
         self.fleet_status_in_postgres(now).await
     }
+
+    async fn ca(&self) -> Result<Option<CaRecord>> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT cert_pem, key_pem FROM ca WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("read the CA"))?;
+        Ok(row.map(|(cert_pem, key_pem)| CaRecord { cert_pem, key_pem }))
+    }
+
+    async fn init_ca(
+        &self,
+        ca: &CaRecord,
+        action: &str,
+        target: &str,
+        actor: &Actor,
+    ) -> Result<(CaRecord, bool)> {
+        let mut tx = self.begin("begin storing the CA").await?;
+        // A racing insert of the row makes this one wait for its commit, then
+        // do nothing; the read after it (READ COMMITTED) sees the winner's.
+        let stored = sqlx::query(
+            "INSERT INTO ca (id, cert_pem, key_pem, created_at) VALUES (1, $1, $2, $3)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&ca.cert_pem)
+        .bind(&ca.key_pem)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("store the CA"))?
+        .rows_affected()
+            == 1;
+        let (cert_pem, key_pem): (String, String) =
+            sqlx::query_as("SELECT cert_pem, key_pem FROM ca WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("read the CA"))?;
+        if stored {
+            append_audit(&mut tx, actor, action, target, "", "ok").await?;
+        }
+        tx.commit().await.map_err(db("commit the CA"))?;
+        Ok((CaRecord { cert_pem, key_pem }, stored))
+    }
+
+    async fn job_lease(&self, job: &str) -> Result<Option<JobLease>> {
+        // A connection of its own, out of the pool: the lock is the
+        // session's, so it is held as long as this connection lives, and
+        // released by PostgreSQL when the connection ends, however it ends.
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db(format!("connect to the {} for a job lock", self.place)))?
+            .detach();
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(LOCK_SPACE + JOB_LOCK_KIND)
+            .bind(job)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db(format!("take the lock of job {job}")))?;
+        if !taken {
+            let _ = conn.close().await;
+            return Ok(None);
+        }
+        Ok(Some(JobLease::new(SessionLock {
+            conn,
+            job: job.to_string(),
+        })))
+    }
+}
+
+/// The kind (after [`LOCK_SPACE`]) of the session-level locks of background
+/// jobs, apart from the transaction-scoped ones of [`Lock`].
+const JOB_LOCK_KIND: i32 = 5;
+
+/// A job's lock, held by the session of `conn`.
+struct SessionLock {
+    conn: PgConnection,
+    job: String,
+}
+
+#[async_trait::async_trait]
+impl HeldJob for SessionLock {
+    async fn check(&mut self) -> Result<()> {
+        // The lock lives as long as the session: a connection that still
+        // answers still holds it.
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.conn.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(db(format!("keep the lock of job {}", self.job))(e)),
+            Err(_) => Err(StoreError::Backend {
+                op: format!("keep the lock of job {}", self.job),
+                source: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()).into(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1188,5 +1328,148 @@ mod tests {
             last_run(&store, &node).await,
             (format!("m{last}"), last, 2000 + last)
         );
+    }
+
+    fn ca(n: usize) -> CaRecord {
+        CaRecord {
+            cert_pem: format!("cert {n}"),
+            key_pem: format!("key {n}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers_racing_to_store_their_ca_end_with_one() {
+        let cluster = PgCluster::start();
+        let url = cluster.database();
+        let mut stores = Vec::new();
+        for _ in 0..4 {
+            stores.push(Arc::new(PgStore::open(&url).await.unwrap()));
+        }
+        let barrier = Arc::new(tokio::sync::Barrier::new(stores.len()));
+        let tasks: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(i, store)| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store
+                        .init_ca(&ca(i), "ca create", &format!("pin {i}"), &someone())
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.unwrap());
+        }
+        let winner = got[0].0.clone();
+        assert!(got.iter().all(|(c, _)| *c == winner), "one CA for all");
+        assert_eq!(got.iter().filter(|(_, stored)| *stored).count(), 1);
+        assert_eq!(stores[3].ca().await.unwrap(), Some(winner));
+        let log = stores[0]
+            .audit_log(AuditQuery {
+                since: None,
+                from: AuditCursor::After(0),
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!(log.iter().filter(|e| e.action == "ca create").count(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_server_at_a_time_holds_a_job_until_its_session_ends() {
+        let cluster = PgCluster::start();
+        let url = cluster.database();
+        let (a, b) = (
+            PgStore::open(&url).await.unwrap(),
+            PgStore::open(&url).await.unwrap(),
+        );
+        let mut held = a.job_lease("jobs").await.unwrap().expect("free at first");
+        assert!(b.job_lease("jobs").await.unwrap().is_none());
+        assert!(
+            a.job_lease("jobs").await.unwrap().is_none(),
+            "another connection of the same server does not hold it either"
+        );
+        assert!(b.job_lease("other job").await.unwrap().is_some());
+        held.check().await.unwrap();
+        // Its holder gone, another takes it.
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut held = loop {
+            if let Some(lease) = b.job_lease("jobs").await.unwrap() {
+                break lease;
+            }
+            assert!(std::time::Instant::now() < deadline, "never released");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // The database restarted: the session, and so the lease, is lost,
+        // and the holder learns it.
+        cluster.stop();
+        cluster.restart();
+        assert!(held.check().await.is_err());
+        drop(held);
+        assert!(a.job_lease("jobs").await.unwrap().is_some());
+    }
+
+    async fn insert_migration(url: &str, version: i64, description: &str) {
+        let mut conn = PgConnection::connect(url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES ($1, $2, TRUE, '\\x00', 0)",
+        )
+        .bind(version)
+        .bind(description)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_schema_newer_than_known_is_refused_and_an_older_one_migrated_only_when_asked() {
+        let cluster = PgCluster::start();
+        let url = cluster.database();
+        let (_, applied) = PgStore::open_with(&url, Pending::Refuse).await.unwrap();
+        let known = schema::known(&sqlx::migrate!("./migrations/postgres"));
+        assert_eq!(applied, known, "a new database is migrated");
+        let newest = known.last().unwrap().version;
+
+        // Migrated by a newer release.
+        insert_migration(&url, 9999, "from the future").await;
+        for pending in [Pending::Refuse, Pending::Apply] {
+            let err = PgStore::open_with(&url, pending)
+                .await
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("is at version 9999")
+                    && err.contains("9999 from the future")
+                    && err.contains(&format!("knows versions up to {newest}")),
+                "{err}"
+            );
+        }
+
+        // Migrated by an older release: all but the last migration applied.
+        let url = cluster.database();
+        let mut older = sqlx::migrate!("./migrations/postgres");
+        older.migrations = older.migrations[..older.migrations.len() - 1]
+            .to_vec()
+            .into();
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        older.run(&mut conn).await.unwrap();
+        let last = known.last().unwrap();
+        let err = PgStore::open(&url).await.err().unwrap().to_string();
+        assert!(
+            err.contains(&format!("needs 1 more migration(s): {last}"))
+                && err.contains("cairn-server migrate"),
+            "{err}"
+        );
+        let (_, applied) = PgStore::open_with(&url, Pending::Apply).await.unwrap();
+        assert_eq!(applied, std::slice::from_ref(last));
+        let (_, applied) = PgStore::open_with(&url, Pending::Refuse).await.unwrap();
+        assert_eq!(applied, []);
     }
 }

@@ -256,6 +256,12 @@ impl SqliteStore {
     /// audit entries stored before the chain existed, and checks that the
     /// audit log is still protected.
     pub async fn open(path: &Path) -> Result<Self> {
+        Ok(Self::open_with(path, Pending::Apply).await?.0)
+    }
+
+    /// [`SqliteStore::open`], doing `pending` with migrations this build has
+    /// and the database has not; returns the store and the migrations applied.
+    pub async fn open_with(path: &Path, pending: Pending) -> Result<(Self, Vec<Migration>)> {
         restrict_files(path)?;
         let opts = SqliteConnectOptions::from_str("sqlite:")
             .map_err(db("configure sqlite"))?
@@ -274,7 +280,16 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(db(format!("open {}", path.display())))?;
-        sqlx::migrate!("./migrations/sqlite")
+        let migrator = sqlx::migrate!("./migrations/sqlite");
+        let place = format!("database {}", path.display());
+        let applied = applied_migrations(&pool).await?;
+        let missing = schema::pending(&schema::known(&migrator), &applied, &place)?;
+        if !missing.is_empty() && pending == Pending::Refuse && !applied.is_empty() {
+            return Err(schema::out_of_date(&place, &applied, &missing));
+        }
+        // Run even with nothing missing: it refuses a migration that failed
+        // half-way or whose file changed since it was applied.
+        migrator
             .run(&pool)
             .await
             .map_err(db("apply database migrations"))?;
@@ -289,7 +304,7 @@ impl SqliteStore {
         };
         store.check_protections().await?;
         store.chain_unchained().await?;
-        Ok(store)
+        Ok((store, missing))
     }
 
     /// A write transaction, holding SQLite's write lock from its start.
@@ -466,6 +481,31 @@ impl SqliteStore {
 }
 
 /// The hash of the audit entry before the one with id `id`; empty when there is none.
+/// The migrations the database at `pool` applied, oldest first (none for a new one).
+async fn applied_migrations(pool: &SqlitePool) -> Result<Vec<Migration>> {
+    let exists: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(db("read the database's schema version"))?;
+    if exists.is_none() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .map_err(db("read the database's schema version"))?;
+    Ok(rows
+        .into_iter()
+        .map(|(version, description)| Migration {
+            version,
+            description,
+        })
+        .collect())
+}
+
 async fn hash_before(tx: &mut Transaction<'static, Sqlite>, id: i64) -> Result<String> {
     let hash: Option<Option<String>> =
         sqlx::query_scalar("SELECT hash FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT 1")
@@ -1150,6 +1190,63 @@ impl Store for SqliteStore {
     async fn fleet_status(&self, now: Micros) -> Result<Vec<ChannelStatus>> {
         self.fleet_status_in_sqlite(now).await
     }
+
+    async fn ca(&self) -> Result<Option<CaRecord>> {
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT cert_pem, key_pem FROM ca WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("read the CA"))?;
+        Ok(row.map(|(cert_pem, key_pem)| CaRecord { cert_pem, key_pem }))
+    }
+
+    async fn init_ca(
+        &self,
+        ca: &CaRecord,
+        action: &str,
+        target: &str,
+        actor: &Actor,
+    ) -> Result<(CaRecord, bool)> {
+        let _w = self.write.lock().await;
+        let mut tx = self.begin("begin storing the CA").await?;
+        let stored = sqlx::query(
+            "INSERT INTO ca (id, cert_pem, key_pem, created_at) VALUES (1, ?, ?, ?)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&ca.cert_pem)
+        .bind(&ca.key_pem)
+        .bind(now_micros())
+        .execute(&mut *tx)
+        .await
+        .map_err(db("store the CA"))?
+        .rows_affected()
+            == 1;
+        if stored {
+            append_audit(&mut tx, &self.head, actor, action, target, "", "ok").await?;
+        }
+        let (cert_pem, key_pem): (String, String) =
+            sqlx::query_as("SELECT cert_pem, key_pem FROM ca WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("read the CA"))?;
+        tx.commit().await.map_err(db("commit the CA"))?;
+        Ok((CaRecord { cert_pem, key_pem }, stored))
+    }
+
+    async fn job_lease(&self, _job: &str) -> Result<Option<JobLease>> {
+        // One server owns a SQLite database (its data directory is locked).
+        Ok(Some(JobLease::new(Owned)))
+    }
+}
+
+/// The lease on a job of a database this process owns: never lost.
+struct Owned;
+
+#[async_trait::async_trait]
+impl HeldJob for Owned {
+    async fn check(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -1418,6 +1515,51 @@ mod tests {
         let err = SqliteStore::open(&path).await.err().unwrap().to_string();
         assert!(
             err.contains("column `hash` (the chain) is missing"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_schema_newer_than_known_is_refused_and_an_older_one_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.db");
+        // Migrated by an older release: all but the last migration applied.
+        let pool = old_database(&path).await;
+        let mut older = sqlx::migrate!("./migrations/sqlite");
+        older.migrations = older.migrations[..older.migrations.len() - 1]
+            .to_vec()
+            .into();
+        older.run(&pool).await.unwrap();
+        let known = schema::known(&sqlx::migrate!("./migrations/sqlite"));
+        let last = known.last().unwrap();
+        let err = SqliteStore::open_with(&path, Pending::Refuse)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains(&format!("1 more migration(s): {last}")),
+            "{err}"
+        );
+        let (_, applied) = SqliteStore::open_with(&path, Pending::Apply).await.unwrap();
+        assert_eq!(
+            applied,
+            std::slice::from_ref(last),
+            "serve on SQLite migrates by itself"
+        );
+
+        // Migrated by a newer release.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (9999, 'from the future', TRUE, X'00', 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let err = SqliteStore::open(&path).await.err().unwrap().to_string();
+        assert!(
+            err.contains("is at version 9999")
+                && err.contains(&format!("knows versions up to {}", last.version)),
             "{err}"
         );
     }
