@@ -9,18 +9,23 @@
 //!   (role, channel) watched, which the Roles handlers feed after a promote or
 //!   rollback committed. A stream holds only a receiver: no task, no buffer,
 //!   no timer of its own; dead peers are dropped by HTTP/2 and TCP keepalive.
-//!   One process knows of the moves it made itself, so several servers on one
-//!   database (PostgreSQL) need the database to tell them (LISTEN/NOTIFY).
 //!   A stream also holds a receiver of the revocations [`ChannelMoves`]
 //!   broadcasts, and ends with `UNAUTHENTICATED` as soon as its node is
 //!   revoked (see [`NodeWatch`]).
+//! - Several servers on one database (PostgreSQL): each server's handlers
+//!   tell its own [`ChannelMoves`] of what they did, and
+//!   [`ChannelMoves::follow`] tells it of what the others did, from the
+//!   store's change feed ([`Store::changes`]); after the feed was cut off it
+//!   reads every watched channel again and checks every open stream's node.
 //! - `Report` goes through [`Ingest`]: reports arriving together are stored in
 //!   one transaction (one commit for many), each answered once it committed.
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use cairn_proto::pb;
 use cairn_proto::report::RunReport;
@@ -32,12 +37,12 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tonic::{Request, Response, Status};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::auth::{self, NodeCaller};
 use crate::refusals::Refusal;
 use crate::service::{Api, DEFAULT_CHANNEL, check_channel, cut, store_status};
-use crate::store::{self, Actor, Micros, NewReport, ReportMeta, RunStatus, Store};
+use crate::store::{self, Actor, Change, Micros, NewReport, ReportMeta, RunStatus, Store};
 
 /// Largest report message a node may send (the gRPC decoding limit of `Nodes`).
 pub const MAX_REPORT_BYTES: usize = 4 << 20;
@@ -191,6 +196,7 @@ impl pb::nodes_server::Nodes for NodeApi {
                 // Listening before the caller is checked: a revocation
                 // committed after the check reaches this stream.
                 let revocations = self.api.moves.revocations();
+                let resyncs = self.api.moves.resyncs();
                 let caller = self.caller(&req, "watch").await?;
                 let asked = req.into_inner().assignment;
                 let (role, channel) = self.own_assignment(&caller, asked, "watch").await?;
@@ -200,11 +206,26 @@ impl pb::nodes_server::Nodes for NodeApi {
                     .subscribe(&role, &channel)
                     .await
                     .map_err(store_status)?;
+                let open = OpenStream::new(&self.api.moves, &caller.actor.name);
+                // A resync that began since the check may have missed this
+                // stream, and with it a revocation told to nobody: check again.
+                if self.api.moves.resyncs() != resyncs
+                    && !self
+                        .api
+                        .store
+                        .revoked_nodes(std::slice::from_ref(&caller.actor.name))
+                        .await
+                        .map_err(store_status)?
+                        .is_empty()
+                {
+                    return Err(revoked_status(&caller.actor.name));
+                }
                 let stream = NodeWatch {
                     node: caller.actor.name,
                     moves: WatchStream::new(moves),
                     revocations: BroadcastStream::new(revocations),
                     ended: false,
+                    _open: open,
                 };
                 Ok(Box::pin(stream) as ChannelMovedStream)
             })
@@ -250,6 +271,14 @@ struct NodeWatch {
     revocations: BroadcastStream<Arc<str>>,
     /// Set once the revocation was sent: nothing follows it.
     ended: bool,
+    /// Counts the stream among its node's open ones while it lives.
+    _open: OpenStream,
+}
+
+fn revoked_status(node: &str) -> Status {
+    Status::unauthenticated(format!(
+        "credential revoked: node {node} was revoked; enroll it again with a new join token"
+    ))
 }
 
 impl Stream for NodeWatch {
@@ -263,10 +292,7 @@ impl Stream for NodeWatch {
         // Revocations first: a revoked node is told nothing more.
         while let Poll::Ready(Some(revoked)) = Pin::new(&mut this.revocations).poll_next(cx) {
             let status = match revoked {
-                Ok(name) if *name == *this.node => Status::unauthenticated(format!(
-                    "credential revoked: node {} was revoked; enroll it again with a new join token",
-                    this.node
-                )),
+                Ok(name) if *name == *this.node => revoked_status(&this.node),
                 Ok(_) => continue,
                 // Revocations were missed: whether this node's was among
                 // them is unknown, so it reconnects and is checked again.
@@ -476,9 +502,15 @@ type Position = Option<pb::ChannelMoved>;
 /// ended (to be checked again on reconnecting).
 const MAX_UNSEEN_REVOCATIONS: usize = 1024;
 
+/// How many node names one resync asks the store about at once.
+const RESYNC_NAMES_PER_READ: usize = 1000;
+/// A resync that failed (the database answered an error) is tried again after this.
+const RESYNC_RETRY: Duration = Duration::from_secs(5);
+
 /// The in-process fan-out of channel moves to `Watch` streams: one
 /// `tokio::sync::watch` per (role, channel) someone watches, created on demand;
-/// and of node revocations, to every stream.
+/// and of node revocations, to every stream. Told by this server's handlers,
+/// and by the store's change feed of what other servers did ([`Self::follow`]).
 pub struct ChannelMoves {
     store: Arc<dyn Store>,
     senders: Mutex<HashMap<(String, String), watch::Sender<Position>>>,
@@ -489,6 +521,11 @@ pub struct ChannelMoves {
     /// Revocations are rare: waking every stream for one costs less than a
     /// sender per node would.
     revoked: broadcast::Sender<Arc<str>>,
+    /// The nodes with open streams, and how many each: what a resync checks.
+    /// An entry per node at most, removed with its last stream.
+    open: Mutex<HashMap<String, usize>>,
+    /// Resyncs begun: a stream opened across one checks its node itself.
+    resyncs: AtomicU64,
 }
 
 impl ChannelMoves {
@@ -498,7 +535,83 @@ impl ChannelMoves {
             senders: Mutex::new(HashMap::new()),
             publishing: tokio::sync::Mutex::new(()),
             revoked: broadcast::channel(MAX_UNSEEN_REVOCATIONS).0,
+            open: Mutex::new(HashMap::new()),
+            resyncs: AtomicU64::new(0),
         }
+    }
+
+    /// Tells the streams of the changes in `feed` (the store's change feed:
+    /// what every server, this one too, committed) until it ends. A resync
+    /// reads every watched channel again and ends the streams of nodes
+    /// revoked meanwhile; one that fails is tried again.
+    pub async fn follow(&self, mut feed: tokio::sync::mpsc::Receiver<Change>) {
+        let mut resync_owed = false;
+        loop {
+            let change = if resync_owed {
+                match tokio::time::timeout(RESYNC_RETRY, feed.recv()).await {
+                    Ok(change) => change,
+                    Err(_) => Some(Change::Resync),
+                }
+            } else {
+                feed.recv().await
+            };
+            match change {
+                None => return,
+                Some(Change::ChannelMoved { role, channel }) => self.moved(&role, &channel).await,
+                Some(Change::NodeRevoked { name }) => self.revoked(&name),
+                Some(Change::Resync) => match self.resync().await {
+                    Ok(()) => resync_owed = false,
+                    Err(e) => {
+                        resync_owed = true;
+                        warn!(
+                            error = format!("{:#}", anyhow::Error::from(e)),
+                            "could not read the watched channels and nodes again; trying again in {}s",
+                            RESYNC_RETRY.as_secs()
+                        );
+                    }
+                },
+            }
+        }
+    }
+
+    /// Reads every watched channel again, and ends the streams of every node
+    /// revoked: what changes this server may not have been told of.
+    async fn resync(&self) -> store::Result<()> {
+        self.resyncs.fetch_add(1, Ordering::SeqCst);
+        let watched: Vec<(String, String)> = {
+            let senders = self.senders.lock().expect("channel moves lock poisoned");
+            senders
+                .iter()
+                .filter(|(_, tx)| tx.receiver_count() > 0)
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        for (role, channel) in &watched {
+            self.publish(role, channel).await?;
+        }
+        let nodes: Vec<String> = {
+            let open = self.open.lock().expect("open streams lock poisoned");
+            open.keys().cloned().collect()
+        };
+        let mut revoked = 0;
+        for names in nodes.chunks(RESYNC_NAMES_PER_READ) {
+            for name in self.store.revoked_nodes(names).await? {
+                self.revoked(&name);
+                revoked += 1;
+            }
+        }
+        info!(
+            channels = watched.len(),
+            nodes = nodes.len(),
+            revoked,
+            "read the watched channels and nodes again"
+        );
+        Ok(())
+    }
+
+    /// Resyncs begun so far.
+    fn resyncs(&self) -> u64 {
+        self.resyncs.load(Ordering::SeqCst)
     }
 
     /// A receiver of the names of nodes revoked from now on.
@@ -545,26 +658,40 @@ impl ChannelMoves {
     /// committed. A failure to read it is logged: the move itself stands, and
     /// nodes still correct drift at their interval.
     pub async fn moved(&self, role: &str, channel: &str) {
-        let _publishing = self.publishing.lock().await;
-        let Some(tx) = self.sender(role, channel) else {
-            return;
-        };
-        match self.position(role, channel).await {
-            Ok(position) => {
-                let watchers = tx.receiver_count();
-                tx.send_replace(position);
-                info!(
-                    role,
-                    channel, watchers, "channel move sent to watching nodes"
-                );
-            }
-            Err(e) => error!(
+        if let Err(e) = self.publish(role, channel).await {
+            error!(
                 role,
                 channel,
                 error = format!("{:#}", anyhow::Error::from(e)),
                 "could not read a channel after it moved; its watchers were not told"
-            ),
+            );
         }
+    }
+
+    /// Reads where the channel points and tells its watchers, if any, when
+    /// that differs from what they were told (a move is told once, whether
+    /// this server's handler or the change feed tells it first).
+    async fn publish(&self, role: &str, channel: &str) -> store::Result<()> {
+        let _publishing = self.publishing.lock().await;
+        let Some(tx) = self.sender(role, channel) else {
+            return Ok(());
+        };
+        let position = self.position(role, channel).await?;
+        let told = tx.send_if_modified(|current| {
+            let moved = *current != position;
+            if moved {
+                *current = position;
+            }
+            moved
+        });
+        if told {
+            let watchers = tx.receiver_count();
+            info!(
+                role,
+                channel, watchers, "channel move sent to watching nodes"
+            );
+        }
+        Ok(())
     }
 
     /// Ends every watch stream (at shutdown): their senders are dropped.
@@ -586,6 +713,36 @@ impl ChannelMoves {
                 version: v.version,
                 digest: v.digest,
             }))
+    }
+}
+
+/// Counts a stream among its node's open ones (see [`ChannelMoves::resync`])
+/// until dropped.
+struct OpenStream {
+    moves: Arc<ChannelMoves>,
+    node: String,
+}
+
+impl OpenStream {
+    fn new(moves: &Arc<ChannelMoves>, node: &str) -> OpenStream {
+        let mut open = moves.open.lock().expect("open streams lock poisoned");
+        *open.entry(node.to_string()).or_default() += 1;
+        OpenStream {
+            moves: moves.clone(),
+            node: node.to_string(),
+        }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut open = self.moves.open.lock().expect("open streams lock poisoned");
+        if let Some(count) = open.get_mut(&self.node) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.node);
+            }
+        }
     }
 }
 

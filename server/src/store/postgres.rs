@@ -38,6 +38,10 @@
 //! Opening refuses a database whose audit log lost its protection: see
 //! [`PROTECTIONS`].
 //!
+//! Several servers: each channel move and node revocation is announced with
+//! `NOTIFY` in its own transaction, so it is told only once it committed;
+//! [`Store::changes`] listens for them: [`changes`].
+//!
 //! Join tokens and nodes: [`enroll`]; reports and the fleet: [`reports`].
 
 use std::str::FromStr;
@@ -49,6 +53,7 @@ use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use super::rows::*;
 use super::*;
 
+mod changes;
 mod enroll;
 mod reports;
 
@@ -77,6 +82,8 @@ type Tx = Transaction<'static, Postgres>;
 
 pub struct PgStore {
     pool: PgPool,
+    /// How the pool connects, for the connection that listens for changes.
+    options: PgConnectOptions,
     /// `database NAME at HOST:PORT`, for messages (never the URL).
     place: String,
 }
@@ -176,8 +183,12 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_lazy_with(options);
-        let store = PgStore { pool, place };
+            .connect_lazy_with(options.clone());
+        let store = PgStore {
+            pool,
+            options,
+            place,
+        };
         store.check_protections().await?;
         Ok(store)
     }
@@ -404,6 +415,7 @@ async fn move_channel(
         None => format!("{channel}: → {version}"),
     };
     append_audit(tx, actor, action, role, &detail, "ok").await?;
+    changes::channel_moved(tx, role, channel).await?;
     Ok(ChannelMove {
         channel: Channel {
             role: role.to_string(),
@@ -855,6 +867,24 @@ impl Store for PgStore {
 
     async fn fleet_status(&self, now: Micros) -> Result<Vec<ChannelStatus>> {
         self.fleet_status_in_postgres(now).await
+    }
+
+    fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
+        Some(changes::start(
+            self.pool.clone(),
+            self.options.clone(),
+            self.place.clone(),
+        ))
+    }
+
+    async fn revoked_nodes(&self, names: &[String]) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT name FROM nodes WHERE revoked_at IS NOT NULL AND name = ANY($1) ORDER BY name",
+        )
+        .bind(names)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read revoked nodes"))
     }
 }
 
