@@ -574,21 +574,11 @@ impl ChannelMoves {
         }
     }
 
-    /// Reads every watched channel again, and ends the streams of every node
-    /// revoked: what changes this server may not have been told of.
+    /// Ends the streams of every node revoked, and reads every watched
+    /// channel again: what changes this server may not have been told of.
     async fn resync(&self) -> store::Result<()> {
         self.resyncs.fetch_add(1, Ordering::SeqCst);
-        let watched: Vec<(String, String)> = {
-            let senders = self.senders.lock().expect("channel moves lock poisoned");
-            senders
-                .iter()
-                .filter(|(_, tx)| tx.receiver_count() > 0)
-                .map(|(key, _)| key.clone())
-                .collect()
-        };
-        for (role, channel) in &watched {
-            self.publish(role, channel).await?;
-        }
+        // Revocations first: a revoked node is told nothing more.
         let nodes: Vec<String> = {
             let open = self.open.lock().expect("open streams lock poisoned");
             open.keys().cloned().collect()
@@ -599,6 +589,17 @@ impl ChannelMoves {
                 self.revoked(&name);
                 revoked += 1;
             }
+        }
+        let watched: Vec<(String, String)> = {
+            let senders = self.senders.lock().expect("channel moves lock poisoned");
+            senders
+                .iter()
+                .filter(|(_, tx)| tx.receiver_count() > 0)
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        for (role, channel) in &watched {
+            self.publish(role, channel).await?;
         }
         info!(
             channels = watched.len(),

@@ -346,3 +346,17 @@ pub fn file(path: &[u8], content: &[u8]) -> pb::BundleFile {
         content: content.to_vec(),
     }
 }
+
+/// Starts `to` (a data directory not used yet) with the CA of the server on
+/// `from`, so that replicas on one database accept each other's nodes and
+/// operators.
+// Until the CA is shared through the database, replicas share it by
+// starting from a copy of its files; drop this helper once it is.
+pub fn share_ca(from: &Path, to: &Path) {
+    cairn_server::pki::ensure_data_dir(to).unwrap();
+    for file in ["ca.crt", "ca.key"] {
+        // `copy` keeps the key's mode (0600).
+        std::fs::copy(from.join(file), to.join(file))
+            .unwrap_or_else(|e| panic!("could not copy {file} from {}: {e}", from.display()));
+    }
+}
