@@ -17,6 +17,8 @@ use crate::workspace_binary;
 pub struct Server {
     child: Option<Child>,
     data: PathBuf,
+    /// `--database`, when not SQLite in the data directory.
+    database: Option<String>,
     grpc: SocketAddr,
     http: SocketAddr,
     log: PathBuf,
@@ -25,15 +27,36 @@ pub struct Server {
 impl Server {
     /// Starts a server keeping its data and log in `dir`.
     pub fn start(dir: &Path) -> Server {
+        Self::start_on(dir, None, None)
+    }
+
+    /// Starts a replica keeping its data and log in `dir`, on the database
+    /// at `database` (a PostgreSQL URL that other replicas share), with the
+    /// CA of `first` (another replica), or its own when `None`.
+    pub fn start_replica(dir: &Path, database: &str, first: Option<&Server>) -> Server {
+        Self::start_on(dir, Some(database), first)
+    }
+
+    fn start_on(dir: &Path, database: Option<&str>, ca_of: Option<&Server>) -> Server {
         let data = dir.join("server");
         std::fs::create_dir_all(&data)
             .unwrap_or_else(|e| panic!("could not create {}: {e}", data.display()));
         std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .unwrap_or_else(|e| panic!("could not restrict {}: {e}", data.display()));
+        // Until the CA is shared through the database, replicas share it by
+        // starting from a copy of its files; drop this once it is.
+        if let Some(first) = ca_of {
+            for file in ["ca.crt", "ca.key"] {
+                // `copy` keeps the key's mode (0600).
+                std::fs::copy(first.data.join(file), data.join(file))
+                    .unwrap_or_else(|e| panic!("could not copy the CA's {file}: {e}"));
+            }
+        }
         let (grpc, http) = free_ports();
         let mut server = Server {
             child: None,
             data,
+            database: database.map(String::from),
             grpc,
             http,
             log: dir.join("server.log"),
@@ -61,6 +84,7 @@ impl Server {
             .args(["--listen", &self.grpc.to_string()])
             .args(["--http", &self.http.to_string()])
             .args(["--name", "127.0.0.1"])
+            .args(self.database.iter().flat_map(|d| ["--database", d]))
             .stdout(log.try_clone().expect("could not duplicate the log handle"))
             .stderr(log)
             .spawn()
@@ -83,6 +107,15 @@ impl Server {
         terminate(&child);
         let status = child.wait().expect("could not wait for cairn-server");
         assert!(status.success(), "cairn-server exited {status}");
+    }
+
+    /// SIGKILL, as a crash would end it; [`Server::restart`] starts it again.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the server is not running");
+        child
+            .kill()
+            .unwrap_or_else(|e| panic!("could not kill cairn-server: {e}"));
+        child.wait().expect("could not wait for cairn-server");
     }
 
     /// What it logged so far.
@@ -110,9 +143,13 @@ impl Server {
     pub fn add_operator(&self, name: &str, out: &Path) -> Operator {
         let url = self.url();
         let path = out.to_str().expect("a UTF-8 path");
-        self.server_cmd(&[
+        let mut args = vec![
             "operator", "add", name, "--role", "admin", "--out", path, "--server", &url,
-        ]);
+        ];
+        if let Some(database) = &self.database {
+            args.extend(["--database", database]);
+        }
+        self.server_cmd(&args);
         Operator {
             credentials: out.to_path_buf(),
         }
