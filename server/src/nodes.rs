@@ -927,4 +927,102 @@ mod tests {
         moves.close();
         assert!(early.changed().await.is_err());
     }
+
+    #[tokio::test]
+    async fn the_change_feed_tells_watchers_once_and_a_resync_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("cairn.db").display());
+        let store = crate::store::open(&url).await.unwrap();
+        let moves = Arc::new(ChannelMoves::new(store.clone()));
+        let (feed, changes) = mpsc::channel(8);
+        let following = tokio::spawn({
+            let moves = moves.clone();
+            async move { moves.follow(changes).await }
+        });
+        let ann = Actor {
+            name: "ann".into(),
+            role: "admin".into(),
+            peer: "local".into(),
+        };
+        for digest in ["d1", "d2", "d3"] {
+            let new = store::NewVersion {
+                role: "web".into(),
+                digest: digest.into(),
+                message: String::new(),
+                bundle: vec![],
+            };
+            store.push(new, &ann).await.unwrap();
+        }
+        let mut rx = moves.subscribe("web", "production").await.unwrap();
+        let version =
+            |rx: &mut watch::Receiver<Position>| rx.borrow_and_update().as_ref().map(|m| m.version);
+        assert_eq!(version(&mut rx), None);
+
+        // Another server moved the channel: told by the feed.
+        store.promote("web", "production", 1, &ann).await.unwrap();
+        let moved = Change::ChannelMoved {
+            role: "web".into(),
+            channel: "production".into(),
+        };
+        feed.send(moved.clone()).await.unwrap();
+        rx.changed().await.unwrap();
+        assert_eq!(version(&mut rx), Some(1));
+        // Told again (this server's handler and the feed both tell a move it
+        // made): the watchers are not woken twice.
+        let mut revocations = moves.revocations();
+        feed.send(moved).await.unwrap();
+        moves.moved("web", "production").await;
+        // The feed is read in order: once this is told, the move was too.
+        let done = Change::NodeRevoked {
+            name: "sentinel".into(),
+        };
+        feed.send(done).await.unwrap();
+        assert_eq!(&*revocations.recv().await.unwrap(), "sentinel");
+        assert!(!rx.has_changed().unwrap());
+
+        // Missed while the feed was cut off: a move and a revocation; the
+        // resync reads both.
+        let token = store::NewToken {
+            id: "t1".into(),
+            secret_sha256: "h".into(),
+            assignment: store::Assignment {
+                role: "web".into(),
+                channel: "production".into(),
+            },
+            expires_at: store::now_micros() + 3_600_000_000,
+            uses_allowed: 2,
+        };
+        store.create_token(token, &ann).await.unwrap();
+        for name in ["web-1", "web-2"] {
+            let enrollment = store::Enrollment {
+                token_id: "t1".into(),
+                secret_sha256: "h".into(),
+                name: name.into(),
+                fingerprint: format!("fp-{name}"),
+                facts_json: None,
+            };
+            store.enroll(enrollment, &ann).await.unwrap().unwrap();
+        }
+        let _web_1 = OpenStream::new(&moves, "web-1");
+        let _web_2 = OpenStream::new(&moves, "web-2");
+        store.revoke_node("web-2", &ann).await.unwrap();
+        store.promote("web", "production", 3, &ann).await.unwrap();
+        let before = moves.resyncs();
+        feed.send(Change::Resync).await.unwrap();
+        assert_eq!(&*revocations.recv().await.unwrap(), "web-2");
+        rx.changed().await.unwrap();
+        assert_eq!(version(&mut rx), Some(3));
+        assert_eq!(moves.resyncs(), before + 1);
+        assert!(revocations.try_recv().is_err(), "web-1 stands");
+
+        // A stream's node is counted while it is open.
+        drop(_web_2);
+        assert_eq!(
+            moves.open.lock().unwrap().keys().collect::<Vec<_>>(),
+            ["web-1"]
+        );
+        // The feed ends (the server stops): so does following it.
+        drop(feed);
+        following.await.unwrap();
+    }
 }

@@ -239,12 +239,18 @@ async fn a_promote_or_rollback_through_one_replica_reaches_watchers_of_the_other
 
     let promoted = Instant::now();
     assert_eq!(replicas.push(0, "two").await, 2);
-    assert_eq!(next_version(&mut on_b, "a promote through A, on B").await, 2);
+    assert_eq!(
+        next_version(&mut on_b, "a promote through A, on B").await,
+        2
+    );
     eprintln!(
         "promote through A, told on B: {:?} after the push was sent",
         promoted.elapsed()
     );
-    assert_eq!(next_version(&mut on_c, "a promote through A, on C").await, 2);
+    assert_eq!(
+        next_version(&mut on_c, "a promote through A, on C").await,
+        2
+    );
 
     // A rollback through C: back to 1 on B, and on C, which made it.
     replicas
@@ -257,8 +263,14 @@ async fn a_promote_or_rollback_through_one_replica_reaches_watchers_of_the_other
         })
         .await
         .unwrap();
-    assert_eq!(next_version(&mut on_b, "a rollback through C, on B").await, 1);
-    assert_eq!(next_version(&mut on_c, "a rollback through C, on C").await, 1);
+    assert_eq!(
+        next_version(&mut on_b, "a rollback through C, on B").await,
+        1
+    );
+    assert_eq!(
+        next_version(&mut on_c, "a rollback through C, on C").await,
+        1
+    );
     // Told once each, though C heard it from its handler and from the database.
     assert!(next(&mut on_c, Duration::from_secs(1)).await.is_none());
 }
@@ -326,7 +338,11 @@ async fn what_a_replica_missed_while_cut_off_from_the_database_reaches_its_watch
         next(&mut watching, Duration::from_secs(3)).await.is_none(),
         "B told of the promote without listening: this test would prove nothing"
     );
-    assert!(next(&mut to_end, Duration::from_millis(100)).await.is_none());
+    assert!(
+        next(&mut to_end, Duration::from_millis(100))
+            .await
+            .is_none()
+    );
 
     // Back: B reads the channel and its nodes again.
     sqlx::query("ALTER ROLE replica_b LOGIN")

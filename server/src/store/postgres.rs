@@ -944,6 +944,95 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_is_told_of_what_another_committed_and_of_nothing_undone() {
+        let cluster = PgCluster::start();
+        let url = cluster.database();
+        let (a, b) = (
+            PgStore::open(&url).await.unwrap(),
+            PgStore::open(&url).await.unwrap(),
+        );
+        let mut feed = a.changes().unwrap();
+        let within = Duration::from_secs(20);
+        let next = async |feed: &mut tokio::sync::mpsc::Receiver<Change>| {
+            tokio::time::timeout(within, feed.recv())
+                .await
+                .expect("a change within 20 s")
+                .expect("the feed is open")
+        };
+        // Listening first, then told to read everything again.
+        assert_eq!(next(&mut feed).await, Change::Resync);
+        b.push(new("web", "d1"), &someone()).await.unwrap();
+        // Undone: never told.
+        assert!(matches!(
+            b.promote("web", "stable", 9, &someone()).await,
+            Err(StoreError::NotFound(_))
+        ));
+        b.promote("web", "stable", 1, &someone()).await.unwrap();
+        let moved = next(&mut feed).await;
+        assert_eq!(
+            moved,
+            Change::ChannelMoved {
+                role: "web".into(),
+                channel: "stable".into()
+            }
+        );
+        // Told after the commit: the move is there to read.
+        assert_eq!(
+            a.channel_version("web", "stable")
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            1
+        );
+        b.rollback("web", "stable", &someone()).await.unwrap_err();
+        b.push(new("web", "d2"), &someone()).await.unwrap();
+        b.promote("web", "stable", 2, &someone()).await.unwrap();
+        b.rollback("web", "stable", &someone()).await.unwrap();
+        for _ in 0..2 {
+            assert!(matches!(next(&mut feed).await, Change::ChannelMoved { .. }));
+        }
+        let token = NewToken {
+            id: "t".into(),
+            secret_sha256: "h".into(),
+            assignment: Assignment {
+                role: "web".into(),
+                channel: "stable".into(),
+            },
+            expires_at: now_micros() + 3_600_000_000,
+            uses_allowed: 1,
+        };
+        b.create_token(token, &someone()).await.unwrap();
+        let enrollment = Enrollment {
+            token_id: "t".into(),
+            secret_sha256: "h".into(),
+            name: "web-1".into(),
+            fingerprint: "fp".into(),
+            facts_json: None,
+        };
+        b.enroll(enrollment, &someone()).await.unwrap().unwrap();
+        b.revoke_node("web-1", &someone()).await.unwrap();
+        assert_eq!(
+            next(&mut feed).await,
+            Change::NodeRevoked {
+                name: "web-1".into()
+            }
+        );
+        assert!(feed.try_recv().is_err(), "nothing else was told");
+
+        // Its connection cut: it connects again, and says to read again.
+        let cut: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(changes::APPLICATION_NAME)
+        .fetch_all(&b.pool)
+        .await
+        .unwrap();
+        assert_eq!(cut, [true]);
+        assert_eq!(next(&mut feed).await, Change::Resync);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn servers_sharing_a_database_number_versions_and_chain_the_log_as_one() {
         // Two stores on one database are two servers: each has its own pool,
         // so only the database's locks keep them in order.

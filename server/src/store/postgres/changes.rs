@@ -214,7 +214,10 @@ impl Feed<'_> {
     /// Forwards one notification; what is not Cairn's is ignored.
     fn told(&mut self, channel: &str, payload: &str) {
         if payload.len() > MAX_PAYLOAD {
-            warn!(channel, "ignored a notification longer than any Cairn sends");
+            warn!(
+                channel,
+                "ignored a notification longer than any Cairn sends"
+            );
             return;
         }
         let change = match channel {
