@@ -1033,6 +1033,29 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listening_connection_gone_silent_is_found_out_by_its_probe() {
+        let cluster = PgCluster::start();
+        let store = PgStore::open(&cluster.database()).await.unwrap();
+        let mut feed = store.changes().unwrap();
+        assert_eq!(feed.recv().await, Some(Change::Resync));
+        // Its server process stopped: the connection stays open, and says nothing.
+        let pid: i32 =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+                .bind(changes::APPLICATION_NAME)
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let silent = std::time::Instant::now();
+        // Found out after a quiet spell and an unanswered probe; connected again.
+        let next = tokio::time::timeout(Duration::from_secs(90), feed.recv()).await;
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        assert_eq!(next.expect("a resync within 90 s"), Some(Change::Resync));
+        eprintln!("a silent connection replaced after {:?}", silent.elapsed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn servers_sharing_a_database_number_versions_and_chain_the_log_as_one() {
         // Two stores on one database are two servers: each has its own pool,
         // so only the database's locks keep them in order.

@@ -104,15 +104,17 @@ impl Feed<'_> {
     /// Listens, forwards, and connects again whenever the connection is lost; never returns.
     async fn run(mut self) {
         let mut failures: u32 = 0;
+        let mut listened_before = false;
         loop {
             match self.listen().await {
                 Ok(listener) => {
-                    if failures > 0 {
+                    if listened_before {
                         info!(place = %self.place, "listening for other servers' changes again");
                     } else {
                         info!(place = %self.place, "listening for other servers' changes");
                     }
                     failures = 0;
+                    listened_before = true;
                     // Anything that committed before LISTEN is read again now.
                     self.send(Change::Resync);
                     let why = self.forward(listener).await;
