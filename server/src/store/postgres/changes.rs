@@ -17,7 +17,7 @@
 //! connects again. Reconnection attempts back off, jittered, up to
 //! [`RETRY_MAX`]; each loss and each return is logged.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -113,10 +113,10 @@ impl Feed<'_> {
                     } else {
                         info!(place = %self.place, "listening for other servers' changes");
                     }
-                    failures = 0;
                     listened_before = true;
                     // Anything that committed before LISTEN is read again now.
                     self.send(Change::Resync);
+                    let since = Instant::now();
                     let why = self.forward(listener).await;
                     warn!(
                         place = %self.place,
@@ -124,6 +124,15 @@ impl Feed<'_> {
                         "lost the connection listening for other servers' changes; connecting again \
                          (until then, watchers here are not told of moves and revocations made elsewhere)"
                     );
+                    // A connection that lasted is replaced at once; one lost
+                    // as soon as made, again and again, no faster than
+                    // failed attempts are.
+                    if since.elapsed() > RETRY_MAX {
+                        failures = 0;
+                    } else {
+                        tokio::time::sleep(retry_delay(failures)).await;
+                        failures = failures.saturating_add(1);
+                    }
                 }
                 Err(e) => {
                     let wait = retry_delay(failures);
