@@ -195,13 +195,15 @@ impl Feed<'_> {
     /// the listener, forwarding what arrives meanwhile.
     async fn probe(&mut self, listener: &mut PgListener) -> std::result::Result<(), String> {
         let token = format!("{:016x}", random());
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&self.probe)
-            .bind(&token)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| format!("could not probe the connection: {e}"))?;
-        let back = async {
+        // Both halves under one deadline: the pool's connection may be cut
+        // without a word too.
+        let sent_and_back = async {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&self.probe)
+                .bind(&token)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| format!("could not send a probe: {e}"))?;
             loop {
                 match listener.try_recv().await {
                     Ok(Some(n)) if n.channel() == self.probe && n.payload() == token => {
@@ -213,7 +215,7 @@ impl Feed<'_> {
                 }
             }
         };
-        match tokio::time::timeout(PROBE_TIMEOUT, back).await {
+        match tokio::time::timeout(PROBE_TIMEOUT, sent_and_back).await {
             Ok(answer) => answer,
             Err(_) => Err(format!(
                 "a probe did not come back within {}s",
