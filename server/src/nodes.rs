@@ -9,18 +9,23 @@
 //!   (role, channel) watched, which the Roles handlers feed after a promote or
 //!   rollback committed. A stream holds only a receiver: no task, no buffer,
 //!   no timer of its own; dead peers are dropped by HTTP/2 and TCP keepalive.
-//!   One process knows of the moves it made itself, so several servers on one
-//!   database (PostgreSQL) need the database to tell them (LISTEN/NOTIFY).
 //!   A stream also holds a receiver of the revocations [`ChannelMoves`]
 //!   broadcasts, and ends with `UNAUTHENTICATED` as soon as its node is
 //!   revoked (see [`NodeWatch`]).
+//! - Several servers on one database (PostgreSQL): each server's handlers
+//!   tell its own [`ChannelMoves`] of what they did, and
+//!   [`ChannelMoves::follow`] tells it of what the others did, from the
+//!   store's change feed ([`Store::changes`]); after the feed was cut off it
+//!   reads every watched channel again and checks every open stream's node.
 //! - `Report` goes through [`Ingest`]: reports arriving together are stored in
 //!   one transaction (one commit for many), each answered once it committed.
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use cairn_proto::pb;
 use cairn_proto::report::RunReport;
@@ -32,12 +37,12 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tonic::{Request, Response, Status};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::auth::{self, NodeCaller};
 use crate::refusals::Refusal;
 use crate::service::{Api, DEFAULT_CHANNEL, check_channel, cut, store_status};
-use crate::store::{self, Actor, Micros, NewReport, ReportMeta, RunStatus, Store};
+use crate::store::{self, Actor, Change, Micros, NewReport, ReportMeta, RunStatus, Store};
 
 /// Largest report message a node may send (the gRPC decoding limit of `Nodes`).
 pub const MAX_REPORT_BYTES: usize = 4 << 20;
@@ -191,6 +196,7 @@ impl pb::nodes_server::Nodes for NodeApi {
                 // Listening before the caller is checked: a revocation
                 // committed after the check reaches this stream.
                 let revocations = self.api.moves.revocations();
+                let resyncs = self.api.moves.resyncs();
                 let caller = self.caller(&req, "watch").await?;
                 let asked = req.into_inner().assignment;
                 let (role, channel) = self.own_assignment(&caller, asked, "watch").await?;
@@ -200,11 +206,26 @@ impl pb::nodes_server::Nodes for NodeApi {
                     .subscribe(&role, &channel)
                     .await
                     .map_err(store_status)?;
+                let open = OpenStream::new(&self.api.moves, &caller.actor.name);
+                // A resync that began since the check may have missed this
+                // stream, and with it a revocation told to nobody: check again.
+                if self.api.moves.resyncs() != resyncs
+                    && !self
+                        .api
+                        .store
+                        .revoked_nodes(std::slice::from_ref(&caller.actor.name))
+                        .await
+                        .map_err(store_status)?
+                        .is_empty()
+                {
+                    return Err(revoked_status(&caller.actor.name));
+                }
                 let stream = NodeWatch {
                     node: caller.actor.name,
                     moves: WatchStream::new(moves),
                     revocations: BroadcastStream::new(revocations),
                     ended: false,
+                    _open: open,
                 };
                 Ok(Box::pin(stream) as ChannelMovedStream)
             })
@@ -250,6 +271,14 @@ struct NodeWatch {
     revocations: BroadcastStream<Arc<str>>,
     /// Set once the revocation was sent: nothing follows it.
     ended: bool,
+    /// Counts the stream among its node's open ones while it lives.
+    _open: OpenStream,
+}
+
+fn revoked_status(node: &str) -> Status {
+    Status::unauthenticated(format!(
+        "credential revoked: node {node} was revoked; enroll it again with a new join token"
+    ))
 }
 
 impl Stream for NodeWatch {
@@ -263,10 +292,7 @@ impl Stream for NodeWatch {
         // Revocations first: a revoked node is told nothing more.
         while let Poll::Ready(Some(revoked)) = Pin::new(&mut this.revocations).poll_next(cx) {
             let status = match revoked {
-                Ok(name) if *name == *this.node => Status::unauthenticated(format!(
-                    "credential revoked: node {} was revoked; enroll it again with a new join token",
-                    this.node
-                )),
+                Ok(name) if *name == *this.node => revoked_status(&this.node),
                 Ok(_) => continue,
                 // Revocations were missed: whether this node's was among
                 // them is unknown, so it reconnects and is checked again.
@@ -476,9 +502,15 @@ type Position = Option<pb::ChannelMoved>;
 /// ended (to be checked again on reconnecting).
 const MAX_UNSEEN_REVOCATIONS: usize = 1024;
 
+/// How many node names one resync asks the store about at once.
+const RESYNC_NAMES_PER_READ: usize = 1000;
+/// A resync that failed (the database answered an error) is tried again after this.
+const RESYNC_RETRY: Duration = Duration::from_secs(5);
+
 /// The in-process fan-out of channel moves to `Watch` streams: one
 /// `tokio::sync::watch` per (role, channel) someone watches, created on demand;
-/// and of node revocations, to every stream.
+/// and of node revocations, to every stream. Told by this server's handlers,
+/// and by the store's change feed of what other servers did ([`Self::follow`]).
 pub struct ChannelMoves {
     store: Arc<dyn Store>,
     senders: Mutex<HashMap<(String, String), watch::Sender<Position>>>,
@@ -489,6 +521,11 @@ pub struct ChannelMoves {
     /// Revocations are rare: waking every stream for one costs less than a
     /// sender per node would.
     revoked: broadcast::Sender<Arc<str>>,
+    /// The nodes with open streams, and how many each: what a resync checks.
+    /// An entry per node at most, removed with its last stream.
+    open: Mutex<HashMap<String, usize>>,
+    /// Resyncs begun: a stream opened across one checks its node itself.
+    resyncs: AtomicU64,
 }
 
 impl ChannelMoves {
@@ -498,7 +535,84 @@ impl ChannelMoves {
             senders: Mutex::new(HashMap::new()),
             publishing: tokio::sync::Mutex::new(()),
             revoked: broadcast::channel(MAX_UNSEEN_REVOCATIONS).0,
+            open: Mutex::new(HashMap::new()),
+            resyncs: AtomicU64::new(0),
         }
+    }
+
+    /// Tells the streams of the changes in `feed` (the store's change feed:
+    /// what every server, this one too, committed) until it ends. A resync
+    /// reads every watched channel again and ends the streams of nodes
+    /// revoked meanwhile; one that fails is tried again.
+    pub async fn follow(&self, mut feed: tokio::sync::mpsc::Receiver<Change>) {
+        let mut resync_owed = false;
+        loop {
+            let change = if resync_owed {
+                match tokio::time::timeout(RESYNC_RETRY, feed.recv()).await {
+                    Ok(change) => change,
+                    Err(_) => Some(Change::Resync),
+                }
+            } else {
+                feed.recv().await
+            };
+            match change {
+                None => return,
+                Some(Change::ChannelMoved { role, channel }) => self.moved(&role, &channel).await,
+                Some(Change::NodeRevoked { name }) => self.revoked(&name),
+                Some(Change::Resync) => match self.resync().await {
+                    Ok(()) => resync_owed = false,
+                    Err(e) => {
+                        resync_owed = true;
+                        warn!(
+                            error = format!("{:#}", anyhow::Error::from(e)),
+                            "could not read the watched channels and nodes again; trying again in {}s",
+                            RESYNC_RETRY.as_secs()
+                        );
+                    }
+                },
+            }
+        }
+    }
+
+    /// Ends the streams of every node revoked, and reads every watched
+    /// channel again: what changes this server may not have been told of.
+    async fn resync(&self) -> store::Result<()> {
+        self.resyncs.fetch_add(1, Ordering::SeqCst);
+        // Revocations first: a revoked node is told nothing more.
+        let nodes: Vec<String> = {
+            let open = self.open.lock().expect("open streams lock poisoned");
+            open.keys().cloned().collect()
+        };
+        let mut revoked = 0;
+        for names in nodes.chunks(RESYNC_NAMES_PER_READ) {
+            for name in self.store.revoked_nodes(names).await? {
+                self.revoked(&name);
+                revoked += 1;
+            }
+        }
+        let watched: Vec<(String, String)> = {
+            let senders = self.senders.lock().expect("channel moves lock poisoned");
+            senders
+                .iter()
+                .filter(|(_, tx)| tx.receiver_count() > 0)
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        for (role, channel) in &watched {
+            self.publish(role, channel).await?;
+        }
+        info!(
+            channels = watched.len(),
+            nodes = nodes.len(),
+            revoked,
+            "read the watched channels and nodes again"
+        );
+        Ok(())
+    }
+
+    /// Resyncs begun so far.
+    fn resyncs(&self) -> u64 {
+        self.resyncs.load(Ordering::SeqCst)
     }
 
     /// A receiver of the names of nodes revoked from now on.
@@ -545,26 +659,40 @@ impl ChannelMoves {
     /// committed. A failure to read it is logged: the move itself stands, and
     /// nodes still correct drift at their interval.
     pub async fn moved(&self, role: &str, channel: &str) {
-        let _publishing = self.publishing.lock().await;
-        let Some(tx) = self.sender(role, channel) else {
-            return;
-        };
-        match self.position(role, channel).await {
-            Ok(position) => {
-                let watchers = tx.receiver_count();
-                tx.send_replace(position);
-                info!(
-                    role,
-                    channel, watchers, "channel move sent to watching nodes"
-                );
-            }
-            Err(e) => error!(
+        if let Err(e) = self.publish(role, channel).await {
+            error!(
                 role,
                 channel,
                 error = format!("{:#}", anyhow::Error::from(e)),
                 "could not read a channel after it moved; its watchers were not told"
-            ),
+            );
         }
+    }
+
+    /// Reads where the channel points and tells its watchers, if any, when
+    /// that differs from what they were told (a move is told once, whether
+    /// this server's handler or the change feed tells it first).
+    async fn publish(&self, role: &str, channel: &str) -> store::Result<()> {
+        let _publishing = self.publishing.lock().await;
+        let Some(tx) = self.sender(role, channel) else {
+            return Ok(());
+        };
+        let position = self.position(role, channel).await?;
+        let told = tx.send_if_modified(|current| {
+            let moved = *current != position;
+            if moved {
+                *current = position;
+            }
+            moved
+        });
+        if told {
+            let watchers = tx.receiver_count();
+            info!(
+                role,
+                channel, watchers, "channel move sent to watching nodes"
+            );
+        }
+        Ok(())
     }
 
     /// Ends every watch stream (at shutdown): their senders are dropped.
@@ -586,6 +714,36 @@ impl ChannelMoves {
                 version: v.version,
                 digest: v.digest,
             }))
+    }
+}
+
+/// Counts a stream among its node's open ones (see [`ChannelMoves::resync`])
+/// until dropped.
+struct OpenStream {
+    moves: Arc<ChannelMoves>,
+    node: String,
+}
+
+impl OpenStream {
+    fn new(moves: &Arc<ChannelMoves>, node: &str) -> OpenStream {
+        let mut open = moves.open.lock().expect("open streams lock poisoned");
+        *open.entry(node.to_string()).or_default() += 1;
+        OpenStream {
+            moves: moves.clone(),
+            node: node.to_string(),
+        }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut open = self.moves.open.lock().expect("open streams lock poisoned");
+        if let Some(count) = open.get_mut(&self.node) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.node);
+            }
+        }
     }
 }
 
@@ -768,5 +926,103 @@ mod tests {
         // Closing (at shutdown) ends every stream.
         moves.close();
         assert!(early.changed().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_change_feed_tells_watchers_once_and_a_resync_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("cairn.db").display());
+        let store = crate::store::open(&url).await.unwrap();
+        let moves = Arc::new(ChannelMoves::new(store.clone()));
+        let (feed, changes) = mpsc::channel(8);
+        let following = tokio::spawn({
+            let moves = moves.clone();
+            async move { moves.follow(changes).await }
+        });
+        let ann = Actor {
+            name: "ann".into(),
+            role: "admin".into(),
+            peer: "local".into(),
+        };
+        for digest in ["d1", "d2", "d3"] {
+            let new = store::NewVersion {
+                role: "web".into(),
+                digest: digest.into(),
+                message: String::new(),
+                bundle: vec![],
+            };
+            store.push(new, &ann).await.unwrap();
+        }
+        let mut rx = moves.subscribe("web", "production").await.unwrap();
+        let version =
+            |rx: &mut watch::Receiver<Position>| rx.borrow_and_update().as_ref().map(|m| m.version);
+        assert_eq!(version(&mut rx), None);
+
+        // Another server moved the channel: told by the feed.
+        store.promote("web", "production", 1, &ann).await.unwrap();
+        let moved = Change::ChannelMoved {
+            role: "web".into(),
+            channel: "production".into(),
+        };
+        feed.send(moved.clone()).await.unwrap();
+        rx.changed().await.unwrap();
+        assert_eq!(version(&mut rx), Some(1));
+        // Told again (this server's handler and the feed both tell a move it
+        // made): the watchers are not woken twice.
+        let mut revocations = moves.revocations();
+        feed.send(moved).await.unwrap();
+        moves.moved("web", "production").await;
+        // The feed is read in order: once this is told, the move was too.
+        let done = Change::NodeRevoked {
+            name: "sentinel".into(),
+        };
+        feed.send(done).await.unwrap();
+        assert_eq!(&*revocations.recv().await.unwrap(), "sentinel");
+        assert!(!rx.has_changed().unwrap());
+
+        // Missed while the feed was cut off: a move and a revocation; the
+        // resync reads both.
+        let token = store::NewToken {
+            id: "t1".into(),
+            secret_sha256: "h".into(),
+            assignment: store::Assignment {
+                role: "web".into(),
+                channel: "production".into(),
+            },
+            expires_at: store::now_micros() + 3_600_000_000,
+            uses_allowed: 2,
+        };
+        store.create_token(token, &ann).await.unwrap();
+        for name in ["web-1", "web-2"] {
+            let enrollment = store::Enrollment {
+                token_id: "t1".into(),
+                secret_sha256: "h".into(),
+                name: name.into(),
+                fingerprint: format!("fp-{name}"),
+                facts_json: None,
+            };
+            store.enroll(enrollment, &ann).await.unwrap().unwrap();
+        }
+        let _web_1 = OpenStream::new(&moves, "web-1");
+        let _web_2 = OpenStream::new(&moves, "web-2");
+        store.revoke_node("web-2", &ann).await.unwrap();
+        store.promote("web", "production", 3, &ann).await.unwrap();
+        let before = moves.resyncs();
+        feed.send(Change::Resync).await.unwrap();
+        assert_eq!(&*revocations.recv().await.unwrap(), "web-2");
+        rx.changed().await.unwrap();
+        assert_eq!(version(&mut rx), Some(3));
+        assert_eq!(moves.resyncs(), before + 1);
+        assert!(revocations.try_recv().is_err(), "web-1 stands");
+
+        // A stream's node is counted while it is open.
+        drop(_web_2);
+        assert_eq!(
+            moves.open.lock().unwrap().keys().collect::<Vec<_>>(),
+            ["web-1"]
+        );
+        // The feed ends (the server stops): so does following it.
+        drop(feed);
+        following.await.unwrap();
     }
 }

@@ -197,6 +197,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let refusals = Arc::new(Refusals::new(store.clone()));
     let api = Api::new(store.clone(), metrics.clone(), refusals.clone());
+    let api_moves = api.moves.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     {
         let moves = api.moves.clone();
@@ -292,11 +293,32 @@ pub async fn run(
             }
         }
     };
+    // With several servers on one database: what the others did, told to
+    // this one's watch streams.
+    let following = {
+        let moves = api_moves.clone();
+        let feed = store.changes();
+        let mut stop = stop_rx.clone();
+        async move {
+            let Some(feed) = feed else { return };
+            tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => {}
+                () = moves.follow(feed) => {}
+            }
+        }
+    };
     let http_server = axum::serve(listeners.http, crate::http::router(store, metrics))
         .with_graceful_shutdown(stopped(stop_rx));
 
     let both = async {
-        let ((), (), (), g, h) = tokio::join!(accepting, flushing, jobs, grpc_server, http_server);
+        let ((), (), (), (), g, h) = tokio::join!(
+            accepting,
+            flushing,
+            jobs,
+            following,
+            grpc_server,
+            http_server
+        );
         g.context("gRPC server failed")?;
         h.context("HTTP server failed")
     };

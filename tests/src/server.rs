@@ -17,6 +17,8 @@ use crate::workspace_binary;
 pub struct Server {
     child: Option<Child>,
     data: PathBuf,
+    /// `--database`, when not SQLite in the data directory.
+    database: Option<String>,
     grpc: SocketAddr,
     http: SocketAddr,
     log: PathBuf,
@@ -25,6 +27,17 @@ pub struct Server {
 impl Server {
     /// Starts a server keeping its data and log in `dir`.
     pub fn start(dir: &Path) -> Server {
+        Self::start_on(dir, None)
+    }
+
+    /// Starts a replica keeping its data and log in `dir`, on the database
+    /// at `database` (a PostgreSQL URL that other replicas share, and with it
+    /// their CA).
+    pub fn start_replica(dir: &Path, database: &str) -> Server {
+        Self::start_on(dir, Some(database))
+    }
+
+    fn start_on(dir: &Path, database: Option<&str>) -> Server {
         let data = dir.join("server");
         std::fs::create_dir_all(&data)
             .unwrap_or_else(|e| panic!("could not create {}: {e}", data.display()));
@@ -34,6 +47,7 @@ impl Server {
         let mut server = Server {
             child: None,
             data,
+            database: database.map(String::from),
             grpc,
             http,
             log: dir.join("server.log"),
@@ -61,6 +75,7 @@ impl Server {
             .args(["--listen", &self.grpc.to_string()])
             .args(["--http", &self.http.to_string()])
             .args(["--name", "127.0.0.1"])
+            .args(self.database.iter().flat_map(|d| ["--database", d]))
             .stdout(log.try_clone().expect("could not duplicate the log handle"))
             .stderr(log)
             .spawn()
@@ -83,6 +98,15 @@ impl Server {
         terminate(&child);
         let status = child.wait().expect("could not wait for cairn-server");
         assert!(status.success(), "cairn-server exited {status}");
+    }
+
+    /// SIGKILL, as a crash would end it; [`Server::restart`] starts it again.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the server is not running");
+        child
+            .kill()
+            .unwrap_or_else(|e| panic!("could not kill cairn-server: {e}"));
+        child.wait().expect("could not wait for cairn-server");
     }
 
     /// What it logged so far.
@@ -110,9 +134,13 @@ impl Server {
     pub fn add_operator(&self, name: &str, out: &Path) -> Operator {
         let url = self.url();
         let path = out.to_str().expect("a UTF-8 path");
-        self.server_cmd(&[
+        let mut args = vec![
             "operator", "add", name, "--role", "admin", "--out", path, "--server", &url,
-        ]);
+        ];
+        if let Some(database) = &self.database {
+            args.extend(["--database", database]);
+        }
+        self.server_cmd(&args);
         Operator {
             credentials: out.to_path_buf(),
         }

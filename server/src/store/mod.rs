@@ -674,7 +674,38 @@ pub trait Store: Send + Sync + 'static {
     /// then another process may take it. On SQLite, which one server owns, it
     /// is always granted.
     async fn job_lease(&self, job: &str) -> Result<Option<JobLease>>;
+
+    // Several servers on one database (replicas)
+
+    /// Starts a feed of the changes any process commits to the database from
+    /// now on that a server's open watch streams depend on (a channel moved,
+    /// a node revoked), each told once it committed. Its first item, and the
+    /// first after each time the feed was cut off and came back, is
+    /// [`Change::Resync`]: what committed before it may not have been told,
+    /// so the receiver reads the current state again. `None` when only this
+    /// process writes the database (SQLite), which then knows every change
+    /// itself. The feed stops when its receiver is dropped; at most
+    /// [`CHANGE_FEED_BUFFER`] changes wait in it (a receiver that falls
+    /// further behind gets a [`Change::Resync`] in place of what it missed).
+    fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Change>>;
+
+    /// Of the nodes called `names`, those revoked now.
+    async fn revoked_nodes(&self, names: &[String]) -> Result<Vec<String>>;
 }
+
+/// A change committed to the database: [`Store::changes`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The channel of the role moved (promote, rollback); read where it points now.
+    ChannelMoved { role: String, channel: String },
+    /// The node called this was revoked.
+    NodeRevoked { name: String },
+    /// Changes may have been missed: read again what depends on them.
+    Resync,
+}
+
+/// How many changes a feed holds for a receiver that is behind.
+pub const CHANGE_FEED_BUFFER: usize = 1024;
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -1478,6 +1509,9 @@ pub(crate) mod tests {
             store.enroll(e, &admin).await.unwrap().unwrap();
         }
         store.revoke_node("n4", &admin).await.unwrap();
+        let asked = ["n1", "n4", "nobody", "n5"].map(String::from);
+        assert_eq!(store.revoked_nodes(&asked).await.unwrap(), ["n4"]);
+        assert!(store.revoked_nodes(&[]).await.unwrap().is_empty());
         let mut current = new_report("n2", "r5", t + 30, RunStatus::Unchanged);
         current.meta.role_version = 1;
         let older = new_report("n5", "r6", t + 30, RunStatus::Unchanged);

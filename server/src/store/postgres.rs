@@ -45,6 +45,10 @@
 //! Opening refuses a database whose audit log lost its protection: see
 //! [`PROTECTIONS`].
 //!
+//! Several servers: each channel move and node revocation is announced with
+//! `NOTIFY` in its own transaction, so it is told only once it committed;
+//! [`Store::changes`] listens for them: [`changes`].
+//!
 //! Join tokens and nodes: [`enroll`]; reports and the fleet: [`reports`].
 
 use std::str::FromStr;
@@ -56,6 +60,7 @@ use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use super::rows::*;
 use super::*;
 
+mod changes;
 mod enroll;
 mod reports;
 
@@ -84,6 +89,8 @@ type Tx = Transaction<'static, Postgres>;
 
 pub struct PgStore {
     pool: PgPool,
+    /// How the pool connects, for the connection that listens for changes.
+    options: PgConnectOptions,
     /// `database NAME at HOST:PORT`, for messages (never the URL).
     place: String,
 }
@@ -198,8 +205,12 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_lazy_with(options);
-        let store = PgStore { pool, place };
+            .connect_lazy_with(options.clone());
+        let store = PgStore {
+            pool,
+            options,
+            place,
+        };
         store.check_protections().await?;
         Ok((store, missing))
     }
@@ -449,6 +460,7 @@ async fn move_channel(
         None => format!("{channel}: → {version}"),
     };
     append_audit(tx, actor, action, role, &detail, "ok").await?;
+    changes::channel_moved(tx, role, channel).await?;
     Ok(ChannelMove {
         channel: Channel {
             role: role.to_string(),
@@ -902,6 +914,24 @@ impl Store for PgStore {
         self.fleet_status_in_postgres(now).await
     }
 
+    fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
+        Some(changes::start(
+            self.pool.clone(),
+            self.options.clone(),
+            self.place.clone(),
+        ))
+    }
+
+    async fn revoked_nodes(&self, names: &[String]) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT name FROM nodes WHERE revoked_at IS NOT NULL AND name = ANY($1) ORDER BY name",
+        )
+        .bind(names)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read revoked nodes"))
+    }
+
     async fn ca(&self) -> Result<Option<CaRecord>> {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT cert_pem, key_pem FROM ca WHERE id = 1")
@@ -1051,6 +1081,118 @@ mod tests {
             message: String::new(),
             bundle: digest.as_bytes().to_vec(),
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_is_told_of_what_another_committed_and_of_nothing_undone() {
+        let cluster = PgCluster::start();
+        let url = cluster.database();
+        let (a, b) = (
+            PgStore::open(&url).await.unwrap(),
+            PgStore::open(&url).await.unwrap(),
+        );
+        let mut feed = a.changes().unwrap();
+        let within = Duration::from_secs(20);
+        let next = async |feed: &mut tokio::sync::mpsc::Receiver<Change>| {
+            tokio::time::timeout(within, feed.recv())
+                .await
+                .expect("a change within 20 s")
+                .expect("the feed is open")
+        };
+        // Listening first, then told to read everything again.
+        assert_eq!(next(&mut feed).await, Change::Resync);
+        b.push(new("web", "d1"), &someone()).await.unwrap();
+        // Undone: never told.
+        assert!(matches!(
+            b.promote("web", "stable", 9, &someone()).await,
+            Err(StoreError::NotFound(_))
+        ));
+        b.promote("web", "stable", 1, &someone()).await.unwrap();
+        let moved = next(&mut feed).await;
+        assert_eq!(
+            moved,
+            Change::ChannelMoved {
+                role: "web".into(),
+                channel: "stable".into()
+            }
+        );
+        // Told after the commit: the move is there to read.
+        assert_eq!(
+            a.channel_version("web", "stable")
+                .await
+                .unwrap()
+                .unwrap()
+                .version,
+            1
+        );
+        b.rollback("web", "stable", &someone()).await.unwrap_err();
+        b.push(new("web", "d2"), &someone()).await.unwrap();
+        b.promote("web", "stable", 2, &someone()).await.unwrap();
+        b.rollback("web", "stable", &someone()).await.unwrap();
+        for _ in 0..2 {
+            assert!(matches!(next(&mut feed).await, Change::ChannelMoved { .. }));
+        }
+        let token = NewToken {
+            id: "t".into(),
+            secret_sha256: "h".into(),
+            assignment: Assignment {
+                role: "web".into(),
+                channel: "stable".into(),
+            },
+            expires_at: now_micros() + 3_600_000_000,
+            uses_allowed: 1,
+        };
+        b.create_token(token, &someone()).await.unwrap();
+        let enrollment = Enrollment {
+            token_id: "t".into(),
+            secret_sha256: "h".into(),
+            name: "web-1".into(),
+            fingerprint: "fp".into(),
+            facts_json: None,
+        };
+        b.enroll(enrollment, &someone()).await.unwrap().unwrap();
+        b.revoke_node("web-1", &someone()).await.unwrap();
+        assert_eq!(
+            next(&mut feed).await,
+            Change::NodeRevoked {
+                name: "web-1".into()
+            }
+        );
+        assert!(feed.try_recv().is_err(), "nothing else was told");
+
+        // Its connection cut: it connects again, and says to read again.
+        let cut: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(changes::APPLICATION_NAME)
+        .fetch_all(&b.pool)
+        .await
+        .unwrap();
+        assert_eq!(cut, [true]);
+        assert_eq!(next(&mut feed).await, Change::Resync);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listening_connection_gone_silent_is_found_out_by_its_probe() {
+        let cluster = PgCluster::start();
+        let store = PgStore::open(&cluster.database()).await.unwrap();
+        let mut feed = store.changes().unwrap();
+        assert_eq!(feed.recv().await, Some(Change::Resync));
+        // Its server process stopped: the connection stays open, and says nothing.
+        let pid: i32 =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+                .bind(changes::APPLICATION_NAME)
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let silent = std::time::Instant::now();
+        // Found out after a quiet spell and an unanswered probe; connected again.
+        let next = tokio::time::timeout(Duration::from_secs(90), feed.recv()).await;
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        assert_eq!(next.expect("a resync within 90 s"), Some(Change::Resync));
+        eprintln!("a silent connection replaced after {:?}", silent.elapsed());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1191,6 +1191,25 @@ impl Store for SqliteStore {
         self.fleet_status_in_sqlite(now).await
     }
 
+    /// One server per database: it knows every change, as it made them all.
+    fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
+        None
+    }
+
+    async fn revoked_nodes(&self, names: &[String]) -> Result<Vec<String>> {
+        // The names go in as one JSON array, however many there are.
+        let names = serde_json::to_string(names).map_err(db("encode node names"))?;
+        sqlx::query_scalar(
+            "SELECT name FROM nodes
+             WHERE revoked_at IS NOT NULL AND name IN (SELECT value FROM json_each(?))
+             ORDER BY name",
+        )
+        .bind(names)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read revoked nodes"))
+    }
+
     async fn ca(&self) -> Result<Option<CaRecord>> {
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT cert_pem, key_pem FROM ca WHERE id = 1")

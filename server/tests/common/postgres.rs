@@ -4,8 +4,9 @@
 //! a private directory, stopped and removed when dropped. Nothing of the
 //! machine's own clusters (Debian's `main`) is used or touched.
 //!
-//! Shared by the store's unit tests (included with `#[path]`) and the
-//! integration tests (`mod common`).
+//! Shared by the store's unit tests (included with `#[path]`), the
+//! integration tests (`mod common`) and the end-to-end replica tests
+//! (`tests/tests/replicas.rs`, with `#[path]`).
 //!
 //! PostgreSQL refuses to run as root: as root, its commands run as the
 //! `postgres` user (which Debian's package creates) through `runuser`.

@@ -274,6 +274,7 @@ impl PgStore {
             .map_err(db("revoke node"))?;
         let detail = format!("{assignment}; its certificate revoked");
         append_audit(&mut tx, actor, "node revoke", name, &detail, "ok").await?;
+        super::changes::node_revoked(&mut tx, name).await?;
         tx.commit().await.map_err(db("commit node revoke"))
     }
 }
