@@ -5,7 +5,8 @@
 //! package from the repository is installed in the same run, nothing to do
 //! after; a changed source; a key that is not the pinned one refused before
 //! anything is touched; a key apt cannot verify the repository with, put
-//! back (or removed, for a new repository); the repository removed. apt itself is the oracle: every apt-get
+//! back (or removed, for a new repository); the repository removed; a first
+//! boot without package lists. apt itself is the oracle: every apt-get
 //! the agent runs is logged, and dpkg-query says what is installed.
 
 use std::net::TcpListener;
@@ -345,6 +346,37 @@ fn apt_repository_timeline_against_a_signed_repository_on_loopback() {
         &["NO_PUBKEY"],
     );
     assert!(!t.probe().contains("cairn-test"), "{}", t.probe());
+
+    // A first boot, with no package lists at all: the repository's own
+    // refresh does not pass for the other sources', which are refreshed
+    // before a package from Debian's archive is installed (and no install
+    // fails first for want of them).
+    m.sh_ok("rm -rf /var/lib/apt/lists/* /run/cairn-apt-get.log");
+    m.write_file(
+        &format!("{ROLE_DIR}/role.toml"),
+        format!("[role]\nname = \"timeline\"\n\n{table}\n[[package]]\nname = \"figlet\"\n"),
+    );
+    let run = m.apply_json(ROLE_DIR, &["--detailed-exitcodes"]);
+    assert_eq!(
+        (run.code, run.ids(ResourceStatus::Changed)),
+        (2, vec![ID, "package:figlet"]),
+        "{run}"
+    );
+    let calls = m.sh_ok("cat /run/cairn-apt-get.log");
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    assert!(
+        calls[0].contains("Dir::Etc::sourceparts=-") && calls[0].ends_with("update"),
+        "{calls:#?}"
+    );
+    assert!(
+        calls[1].ends_with(" update") && !calls[1].contains("Dir::Etc::sourcelist"),
+        "{calls:#?}"
+    );
+    assert!(
+        calls[2].contains("install") && calls[2].ends_with(" figlet"),
+        "{calls:#?}"
+    );
 }
 
 fn sha256_hex(data: &[u8]) -> String {

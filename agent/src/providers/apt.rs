@@ -80,6 +80,10 @@ pub struct Apt {
     db: RefCell<Option<Installed>>,
     /// `apt-get update` already ran for this provider (one per run at most).
     updated: Cell<bool>,
+    /// The lists were stale before one repository's lists were refreshed
+    /// alone: that refresh made the directory look fresh, but the other
+    /// sources' lists are as stale (or missing) as they were.
+    stale_before_source: Cell<bool>,
 }
 
 impl Default for Apt {
@@ -96,6 +100,7 @@ impl Apt {
             lists_dir: PathBuf::from(APT_LISTS),
             db: RefCell::new(None),
             updated: Cell::new(false),
+            stale_before_source: Cell::new(false),
         }
     }
 
@@ -163,7 +168,7 @@ impl Apt {
             return Ok(None);
         }
         let lists = scan_lists(&self.lists_dir)?;
-        if !lists_stale(&lists, SystemTime::now()) {
+        if !self.stale_before_source.get() && !lists_stale(&lists, SystemTime::now()) {
             return Ok(None);
         }
         match self.update() {
@@ -424,6 +429,9 @@ impl super::PackageProvider for Apt {
     /// takes a file as deb822 by its `.sources` name), so the live
     /// `sources.list.d` never holds a source whose lists failed.
     fn update_source(&self, name: &str, source: &[u8]) -> Result<()> {
+        if !self.updated.get() && lists_stale(&scan_lists(&self.lists_dir)?, SystemTime::now()) {
+            self.stale_before_source.set(true);
+        }
         let update = || -> Result<()> {
             let dir = tempfile::Builder::new()
                 .prefix("cairn-apt-source.")
