@@ -393,10 +393,16 @@ pub struct LastRun {
     pub interval_secs: u64,
 }
 
+/// A node not heard from for this many of its run intervals is stale (the
+/// backends count stale nodes by the same rule).
+pub const STALE_AFTER_INTERVALS: i64 = 2;
+
 impl LastRun {
-    /// Not heard from for two of its intervals at `now`.
+    /// Not heard from for [`STALE_AFTER_INTERVALS`] of its intervals at `now`.
     pub fn stale(&self, now: Micros) -> bool {
-        now.saturating_sub(self.seen_at) > 2 * (self.interval_secs as i64).saturating_mul(1_000_000)
+        now.saturating_sub(self.seen_at)
+            > STALE_AFTER_INTERVALS
+                .saturating_mul((self.interval_secs as i64).saturating_mul(1_000_000))
     }
 }
 

@@ -281,7 +281,7 @@ impl PgStore {
                  COUNT(*) FILTER (WHERE r.status <> 'failed' AND (r.role <> n.role
                           OR c.version IS NULL OR r.role_version <> c.version)),
                  COUNT(*) FILTER (WHERE r.status = 'failed'),
-                 COUNT(*) FILTER (WHERE r.seen_at < $1 - 2 * r.interval_secs * 1000000),
+                 COUNT(*) FILTER (WHERE r.seen_at < $1 - $2 * r.interval_secs * 1000000),
                  COUNT(*) FILTER (WHERE r.node IS NULL)
              FROM nodes n
              LEFT JOIN node_runs r ON r.node = n.name
@@ -291,6 +291,7 @@ impl PgStore {
              ORDER BY n.role, n.channel",
         )
         .bind(now)
+        .bind(STALE_AFTER_INTERVALS)
         .fetch_all(&self.pool)
         .await
         .map_err(db("count nodes by role and channel"))?;

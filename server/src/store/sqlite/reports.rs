@@ -268,7 +268,7 @@ impl SqliteStore {
                  SUM(CASE WHEN r.status <> 'failed' AND (r.role <> n.role OR c.version IS NULL
                           OR r.role_version <> c.version) THEN 1 ELSE 0 END),
                  SUM(CASE WHEN r.status = 'failed' THEN 1 ELSE 0 END),
-                 SUM(CASE WHEN r.seen_at < ? - 2 * r.interval_secs * 1000000 THEN 1 ELSE 0 END),
+                 SUM(CASE WHEN r.seen_at < ? - ? * r.interval_secs * 1000000 THEN 1 ELSE 0 END),
                  SUM(CASE WHEN r.node IS NULL THEN 1 ELSE 0 END)
              FROM nodes n
              LEFT JOIN node_runs r ON r.node = n.name
@@ -278,6 +278,7 @@ impl SqliteStore {
              ORDER BY n.role, n.channel",
         )
         .bind(now)
+        .bind(STALE_AFTER_INTERVALS)
         .fetch_all(&self.pool)
         .await
         .map_err(db("count nodes by role and channel"))?;
