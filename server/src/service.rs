@@ -59,12 +59,21 @@ pub fn store_status(e: StoreError) -> Status {
             what.chars().take(MAX_NOT_FOUND_CHARS).collect::<String>()
         )),
         StoreError::Conflict(msg) => Status::failed_precondition(msg),
+        // The database failed or is unreachable: nothing was done, and
+        // another server (or the agent's cache) may serve the caller.
+        e @ StoreError::Backend { .. } => {
+            error!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "storage failure"
+            );
+            Status::unavailable("the server could not reach its database; see its log")
+        }
         e => {
             error!(
                 error = format!("{:#}", anyhow::Error::from(e)),
                 "storage failure"
             );
-            Status::internal("the server could not reach its storage; see its log")
+            Status::internal("the server's database is not fit to serve; see its log")
         }
     }
 }

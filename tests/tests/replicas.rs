@@ -4,6 +4,9 @@
 //! promoted through another; when its replica is SIGKILLed just after a
 //! promote through a third, it fails over to the next one and converges
 //! that version and the next, and every report it made is stored once.
+//! With PostgreSQL stopped under a running server, the agent converges from
+//! its cache and its report arrives once the database is back, the server not
+//! restarted.
 //!
 //! Needs the debug binaries (`cargo build --bins`) and PostgreSQL's server
 //! binaries (Debian's `postgresql` package).
@@ -182,4 +185,89 @@ fn the_daemon_follows_promotes_across_replicas_and_fails_over_when_its_replica_i
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(spooled, 0, "reports left in the spool: {log}");
+}
+
+/// `cairn-agent run --config CONFIG`: exit code, and what it printed.
+fn run(config: &Path) -> (Option<i32>, String) {
+    let out = Command::new(workspace_binary("cairn-agent"))
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let printed = [out.stdout, out.stderr].concat();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&printed).into_owned(),
+    )
+}
+
+#[test]
+fn with_postgresql_stopped_the_agent_converges_from_its_cache_and_reports_once_it_is_back() {
+    let cluster = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    let server = Server::start_replica(&at("server"), &cluster.database());
+    let ops = server.add_operator("ops", &at("ops.toml"));
+    let managed = at("motd");
+    assert_eq!(push(&ops, dir.path(), &server.url(), &managed, "v1"), 1);
+    let node = format!("node-{}", std::process::id());
+    let config = at("agent.toml");
+    let state = at("state");
+    std::fs::write(
+        &config,
+        format!(
+            "servers = [{:?}]\nca_pin = \"{}\"\nstate_dir = \"{}\"\nname = \"{node}\"\n",
+            server.url(),
+            server.ca_pin(),
+            state.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(at("token"), ops.token(ROLE, CHANNEL)).unwrap();
+    let enrolled = Command::new(workspace_binary("cairn-agent"))
+        .arg("enroll")
+        .arg("--config")
+        .arg(&config)
+        .arg("--token-file")
+        .arg(at("token"))
+        .output()
+        .unwrap();
+    succeeded(&enrolled, "cairn-agent enroll");
+    let (code, err) = run(&config);
+    assert_eq!((code, read(&managed).as_str()), (Some(0), "v1"), "{err}");
+
+    // The database down, the server up: it answers that it cannot serve,
+    // which the agent takes as no answer: it converges from its cache (the
+    // drift corrected) and spools its report.
+    cluster.stop();
+    std::fs::write(&managed, "drifted").unwrap();
+    let (code, err) = run(&config);
+    assert_eq!((code, read(&managed).as_str()), (Some(0), "v1"), "{err}");
+    assert!(
+        err.contains("Used the cached role")
+            && err.contains("server unavailable: the server could not reach its database"),
+        "{err}"
+    );
+    let spool = || {
+        std::fs::read_dir(state.join("reports"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(spool(), 1, "{err}");
+
+    // The database back: the same server, not restarted, serves again, and
+    // the spooled report is delivered with the next run's, each once.
+    cluster.restart();
+    let (code, err) = run(&config);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(spool(), 0, "{err}");
+    let reports = ops.cairn_json(&["report", "list", "--node", &node]);
+    let reports = reports["reports"].as_array().unwrap();
+    let from_cache: Vec<bool> = reports
+        .iter()
+        .map(|r| r["from_cache"].as_bool().unwrap_or(false))
+        .collect();
+    let cached = from_cache.iter().filter(|c| **c).count();
+    assert_eq!((from_cache.len(), cached), (3, 1), "{reports:?}");
 }
