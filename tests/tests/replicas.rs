@@ -57,6 +57,23 @@ fn push(ops: &Operator, dir: &Path, url: &str, managed: &Path, content: &str) ->
         .unwrap_or_else(|| panic!("no version in {v}"))
 }
 
+/// Writes the agent's configuration `config` (its text `toml`) and enrolls
+/// the node with a new join token for the role.
+fn enroll(ops: &Operator, dir: &Path, config: &Path, toml: &str) {
+    std::fs::write(config, toml).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, ops.token(ROLE, CHANNEL)).unwrap();
+    let enrolled = Command::new(workspace_binary("cairn-agent"))
+        .arg("enroll")
+        .arg("--config")
+        .arg(config)
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    succeeded(&enrolled, "cairn-agent enroll");
+}
+
 /// `cairn-agent daemon`, its output going to `log`.
 fn daemon(config: &Path, log: &Path) -> Child {
     let out = std::fs::File::create(log).unwrap();
@@ -92,9 +109,11 @@ fn the_daemon_follows_promotes_across_replicas_and_fails_over_when_its_replica_i
     let node = format!("node-{}", std::process::id());
     let config = at("agent.toml");
     let state: PathBuf = at("state");
-    std::fs::write(
+    enroll(
+        &ops,
+        dir.path(),
         &config,
-        format!(
+        &format!(
             "servers = [{:?}, {:?}, {:?}]\nca_pin = \"{}\"\nstate_dir = \"{}\"\nname = \"{node}\"\n\
              interval = \"1h\"\nsplay = \"0s\"\n",
             b.url(),
@@ -103,18 +122,7 @@ fn the_daemon_follows_promotes_across_replicas_and_fails_over_when_its_replica_i
             a.ca_pin(),
             state.display()
         ),
-    )
-    .unwrap();
-    std::fs::write(at("token"), ops.token(ROLE, CHANNEL)).unwrap();
-    let enrolled = Command::new(workspace_binary("cairn-agent"))
-        .arg("enroll")
-        .arg("--config")
-        .arg(&config)
-        .arg("--token-file")
-        .arg(at("token"))
-        .output()
-        .unwrap();
-    succeeded(&enrolled, "cairn-agent enroll");
+    );
 
     let log = at("agent.log");
     let agent = daemon(&config, &log);
@@ -214,26 +222,17 @@ fn with_postgresql_stopped_the_agent_converges_from_its_cache_and_reports_once_i
     let node = format!("node-{}", std::process::id());
     let config = at("agent.toml");
     let state = at("state");
-    std::fs::write(
+    enroll(
+        &ops,
+        dir.path(),
         &config,
-        format!(
+        &format!(
             "servers = [{:?}]\nca_pin = \"{}\"\nstate_dir = \"{}\"\nname = \"{node}\"\n",
             server.url(),
             server.ca_pin(),
             state.display()
         ),
-    )
-    .unwrap();
-    std::fs::write(at("token"), ops.token(ROLE, CHANNEL)).unwrap();
-    let enrolled = Command::new(workspace_binary("cairn-agent"))
-        .arg("enroll")
-        .arg("--config")
-        .arg(&config)
-        .arg("--token-file")
-        .arg(at("token"))
-        .output()
-        .unwrap();
-    succeeded(&enrolled, "cairn-agent enroll");
+    );
     let (code, err) = run(&config);
     assert_eq!((code, read(&managed).as_str()), (Some(0), "v1"), "{err}");
 
