@@ -549,6 +549,15 @@ fn open_at(dir: &DirFd, name: &OsStr, flags: OFlag) -> Result<OwnedFd> {
     match openat(&**dir, name, flags, Mode::empty()) {
         Ok(fd) => Ok(fd),
         Err(Errno::ELOOP) => bail!("it is a symbolic link; Cairn does not follow it"),
+        // Linux checks O_DIRECTORY before O_NOFOLLOW: a link met where a
+        // directory was asked for reads ENOTDIR, not ELOOP.
+        Err(Errno::ENOTDIR)
+            if flags.contains(OFlag::O_DIRECTORY)
+                && fstatat(&**dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| kind(&st) == SFlag::S_IFLNK) =>
+        {
+            bail!("it is a symbolic link; Cairn does not follow it")
+        }
         Err(e) => Err(e.into()),
     }
 }
