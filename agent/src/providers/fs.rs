@@ -323,7 +323,15 @@ impl FileSystem for Posix {
             // Nobody else's until it has its owner and mode.
             mkdirat(&*dir, name, Mode::S_IRWXU)?;
             self.changed_entries_of(path);
-            let fd = open_at(&dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+            let fd = match open_at(&dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
+                Err(e) if e.downcast_ref() == Some(&Errno::ENOENT) => {
+                    bail!(
+                        "{} does not exist: someone moved it away as it was made",
+                        path.display()
+                    )
+                }
+                opened => opened?,
+            };
             fchown(
                 &fd,
                 Some(Uid::from_raw(own.uid)),
