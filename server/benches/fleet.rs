@@ -22,6 +22,12 @@
 //!    server's CPU time over that span is read from `/proc`; afterwards every
 //!    acknowledged run id must be listed by the server.
 //!
+//! With `CAIRN_FLEET_REPLICAS=N` (N ≥ 2), N servers share one PostgreSQL
+//! database (a throwaway cluster on loopback, as the tests make): agent `i`
+//! connects to replica `i mod N`, the promote goes through the first replica
+//! (so most streams learn of it through PostgreSQL's notifications), reporters
+//! are split over the replicas too, and memory and CPU are summed over them.
+//!
 //! Run with `scripts/bench-fleet.sh` (as root: it raises the descriptor limit).
 
 use std::collections::HashSet;
@@ -37,6 +43,7 @@ use anyhow::{Context, Result, bail, ensure};
 use cairn_proto::client::{self, Credentials};
 use cairn_proto::pb;
 use common::Daemon;
+use common::postgres::PgCluster;
 use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use tokio::net::{TcpSocket, TcpStream};
@@ -56,6 +63,8 @@ const SOURCES: u32 = 250;
 const ENROLL_CONCURRENCY: usize = 32;
 /// Nodes reporting at once in the ingest phase, unless `CAIRN_FLEET_REPORTERS` says otherwise.
 const REPORTERS: u64 = 512;
+/// More replicas than this is no longer a benchmark of a 2-core machine.
+const MAX_REPLICAS: u64 = 8;
 /// How long to wait for every stream to see a promote before giving up.
 const NOTIFY_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -87,6 +96,11 @@ fn run() -> Result<()> {
     let nodes = env_number("CAIRN_FLEET_NODES", 1000)? as usize;
     let secs = env_number("CAIRN_BENCH_SECS", 10)?;
     let reporters = env_number("CAIRN_FLEET_REPORTERS", REPORTERS)? as usize;
+    let replicas = env_number("CAIRN_FLEET_REPLICAS", 1)?;
+    ensure!(
+        (1..=MAX_REPLICAS).contains(&replicas),
+        "CAIRN_FLEET_REPLICAS must be 1 (one server on SQLite) to {MAX_REPLICAS} (replicas on PostgreSQL)"
+    );
     ensure!(
         reporters > 0 && nodes >= reporters,
         "CAIRN_FLEET_NODES must be at least CAIRN_FLEET_REPORTERS ({reporters}), which must be positive"
@@ -100,34 +114,48 @@ fn run() -> Result<()> {
         .prefix("cairn-fleet-bench-")
         .tempdir()
         .context("could not create a temporary directory")?;
-    let data = dir.path().join("data");
-    let (grpc, http) = common::free_ports();
     let connections = (most + 1024).to_string();
-    let mut server = Daemon::start_with(
-        &data,
-        grpc,
-        http,
-        "warn",
-        &["--max-connections", &connections],
-    );
-    let admin = Credentials::load(&server.operator("bench", "admin"))?;
+    // Dropped after the servers (declared first), which use it to the end.
+    let cluster = (replicas > 1).then(PgCluster::start);
+    let database = cluster.as_ref().map(PgCluster::database);
+    let mut servers: Vec<Daemon> = (0..replicas)
+        .map(|i| {
+            let data = dir.path().join(format!("replica-{i}")).join("data");
+            let (grpc, http) = common::free_ports();
+            let mut args = vec!["--max-connections", connections.as_str()];
+            if let Some(database) = &database {
+                args.extend(["--database", database.as_str()]);
+            }
+            Daemon::start_with(&data, grpc, http, "warn", &args)
+        })
+        .collect();
+    let first = &servers[0];
+    let admin = Credentials::load(&common::add_operator_to(
+        database.as_deref(),
+        &first.data_dir,
+        &first.work,
+        "bench",
+        "admin",
+        &first.url(),
+    ))?;
 
     let runtime = tokio::runtime::Runtime::new().context("could not start the async runtime")?;
     let outcome = runtime.block_on(bench(
         &admin,
-        &server,
-        grpc,
+        &servers,
         (&steps, reachable, limit),
         (nodes, reporters),
         secs,
     ));
-    let status = server.terminate();
+    let statuses: Vec<_> = servers.iter_mut().map(Daemon::terminate).collect();
     let report = outcome?;
-    ensure!(
-        status.success(),
-        "cairn-server did not stop cleanly on SIGTERM: {status}"
-    );
-    report.print(nodes, reporters, secs);
+    for status in statuses {
+        ensure!(
+            status.success(),
+            "cairn-server did not stop cleanly on SIGTERM: {status}"
+        );
+    }
+    report.print(servers.len(), nodes, reporters, secs);
     if let Some(problem) = &report.ingest_problem {
         bail!("report ingest: {problem}");
     }
@@ -196,11 +224,17 @@ fn ms(d: Duration) -> String {
 }
 
 impl Fleet {
-    fn print(&self, nodes: usize, reporters: usize, secs: u64) {
+    fn print(&self, replicas: usize, nodes: usize, reporters: usize, secs: u64) {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let servers = match replicas {
+            1 => "one server on SQLite".to_string(),
+            n => {
+                format!("{n} replicas on one PostgreSQL database (memory and CPU summed over them)")
+            }
+        };
         println!();
         println!(
-            "cairn-server fleet: simulated agents on loopback, {cores} cores shared by the server and the agents"
+            "cairn-server fleet: {servers}; simulated agents on loopback, {cores} cores shared by the servers and the agents"
         );
         println!();
         println!(
@@ -271,8 +305,7 @@ struct Node {
 
 async fn bench(
     admin: &Credentials,
-    server: &Daemon,
-    grpc: SocketAddr,
+    servers: &[Daemon],
     (steps, reachable, limit): (&[usize], usize, u64),
     (nodes, reporters): (usize, usize),
     secs: u64,
@@ -293,7 +326,8 @@ async fn bench(
         .token;
 
     let (enrolled, enroll_time) = enroll(admin, &token, nodes).await?;
-    let pid = server.child.id();
+    let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
+    let grpcs: Vec<SocketAddr> = servers.iter().map(|s| s.grpc).collect();
 
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&admin.ca))
@@ -302,7 +336,7 @@ async fn bench(
     let mut open = 0usize;
     let mut done = Vec::new();
     let mut stopped = None;
-    let rss_idle_kib = rss_kib(pid, "VmRSS")?;
+    let rss_idle_kib = rss_kib(&pids, "VmRSS")?;
     'steps: for &target in steps {
         if target > reachable {
             stopped = Some(format!(
@@ -319,6 +353,7 @@ async fn bench(
                     let node = enrolled[i % enrolled.len()].clone();
                     let tls = tls.clone();
                     let seen = seen_tx.clone();
+                    let grpc = grpcs[i % grpcs.len()];
                     tokio::spawn(async move { watch(i, node, grpc, tls, seen).await })
                 })
                 .collect();
@@ -338,7 +373,7 @@ async fn bench(
         let connect = started.elapsed();
         // Each stream's first message (the current version) has arrived.
         drain(&mut seen_rx);
-        let rss_after_kib = rss_kib(pid, "VmRSS")?;
+        let rss_after_kib = rss_kib(&pids, "VmRSS")?;
         version += 1;
         let promoted = Instant::now();
         let v = push_and_promote(&conn, version).await?;
@@ -375,9 +410,9 @@ async fn bench(
             notified,
         });
     }
-    let server_peak_kib = rss_kib(pid, "VmHWM")?;
+    let server_peak_kib = rss_kib(&pids, "VmHWM")?;
     let (ingest, ingest_problem) =
-        ingest(admin, &enrolled[..reporters], (grpc, pid), &tls, secs).await?;
+        ingest(admin, &enrolled[..reporters], (&grpcs, &pids), &tls, secs).await?;
     Ok(Fleet {
         enrolled: enrolled.len(),
         enroll_time,
@@ -582,23 +617,22 @@ impl tower_service::Service<Uri> for FromSource {
 }
 
 /// The `reporters` submit reports as fast as they are acknowledged for `secs`,
-/// each on its own connection; then every acknowledged run id must be listed
-/// by the server.
+/// each on its own connection (reporter `i` to replica `i mod N`); then every
+/// acknowledged run id must be listed by the servers.
 async fn ingest(
     admin: &Credentials,
     reporters: &[Node],
-    (grpc, server_pid): (SocketAddr, u32),
+    (grpcs, pids): (&[SocketAddr], &[u32]),
     tls: &ClientTlsConfig,
     secs: u64,
 ) -> Result<(Ingest, Option<String>)> {
-    let server_pid = server_pid.to_string();
     // Connected before the clock starts, so that handshakes are not counted.
     let mut clients = Vec::with_capacity(reporters.len());
     for (i, node) in reporters.iter().enumerate() {
-        let channel = channel(i, node, grpc, tls).await?;
+        let channel = channel(i, node, grpcs[i % grpcs.len()], tls).await?;
         clients.push((node.clone(), pb::nodes_client::NodesClient::new(channel)));
     }
-    let cpu_before = cpu_time(&server_pid)?;
+    let cpu_before = servers_cpu(pids)?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(secs);
     let tasks: Vec<_> = clients
@@ -659,7 +693,7 @@ async fn ingest(
         }
     }
     all.elapsed = started.elapsed();
-    all.server_cpu = cpu_time(&server_pid)?.saturating_sub(cpu_before);
+    all.server_cpu = servers_cpu(pids)?.saturating_sub(cpu_before);
     let listed = listed_run_ids(admin, reporters).await?;
     let missing = acked_ids.difference(&listed).count();
     let problem = (missing > 0)
@@ -738,14 +772,24 @@ async fn listed_run_ids(admin: &Credentials, nodes: &[Node]) -> Result<HashSet<S
     Ok(ids)
 }
 
-/// A line of `/proc/PID/status`, in KiB: `VmRSS` (now) or `VmHWM` (peak).
-fn rss_kib(pid: u32, field: &str) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status =
-        std::fs::read_to_string(&path).with_context(|| format!("could not read {path}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} line in {path}"))
+/// The CPU time the servers `pids` have used, together.
+fn servers_cpu(pids: &[u32]) -> Result<Duration> {
+    pids.iter().map(|pid| cpu_time(&pid.to_string())).sum()
+}
+
+/// A line of `/proc/PID/status` summed over `pids`, in KiB: `VmRSS` (now) or
+/// `VmHWM` (peak: the sum of each one's peak).
+fn rss_kib(pids: &[u32], field: &str) -> Result<u64> {
+    pids.iter()
+        .map(|pid| {
+            let path = format!("/proc/{pid}/status");
+            let status =
+                std::fs::read_to_string(&path).with_context(|| format!("could not read {path}"))?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .with_context(|| format!("no {field} line in {path}"))
+        })
+        .sum()
 }
