@@ -11,7 +11,8 @@
 # CAIRN_FLEET_STEPS (default 1000,5000,10000,20000), CAIRN_FLEET_NODES
 # (enrolled nodes, default 1000), CAIRN_FLEET_REPORTERS (nodes reporting at
 # once, default 512) and CAIRN_BENCH_SECS (report ingest, default 10) change
-# the load.
+# the load. CAIRN_FLEET_REPLICAS=N (N >= 2) runs N servers on one PostgreSQL
+# database (a throwaway cluster on loopback) instead of one on SQLite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
