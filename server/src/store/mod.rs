@@ -15,6 +15,7 @@ pub mod postgres;
 mod rows;
 pub mod schema;
 pub mod sqlite;
+pub mod tables;
 
 pub use schema::{Migration, Pending};
 
@@ -697,6 +698,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// Of the nodes called `names`, those revoked now.
     async fn revoked_nodes(&self, names: &[String]) -> Result<Vec<String>>;
+
+    // Export and import (`crate::archive`): the rows of [`tables`], as stored.
+
+    /// Sends every row of `tables` into `rows`, table after table in the
+    /// order given, each in the order of its key, as `(index in tables,
+    /// row)`, all read from one snapshot (one read transaction; REPEATABLE
+    /// READ on PostgreSQL): a server may go on writing meanwhile, and what it
+    /// commits after the snapshot is not sent. Fails if `rows` is closed
+    /// before the end.
+    async fn export_rows(
+        &self,
+        tables: &[&'static tables::Table],
+        rows: tokio::sync::mpsc::Sender<(usize, tables::Row)>,
+    ) -> Result<()>;
+
+    /// Begins restoring an archive in one transaction that nothing else
+    /// writes the tables in until it ends; `Conflict`, naming what is there,
+    /// unless every table of [`tables::ALL`] is empty.
+    async fn restore(&self) -> Result<Box<dyn tables::Restore + '_>>;
 }
 
 /// A change committed to the database: [`Store::changes`].
