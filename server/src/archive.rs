@@ -712,3 +712,229 @@ pub async fn import(store: &dyn Store, path: &Path, data_dir: &Path) -> Result<S
         ca,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest_json(format: &str, version: u32) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "format": format,
+            "format_version": version,
+            "cairn_version": "9.9.9",
+            "created_at": 0,
+            "with_reports": false,
+            "members": [],
+            "from_the_future": true,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_format_and_its_version_are_checked_before_the_rest() {
+        let err = read_manifest(&manifest_json(FORMAT, 2)).unwrap_err();
+        assert!(
+            err.to_string().contains("format version is 2")
+                && err
+                    .to_string()
+                    .contains("help: import it with the cairn-server release"),
+            "{err:#}"
+        );
+        let err = read_manifest(&manifest_json("tarball", 1)).unwrap_err();
+        assert!(
+            err.to_string().contains("does not name the format"),
+            "{err:#}"
+        );
+        let err = read_manifest(&manifest_json(FORMAT, 1)).unwrap_err();
+        assert!(format!("{err:#}").contains("from_the_future"), "{err:#}");
+    }
+
+    #[test]
+    fn a_row_holds_exactly_its_columns_each_of_its_kind() {
+        let line = |s: &str| parse_row(&tables::CA, s.as_bytes());
+        let row = line(r#"{"id":1,"cert_pem":"c","key_pem":"k","created_at":5}"#).unwrap();
+        assert_eq!(
+            row,
+            [
+                Value::Int(Some(1)),
+                Value::Text(Some("c".into())),
+                Value::Text(Some("k".into())),
+                Value::Int(Some(5))
+            ]
+        );
+        for (bad, why) in [
+            (
+                r#"{"id":1,"cert_pem":"c","key_pem":"k"}"#,
+                "column created_at is missing",
+            ),
+            (
+                r#"{"id":1,"cert_pem":"c","key_pem":"k","created_at":5,"x":1}"#,
+                "column x is not one of table ca",
+            ),
+            (
+                r#"{"id":1,"cert_pem":null,"key_pem":"k","created_at":5}"#,
+                "column cert_pem may not be null",
+            ),
+            (
+                r#"{"id":"1","cert_pem":"c","key_pem":"k","created_at":5}"#,
+                "column id does not hold Int",
+            ),
+            (
+                r#"{"id":1e30,"cert_pem":"c","key_pem":"k","created_at":5}"#,
+                "column id does not hold Int",
+            ),
+            ("[1]", "not a JSON object"),
+        ] {
+            let err = format!("{:#}", line(bad).unwrap_err());
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let bytes = |b: &str| {
+            parse_row(
+                &tables::ROLE_VERSIONS,
+                format!(
+                    r#"{{"role":"r","version":1,"digest":"d","author":"a","message":"","created_at":0,"bundle":{b}}}"#
+                )
+                .as_bytes(),
+            )
+        };
+        assert_eq!(
+            bytes(r#""AAE=""#).unwrap()[6],
+            Value::Bytes(Some(vec![0, 1]))
+        );
+        assert!(format!("{:#}", bytes(r#""!!""#).unwrap_err()).contains("does not hold Bytes"));
+    }
+
+    #[test]
+    fn lines_are_counted_and_bounded_without_holding_them() {
+        let (sha, rows) = digest_lines(&mut &b"{}\n{}\n"[..], "m").unwrap();
+        assert_eq!(rows, 2);
+        assert_eq!(sha, format!("{:x}", Sha256::digest(b"{}\n{}\n")));
+        let err = digest_lines(&mut &b"{}\n{}"[..], "m").unwrap_err();
+        assert!(
+            err.to_string().contains("does not end with a newline"),
+            "{err}"
+        );
+        let mut endless = std::io::repeat(b'x').take(MAX_LINE_BYTES as u64 + 1);
+        let err = digest_lines(&mut endless, "m").unwrap_err();
+        assert!(
+            err.to_string().contains("member m, line 1: longer than"),
+            "{err}"
+        );
+    }
+
+    /// A tar of `members` (name, content), the manifest first.
+    fn tar_of(manifest: &Manifest, members: &[(&str, &[u8])]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut tar = tar::Builder::new(file.reopen().unwrap());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            tar.append_data(&mut h, name, data).unwrap();
+        };
+        add(MANIFEST, &serde_json::to_vec(manifest).unwrap());
+        for (name, data) in members {
+            add(name, data);
+        }
+        tar.finish().unwrap();
+        file
+    }
+
+    /// A manifest for an archive without reports whose members are all
+    /// empty but the CA's, which holds `ca`.
+    fn manifest_with_ca(ca: &[u8]) -> Manifest {
+        Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            cairn_version: "0".into(),
+            created_at: 0,
+            with_reports: false,
+            members: tables_for(false)
+                .into_iter()
+                .map(|t| {
+                    let data: &[u8] = if t.name == "ca" { ca } else { b"" };
+                    Member {
+                        name: member_name(t),
+                        table: t.name.into(),
+                        columns: t.columns.iter().map(|c| c.name.into()).collect(),
+                        rows: data.iter().filter(|&&b| b == b'\n').count() as u64,
+                        bytes: data.len() as u64,
+                        sha256: format!("{:x}", Sha256::digest(data)),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn members_are_checked_against_the_manifest_by_name_order_size_and_rows() {
+        let ca = br#"{"id":1,"cert_pem":"c","key_pem":"k","created_at":5}
+"#;
+        let manifest = manifest_with_ca(ca);
+        let members: Vec<(String, &[u8])> = manifest
+            .members
+            .iter()
+            .map(|m| (m.name.clone(), if m.table == "ca" { &ca[..] } else { b"" }))
+            .collect();
+        let as_refs = |m: &[(String, &[u8])]| -> Vec<(String, Vec<u8>)> {
+            m.iter().map(|(n, d)| (n.clone(), d.to_vec())).collect()
+        };
+        let check_of = |manifest: &Manifest, members: Vec<(String, Vec<u8>)>| {
+            let refs: Vec<(&str, &[u8])> = members
+                .iter()
+                .map(|(n, d)| (n.as_str(), d.as_slice()))
+                .collect();
+            let file = tar_of(manifest, &refs);
+            check(file.path()).map(|c| c.len())
+        };
+        assert_eq!(check_of(&manifest, as_refs(&members)).unwrap(), 8);
+
+        let mut extra = as_refs(&members);
+        extra.push(("passwd".into(), b"x\n".to_vec()));
+        let err = check_of(&manifest, extra).unwrap_err().to_string();
+        assert!(
+            err.contains("member passwd is not in the manifest"),
+            "{err}"
+        );
+
+        let mut short = as_refs(&members);
+        short.pop();
+        let err = check_of(&manifest, short).unwrap_err().to_string();
+        assert!(err.contains("member ca.jsonl is missing"), "{err}");
+
+        let mut swapped = as_refs(&members);
+        swapped.swap(0, 1);
+        let err = check_of(&manifest, swapped).unwrap_err().to_string();
+        assert!(
+            err.contains("member channels.jsonl is where the manifest has role_versions.jsonl"),
+            "{err}"
+        );
+
+        let mut miscounted = manifest_with_ca(ca);
+        miscounted.members.last_mut().unwrap().rows = 2;
+        let err = check_of(&miscounted, as_refs(&members))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("member ca.jsonl holds 1 rows, the manifest says 2"),
+            "{err}"
+        );
+
+        let mut resized = manifest_with_ca(ca);
+        resized.members.last_mut().unwrap().bytes += 1;
+        let err = check_of(&resized, as_refs(&members))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("member ca.jsonl is not a file of"), "{err}");
+
+        let mut renamed = manifest_with_ca(ca);
+        renamed.members[0].columns.push("extra".into());
+        let err = check_of(&renamed, as_refs(&members))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("member role_versions.jsonl has the columns"),
+            "{err}"
+        );
+    }
+}

@@ -1060,6 +1060,20 @@ pub(crate) mod tests {
         nodes_and_tokens(store.clone()).await;
         reports_and_fleet(store.clone()).await;
         shared_ca_and_jobs(store.clone()).await;
+        // An archive is restored only into an empty database, which says
+        // what it holds otherwise.
+        let err = store
+            .restore()
+            .await
+            .err()
+            .expect("a database in use is not restored into")
+            .to_string();
+        assert!(
+            err.contains("is not empty: it holds")
+                && err.contains("20 role versions")
+                && err.contains("1 CA"),
+            "{err}"
+        );
         store.ping().await.unwrap();
     }
 
