@@ -377,7 +377,7 @@ fn check(path: &Path) -> Result<Vec<Checked>> {
             bail!(
                 "member {name} does not match its checksum in the manifest (sha256 {sha256}, \
                  the manifest says {}): the archive is damaged or was altered; nothing was imported",
-                member.sha256
+                cairn_proto::terminal::escape(&member.sha256)
             );
         }
         if rows != member.rows {
@@ -600,7 +600,15 @@ fn parse_row(table: &Table, line: &[u8]) -> Result<Row> {
         if json.is_null() && !column.nullable {
             bail!("column {} may not be null", column.name);
         }
-        let wrong = || anyhow!("column {} does not hold {:?}", column.name, column.kind);
+        let wrong = || {
+            let kind = match column.kind {
+                Kind::Int => "an integer (-2^63 to 2^63-1)",
+                Kind::Text => "a string",
+                Kind::Bytes => "base64 (standard alphabet, padded)",
+                Kind::Bool => "true or false",
+            };
+            anyhow!("column {} does not hold {kind}", column.name)
+        };
         let value = match (column.kind, json) {
             (Kind::Int, J::Null) => Value::Int(None),
             (Kind::Int, J::Number(n)) => Value::Int(Some(n.as_i64().ok_or_else(wrong)?)),
@@ -777,11 +785,11 @@ mod tests {
             ),
             (
                 r#"{"id":"1","cert_pem":"c","key_pem":"k","created_at":5}"#,
-                "column id does not hold Int",
+                "column id does not hold an integer",
             ),
             (
                 r#"{"id":1e30,"cert_pem":"c","key_pem":"k","created_at":5}"#,
-                "column id does not hold Int",
+                "column id does not hold an integer",
             ),
             ("[1]", "not a JSON object"),
         ] {
@@ -801,7 +809,7 @@ mod tests {
             bytes(r#""AAE=""#).unwrap()[6],
             Value::Bytes(Some(vec![0, 1]))
         );
-        assert!(format!("{:#}", bytes(r#""!!""#).unwrap_err()).contains("does not hold Bytes"));
+        assert!(format!("{:#}", bytes(r#""!!""#).unwrap_err()).contains("does not hold base64"));
     }
 
     #[test]

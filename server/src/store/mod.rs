@@ -1060,6 +1060,7 @@ pub(crate) mod tests {
         nodes_and_tokens(store.clone()).await;
         reports_and_fleet(store.clone()).await;
         shared_ca_and_jobs(store.clone()).await;
+        export_reads_one_snapshot(store.clone()).await;
         // An archive is restored only into an empty database, which says
         // what it holds otherwise.
         let err = store
@@ -1070,11 +1071,38 @@ pub(crate) mod tests {
             .to_string();
         assert!(
             err.contains("is not empty: it holds")
-                && err.contains("20 role versions")
+                && err.contains("21 role versions")
                 && err.contains("1 CA"),
             "{err}"
         );
         store.ping().await.unwrap();
+    }
+
+    /// What commits while an export reads is not in it: a push made after
+    /// the export read its first row is in neither table read after it.
+    async fn export_reads_one_snapshot(store: Arc<dyn Store>) {
+        let read = [&tables::ROLE_VERSIONS, &tables::AUDIT_LOG];
+        // Room for one row: the reader waits, inside its snapshot, until the
+        // push below committed.
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(1);
+        let reading = store.export_rows(&read, sender);
+        let writing = async {
+            let mut rows = vec![receiver.recv().await.expect("a first row")];
+            store.push(new("late", "l1"), &actor("lou")).await.unwrap();
+            while let Some(row) = receiver.recv().await {
+                rows.push(row);
+            }
+            rows
+        };
+        let (done, rows) = tokio::join!(reading, writing);
+        done.unwrap();
+        let late = |(_, row): &(usize, tables::Row)| {
+            row.iter()
+                .any(|v| *v == tables::Value::Text(Some("late".into())))
+        };
+        assert!(rows.iter().any(|(i, _)| *i == 1), "the audit log was read");
+        assert!(!rows.iter().any(late), "the late push is not in the export");
+        assert!(store.versions("late").await.is_ok(), "it was committed");
     }
 
     // The CA and background jobs.
