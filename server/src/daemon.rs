@@ -347,6 +347,7 @@ async fn run(cli: Cli) -> Result<()> {
                 "wrote {} (mode 0600: it holds the CA's private key): {summary}",
                 out.display()
             );
+            println!("the CA is {}", crate::pki::pin_of(&summary.ca)?);
             Ok(())
         }
         Command::Import {

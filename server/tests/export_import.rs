@@ -37,7 +37,11 @@ fn export(out: &Path, with_reports: bool, place: &[&str]) {
     }
     let o = server(&[&args, place].concat());
     assert!(o.status.success(), "export: {}", text(&o.stderr));
-    assert!(text(&o.stdout).contains("mode 0600"), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("mode 0600") && text(&o.stdout).contains("the CA is sha256:"),
+        "{}",
+        text(&o.stdout)
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(out).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "the archive holds the CA's key");
