@@ -1,5 +1,5 @@
 //! The `cairn-server` command line: `serve`, `migrate`, `operator add`,
-//! `operator revoke` and `ca pin`.
+//! `operator revoke`, `ca pin`, `export` and `import`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -73,6 +73,37 @@ enum Command {
         #[arg(long, default_value = DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
         /// The server's database (as for `serve`) [default: sqlite://DATA_DIR/cairn.db]
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+    },
+    /// Write everything the server stores (roles and all their versions,
+    /// channels and their history, nodes, join tokens, operators, the CA and
+    /// its private key, the audit log) into one checksummed archive; it holds
+    /// secrets and is written mode 0600. A running server may go on serving.
+    Export {
+        /// The archive to write (replaced once the new one is complete).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Also the run reports, and each node's last run.
+        #[arg(long)]
+        with_reports: bool,
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The server's database (as for `serve`) [default: sqlite://DATA_DIR/cairn.db]
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+    },
+    /// Restore an archive of `export` into an empty database (SQLite or
+    /// PostgreSQL), before any server starts on it: every checksum is checked
+    /// first, then everything is restored in one transaction.
+    Import {
+        /// The archive `cairn-server export` wrote.
+        file: PathBuf,
+        /// The data directory of the server that will serve the database.
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The database to restore into (as for `serve`; a PostgreSQL database
+        /// must exist) [default: sqlite://DATA_DIR/cairn.db]
         #[arg(long, value_name = "URL")]
         database: Option<String>,
     },
@@ -298,6 +329,44 @@ async fn run(cli: Cli) -> Result<()> {
             for migration in applied {
                 println!("applied migration {migration}");
             }
+            Ok(())
+        }
+        Command::Export {
+            out,
+            with_reports,
+            data_dir,
+            database,
+        } => {
+            let store = store::open(&database_url(database, &data_dir)?)
+                .await
+                .context("could not open the database to export it")?;
+            let summary = crate::archive::export(store.as_ref(), &out, with_reports)
+                .await
+                .with_context(|| format!("could not export to {}", out.display()))?;
+            println!(
+                "wrote {} (mode 0600: it holds the CA's private key): {summary}",
+                out.display()
+            );
+            println!("the CA is {}", crate::pki::pin_of(&summary.ca)?);
+            Ok(())
+        }
+        Command::Import {
+            file,
+            data_dir,
+            database,
+        } => {
+            crate::pki::ensure_data_dir(&data_dir)?;
+            let store = store::open(&database_url(database, &data_dir)?)
+                .await
+                .context("could not open the database to import into")?;
+            let summary = crate::archive::import(store.as_ref(), &file, &data_dir)
+                .await
+                .with_context(|| format!("could not import {}", file.display()))?;
+            println!("imported {}: {summary}", file.display());
+            println!(
+                "the CA is {}: enrolled nodes keep their certificates",
+                crate::pki::pin_of(&summary.ca)?
+            );
             Ok(())
         }
         Command::Operator {

@@ -16,10 +16,13 @@
 //! - [`transport`]: the accept loop: connection caps, TLS handshake deadline, backoff.
 //! - [`serve`]: serves on listeners the caller bound, drains on shutdown; [`daemon`]: the
 //!   `cairn-server` command line (opens, binds, says where it listens, serves).
+//! - [`archive`]: `cairn-server export` and `import`: everything stored, in one checksummed
+//!   file, restored into an empty database of either backend.
 //! - [`cli`]: the `cairn` command line; it reaches the server through `cairn_proto::client`.
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod auth;
 pub mod cli;
 pub mod daemon;

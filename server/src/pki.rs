@@ -144,7 +144,8 @@ pub async fn shared_ca(dir: &Path, store: &dyn Store) -> Result<Option<CaRecord>
     }
 }
 
-fn same_ca(a: &CaRecord, b: &CaRecord) -> bool {
+/// Whether `a` and `b` are one CA (the same certificate and key).
+pub fn same_ca(a: &CaRecord, b: &CaRecord) -> bool {
     a.cert_pem.trim() == b.cert_pem.trim() && a.key_pem.trim() == b.key_pem.trim()
 }
 

@@ -15,6 +15,7 @@ pub mod postgres;
 mod rows;
 pub mod schema;
 pub mod sqlite;
+pub mod tables;
 
 pub use schema::{Migration, Pending};
 
@@ -697,6 +698,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// Of the nodes called `names`, those revoked now.
     async fn revoked_nodes(&self, names: &[String]) -> Result<Vec<String>>;
+
+    // Export and import (`crate::archive`): the rows of [`tables`], as stored.
+
+    /// Sends every row of `tables` into `rows`, table after table in the
+    /// order given, each in the order of its key, as `(index in tables,
+    /// row)`, all read from one snapshot (one read transaction; REPEATABLE
+    /// READ on PostgreSQL): a server may go on writing meanwhile, and what it
+    /// commits after the snapshot is not sent. Fails if `rows` is closed
+    /// before the end.
+    async fn export_rows(
+        &self,
+        tables: &[&'static tables::Table],
+        rows: tokio::sync::mpsc::Sender<(usize, tables::Row)>,
+    ) -> Result<()>;
+
+    /// Begins restoring an archive in one transaction that nothing else
+    /// writes the tables in until it ends; `Conflict`, naming what is there,
+    /// unless every table of [`tables::ALL`] is empty.
+    async fn restore(&self) -> Result<Box<dyn tables::Restore + '_>>;
 }
 
 /// A change committed to the database: [`Store::changes`].
@@ -1040,7 +1060,49 @@ pub(crate) mod tests {
         nodes_and_tokens(store.clone()).await;
         reports_and_fleet(store.clone()).await;
         shared_ca_and_jobs(store.clone()).await;
+        export_reads_one_snapshot(store.clone()).await;
+        // An archive is restored only into an empty database, which says
+        // what it holds otherwise.
+        let err = store
+            .restore()
+            .await
+            .err()
+            .expect("a database in use is not restored into")
+            .to_string();
+        assert!(
+            err.contains("is not empty: it holds")
+                && err.contains("21 role versions")
+                && err.contains("1 CA"),
+            "{err}"
+        );
         store.ping().await.unwrap();
+    }
+
+    /// What commits while an export reads is not in it: a push made after
+    /// the export read its first row is in neither table read after it.
+    async fn export_reads_one_snapshot(store: Arc<dyn Store>) {
+        let read = [&tables::ROLE_VERSIONS, &tables::AUDIT_LOG];
+        // Room for one row: the reader waits, inside its snapshot, until the
+        // push below committed.
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(1);
+        let reading = store.export_rows(&read, sender);
+        let writing = async {
+            let mut rows = vec![receiver.recv().await.expect("a first row")];
+            store.push(new("late", "l1"), &actor("lou")).await.unwrap();
+            while let Some(row) = receiver.recv().await {
+                rows.push(row);
+            }
+            rows
+        };
+        let (done, rows) = tokio::join!(reading, writing);
+        done.unwrap();
+        let late = |(_, row): &(usize, tables::Row)| {
+            row.iter()
+                .any(|v| *v == tables::Value::Text(Some("late".into())))
+        };
+        assert!(rows.iter().any(|(i, _)| *i == 1), "the audit log was read");
+        assert!(!rows.iter().any(late), "the late push is not in the export");
+        assert!(store.versions("late").await.is_ok(), "it was committed");
     }
 
     // The CA and background jobs.

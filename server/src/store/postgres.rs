@@ -60,6 +60,7 @@ use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use super::rows::*;
 use super::*;
 
+mod archive;
 mod changes;
 mod enroll;
 mod reports;
@@ -999,6 +1000,18 @@ impl Store for PgStore {
             conn,
             job: job.to_string(),
         })))
+    }
+
+    async fn export_rows(
+        &self,
+        tables: &[&'static tables::Table],
+        rows: tokio::sync::mpsc::Sender<(usize, tables::Row)>,
+    ) -> Result<()> {
+        self.export_rows_in_postgres(tables, rows).await
+    }
+
+    async fn restore(&self) -> Result<Box<dyn tables::Restore + '_>> {
+        self.restore_in_postgres().await
     }
 }
 

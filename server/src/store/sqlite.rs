@@ -40,6 +40,7 @@ use tokio::sync::Mutex;
 use super::rows::*;
 use super::*;
 
+mod archive;
 mod enroll;
 mod reports;
 
@@ -1255,6 +1256,18 @@ impl Store for SqliteStore {
     async fn job_lease(&self, _job: &str) -> Result<Option<JobLease>> {
         // One server owns a SQLite database (its data directory is locked).
         Ok(Some(JobLease::new(Owned)))
+    }
+
+    async fn export_rows(
+        &self,
+        tables: &[&'static tables::Table],
+        rows: tokio::sync::mpsc::Sender<(usize, tables::Row)>,
+    ) -> Result<()> {
+        self.export_rows_in_sqlite(tables, rows).await
+    }
+
+    async fn restore(&self) -> Result<Box<dyn tables::Restore + '_>> {
+        self.restore_in_sqlite().await
     }
 }
 
