@@ -40,7 +40,9 @@
 //! Connections: at most [`MAX_CONNECTIONS`] (and a job lease's), each given [`CONNECT_TIMEOUT`]
 //! to open and wait for; a connection lost (the database restarted) is
 //! replaced by the pool. Errors name the database by host, port and name,
-//! never by its URL, which may hold a password.
+//! never by its URL, which may hold a password. Given several addresses (a
+//! primary and its standbys), only the primary is used, and the pool follows
+//! a standby promoted in its place: [`primary`].
 //!
 //! Opening refuses a database whose audit log lost its protection: see
 //! [`PROTECTIONS`].
@@ -51,10 +53,9 @@
 //!
 //! Join tokens and nodes: [`enroll`]; reports and the fleet: [`reports`].
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
 
 use super::rows::*;
@@ -62,6 +63,7 @@ use super::*;
 
 mod changes;
 mod enroll;
+mod primary;
 mod reports;
 
 /// At most this many connections per process: enough for the handlers'
@@ -88,10 +90,11 @@ fn db<E: std::error::Error + Send + Sync + 'static>(
 type Tx = Transaction<'static, Postgres>;
 
 pub struct PgStore {
+    /// Connects to the primary of the moment (see [`primary`]).
     pool: PgPool,
-    /// How the pool connects, for the connection that listens for changes.
-    options: PgConnectOptions,
-    /// `database NAME at HOST:PORT`, for messages (never the URL).
+    /// With several addresses, the task that moves the pool to a new primary.
+    _follower: Option<primary::Follower>,
+    /// `database NAME at HOST:PORT[, HOST:PORT…]`, for messages (never the URL).
     place: String,
 }
 
@@ -156,26 +159,12 @@ impl PgStore {
     /// [`PgStore::open`], doing `pending` with migrations this build has and
     /// the database has not; returns the store and the migrations applied.
     pub async fn open_with(url: &str, pending: Pending) -> Result<(Self, Vec<Migration>)> {
-        // sqlx's message says what is wrong with the URL, not the URL.
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Url(format!("the postgres database URL is not valid: {e}")))?
-            .application_name("cairn-server");
-        let place = format!(
-            "database {} at {}:{}",
-            // PostgreSQL's default database is the user's name.
-            options.get_database().unwrap_or(options.get_username()),
-            options.get_host(),
-            options.get_port()
-        );
-        // One connection first, so that an unreachable database is an error
-        // saying why (the pool would retry until its timeout and say only that).
-        let mut first = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
-            .await
-            .map_err(|_| StoreError::Backend {
-                op: format!("connect to the {place}"),
-                source: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()).into(),
-            })?
-            .map_err(db(format!("connect to the {place}")))?;
+        let mut addresses = primary::addresses(url)?;
+        let place = primary::place(&addresses);
+        // One connection first, to the primary, so that an unreachable
+        // database is an error saying why (the pool would retry until its
+        // timeout and say only that).
+        let (current, mut first) = primary::find(&addresses, &place).await?;
         let migrator = sqlx::migrate!("./migrations/postgres");
         let applied = applied_migrations(&mut first, &place).await?;
         let missing = schema::pending(&schema::known(&migrator), &applied, &place)?;
@@ -196,19 +185,18 @@ impl PgStore {
             .map_err(db(format!("close a connection to the {place}")))?;
         // The locking above relies on READ COMMITTED, whatever the database's
         // default; migrations (on the first connection) are not cut off.
-        let options = options.options([
-            // A space in a value is escaped in the startup options.
-            ("default_transaction_isolation", "read\\ committed"),
-            ("statement_timeout", STATEMENT_TIMEOUT),
-            ("idle_in_transaction_session_timeout", STATEMENT_TIMEOUT),
-        ]);
-        let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_lazy_with(options.clone());
+        for address in &mut addresses {
+            address.options = address.options.clone().options([
+                // A space in a value is escaped in the startup options.
+                ("default_transaction_isolation", "read\\ committed"),
+                ("statement_timeout", STATEMENT_TIMEOUT),
+                ("idle_in_transaction_session_timeout", STATEMENT_TIMEOUT),
+            ]);
+        }
+        let (pool, follower) = primary::pool(addresses, current, place.clone());
         let store = PgStore {
             pool,
-            options,
+            _follower: follower,
             place,
         };
         store.check_protections().await?;
@@ -915,11 +903,7 @@ impl Store for PgStore {
     }
 
     fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
-        Some(changes::start(
-            self.pool.clone(),
-            self.options.clone(),
-            self.place.clone(),
-        ))
+        Some(changes::start(self.pool.clone(), self.place.clone()))
     }
 
     async fn revoked_nodes(&self, names: &[String]) -> Result<Vec<String>> {
