@@ -302,25 +302,29 @@ async fn follow(
     moved: Arc<Moved>,
     place: String,
 ) {
-    let addresses: Vec<Address> = addresses
-        .into_iter()
+    // The same addresses for the follower's own connection, named apart
+    // from the pool's.
+    let own: Vec<Address> = addresses
+        .iter()
         .map(|a| Address {
-            options: a.options.application_name(APPLICATION_NAME),
+            options: a.options.clone().application_name(APPLICATION_NAME),
         })
         .collect();
+    // None at first: the search below connects at once, so that a primary
+    // lost right after opening is noticed as soon as any other.
     let mut checked: Option<PgConnection> = None;
     loop {
-        tokio::time::sleep(CHECK_EVERY).await;
-        let lost = match checked.as_mut() {
-            None => "not connected yet".to_string(),
-            Some(conn) => match tokio::time::timeout(ANSWER_WITHIN, in_recovery(conn)).await {
-                Ok(Ok(false)) => continue,
+        if let Some(mut conn) = checked.take() {
+            tokio::time::sleep(CHECK_EVERY).await;
+            let lost = match tokio::time::timeout(ANSWER_WITHIN, in_recovery(&mut conn)).await {
+                Ok(Ok(false)) => {
+                    checked = Some(conn);
+                    continue;
+                }
                 Ok(Ok(true)) => Passed::Standby.to_string(),
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => Passed::Silent.to_string(),
-            },
-        };
-        if checked.take().is_some() {
+            };
             warn!(
                 place = %place,
                 primary = addresses[current].name(),
@@ -331,7 +335,7 @@ async fn follow(
         let since = Instant::now();
         let mut failures: u32 = 0;
         let (found, conn) = loop {
-            match find(&addresses, &place).await {
+            match find(&own, &place).await {
                 Ok(found) => break found,
                 Err(e) => {
                     let wait = changes::backoff(failures, SEARCH_FIRST, SEARCH_MAX);
@@ -349,12 +353,7 @@ async fn follow(
         };
         checked = Some(conn);
         if found != current {
-            pool.set_connect_options(
-                addresses[found]
-                    .options
-                    .clone()
-                    .application_name("cairn-server"),
-            );
+            pool.set_connect_options(addresses[found].options.clone());
             moved.now();
             info!(
                 place = %place,
