@@ -55,6 +55,7 @@
 
 use std::time::Duration;
 
+use sqlx::migrate::Migrate;
 use sqlx::postgres::PgPool;
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
 
@@ -165,16 +166,24 @@ impl PgStore {
         // database is an error saying why (the pool would retry until its
         // timeout and say only that).
         let (current, mut first) = primary::find(&addresses, &place).await?;
-        let migrator = sqlx::migrate!("./migrations/postgres");
+        // sqlx's migration lock (a session-level advisory lock, released when
+        // `first` closes, however this ends), from reading the schema to
+        // migrating it: servers starting together on a new database migrate
+        // one after the other, and each sees the schema whole, never half
+        // migrated by another.
+        first
+            .lock()
+            .await
+            .map_err(db(format!("lock the schema of the {place}")))?;
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        migrator.set_locking(false);
         let applied = applied_migrations(&mut first, &place).await?;
         let missing = schema::pending(&schema::known(&migrator), &applied, &place)?;
         if !missing.is_empty() && pending == Pending::Refuse && !applied.is_empty() {
             return Err(schema::out_of_date(&place, &applied, &missing));
         }
-        // sqlx holds an advisory lock while it migrates: servers starting
-        // together on a new database migrate one after the other. Run even
-        // with nothing missing: it refuses a migration that failed half-way or
-        // whose file changed since it was applied.
+        // Run even with nothing missing: it refuses a migration that failed
+        // half-way or whose file changed since it was applied.
         migrator
             .run(&mut first)
             .await

@@ -34,7 +34,7 @@ use super::{CONNECT_TIMEOUT, MAX_CONNECTIONS, changes};
 use crate::store::{Result, StoreError};
 
 /// At most this many addresses in one database URL.
-pub const MAX_ADDRESSES: usize = 8;
+const MAX_ADDRESSES: usize = 8;
 /// How often the follower asks the primary whether it still is one.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// An address that does not answer within this is passed over (a server or
@@ -206,28 +206,24 @@ pub(super) async fn find(addresses: &[Address], place: &str) -> Result<(usize, P
             Err(why) => passed.push(why),
         }
     }
-    Err(match (addresses, passed.pop()) {
-        // One address: its own error, as the source.
-        ([_], Some(Passed::Failed(e))) => StoreError::Backend {
-            op: format!("connect to the {place}"),
-            source: Box::new(e),
-        },
-        ([_], Some(why)) => StoreError::Backend {
-            op: format!("connect to the {place}"),
-            source: why.to_string().into(),
-        },
-        (_, last) => {
-            let why: Vec<String> = addresses
-                .iter()
-                .zip(passed.iter().chain(last.as_ref()))
-                .map(|(address, why)| format!("{}: {why}", address.name()))
-                .collect();
-            StoreError::Backend {
-                op: format!("find the primary of the {place}"),
-                source: why.join("; ").into(),
+    let (op, source): (String, Box<dyn std::error::Error + Send + Sync>) =
+        match <[Passed; 1]>::try_from(passed) {
+            // One address: its own error, as the source.
+            Ok([Passed::Failed(e)]) => (format!("connect to the {place}"), Box::new(e)),
+            Ok([why]) => (format!("connect to the {place}"), why.to_string().into()),
+            Err(passed) => {
+                let why: Vec<String> = addresses
+                    .iter()
+                    .zip(&passed)
+                    .map(|(address, why)| format!("{}: {why}", address.name()))
+                    .collect();
+                (
+                    format!("find the primary of the {place}"),
+                    why.join("; ").into(),
+                )
             }
-        }
-    })
+        };
+    Err(StoreError::Backend { op, source })
 }
 
 /// When the pool last moved to another primary: connections made before
@@ -249,9 +245,8 @@ impl Moved {
     }
 }
 
-/// The pool's connections, made to `addresses[current]` with `options`
-/// applied, and (with several addresses) the task that moves it to another
-/// primary when that one goes.
+/// The pool, connecting to `addresses[current]`, and (with several
+/// addresses) the task that moves it to another primary when that one goes.
 pub(super) fn pool(
     addresses: Vec<Address>,
     current: usize,
