@@ -1387,7 +1387,7 @@ mod tests {
             // Refused rather than sent in the clear.
             (
                 format!("postgres://postgres:hunter2@127.0.0.1:{port}/postgres?sslmode=require"),
-                "built without TLS support".to_string(),
+                "server does not support TLS".to_string(),
             ),
         ] {
             let err = match crate::store::open(&url).await {
@@ -1404,6 +1404,94 @@ mod tests {
             };
             assert!(err.contains(&expect), "{err}");
             assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    /// The certificate of a CA named `ca_name`, and a server certificate it
+    /// signed for `names` with its key (PEM).
+    fn tls_for(ca_name: &str, names: &[&str]) -> (String, String, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, ca_name);
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (ca_pem, cert.pem(), key.serialize_pem())
+    }
+
+    #[tokio::test]
+    async fn a_database_over_tls_is_used_only_with_the_certificate_asked_for() {
+        let (ca, cert, key) = tls_for("database CA", &["localhost"]);
+        let cluster = PgCluster::start_with_tls(&cert, &key);
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_file, other_file) = (dir.path().join("ca.crt"), dir.path().join("other.crt"));
+        std::fs::write(&ca_file, &ca).unwrap();
+        std::fs::write(&other_file, tls_for("another CA", &["localhost"]).0).unwrap();
+        let database = cluster.database();
+        let name = database.rsplit('/').next().unwrap();
+        let port = cluster.port();
+        let url =
+            |host: &str, query: &str| format!("postgres://postgres@{host}:{port}/{name}?{query}");
+        let encrypted = async |store: &PgStore| -> bool {
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap()
+        };
+        // Verified: the certificate is the CA's, for the name connected to;
+        // with several addresses too.
+        let verified = format!("sslmode=verify-full&sslrootcert={}", ca_file.display());
+        for url in [
+            url("localhost", &verified),
+            url("localhost", &verified).replacen(
+                &format!("localhost:{port}"),
+                &format!("localhost:{port},localhost:{port}"),
+                1,
+            ),
+        ] {
+            let store = PgStore::open(&url).await.unwrap();
+            assert!(encrypted(&store).await, "{url}");
+            store.push(new("web", "d1"), &someone()).await.unwrap();
+        }
+        // Encrypted, not verified (libpq's `require`).
+        let store = PgStore::open(&url("127.0.0.1", "sslmode=require"))
+            .await
+            .unwrap();
+        assert!(encrypted(&store).await);
+        // Refused: another CA, or a name the certificate is not for.
+        for (url, why) in [
+            (
+                url(
+                    "localhost",
+                    &format!("sslmode=verify-full&sslrootcert={}", other_file.display()),
+                ),
+                "UnknownIssuer",
+            ),
+            (
+                url("127.0.0.1", &verified),
+                "certificate not valid for name \"127.0.0.1\"",
+            ),
+        ] {
+            let err = match PgStore::open(&url).await {
+                Ok(_) => panic!("{url}: opened"),
+                Err(e) => format!("{:#}", anyhow::Error::from(e)),
+            };
+            assert!(
+                err.contains(&format!("could not connect to the database {name}"))
+                    && err.contains(why),
+                "{url}: {err}"
+            );
         }
     }
 

@@ -34,12 +34,51 @@ pub struct PgCluster {
     run_as: Option<nix::unistd::User>,
     port: u16,
     databases: AtomicUsize,
+    /// Given to the server as `-c` options at every start (TLS).
+    settings: String,
 }
 
 impl PgCluster {
     /// Makes and starts a cluster; panics, saying why, if it cannot (never
     /// skips: a test that needs PostgreSQL fails without it).
     pub fn start() -> PgCluster {
+        Self::start_with(|_| String::new())
+    }
+
+    /// [`PgCluster::start`] with `ssl = on`, presenting the certificate
+    /// `cert_pem` (its chain) with the key `key_pem`.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> PgCluster {
+        Self::start_with(|cluster| {
+            let (cert, key) = (
+                cluster.dir.path().join("server.crt"),
+                cluster.dir.path().join("server.key"),
+            );
+            std::fs::write(&cert, cert_pem).unwrap();
+            std::fs::write(&key, key_pem).unwrap();
+            // PostgreSQL refuses a key others may read.
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if let Some(user) = &cluster.run_as {
+                for path in [&cert, &key] {
+                    std::os::unix::fs::chown(
+                        path,
+                        Some(user.uid.as_raw()),
+                        Some(user.gid.as_raw()),
+                    )
+                    .unwrap();
+                }
+            }
+            format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            )
+        })
+    }
+
+    /// Makes the cluster, asks `configure` for more server options (given
+    /// the cluster, before it starts), and starts it.
+    fn start_with(configure: impl FnOnce(&PgCluster) -> String) -> PgCluster {
         let bin = binaries();
         let run_as = if nix::unistd::Uid::effective().is_root() {
             Some(
@@ -70,6 +109,7 @@ impl PgCluster {
             run_as,
             port: 0,
             databases: AtomicUsize::new(0),
+            settings: String::new(),
         };
         let data = cluster.data_dir();
         cluster.run(
@@ -88,6 +128,7 @@ impl PgCluster {
                 "--no-sync".as_ref(),
             ],
         );
+        cluster.settings = configure(&cluster);
         // A port free a moment ago may be taken before the server binds it:
         // then another one.
         for _ in 0..5 {
@@ -153,9 +194,10 @@ impl PgCluster {
 
     fn try_start(&self) -> bool {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            "-p {} -k {} -c listen_addresses=127.0.0.1{}",
             self.port,
-            self.dir.path().join("socket").display()
+            self.dir.path().join("socket").display(),
+            self.settings
         );
         let log = self.dir.path().join("server.log");
         let data = self.data_dir();
