@@ -309,6 +309,8 @@ async fn follow(
     // lost right after opening is noticed as soon as any other.
     let mut checked: Option<PgConnection> = None;
     loop {
+        // Whether it was said to be gone, or not found: its return is said too.
+        let mut said = false;
         if let Some(mut conn) = checked.take() {
             tokio::time::sleep(CHECK_EVERY).await;
             let lost = match tokio::time::timeout(ANSWER_WITHIN, in_recovery(&mut conn)).await {
@@ -326,6 +328,7 @@ async fn follow(
                 error = lost,
                 "the primary is gone; looking for the new one"
             );
+            said = true;
         }
         let since = Instant::now();
         let mut failures: u32 = 0;
@@ -337,6 +340,7 @@ async fn follow(
                     // Said once; the tries after it only at debug level.
                     let error = format!("{:#}", anyhow::Error::from(e));
                     if failures == 0 {
+                        said = true;
                         warn!(place = %place, error, "no address answers as the primary; trying again");
                     } else {
                         debug!(place = %place, error, "no address answers as the primary; trying again");
@@ -357,7 +361,7 @@ async fn follow(
                 "the primary is now at another address"
             );
             current = found;
-        } else if failures > 0 {
+        } else if said {
             info!(place = %place, primary = addresses[found].name(), "the primary answers again");
         }
     }
