@@ -40,7 +40,9 @@
 //! Connections: at most [`MAX_CONNECTIONS`] (and a job lease's), each given [`CONNECT_TIMEOUT`]
 //! to open and wait for; a connection lost (the database restarted) is
 //! replaced by the pool. Errors name the database by host, port and name,
-//! never by its URL, which may hold a password.
+//! never by its URL, which may hold a password. Given several addresses (a
+//! primary and its standbys), only the primary is used, and the pool follows
+//! a standby promoted in its place: [`primary`].
 //!
 //! Opening refuses a database whose audit log lost its protection: see
 //! [`PROTECTIONS`].
@@ -51,10 +53,10 @@
 //!
 //! Join tokens and nodes: [`enroll`]; reports and the fleet: [`reports`].
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::migrate::Migrate;
+use sqlx::postgres::PgPool;
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
 
 use super::rows::*;
@@ -63,6 +65,7 @@ use super::*;
 mod archive;
 mod changes;
 mod enroll;
+mod primary;
 mod reports;
 
 /// At most this many connections per process: enough for the handlers'
@@ -89,10 +92,11 @@ fn db<E: std::error::Error + Send + Sync + 'static>(
 type Tx = Transaction<'static, Postgres>;
 
 pub struct PgStore {
+    /// Connects to the primary of the moment (see [`primary`]).
     pool: PgPool,
-    /// How the pool connects, for the connection that listens for changes.
-    options: PgConnectOptions,
-    /// `database NAME at HOST:PORT`, for messages (never the URL).
+    /// With several addresses, the task that moves the pool to a new primary.
+    _follower: Option<primary::Follower>,
+    /// `database NAME at HOST:PORT[, HOST:PORT…]`, for messages (never the URL).
     place: String,
 }
 
@@ -157,36 +161,30 @@ impl PgStore {
     /// [`PgStore::open`], doing `pending` with migrations this build has and
     /// the database has not; returns the store and the migrations applied.
     pub async fn open_with(url: &str, pending: Pending) -> Result<(Self, Vec<Migration>)> {
-        // sqlx's message says what is wrong with the URL, not the URL.
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Url(format!("the postgres database URL is not valid: {e}")))?
-            .application_name("cairn-server");
-        let place = format!(
-            "database {} at {}:{}",
-            // PostgreSQL's default database is the user's name.
-            options.get_database().unwrap_or(options.get_username()),
-            options.get_host(),
-            options.get_port()
-        );
-        // One connection first, so that an unreachable database is an error
-        // saying why (the pool would retry until its timeout and say only that).
-        let mut first = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+        let mut addresses = primary::addresses(url)?;
+        let place = primary::place(&addresses);
+        // One connection first, to the primary, so that an unreachable
+        // database is an error saying why (the pool would retry until its
+        // timeout and say only that).
+        let (current, mut first) = primary::find(&addresses, &place).await?;
+        // sqlx's migration lock (a session-level advisory lock, released when
+        // `first` closes, however this ends), from reading the schema to
+        // migrating it: servers starting together on a new database migrate
+        // one after the other, and each sees the schema whole, never half
+        // migrated by another.
+        first
+            .lock()
             .await
-            .map_err(|_| StoreError::Backend {
-                op: format!("connect to the {place}"),
-                source: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()).into(),
-            })?
-            .map_err(db(format!("connect to the {place}")))?;
-        let migrator = sqlx::migrate!("./migrations/postgres");
+            .map_err(db(format!("lock the schema of the {place}")))?;
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        migrator.set_locking(false);
         let applied = applied_migrations(&mut first, &place).await?;
         let missing = schema::pending(&schema::known(&migrator), &applied, &place)?;
         if !missing.is_empty() && pending == Pending::Refuse && !applied.is_empty() {
             return Err(schema::out_of_date(&place, &applied, &missing));
         }
-        // sqlx holds an advisory lock while it migrates: servers starting
-        // together on a new database migrate one after the other. Run even
-        // with nothing missing: it refuses a migration that failed half-way or
-        // whose file changed since it was applied.
+        // Run even with nothing missing: it refuses a migration that failed
+        // half-way or whose file changed since it was applied.
         migrator
             .run(&mut first)
             .await
@@ -197,19 +195,18 @@ impl PgStore {
             .map_err(db(format!("close a connection to the {place}")))?;
         // The locking above relies on READ COMMITTED, whatever the database's
         // default; migrations (on the first connection) are not cut off.
-        let options = options.options([
-            // A space in a value is escaped in the startup options.
-            ("default_transaction_isolation", "read\\ committed"),
-            ("statement_timeout", STATEMENT_TIMEOUT),
-            ("idle_in_transaction_session_timeout", STATEMENT_TIMEOUT),
-        ]);
-        let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_lazy_with(options.clone());
+        for address in &mut addresses {
+            address.options = address.options.clone().options([
+                // A space in a value is escaped in the startup options.
+                ("default_transaction_isolation", "read\\ committed"),
+                ("statement_timeout", STATEMENT_TIMEOUT),
+                ("idle_in_transaction_session_timeout", STATEMENT_TIMEOUT),
+            ]);
+        }
+        let (pool, follower) = primary::pool(addresses, current, place.clone());
         let store = PgStore {
             pool,
-            options,
+            _follower: follower,
             place,
         };
         store.check_protections().await?;
@@ -916,11 +913,7 @@ impl Store for PgStore {
     }
 
     fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
-        Some(changes::start(
-            self.pool.clone(),
-            self.options.clone(),
-            self.place.clone(),
-        ))
+        Some(changes::start(self.pool.clone(), self.place.clone()))
     }
 
     async fn revoked_nodes(&self, names: &[String]) -> Result<Vec<String>> {
@@ -1407,7 +1400,7 @@ mod tests {
             // Refused rather than sent in the clear.
             (
                 format!("postgres://postgres:hunter2@127.0.0.1:{port}/postgres?sslmode=require"),
-                "built without TLS support".to_string(),
+                "server does not support TLS".to_string(),
             ),
         ] {
             let err = match crate::store::open(&url).await {
@@ -1424,6 +1417,94 @@ mod tests {
             };
             assert!(err.contains(&expect), "{err}");
             assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    /// The certificate of a CA named `ca_name`, and a server certificate it
+    /// signed for `names` with its key (PEM).
+    fn tls_for(ca_name: &str, names: &[&str]) -> (String, String, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, ca_name);
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (ca_pem, cert.pem(), key.serialize_pem())
+    }
+
+    #[tokio::test]
+    async fn a_database_over_tls_is_used_only_with_the_certificate_asked_for() {
+        let (ca, cert, key) = tls_for("database CA", &["localhost"]);
+        let cluster = PgCluster::start_with_tls(&cert, &key);
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_file, other_file) = (dir.path().join("ca.crt"), dir.path().join("other.crt"));
+        std::fs::write(&ca_file, &ca).unwrap();
+        std::fs::write(&other_file, tls_for("another CA", &["localhost"]).0).unwrap();
+        let database = cluster.database();
+        let name = database.rsplit('/').next().unwrap();
+        let port = cluster.port();
+        let url =
+            |host: &str, query: &str| format!("postgres://postgres@{host}:{port}/{name}?{query}");
+        let encrypted = async |store: &PgStore| -> bool {
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap()
+        };
+        // Verified: the certificate is the CA's, for the name connected to;
+        // with several addresses too.
+        let verified = format!("sslmode=verify-full&sslrootcert={}", ca_file.display());
+        for url in [
+            url("localhost", &verified),
+            url("localhost", &verified).replacen(
+                &format!("localhost:{port}"),
+                &format!("localhost:{port},localhost:{port}"),
+                1,
+            ),
+        ] {
+            let store = PgStore::open(&url).await.unwrap();
+            assert!(encrypted(&store).await, "{url}");
+            store.push(new("web", "d1"), &someone()).await.unwrap();
+        }
+        // Encrypted, not verified (libpq's `require`).
+        let store = PgStore::open(&url("127.0.0.1", "sslmode=require"))
+            .await
+            .unwrap();
+        assert!(encrypted(&store).await);
+        // Refused: another CA, or a name the certificate is not for.
+        for (url, why) in [
+            (
+                url(
+                    "localhost",
+                    &format!("sslmode=verify-full&sslrootcert={}", other_file.display()),
+                ),
+                "UnknownIssuer",
+            ),
+            (
+                url("127.0.0.1", &verified),
+                "certificate not valid for name \"127.0.0.1\"",
+            ),
+        ] {
+            let err = match PgStore::open(&url).await {
+                Ok(_) => panic!("{url}: opened"),
+                Err(e) => format!("{:#}", anyhow::Error::from(e)),
+            };
+            assert!(
+                err.contains(&format!("could not connect to the database {name}"))
+                    && err.contains(why),
+                "{url}: {err}"
+            );
         }
     }
 

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod postgres;
+pub mod replicas;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -10,6 +10,9 @@
 //!
 //! PostgreSQL refuses to run as root: as root, its commands run as the
 //! `postgres` user (which Debian's package creates) through `runuser`.
+//!
+//! [`PgStandbyPair`]: a primary and a synchronous streaming standby, made as
+//! an operator of Debian would, with `pg_createcluster` and `pg_basebackup`.
 
 #![allow(dead_code)]
 
@@ -31,12 +34,51 @@ pub struct PgCluster {
     run_as: Option<nix::unistd::User>,
     port: u16,
     databases: AtomicUsize,
+    /// Given to the server as `-c` options at every start (TLS).
+    settings: String,
 }
 
 impl PgCluster {
     /// Makes and starts a cluster; panics, saying why, if it cannot (never
     /// skips: a test that needs PostgreSQL fails without it).
     pub fn start() -> PgCluster {
+        Self::start_with(|_| String::new())
+    }
+
+    /// [`PgCluster::start`] with `ssl = on`, presenting the certificate
+    /// `cert_pem` (its chain) with the key `key_pem`.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> PgCluster {
+        Self::start_with(|cluster| {
+            let (cert, key) = (
+                cluster.dir.path().join("server.crt"),
+                cluster.dir.path().join("server.key"),
+            );
+            std::fs::write(&cert, cert_pem).unwrap();
+            std::fs::write(&key, key_pem).unwrap();
+            // PostgreSQL refuses a key others may read.
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
+            if let Some(user) = &cluster.run_as {
+                for path in [&cert, &key] {
+                    std::os::unix::fs::chown(
+                        path,
+                        Some(user.uid.as_raw()),
+                        Some(user.gid.as_raw()),
+                    )
+                    .unwrap();
+                }
+            }
+            format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            )
+        })
+    }
+
+    /// Makes the cluster, asks `configure` for more server options (given
+    /// the cluster, before it starts), and starts it.
+    fn start_with(configure: impl FnOnce(&PgCluster) -> String) -> PgCluster {
         let bin = binaries();
         let run_as = if nix::unistd::Uid::effective().is_root() {
             Some(
@@ -67,6 +109,7 @@ impl PgCluster {
             run_as,
             port: 0,
             databases: AtomicUsize::new(0),
+            settings: String::new(),
         };
         let data = cluster.data_dir();
         cluster.run(
@@ -85,6 +128,7 @@ impl PgCluster {
                 "--no-sync".as_ref(),
             ],
         );
+        cluster.settings = configure(&cluster);
         // A port free a moment ago may be taken before the server binds it:
         // then another one.
         for _ in 0..5 {
@@ -150,9 +194,10 @@ impl PgCluster {
 
     fn try_start(&self) -> bool {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            "-p {} -k {} -c listen_addresses=127.0.0.1{}",
             self.port,
-            self.dir.path().join("socket").display()
+            self.dir.path().join("socket").display(),
+            self.settings
         );
         let log = self.dir.path().join("server.log");
         let data = self.data_dir();
@@ -277,4 +322,372 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The `application_name` the standby streams as, which the primary's
+/// `synchronous_standby_names` names.
+pub const STANDBY_NAME: &str = "cairn_standby";
+
+/// A primary and a standby streaming from it synchronously (a commit is
+/// acknowledged only once the standby has it), each a cluster made with
+/// Debian's `pg_createcluster` on a free loopback port (trust
+/// authentication), its data, socket and log in a temporary directory. Both
+/// are dropped (`pg_dropcluster --stop`) when this is, also when the test
+/// fails; clusters left by a test process that was killed are dropped by the
+/// next one.
+///
+/// Needs root: `pg_createcluster` writes the configuration under
+/// `/etc/postgresql`.
+pub struct PgStandbyPair {
+    pub primary: DebianCluster,
+    pub standby: DebianCluster,
+    databases: AtomicUsize,
+}
+
+/// Prefix of the test clusters' names: `PREFIX{pid}_{n}_{primary|standby}`.
+const CLUSTER_PREFIX: &str = "cairn_t";
+
+impl PgStandbyPair {
+    /// Makes both clusters, the standby from a base backup of the primary,
+    /// and waits until it streams synchronously; panics, saying why, if it
+    /// cannot.
+    pub fn start() -> PgStandbyPair {
+        static PAIRS: AtomicUsize = AtomicUsize::new(0);
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "{}",
+            missing("this test is not root, which `pg_createcluster` needs")
+        );
+        drop_leftover_clusters();
+        let bin = binaries();
+        // Debian's layout: /usr/lib/postgresql/VERSION/bin.
+        let version = bin
+            .parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}",
+                    missing(&format!(
+                        "{} is not Debian's VERSION/bin, which pg_createcluster needs",
+                        bin.display()
+                    ))
+                )
+            });
+        let n = PAIRS.fetch_add(1, Ordering::Relaxed);
+        let name = |what: &str| format!("{CLUSTER_PREFIX}{}_{n}_{what}", std::process::id());
+        let primary = DebianCluster::create(&bin, version, &name("primary"));
+        primary.start_on_a_free_port();
+        let standby = DebianCluster::create(&bin, version, &name("standby"));
+        // The standby's data is a copy of the primary's, streaming from it
+        // as STANDBY_NAME (`-R` writes `primary_conninfo` and `standby.signal`).
+        let data = standby.data_dir();
+        for entry in std::fs::read_dir(&data).unwrap() {
+            let path = entry.unwrap().path();
+            match path.is_dir() {
+                true => std::fs::remove_dir_all(&path).unwrap(),
+                false => std::fs::remove_file(&path).unwrap(),
+            }
+        }
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user=postgres application_name={STANDBY_NAME}",
+            primary.port()
+        );
+        let out = as_postgres(&bin.join("pg_basebackup"))
+            .args(["-d", &conninfo, "-R", "-X", "stream", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .expect("could not run pg_basebackup");
+        check("pg_basebackup", &out);
+        standby.start_on_a_free_port();
+        let pair = PgStandbyPair {
+            primary,
+            standby,
+            databases: AtomicUsize::new(0),
+        };
+        let streaming = format!(
+            "SELECT state FROM pg_stat_replication WHERE application_name = '{STANDBY_NAME}'"
+        );
+        pair.primary.wait_for(&streaming, "streaming");
+        // Synchronous from now on: what the DBA writes in postgresql.conf.
+        pair.primary.sql(&format!(
+            "ALTER SYSTEM SET synchronous_standby_names = '{STANDBY_NAME}'"
+        ));
+        pair.primary
+            .sql("ALTER SYSTEM SET synchronous_commit = 'on'");
+        pair.primary.sql("SELECT pg_reload_conf()");
+        pair.primary.wait_for(
+            &format!(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{STANDBY_NAME}'"
+            ),
+            "sync",
+        );
+        pair
+    }
+
+    /// Creates a new, empty database on the primary; returns its name once
+    /// the standby has replayed it (a synchronous standby acknowledges what
+    /// it wrote to disk, and replays it a moment later).
+    pub fn database(&self) -> String {
+        let name = format!(
+            "cairn_test_{}",
+            self.databases.fetch_add(1, Ordering::Relaxed)
+        );
+        self.primary.sql(&format!("CREATE DATABASE {name}"));
+        self.standby.wait_for(
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+            "1",
+        );
+        name
+    }
+
+    /// The URL of database `name` naming both clusters, the primary first,
+    /// in libpq's multi-host form.
+    pub fn url(&self, name: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{name}?target_session_attrs=read-write",
+            self.primary.port(),
+            self.standby.port()
+        )
+    }
+
+    /// [`PgStandbyPair::url`] with the standby first.
+    pub fn url_standby_first(&self, name: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{name}?target_session_attrs=read-write",
+            self.standby.port(),
+            self.primary.port()
+        )
+    }
+
+    /// How the standby replicates, as the primary sees it (`sync`, `async`,
+    /// or empty when it does not stream).
+    pub fn sync_state(&self) -> String {
+        self.primary.sql(&format!(
+            "SELECT sync_state FROM pg_stat_replication WHERE application_name = '{STANDBY_NAME}'"
+        ))
+    }
+
+    /// Stops the primary at once, as a crash would.
+    pub fn stop_primary(&self) {
+        self.primary.ctl(&["stop", "-m", "immediate"]);
+    }
+
+    /// Promotes the standby (`pg_ctlcluster … promote`, which waits until
+    /// it accepts writes).
+    pub fn promote(&self) {
+        self.standby.ctl(&["promote"]);
+        assert_eq!(self.standby.sql("SELECT pg_is_in_recovery()"), "f");
+    }
+}
+
+/// A cluster made with `pg_createcluster`, dropped with `pg_dropcluster
+/// --stop` on drop.
+pub struct DebianCluster {
+    /// Holds `data/`, `socket/` and `server.log`.
+    dir: TempDir,
+    bin: PathBuf,
+    version: String,
+    name: String,
+    port: std::sync::atomic::AtomicU16,
+}
+
+impl DebianCluster {
+    fn create(bin: &Path, version: u32, name: &str) -> DebianCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-pg-")
+            .tempdir()
+            .unwrap();
+        let postgres = nix::unistd::User::from_name("postgres")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("{}", missing("there is no `postgres` user to run it as")));
+        std::os::unix::fs::chown(
+            dir.path(),
+            Some(postgres.uid.as_raw()),
+            Some(postgres.gid.as_raw()),
+        )
+        .unwrap();
+        let cluster = DebianCluster {
+            dir,
+            bin: bin.to_path_buf(),
+            version: version.to_string(),
+            name: name.to_string(),
+            port: free_port().into(),
+        };
+        let (data, socket, log) = (
+            cluster.data_dir(),
+            cluster.dir.path().join("socket"),
+            cluster.log_path(),
+        );
+        let out = Command::new("pg_createcluster")
+            .args([
+                &cluster.version,
+                &cluster.name,
+                "-p",
+                &cluster.port().to_string(),
+            ])
+            .arg("-d")
+            .arg(&data)
+            .arg("-s")
+            .arg(&socket)
+            .arg("-l")
+            .arg(&log)
+            // Listening on `localhost` only: Debian's default.
+            .args([
+                "--",
+                "--auth=trust",
+                "--no-sync",
+                "--encoding=UTF8",
+                "--locale=C",
+            ])
+            .output()
+            .expect("could not run pg_createcluster");
+        check("pg_createcluster", &out);
+        cluster
+    }
+
+    /// The server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port.load(Ordering::Relaxed)
+    }
+
+    /// The URL of database `name` on this cluster alone.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port())
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts it; a port free a moment ago may be taken before the server
+    /// binds it: then another one.
+    fn start_on_a_free_port(&self) {
+        for _ in 0..5 {
+            let started = Command::new("pg_ctlcluster")
+                .args([&self.version, &self.name, "start"])
+                .output()
+                .expect("could not run pg_ctlcluster");
+            if started.status.success() {
+                return;
+            }
+            let port = free_port();
+            self.port.store(port, Ordering::Relaxed);
+            let out = Command::new("pg_conftool")
+                .args([&self.version, &self.name, "set", "port", &port.to_string()])
+                .output()
+                .expect("could not run pg_conftool");
+            check("pg_conftool", &out);
+        }
+        panic!(
+            "could not start cluster {}; its log:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
+    /// `pg_ctlcluster VERSION NAME ARGS…`, which must succeed.
+    pub fn ctl(&self, args: &[&str]) {
+        let out = Command::new("pg_ctlcluster")
+            .args([&self.version, &self.name])
+            .args(args)
+            .output()
+            .expect("could not run pg_ctlcluster");
+        check(&format!("pg_ctlcluster {} {args:?}", self.name), &out);
+    }
+
+    /// Runs `sql` in database `postgres` with `psql`; returns what it printed, trimmed.
+    pub fn sql(&self, sql: &str) -> String {
+        self.sql_in("postgres", sql)
+    }
+
+    /// Runs `sql` in database `database` with `psql`; returns what it printed, trimmed.
+    pub fn sql_in(&self, database: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port().to_string()])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-XAtq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("could not run psql");
+        check(&format!("psql -c {sql:?} on cluster {}", self.name), &out);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Waits (at most 60 s) until `query` prints `expected`.
+    fn wait_for(&self, query: &str, expected: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let got = self.sql(query);
+            if got == expected {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{query} printed {got:?}, not {expected:?}, for 60 s; the log of cluster {}:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for DebianCluster {
+    fn drop(&mut self) {
+        drop_cluster(&self.version, &self.name);
+    }
+}
+
+fn drop_cluster(version: &str, name: &str) {
+    let _ = Command::new("pg_dropcluster")
+        .args(["--stop", version, name])
+        .output();
+}
+
+/// Drops the test clusters whose process is gone (killed before its drop
+/// guards ran), so that none piles up.
+fn drop_leftover_clusters() {
+    let Ok(out) = Command::new("pg_lsclusters").arg("-h").output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(version), Some(name)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix(CLUSTER_PREFIX)
+            .and_then(|rest| rest.split('_').next()?.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            drop_cluster(version, name);
+        }
+    }
+}
+
+/// `program` run as the `postgres` user.
+fn as_postgres(program: &Path) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"]).arg(program);
+    c
 }

@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tracing::{info, warn};
 
@@ -63,21 +63,16 @@ async fn notify(tx: &mut Tx, channel: &str, payload: &str) -> Result<()> {
     Ok(())
 }
 
-/// Starts the feed: a task listening on its own connection (made with
-/// `options`), probing it through `pool`; it ends when the receiver is dropped.
-pub(super) fn start(
-    pool: PgPool,
-    options: PgConnectOptions,
-    place: String,
-) -> mpsc::Receiver<Change> {
+/// Starts the feed: a task listening on its own connection (made as the
+/// pool's, to the primary of the moment), probing it through `pool`; it ends
+/// when the receiver is dropped.
+pub(super) fn start(pool: PgPool, place: String) -> mpsc::Receiver<Change> {
     let (tx, rx) = mpsc::channel(CHANGE_FEED_BUFFER);
-    let options = options.application_name(APPLICATION_NAME);
     tokio::spawn(async move {
         let feed = Feed {
             tx: &tx,
             behind: false,
             pool,
-            options,
             place,
             // Unique to this feed, so that no other server's probe answers it.
             probe: format!("cairn_probe_{:016x}", random()),
@@ -95,7 +90,6 @@ struct Feed<'a> {
     /// Set when a change could not be queued: a resync is owed.
     behind: bool,
     pool: PgPool,
-    options: PgConnectOptions,
     place: String,
     probe: String,
 }
@@ -153,13 +147,18 @@ impl Feed<'_> {
     async fn listen(&self) -> Result<PgListener> {
         let op = || format!("listen for changes on the {}", self.place);
         // A pool of its own, of one connection, dropped with the listener:
-        // nothing of a lost connection is kept.
+        // nothing of a lost connection is kept. Made with the main pool's
+        // options of this moment: after the primary moved, to the new one
+        // (see `primary.rs`); a standby refuses `LISTEN`.
+        let options = (*self.pool.connect_options())
+            .clone()
+            .application_name(APPLICATION_NAME);
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(CONNECT_TIMEOUT)
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_lazy_with(self.options.clone());
+            .connect_lazy_with(options);
         let mut listener = PgListener::connect_with(&pool).await.map_err(db(op()))?;
         // A lost connection is this feed's to handle (with a resync), not
         // the listener's to mend quietly.
@@ -267,12 +266,16 @@ impl Feed<'_> {
 }
 
 /// The wait before reconnection attempt `failures + 1`: doubling from
-/// [`RETRY_FIRST`] up to [`RETRY_MAX`], drawn from the upper half, so that
-/// servers cut off together do not all come back at one instant.
+/// [`RETRY_FIRST`] up to [`RETRY_MAX`].
 fn retry_delay(failures: u32) -> Duration {
-    let ceiling = RETRY_FIRST
-        .saturating_mul(1 << failures.min(16))
-        .min(RETRY_MAX);
+    backoff(failures, RETRY_FIRST, RETRY_MAX)
+}
+
+/// The wait before attempt `failures + 1`: doubling from `first` up to
+/// `max`, drawn from the upper half, so that servers cut off together do
+/// not all come back at one instant.
+pub(super) fn backoff(failures: u32, first: Duration, max: Duration) -> Duration {
+    let ceiling = first.saturating_mul(1 << failures.min(16)).min(max);
     let half = ceiling / 2;
     half + Duration::from_millis(random() % (half.as_millis() as u64 + 1))
 }
