@@ -16,6 +16,7 @@
 //! - [`transport`]: the accept loop: connection caps, TLS handshake deadline, backoff.
 //! - [`serve`]: serves on listeners the caller bound, drains on shutdown; [`daemon`]: the
 //!   `cairn-server` command line (opens, binds, says where it listens, serves).
+//! - [`ui`]: the web dashboard (`--ui`): server-rendered pages, sign-in links, live updates.
 //! - [`cli`]: the `cairn` command line; it reaches the server through `cairn_proto::client`.
 
 #![forbid(unsafe_code)]
@@ -37,4 +38,5 @@ pub mod serve;
 pub mod service;
 pub mod store;
 pub mod transport;
+pub mod ui;
 pub mod validation;
