@@ -370,6 +370,23 @@ async fn an_operator_signs_in_with_a_link_and_follows_a_converged_node_live() {
     );
     b.shot("role").await;
 
+    // The audit log: the sign-in is there, and the chain verifies.
+    b.goto(&format!("{ui}/audit?action=ui+sign-in")).await;
+    assert!(b.text("#page-chain").await.contains("verified"));
+    assert!(b.count("tr[data-action='ui sign-in']").await >= 1);
+    assert_eq!(b.count("tr[data-action='push']").await, 0);
+    b.goto(&format!("{ui}/audit")).await;
+    assert!(b.count("tr[data-action='push']").await >= 2);
+    b.shot("audit").await;
+    b.client
+        .find(Locator::Css("#verify"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(b.text("#whole-chain").await.contains("verified"));
+
     // Signing out ends the session on the server.
     b.client
         .find(Locator::Css("#sign-out"))
@@ -423,7 +440,7 @@ async fn an_auditor_changes_nothing_and_a_write_needs_the_csrf_token() {
     b.goto(&sign_in_link(&auditor)).await;
     assert_eq!(b.text("#viewer").await, "audrey (auditor)");
     // No control that changes anything: the one form that posts signs out.
-    for page in ["/", "/nodes", "/roles", &format!("/roles/{ROLE}")] {
+    for page in ["/", "/nodes", "/roles", &format!("/roles/{ROLE}"), "/audit"] {
         b.goto(&format!("{ui}{page}")).await;
         assert_eq!(b.count("form[method='post']").await, 1, "{page}");
         assert_eq!(b.count("#sign-out").await, 1, "{page}");

@@ -51,6 +51,9 @@ const MAX_CONNECTIONS_PER_PEER: usize = 64;
 /// event stream cut so reconnects by itself.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(3600);
 
+/// The largest request body read (a form).
+const MAX_FORM_BYTES: usize = 16 * 1024;
+
 /// What the pages read and whom they tell.
 pub struct UiState {
     pub(crate) store: Arc<dyn Store>,
@@ -77,12 +80,15 @@ pub fn router(state: Arc<UiState>) -> Router {
         .route("/roles", get(pages::roles))
         .route("/roles/{name}", get(pages::role))
         .route("/roles/{name}/promote", post(pages::promote))
+        .route("/audit", get(pages::audit_log))
         .route("/events", get(live::events))
         .route("/sign-in", get(session::explain))
         .route("/sign-in/{secret}", get(session::sign_in))
         .route("/sign-out", post(session::sign_out))
         .route("/assets/{file}", get(asset))
         .fallback(pages::not_found)
+        // The dashboard's forms are a few short fields.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             session::refuse_auditor_writes,

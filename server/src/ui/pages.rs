@@ -17,8 +17,8 @@ use tracing::error;
 use super::session::{Viewer, refused, unavailable};
 use super::{Peer, UiState, html};
 use crate::store::{
-    ChannelStatus, FleetNode, HourOfRuns, Micros, NodeFilter, NodeState, ReportMeta, ReportQuery,
-    RunStatus, StoreError, dashboard::HOUR, now_micros,
+    AuditCursor, AuditQuery, AuditRecord, ChannelStatus, FleetNode, HourOfRuns, Micros, NodeFilter,
+    NodeState, ReportMeta, ReportQuery, RunStatus, StoreError, audit, dashboard::HOUR, now_micros,
 };
 
 /// Nodes on one page of the nodes list.
@@ -475,14 +475,14 @@ struct Report {
     resources: Vec<ResourceView>,
 }
 
-/// A line of a resource's block, for the stylesheet: a diff's added or
-/// removed line, a hunk header, or other.
+/// A line of a diff, for the stylesheet: a file header, an added or removed
+/// line, a hunk header, or other.
 fn line_kind(line: &str) -> &'static str {
-    match line.strip_prefix("    ") {
-        Some(l) if l.starts_with("+++") || l.starts_with("---") => "file",
-        Some(l) if l.starts_with('+') => "add",
-        Some(l) if l.starts_with('-') => "remove",
-        Some(l) if l.starts_with("@@") => "hunk",
+    match line {
+        l if l.starts_with("+++") || l.starts_with("---") => "file",
+        l if l.starts_with('+') => "add",
+        l if l.starts_with('-') => "remove",
+        l if l.starts_with("@@") => "hunk",
         _ => "",
     }
 }
@@ -528,7 +528,13 @@ pub async fn report(
                 .human(true)
                 .lines()
                 .skip(1)
-                .map(|l| (line_kind(l), l.to_string()))
+                // The CLI indents a resource's lines under it; a diff's start after that.
+                .map(|l| {
+                    (
+                        line_kind(l.strip_prefix("    ").unwrap_or("")),
+                        l.to_string(),
+                    )
+                })
                 .collect(),
         })
         .collect();
@@ -681,10 +687,7 @@ pub async fn role(
             let files = cairn_proto::diff::bundles(&old, &new)
                 .iter()
                 .flat_map(|f| f.text().lines().map(str::to_string).collect::<Vec<_>>())
-                .map(|l| {
-                    let kind = line_kind(&format!("    {l}"));
-                    (kind, l)
-                })
+                .map(|l| (line_kind(&l), l))
                 .collect();
             Some(Comparison {
                 a,
@@ -772,6 +775,160 @@ pub async fn promote(
         Err(StoreError::Conflict(msg)) => Err(refused(StatusCode::CONFLICT, "Not promoted", &msg)),
         Err(e) => Err(failed("role")(e)),
     }
+}
+
+/// Audit entries on one page, newest first.
+const AUDIT_PER_PAGE: u32 = 50;
+/// Entries read per step when the whole chain is checked.
+const AUDIT_VERIFY_STEP: u32 = 1000;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AuditPageQuery {
+    /// The page starts below this entry (the cursor of the next page).
+    before: Option<u64>,
+    /// Only entries of this actor, or with this action (exact), on the page read.
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    action: String,
+    /// Check the whole chain, from the first entry.
+    #[serde(default)]
+    verify: String,
+}
+
+pub struct AuditRow {
+    pub id: u64,
+    pub at: String,
+    pub actor: String,
+    pub role: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+    pub peer: String,
+    pub outcome: String,
+}
+
+impl From<&AuditRecord> for AuditRow {
+    fn from(e: &AuditRecord) -> Self {
+        AuditRow {
+            id: e.id,
+            at: time(e.at),
+            actor: e.actor.clone(),
+            role: e.actor_role.clone(),
+            action: e.action.clone(),
+            target: e.target.clone(),
+            detail: e.detail.clone(),
+            peer: e.peer.clone(),
+            outcome: e.outcome.clone(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    viewer: Viewer,
+    query: AuditPageQuery,
+    entries: Vec<AuditRow>,
+    /// How many entries were read for this page (the filters narrow them).
+    read: usize,
+    /// Whether each entry of the page follows from the one before it.
+    page_chain: Result<(), u64>,
+    /// The whole chain, when asked: `Ok(entries)` or the first break.
+    whole_chain: Option<Result<u64, u64>>,
+    next: Option<u64>,
+}
+
+/// The id of the first entry of `page` (oldest first) whose hash does not
+/// follow from the one before it; the first follows from `before`.
+fn page_break(before: &str, page: &[AuditRecord]) -> Result<(), u64> {
+    let mut previous = before;
+    for e in page {
+        if e.hash != audit::expected_hash(previous, e) {
+            return Err(e.id);
+        }
+        previous = &e.hash;
+    }
+    Ok(())
+}
+
+/// The whole chain, read from the first entry in steps: `Ok(entries)`, or
+/// the id of the first entry that does not follow.
+async fn whole_chain(state: &UiState) -> Result<Result<u64, u64>, Response> {
+    let (mut after, mut previous, mut count) = (0, String::new(), 0);
+    loop {
+        let step = state
+            .store
+            .audit_log(AuditQuery {
+                since: None,
+                from: AuditCursor::After(after),
+                limit: AUDIT_VERIFY_STEP,
+            })
+            .await
+            .map_err(failed("audit log"))?;
+        let Some(last) = step.last() else {
+            return Ok(Ok(count));
+        };
+        if let Err(id) = page_break(&previous, &step) {
+            return Ok(Err(id));
+        }
+        count += step.len() as u64;
+        after = last.id;
+        previous = last.hash.clone();
+    }
+}
+
+/// `GET /audit`: the audit log, newest first, a page at a time; whether
+/// the page's entries follow from each other, and on request whether the
+/// whole chain does (as `cairn audit verify`).
+pub async fn audit_log(
+    State(state): State<Arc<UiState>>,
+    viewer: Viewer,
+    Query(query): Query<AuditPageQuery>,
+) -> PageResult {
+    // One more than shown: the entry before the page's oldest, which its
+    // hash follows from.
+    let mut page = state
+        .store
+        .audit_log(AuditQuery {
+            since: None,
+            from: AuditCursor::Before(query.before),
+            limit: AUDIT_PER_PAGE + 1,
+        })
+        .await
+        .map_err(failed("audit log"))?;
+    page.reverse();
+    let before = if page.len() > AUDIT_PER_PAGE as usize {
+        Some(page.remove(0))
+    } else {
+        None
+    };
+    // The first entry follows from nothing.
+    let page_chain = page_break(before.as_ref().map_or("", |b| b.hash.as_str()), &page);
+    let whole_chain = if query.verify.is_empty() {
+        None
+    } else {
+        Some(whole_chain(&state).await?)
+    };
+    let next = before.as_ref().and(page.first().map(|e| e.id));
+    let read = page.len();
+    let (actor, action) = (query.actor.trim(), query.action.trim());
+    let entries = page
+        .iter()
+        .rev()
+        .filter(|e| actor.is_empty() || e.actor == actor)
+        .filter(|e| action.is_empty() || e.action == action)
+        .map(AuditRow::from)
+        .collect();
+    render(AuditPage {
+        viewer,
+        entries,
+        read,
+        page_chain,
+        whole_chain,
+        next,
+        query,
+    })
 }
 
 /// `s` percent-encoded for a URL's path segment or query value.

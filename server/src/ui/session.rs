@@ -100,10 +100,11 @@ impl Viewer {
         }
     }
 
-    /// Whether `token` is this session's CSRF token.
+    /// Whether `token` is this session's CSRF token, compared in constant
+    /// time.
     pub fn csrf_matches(&self, token: &str) -> bool {
-        // Both are hex of a hash: comparing them leaks nothing useful.
-        !token.is_empty() && token == self.csrf
+        let (a, b) = (token.as_bytes(), self.csrf.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0, |d, (x, y)| d | (x ^ y)) == 0
     }
 }
 
