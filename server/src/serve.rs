@@ -257,6 +257,7 @@ pub async fn run(
         store: store.clone(),
         refusals: refusals.clone(),
         moves: api.moves.clone(),
+        stopping: stop_rx.clone(),
     });
     let enroller = Enroller::new(api.clone(), pki);
     // Handshaken connections, from the accept loop to tonic. Each holds a

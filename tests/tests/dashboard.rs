@@ -147,6 +147,24 @@ impl Browser {
         }
     }
 
+    /// Clicks the element matching `css`, then waits for the page it leads
+    /// to: one with an element matching `then`.
+    async fn click(&self, css: &str, then: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+            .click()
+            .await
+            .unwrap();
+        self.client
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(then))
+            .await
+            .unwrap_or_else(|e| panic!("no {then} after clicking {css}: {e}"));
+    }
+
     /// A POST from the page (as a forged form would send it): its status.
     async fn post(&self, path: &str, body: &str) -> u64 {
         let answer = self
@@ -340,13 +358,8 @@ async fn an_operator_signs_in_with_a_link_and_follows_a_converged_node_live() {
     b.shot("node").await;
 
     // Its newest report: the changed file's diff, and the hostile file as text.
-    b.client
-        .find(Locator::Css("table.reports tbody tr:first-child a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("table.reports tbody tr:first-child a", "#summary")
+        .await;
     assert!(b.current_path().await.starts_with("/reports/"));
     let page = b.text("main").await;
     assert!(page.contains("+world"), "{page}");
@@ -368,6 +381,8 @@ async fn an_operator_signs_in_with_a_link_and_follows_a_converged_node_live() {
         b.eval("return typeof window.cairnPwned;").await,
         json!("undefined")
     );
+    b.eval("document.getElementById('role-diff').scrollIntoView();")
+        .await;
     b.shot("role").await;
 
     // The audit log: the sign-in is there, and the chain verifies.
@@ -378,23 +393,11 @@ async fn an_operator_signs_in_with_a_link_and_follows_a_converged_node_live() {
     b.goto(&format!("{ui}/audit")).await;
     assert!(b.count("tr[data-action='push']").await >= 2);
     b.shot("audit").await;
-    b.client
-        .find(Locator::Css("#verify"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("#verify", "#whole-chain").await;
     assert!(b.text("#whole-chain").await.contains("verified"));
 
     // Signing out ends the session on the server.
-    b.client
-        .find(Locator::Css("#sign-out"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click("#sign-out", "#message").await;
     assert_eq!(b.text("h1").await, "Signed out");
     b.goto(&format!("{ui}/")).await;
     assert_eq!(b.current_path().await, "/sign-in");

@@ -23,12 +23,15 @@ const QUIET: Duration = Duration::from_secs(1);
 
 pub async fn events(State(state): State<Arc<UiState>>, _viewer: Viewer) -> impl IntoResponse {
     let mut changes = state.fleet_changes();
+    let mut stopping = state.stopping.clone();
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(1);
     tokio::spawn(async move {
-        // Ends when the browser goes (the stream, and with it `rx`, is dropped).
+        // Ends when the browser goes (the stream, and with it `rx`, is
+        // dropped) or the server shuts down (`tx` dropped ends the stream).
         loop {
             tokio::select! {
                 () = tx.closed() => return,
+                _ = stopping.wait_for(|stop| *stop) => return,
                 changed = changes.changed() => if changed.is_err() { return },
             }
             tokio::time::sleep(QUIET).await;

@@ -61,6 +61,9 @@ pub struct UiState {
     /// Told of a promote made from the dashboard; its fleet signal drives
     /// the live pages.
     pub(crate) moves: Arc<ChannelMoves>,
+    /// True once the server shuts down: event streams end, so that draining
+    /// does not wait for the browsers.
+    pub(crate) stopping: watch::Receiver<bool>,
 }
 
 impl UiState {

@@ -173,8 +173,15 @@ pub struct Chart {
     pub total: u64,
 }
 
-pub const CHART_HEIGHT: u32 = 120;
-pub const BAR_WIDTH: u32 = 20;
+impl Chart {
+    pub const WIDTH: u32 = 24 * BAR_WIDTH;
+    pub const HEIGHT: u32 = CHART_HEIGHT;
+    /// A bar leaves a gap to the next.
+    pub const BAR: u32 = BAR_WIDTH - 2;
+}
+
+const CHART_HEIGHT: u32 = 120;
+const BAR_WIDTH: u32 = 20;
 
 fn chart(hours: &[HourOfRuns], now: Micros) -> Chart {
     let first = (now / HOUR - 23) * HOUR;
@@ -396,10 +403,14 @@ struct Node {
     node: NodeRow,
     facts: String,
     timeline: Vec<Tick>,
+    timeline_width: u32,
     reports: Vec<ReportRow>,
 }
 
-pub const TICK_WIDTH: u32 = 12;
+/// A run's place on a node's timeline; its mark leaves a gap to the next.
+const TICK_WIDTH: u32 = 12;
+pub const TICK: u32 = TICK_WIDTH - 2;
+pub const TIMELINE_HEIGHT: u32 = 16;
 
 /// `GET /nodes/NAME`: its facts, its runs as a timeline, its reports.
 pub async fn node(
@@ -429,7 +440,7 @@ pub async fn node(
     let facts = serde_json::from_str::<serde_json::Value>(&facts)
         .and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or(facts);
-    let timeline = reports
+    let timeline: Vec<Tick> = reports
         .iter()
         .rev()
         .enumerate()
@@ -449,6 +460,7 @@ pub async fn node(
         viewer,
         node: NodeRow::new(node, now),
         facts,
+        timeline_width: timeline.len() as u32 * TICK_WIDTH,
         timeline,
         reports: reports.into_iter().map(ReportRow::from).collect(),
     })
@@ -617,6 +629,9 @@ pub struct Comparison {
 struct Role {
     viewer: Viewer,
     name: String,
+    /// The versions the compare form starts at: those compared, or the
+    /// latest and the one before.
+    compare: (u64, u64),
     versions: Vec<VersionRow>,
     rollout: Vec<ChannelStatus>,
     history: Vec<EventRow>,
@@ -698,8 +713,14 @@ pub async fn role(
         }
         _ => None,
     };
+    let latest = versions.last().map_or(1, |v| v.version);
+    let compare = (
+        diff.a.unwrap_or(latest.saturating_sub(1).max(1)),
+        diff.b.unwrap_or(latest),
+    );
     render(Role {
         viewer,
+        compare,
         versions: versions
             .into_iter()
             .rev()
