@@ -64,6 +64,11 @@ impl Server {
         format!("https://{}", self.grpc)
     }
 
+    /// Its CA's certificate (PEM), which its certificates chain to.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data.join("ca.crt")
+    }
+
     /// Where a browser reaches its web dashboard.
     pub fn ui_url(&self) -> String {
         format!("https://{}", self.ui)

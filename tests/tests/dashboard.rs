@@ -16,6 +16,10 @@
 //!   forged write is refused with or without the CSRF token; an admin's
 //!   write needs the token.
 //!
+//! - Every answer carries the CSP and the other security headers, over TLS
+//!   with the server's certificate (checked by `curl` against its CA), and
+//!   the session cookie is `__Host-`, `Secure`, `HttpOnly`, `SameSite=Strict`.
+//!
 //! With `CAIRN_SCREENSHOTS=DIR`, a screenshot of each page is written there
 //! (what `docs/dashboard/` holds). Needs the debug binaries (`cargo build
 //! --bins`) and the `chromium` and `chromium-driver` packages.
@@ -414,6 +418,76 @@ async fn an_operator_signs_in_with_a_link_and_follows_a_converged_node_live() {
     for action in ["ui link", "ui sign-in", "ui sign-out"] {
         assert!(audit.contains(action), "{action} not audited:\n{audit}");
     }
+}
+
+/// `curl` against the dashboard, trusting only the server's CA: the
+/// response's status line and headers.
+fn curl(server: &Server, args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-D", "-", "--cacert"])
+        .arg(server.ca_file())
+        .args(args)
+        .output()
+        .unwrap();
+    succeeded(&out, &format!("curl {args:?}")).to_lowercase()
+}
+
+/// The CSP and the other headers every answer carries, and the session
+/// cookie's attributes, over TLS checked against the server's CA.
+#[test]
+fn the_dashboard_sends_its_security_headers_and_a_strict_cookie() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let ops = server.add_operator("ada", &tmp.path().join("ada.toml"));
+    let ui = server.ui_url();
+    let head = curl(&server, &[&format!("{ui}/sign-in")]);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    for header in [
+        "content-security-policy: default-src 'none'; script-src 'self'; style-src 'self'; \
+         img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
+         base-uri 'none'\r\n",
+        "x-content-type-options: nosniff\r\n",
+        "x-frame-options: deny\r\n",
+        "referrer-policy: no-referrer\r\n",
+        "cache-control: no-store\r\n",
+    ] {
+        assert!(head.contains(header), "{header:?} missing:\n{head}");
+    }
+    let head = curl(&server, &[&sign_in_link(&ops)]);
+    assert!(head.starts_with("http/1.1 303"), "{head}");
+    assert!(head.contains("location: /\r\n"), "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie:\n{head}"));
+    let (pair, attributes) = cookie.split_once(';').unwrap();
+    assert!(pair.starts_with("__host-cairn-session="), "{cookie}");
+    assert_eq!(
+        attributes.trim(),
+        "path=/; secure; httponly; samesite=strict; max-age=28800"
+    );
+    // A write without the session's CSRF token, or without a session, is refused.
+    let session = format!(
+        "Cookie: {}",
+        pair.replacen("__host-cairn-session", "__Host-cairn-session", 1)
+    );
+    let post = |args: &[&str]| curl(&server, &[&["-X", "POST"], args].concat());
+    let signed_in = curl(&server, &["-H", &session, &format!("{ui}/")]);
+    assert!(signed_in.starts_with("http/1.1 200"), "{signed_in}");
+    let sign_out = format!("{ui}/sign-out");
+    for form in ["csrf=", "csrf=0123"] {
+        let head = post(&["-H", &session, "-d", form, &sign_out]);
+        assert!(head.starts_with("http/1.1 403"), "{form}: {head}");
+    }
+    assert!(post(&["-d", "csrf=", &format!("{ui}/sign-out")]).starts_with("http/1.1 403"));
+    assert!(
+        post(&[
+            "-d",
+            "channel=stable&version=1",
+            &format!("{ui}/roles/{ROLE}/promote")
+        ])
+        .starts_with("http/1.1 403")
+    );
 }
 
 /// The channel's version, as `cairn role channels` says.
