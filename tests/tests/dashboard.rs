@@ -18,7 +18,8 @@
 //!
 //! - Every answer carries the CSP and the other security headers, over TLS
 //!   with the server's certificate (checked by `curl` against its CA), and
-//!   the session cookie is `__Host-`, `Secure`, `HttpOnly`, `SameSite=Strict`.
+//!   the session cookie is `__Host-`, `Secure`, `HttpOnly`, `SameSite=Strict`;
+//!   revoking the operator ends the session.
 //!
 //! With `CAIRN_SCREENSHOTS=DIR`, a screenshot of each page is written there
 //! (what `docs/dashboard/` holds). Needs the debug binaries (`cargo build
@@ -488,6 +489,11 @@ fn the_dashboard_sends_its_security_headers_and_a_strict_cookie() {
         ])
         .starts_with("http/1.1 403")
     );
+    // Revoking the operator ends the session at once.
+    server.server_cmd(&["operator", "revoke", "ada"]);
+    let revoked = curl(&server, &["-H", &session, &format!("{ui}/")]);
+    assert!(revoked.starts_with("http/1.1 303"), "{revoked}");
+    assert!(revoked.contains("location: /sign-in\r\n"), "{revoked}");
 }
 
 /// The channel's version, as `cairn role channels` says.
