@@ -253,12 +253,12 @@ pub async fn run(
         None => None,
     };
     let dashboard = crate::ui::DashboardApi::new(api.clone(), ui_base_url);
-    let ui_state = Arc::new(crate::ui::UiState {
-        store: store.clone(),
-        refusals: refusals.clone(),
-        moves: api.moves.clone(),
-        stopping: stop_rx.clone(),
-    });
+    let ui_state = Arc::new(crate::ui::UiState::new(
+        store.clone(),
+        refusals.clone(),
+        api.moves.clone(),
+        stop_rx.clone(),
+    ));
     let enroller = Enroller::new(api.clone(), pki);
     // Handshaken connections, from the accept loop to tonic. Each holds a
     // connection slot, so the caps bound what waits here too.

@@ -67,6 +67,20 @@ pub struct UiState {
 }
 
 impl UiState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        refusals: Arc<Refusals>,
+        moves: Arc<ChannelMoves>,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        UiState {
+            store,
+            refusals,
+            moves,
+            stopping,
+        }
+    }
+
     fn fleet_changes(&self) -> watch::Receiver<u64> {
         self.moves.fleet_changes()
     }

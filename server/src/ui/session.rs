@@ -32,7 +32,7 @@ pub const LINK_LIFETIME: Duration = Duration::from_secs(120);
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 /// The session cookie's name. `__Host-`: the browser keeps it only if it was
 /// set `Secure`, for `/`, by this host alone.
-const COOKIE: &str = "__Host-cairn-session";
+pub const COOKIE: &str = "__Host-cairn-session";
 /// Bytes of randomness in a link's or a session's secret.
 const SECRET_BYTES: usize = 32;
 
