@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "cairn/v1/nodes.proto",
                 "cairn/v1/enroll.proto",
                 "cairn/v1/fleet.proto",
+                "cairn/v1/dashboard.proto",
             ],
             &["."],
         )?;

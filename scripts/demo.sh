@@ -33,4 +33,4 @@ fi
 rm -f "$image_log"
 
 echo
-"${CARGO_TARGET_DIR:-target}/debug/demo"
+"${CARGO_TARGET_DIR:-target}/debug/demo" "$@"

@@ -51,7 +51,8 @@ fi
 
 # postgresql: the storage tests start their own throwaway clusters with its
 # binaries (initdb, pg_ctl); the cluster the package makes is not used.
-packages=(build-essential pkg-config protobuf-compiler debootstrap systemd-container curl ca-certificates python3 file postgresql)
+# chromium, chromium-driver: the dashboard's tests drive a headless browser.
+packages=(build-essential pkg-config protobuf-compiler debootstrap systemd-container curl ca-certificates python3 file postgresql chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -37,6 +37,7 @@ use tonic::{Code, Status};
 
 use crate::pb::access_client::AccessClient;
 use crate::pb::audit_client::AuditClient;
+use crate::pb::dashboard_client::DashboardClient;
 use crate::pb::enrollment_client::EnrollmentClient;
 use crate::pb::fleet_client::FleetClient;
 use crate::pb::nodes_client::NodesClient;
@@ -295,6 +296,11 @@ impl Connection {
     /// The `Fleet` service (operators' view of nodes and reports).
     pub fn fleet(&self) -> FleetClient<Channel> {
         FleetClient::new(self.channel()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The `Dashboard` service (sign-in links for the web dashboard).
+    pub fn dashboard(&self) -> DashboardClient<Channel> {
+        DashboardClient::new(self.channel())
     }
 }
 

@@ -51,6 +51,11 @@ enum Command {
         /// HTTP address for /metrics, /healthz and /readyz.
         #[arg(long, default_value = "127.0.0.1:9090")]
         http: SocketAddr,
+        /// HTTPS address of the web dashboard (e.g. 0.0.0.0:7444); off unless
+        /// given. Operators sign in with a link from `cairn ui login`, which
+        /// names the server's first --name and this port.
+        #[arg(long, value_name = "ADDR")]
+        ui: Option<SocketAddr>,
         /// A DNS name or IP address clients use to reach this server (repeatable);
         /// the server certificate is issued for these.
         #[arg(long = "name")]
@@ -203,6 +208,7 @@ async fn run(cli: Cli) -> Result<()> {
             database,
             listen,
             http,
+            ui,
             mut names,
             max_connections,
             max_connections_per_peer,
@@ -225,16 +231,20 @@ async fn run(cli: Cli) -> Result<()> {
                 jobs_every: serve::JOBS_EVERY,
             })
             .await?;
-            let listeners = Listeners::bind(listen, http).await?;
+            let listeners = Listeners::bind(listen, http, ui).await?;
             let (grpc_addr, http_addr) =
                 (listeners.grpc.local_addr()?, listeners.http.local_addr()?);
-            info!(grpc = %grpc_addr, http = %http_addr, "listening");
+            let ui_addr = match &listeners.ui {
+                Some(l) => format!(" ui={}", l.local_addr()?),
+                None => String::new(),
+            };
+            info!(grpc = %grpc_addr, http = %http_addr, ui = %ui_addr, "listening");
             // scripts/demo.sh reads the bound ports (the flags may say port 0) from this line.
             {
                 let mut out = std::io::stdout().lock();
                 writeln!(
                     out,
-                    "cairn-server listening grpc={grpc_addr} http={http_addr}"
+                    "cairn-server listening grpc={grpc_addr} http={http_addr}{ui_addr}"
                 )?;
                 out.flush()?;
             }

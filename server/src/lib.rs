@@ -18,6 +18,7 @@
 //!   `cairn-server` command line (opens, binds, says where it listens, serves).
 //! - [`archive`]: `cairn-server export` and `import`: everything stored, in one checksummed
 //!   file, restored into an empty database of either backend.
+//! - [`ui`]: the web dashboard (`--ui`): server-rendered pages, sign-in links, live updates.
 //! - [`cli`]: the `cairn` command line; it reaches the server through `cairn_proto::client`.
 
 #![forbid(unsafe_code)]
@@ -40,4 +41,5 @@ pub mod serve;
 pub mod service;
 pub mod store;
 pub mod transport;
+pub mod ui;
 pub mod validation;

@@ -77,7 +77,7 @@ pub struct NodeApi {
 impl NodeApi {
     /// Starts the report writer; it stops once every clone of this is dropped.
     pub fn new(api: Api) -> Self {
-        let ingest = Ingest::start(api.store.clone());
+        let ingest = Ingest::start(api.store.clone(), api.moves.clone());
         NodeApi { api, ingest }
     }
 
@@ -452,7 +452,7 @@ struct Waiting {
 }
 
 impl Ingest {
-    fn start(store: Arc<dyn Store>) -> Ingest {
+    fn start(store: Arc<dyn Store>, moves: Arc<ChannelMoves>) -> Ingest {
         let (queue, mut rx) = mpsc::channel::<Pending>(MAX_INGEST_BATCH * 4);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_INGEST_BATCH);
@@ -460,7 +460,10 @@ impl Ingest {
                 let (reports, waiting): (Vec<NewReport>, Vec<Waiting>) =
                     batch.drain(..).map(|p| (p.report, p.waiting)).unzip();
                 let answers = match store.store_reports(&reports).await {
-                    Ok(created) => created.into_iter().map(Ok).collect(),
+                    Ok(created) => {
+                        moves.fleet_changed();
+                        created.into_iter().map(Ok).collect()
+                    }
                     Err(e) => vec![Err(store_status(e)); waiting.len()],
                 };
                 for (w, answer) in waiting.into_iter().zip(answers) {
@@ -526,6 +529,9 @@ pub struct ChannelMoves {
     open: Mutex<HashMap<String, usize>>,
     /// Resyncs begun: a stream opened across one checks its node itself.
     resyncs: AtomicU64,
+    /// Counts what changed in the fleet as this server sees it (a channel
+    /// moved, reports stored): what the dashboard's live pages follow.
+    fleet: watch::Sender<u64>,
 }
 
 impl ChannelMoves {
@@ -537,7 +543,18 @@ impl ChannelMoves {
             revoked: broadcast::channel(MAX_UNSEEN_REVOCATIONS).0,
             open: Mutex::new(HashMap::new()),
             resyncs: AtomicU64::new(0),
+            fleet: watch::channel(0).0,
         }
+    }
+
+    /// A receiver told each time the fleet changed (see [`Self::fleet_changed`]).
+    pub fn fleet_changes(&self) -> watch::Receiver<u64> {
+        self.fleet.subscribe()
+    }
+
+    /// Tells the dashboard's live pages that the fleet changed.
+    pub fn fleet_changed(&self) {
+        self.fleet.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Tells the streams of the changes in `feed` (the store's change feed:
@@ -659,6 +676,7 @@ impl ChannelMoves {
     /// committed. A failure to read it is logged: the move itself stands, and
     /// nodes still correct drift at their interval.
     pub async fn moved(&self, role: &str, channel: &str) {
+        self.fleet_changed();
         if let Err(e) = self.publish(role, channel).await {
             error!(
                 role,

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use cairn_proto::pb::access_server::AccessServer;
 use cairn_proto::pb::audit_server::AuditServer;
+use cairn_proto::pb::dashboard_server::DashboardServer;
 use cairn_proto::pb::enrollment_server::EnrollmentServer;
 use cairn_proto::pb::fleet_server::FleetServer;
 use cairn_proto::pb::nodes_server::NodesServer;
@@ -91,6 +92,10 @@ pub struct Server {
     /// The CA, which signs nodes' certificates when they enroll.
     pki: Arc<Pki>,
     tls: Arc<ServerConfig>,
+    /// The dashboard's: the same certificate, HTTP/1.1, no client certificate.
+    ui_tls: Arc<ServerConfig>,
+    /// The first of the certificate's names: the dashboard's links name it.
+    name: String,
     limits: Limits,
     report_retention: Duration,
     jobs_every: Duration,
@@ -124,10 +129,13 @@ impl Server {
             .context("could not issue the server certificate")?;
         info!(names = ?config.names, data_dir = %config.data_dir.display(), "opened");
         let tls = transport::tls_config(&id.cert_pem, &id.key_pem, &pki.ca_pem)?;
+        let ui_tls = crate::ui::tls_config(&id.cert_pem, &id.key_pem, &pki.ca_pem)?;
         Ok(Server {
             store,
             pki: Arc::new(pki),
             tls,
+            ui_tls,
+            name: me.name,
             limits: config.limits,
             report_retention: config.report_retention,
             jobs_every: config.jobs_every,
@@ -159,14 +167,28 @@ fn lock_data_dir(dir: &Path) -> Result<Flock<File>> {
     })
 }
 
-/// The gRPC (TLS) and HTTP (health, metrics) listeners, bound by the caller.
+/// The gRPC (TLS) and HTTP (health, metrics) listeners, and the
+/// dashboard's (HTTPS) if it is served, bound by the caller.
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: TcpListener,
+    pub ui: Option<TcpListener>,
 }
 
 impl Listeners {
-    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> Result<Listeners> {
+    pub async fn bind(
+        grpc: SocketAddr,
+        http: SocketAddr,
+        ui: Option<SocketAddr>,
+    ) -> Result<Listeners> {
+        let ui = match ui {
+            Some(ui) => Some(
+                TcpListener::bind(ui)
+                    .await
+                    .with_context(|| format!("could not listen on {ui} (dashboard)"))?,
+            ),
+            None => None,
+        };
         Ok(Listeners {
             grpc: TcpListener::bind(grpc)
                 .await
@@ -174,7 +196,17 @@ impl Listeners {
             http: TcpListener::bind(http)
                 .await
                 .with_context(|| format!("could not listen on {http} (HTTP)"))?,
+            ui,
         })
+    }
+}
+
+/// `https://NAME:PORT`: where a browser reaches the dashboard on `port`, by
+/// the server certificate's first name.
+fn ui_base_url(name: &str, port: u16) -> String {
+    match name.parse::<std::net::Ipv6Addr>() {
+        Ok(_) => format!("https://[{name}]:{port}"),
+        Err(_) => format!("https://{name}:{port}"),
     }
 }
 
@@ -189,6 +221,8 @@ pub async fn run(
         store,
         pki,
         tls,
+        ui_tls,
+        name,
         limits,
         report_retention,
         jobs_every,
@@ -214,6 +248,17 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let ui_base_url = match &listeners.ui {
+        Some(l) => Some(ui_base_url(&name, l.local_addr()?.port())),
+        None => None,
+    };
+    let dashboard = crate::ui::DashboardApi::new(api.clone(), ui_base_url);
+    let ui_state = Arc::new(crate::ui::UiState::new(
+        store.clone(),
+        refusals.clone(),
+        api.moves.clone(),
+        stop_rx.clone(),
+    ));
     let enroller = Enroller::new(api.clone(), pki);
     // Handshaken connections, from the accept loop to tonic. Each holds a
     // connection slot, so the caps bound what waits here too.
@@ -248,6 +293,7 @@ pub async fn run(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(FleetServer::new(api.clone()))
+        .add_service(DashboardServer::new(dashboard))
         .add_service(AuditServer::new(api))
         .add_service(
             EnrollmentServer::new(enroller.clone())
@@ -307,19 +353,32 @@ pub async fn run(
             }
         }
     };
+    let ui_server = {
+        let (stop_serving, stop_accepting) = (stopped(stop_rx.clone()), stopped(stop_rx.clone()));
+        async move {
+            match listeners.ui {
+                Some(listener) => {
+                    crate::ui::serve(listener, ui_tls, ui_state, stop_serving, stop_accepting).await
+                }
+                None => Ok(()),
+            }
+        }
+    };
     let http_server = axum::serve(listeners.http, crate::http::router(store, metrics))
         .with_graceful_shutdown(stopped(stop_rx));
 
     let both = async {
-        let ((), (), (), (), g, h) = tokio::join!(
+        let ((), (), (), (), g, h, u) = tokio::join!(
             accepting,
             flushing,
             jobs,
             following,
             grpc_server,
-            http_server
+            http_server,
+            ui_server
         );
         g.context("gRPC server failed")?;
+        u.context("dashboard server failed")?;
         h.context("HTTP server failed")
     };
     // In-flight requests get DRAIN_LIMIT after the signal; a client that keeps

@@ -305,6 +305,13 @@ pub struct Counted {
 }
 
 impl Counted {
+    /// The peer's address (unspecified once the socket forgot it).
+    pub fn peer_addr(&self) -> std::net::SocketAddr {
+        self.tcp
+            .peer_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
     fn expire_after(&mut self, lifetime: Duration) {
         self.expiry = Some(Box::pin(tokio::time::sleep(lifetime)));
     }

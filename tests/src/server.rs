@@ -21,6 +21,8 @@ pub struct Server {
     database: Option<String>,
     grpc: SocketAddr,
     http: SocketAddr,
+    /// The web dashboard's.
+    ui: SocketAddr,
     log: PathBuf,
 }
 
@@ -43,13 +45,14 @@ impl Server {
             .unwrap_or_else(|e| panic!("could not create {}: {e}", data.display()));
         std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .unwrap_or_else(|e| panic!("could not restrict {}: {e}", data.display()));
-        let (grpc, http) = free_ports();
+        let (grpc, http, ui) = free_ports();
         let mut server = Server {
             child: None,
             data,
             database: database.map(String::from),
             grpc,
             http,
+            ui,
             log: dir.join("server.log"),
         };
         server.restart();
@@ -59,6 +62,16 @@ impl Server {
     /// Where agents and operators reach it.
     pub fn url(&self) -> String {
         format!("https://{}", self.grpc)
+    }
+
+    /// Its CA's certificate (PEM), which its certificates chain to.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data.join("ca.crt")
+    }
+
+    /// Where a browser reaches its web dashboard.
+    pub fn ui_url(&self) -> String {
+        format!("https://{}", self.ui)
     }
 
     /// Starts it (again) and waits until it answers `/healthz`.
@@ -74,6 +87,7 @@ impl Server {
             .arg(&self.data)
             .args(["--listen", &self.grpc.to_string()])
             .args(["--http", &self.http.to_string()])
+            .args(["--ui", &self.ui.to_string()])
             .args(["--name", "127.0.0.1"])
             .args(self.database.iter().flat_map(|d| ["--database", d]))
             .stdout(log.try_clone().expect("could not duplicate the log handle"))
@@ -132,10 +146,16 @@ impl Server {
 
     /// A new admin operator, its credentials written to `out`.
     pub fn add_operator(&self, name: &str, out: &Path) -> Operator {
+        self.add_operator_as(name, "admin", out)
+    }
+
+    /// A new operator with `role` (admin, publisher or auditor), its
+    /// credentials written to `out`.
+    pub fn add_operator_as(&self, name: &str, role: &str, out: &Path) -> Operator {
         let url = self.url();
         let path = out.to_str().expect("a UTF-8 path");
         let mut args = vec![
-            "operator", "add", name, "--role", "admin", "--out", path, "--server", &url,
+            "operator", "add", name, "--role", role, "--out", path, "--server", &url,
         ];
         if let Some(database) = &self.database {
             args.extend(["--database", database]);
@@ -223,11 +243,11 @@ pub fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn free_ports() -> (SocketAddr, SocketAddr) {
+fn free_ports() -> (SocketAddr, SocketAddr, SocketAddr) {
     let bind = || TcpListener::bind("127.0.0.1:0").expect("could not listen on 127.0.0.1");
-    let (a, b) = (bind(), bind());
+    let (a, b, c) = (bind(), bind(), bind());
     let addr = |l: TcpListener| l.local_addr().expect("a bound listener has an address");
-    (addr(a), addr(b))
+    (addr(a), addr(b), addr(c))
 }
 
 fn healthy(http: SocketAddr) -> bool {

@@ -15,6 +15,7 @@ pub mod connect;
 pub mod error;
 pub mod fleet;
 pub mod output;
+pub mod ui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,6 +101,15 @@ pub enum Command {
     Token(TokenCommand),
     #[command(flatten)]
     Fleet(FleetCommand),
+    /// The web dashboard.
+    #[command(subcommand)]
+    Ui(UiCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UiCommand {
+    /// Print a one-time link that signs you in to the dashboard (valid 2 minutes).
+    Login,
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,6 +325,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Token(TokenCommand::List) => access::list_tokens(&server, fmt).await,
         Command::Token(TokenCommand::Revoke { id }) => access::revoke_token(&server, id, fmt).await,
         Command::Fleet(cmd) => fleet_command(&server, cmd, fmt).await,
+        Command::Ui(UiCommand::Login) => ui::login(&server, fmt).await,
     }
 }
 

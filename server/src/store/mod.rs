@@ -11,12 +11,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub mod audit;
+pub mod dashboard;
 pub mod postgres;
 mod rows;
 pub mod schema;
 pub mod sqlite;
 pub mod tables;
 
+pub use dashboard::{
+    HourOfRuns, LinkRefusal, NewSession, NewSignInLink, NodeFilter, NodeState, Session, StateCounts,
+};
 pub use schema::{Migration, Pending};
 
 /// The database URLs [`open`] understands, for messages.
@@ -717,6 +721,47 @@ pub trait Store: Send + Sync + 'static {
     /// writes the tables in until it ends; `Conflict`, naming what is there,
     /// unless every table of [`tables::ALL`] is empty.
     async fn restore(&self) -> Result<Box<dyn tables::Restore + '_>>;
+    // The web dashboard: sign-in links, sessions, the fleet as its pages read it.
+
+    /// Stores a one-time sign-in link, and deletes links and sessions that
+    /// expired more than a day ago. Audited as `ui link`.
+    async fn create_sign_in_link(&self, link: NewSignInLink, actor: &Actor) -> Result<()>;
+
+    /// In one transaction: takes the link (by the SHA-256 of its secret) if
+    /// it is unused and unexpired at `now` (of two concurrent uses exactly
+    /// one gets it) and starts `session` for its operator, role and
+    /// certificate. Audited as `ui sign-in`, by the link's operator from
+    /// `peer`; a refusal is not audited here.
+    async fn sign_in(
+        &self,
+        link_sha256: &str,
+        session: NewSession,
+        now: Micros,
+        peer: &str,
+    ) -> Result<std::result::Result<Session, LinkRefusal>>;
+
+    /// The session (by the SHA-256 of its secret) if it was started, not
+    /// ended, and not expired at `now`.
+    async fn session(&self, secret_sha256: &str, now: Micros) -> Result<Option<Session>>;
+
+    /// Ends the session; returns whether it was open. Audited as `ui sign-out`.
+    async fn sign_out(&self, secret_sha256: &str, actor: &Actor) -> Result<bool>;
+
+    /// Unrevoked nodes per [`NodeState`] at `now`.
+    async fn state_counts(&self, now: Micros) -> Result<StateCounts>;
+
+    /// Reports received at or after `since`, per hour and status, oldest first.
+    async fn runs_by_hour(&self, since: Micros) -> Result<Vec<HourOfRuns>>;
+
+    /// Nodes by name after `after`, at most `limit`, with their newest run,
+    /// those `filter` admits at `now`.
+    async fn find_nodes(
+        &self,
+        filter: &NodeFilter,
+        now: Micros,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<FleetNode>>;
 }
 
 /// A change committed to the database: [`Store::changes`].
@@ -1075,6 +1120,7 @@ pub(crate) mod tests {
                 && err.contains("1 CA"),
             "{err}"
         );
+        dashboard_sign_in_and_nodes(store.clone()).await;
         store.ping().await.unwrap();
     }
 
@@ -1106,6 +1152,201 @@ pub(crate) mod tests {
     }
 
     // The CA and background jobs.
+
+    /// The dashboard: a sign-in link starts one session, once, before it
+    /// expires; sessions end at sign-out; nodes counted and found by state,
+    /// version and fact; runs counted per hour.
+    async fn dashboard_sign_in_and_nodes(store: Arc<dyn Store>) {
+        let ada = actor("ada");
+        let now = now_micros();
+        let link = |secret: &str, expires_at| NewSignInLink {
+            secret_sha256: format!("link {secret}"),
+            operator: "ada".into(),
+            role: "auditor".into(),
+            fingerprint: "f1".into(),
+            expires_at,
+        };
+        let session = |secret: &str| NewSession {
+            secret_sha256: format!("session {secret}"),
+            expires_at: now + 3_600_000_000,
+        };
+        store
+            .create_sign_in_link(link("l1", now + 120_000_000), &ada)
+            .await
+            .unwrap();
+        store
+            .create_sign_in_link(link("l2", now - 1), &ada)
+            .await
+            .unwrap();
+        let started = store
+            .sign_in("link l1", session("s1"), now, "10.0.0.9:1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                started.operator.as_str(),
+                started.role.as_str(),
+                started.fingerprint.as_str()
+            ),
+            ("ada", "auditor", "f1")
+        );
+        assert_eq!(
+            store
+                .sign_in("link l1", session("s2"), now, "10.0.0.9:1")
+                .await
+                .unwrap(),
+            Err(LinkRefusal::Used { at: now })
+        );
+        assert_eq!(
+            store
+                .sign_in("link l2", session("s3"), now, "10.0.0.9:1")
+                .await
+                .unwrap(),
+            Err(LinkRefusal::Expired { at: now - 1 })
+        );
+        assert_eq!(
+            store
+                .sign_in("link nope", session("s4"), now, "10.0.0.9:1")
+                .await
+                .unwrap(),
+            Err(LinkRefusal::Unknown)
+        );
+        assert_eq!(
+            store.session("session s1", now).await.unwrap(),
+            Some(started.clone())
+        );
+        for refused in ["session s2", "session s3"] {
+            assert_eq!(store.session(refused, now).await.unwrap(), None);
+        }
+        assert_eq!(
+            store
+                .session("session s1", started.expires_at)
+                .await
+                .unwrap(),
+            None,
+            "expired"
+        );
+        assert!(store.sign_out("session s1", &ada).await.unwrap());
+        assert!(!store.sign_out("session s1", &ada).await.unwrap());
+        assert_eq!(store.session("session s1", now).await.unwrap(), None);
+        let log = store
+            .audit_log(AuditQuery {
+                since: None,
+                from: AuditCursor::Before(None),
+                limit: 4,
+            })
+            .await
+            .unwrap();
+        let actions: Vec<(&str, &str)> = log
+            .iter()
+            .map(|e| (e.action.as_str(), e.peer.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("ui sign-out", "127.0.0.1:1"),
+                ("ui sign-in", "10.0.0.9:1"),
+                ("ui link", "127.0.0.1:1"),
+                ("ui link", "127.0.0.1:1")
+            ]
+        );
+
+        // Three nodes of role `dash`: one converged on version 2 (Debian
+        // 12), one failing on version 1 (Debian 11), one never reported.
+        let before = store.state_counts(now_micros()).await.unwrap();
+        let later = now_micros() + 3_600_000_000;
+        let mut t = token("dashtk", "s", 3, later);
+        t.assignment.role = "dash".into();
+        store.create_token(t, &ada).await.unwrap();
+        for name in ["dash-a", "dash-b", "dash-c"] {
+            store
+                .enroll(enrollment("dashtk", "s", name, name), &ada)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let report = |node: &str, version: u64, status, release: &str| {
+            let mut r = new_report(node, &format!("{node}-run"), now_micros(), status);
+            r.meta.role = "dash".into();
+            r.meta.role_version = version;
+            r.facts_json = format!("{{\"os\":{{\"release\":\"{release}\"}}}}");
+            r
+        };
+        store
+            .store_reports(&[
+                report("dash-a", 2, RunStatus::Unchanged, "12"),
+                report("dash-b", 1, RunStatus::Failed, "11"),
+            ])
+            .await
+            .unwrap();
+        let after = store.state_counts(now_micros()).await.unwrap();
+        let delta = |s| after.get(s) - before.get(s);
+        assert_eq!(
+            NodeState::ALL.map(delta),
+            [1, 0, 1, 0, 1],
+            "converged, changed, failed, stale, never"
+        );
+        let find = |filter: NodeFilter, after: &'static str| {
+            let store = store.clone();
+            async move {
+                let found = store
+                    .find_nodes(
+                        &NodeFilter {
+                            role: Some("dash".into()),
+                            ..filter
+                        },
+                        now_micros(),
+                        after,
+                        2,
+                    )
+                    .await
+                    .unwrap();
+                found.into_iter().map(|n| n.name).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(find(NodeFilter::default(), "").await, ["dash-a", "dash-b"]);
+        assert_eq!(find(NodeFilter::default(), "dash-b").await, ["dash-c"]);
+        for (state, names) in [
+            (NodeState::Converged, vec!["dash-a"]),
+            (NodeState::Failed, vec!["dash-b"]),
+            (NodeState::Never, vec!["dash-c"]),
+            (NodeState::Stale, vec![]),
+        ] {
+            let filter = NodeFilter {
+                state: Some(state),
+                ..NodeFilter::default()
+            };
+            assert_eq!(find(filter, "").await, names, "{state:?}");
+        }
+        let by_version = NodeFilter {
+            version: Some(1),
+            ..NodeFilter::default()
+        };
+        assert_eq!(find(by_version, "").await, ["dash-b"]);
+        let by_fact = |keys: &[&str], value: &str| NodeFilter {
+            fact: Some((
+                keys.iter().map(|k| k.to_string()).collect(),
+                value.to_string(),
+            )),
+            ..NodeFilter::default()
+        };
+        assert_eq!(
+            find(by_fact(&["os", "release"], "12"), "").await,
+            ["dash-a"]
+        );
+        assert!(find(by_fact(&["os", "release"], "13"), "").await.is_empty());
+        let wrong_channel = NodeFilter {
+            channel: Some("production".into()),
+            ..NodeFilter::default()
+        };
+        assert!(find(wrong_channel, "").await.is_empty());
+
+        let hours = store.runs_by_hour(now - 3_600_000_000).await.unwrap();
+        let failed: u64 = hours.iter().map(|h| h.failed).sum();
+        assert!(failed >= 1, "{hours:?}");
+        assert!(hours.windows(2).all(|w| w[0].hour < w[1].hour), "{hours:?}");
+    }
 
     async fn shared_ca_and_jobs(store: Arc<dyn Store>) {
         let ca = |n: u8| CaRecord {

@@ -64,6 +64,7 @@ use super::*;
 
 mod archive;
 mod changes;
+mod dashboard;
 mod enroll;
 mod primary;
 mod reports;
@@ -1005,6 +1006,49 @@ impl Store for PgStore {
 
     async fn restore(&self) -> Result<Box<dyn tables::Restore + '_>> {
         self.restore_in_postgres().await
+    }
+
+    // The web dashboard.
+
+    async fn create_sign_in_link(&self, link: NewSignInLink, actor: &Actor) -> Result<()> {
+        self.create_sign_in_link_in_postgres(link, actor).await
+    }
+
+    async fn sign_in(
+        &self,
+        link_sha256: &str,
+        session: NewSession,
+        now: Micros,
+        peer: &str,
+    ) -> Result<std::result::Result<Session, LinkRefusal>> {
+        self.sign_in_in_postgres(link_sha256, session, now, peer)
+            .await
+    }
+
+    async fn session(&self, secret_sha256: &str, now: Micros) -> Result<Option<Session>> {
+        self.session_in_postgres(secret_sha256, now).await
+    }
+
+    async fn sign_out(&self, secret_sha256: &str, actor: &Actor) -> Result<bool> {
+        self.sign_out_in_postgres(secret_sha256, actor).await
+    }
+
+    async fn state_counts(&self, now: Micros) -> Result<StateCounts> {
+        self.state_counts_in_postgres(now).await
+    }
+
+    async fn runs_by_hour(&self, since: Micros) -> Result<Vec<HourOfRuns>> {
+        self.runs_by_hour_in_postgres(since).await
+    }
+
+    async fn find_nodes(
+        &self,
+        filter: &NodeFilter,
+        now: Micros,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<FleetNode>> {
+        self.find_nodes_in_postgres(filter, now, after, limit).await
     }
 }
 

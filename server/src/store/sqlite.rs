@@ -41,6 +41,7 @@ use super::rows::*;
 use super::*;
 
 mod archive;
+mod dashboard;
 mod enroll;
 mod reports;
 
@@ -1268,6 +1269,49 @@ impl Store for SqliteStore {
 
     async fn restore(&self) -> Result<Box<dyn tables::Restore + '_>> {
         self.restore_in_sqlite().await
+    }
+
+    // The web dashboard.
+
+    async fn create_sign_in_link(&self, link: NewSignInLink, actor: &Actor) -> Result<()> {
+        self.create_sign_in_link_in_sqlite(link, actor).await
+    }
+
+    async fn sign_in(
+        &self,
+        link_sha256: &str,
+        session: NewSession,
+        now: Micros,
+        peer: &str,
+    ) -> Result<std::result::Result<Session, LinkRefusal>> {
+        self.sign_in_in_sqlite(link_sha256, session, now, peer)
+            .await
+    }
+
+    async fn session(&self, secret_sha256: &str, now: Micros) -> Result<Option<Session>> {
+        self.session_in_sqlite(secret_sha256, now).await
+    }
+
+    async fn sign_out(&self, secret_sha256: &str, actor: &Actor) -> Result<bool> {
+        self.sign_out_in_sqlite(secret_sha256, actor).await
+    }
+
+    async fn state_counts(&self, now: Micros) -> Result<StateCounts> {
+        self.state_counts_in_sqlite(now).await
+    }
+
+    async fn runs_by_hour(&self, since: Micros) -> Result<Vec<HourOfRuns>> {
+        self.runs_by_hour_in_sqlite(since).await
+    }
+
+    async fn find_nodes(
+        &self,
+        filter: &NodeFilter,
+        now: Micros,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<FleetNode>> {
+        self.find_nodes_in_sqlite(filter, now, after, limit).await
     }
 }
 

@@ -87,7 +87,7 @@ impl Server {
             runtime.block_on(async move {
                 let server = serve::Server::open(&config).await?;
                 let loopback: SocketAddr = "127.0.0.1:0".parse()?;
-                let listeners = Listeners::bind(loopback, loopback).await?;
+                let listeners = Listeners::bind(loopback, loopback, None).await?;
                 bound_tx.send((listeners.grpc.local_addr()?, listeners.http.local_addr()?))?;
                 let serving = serve::run(server, listeners, async {
                     let _ = stopped.await;

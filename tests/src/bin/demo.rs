@@ -4,6 +4,8 @@
 //! `docs/cloud-init.md`, which installs the static agent, enrolls it,
 //! converges the role and starts the daemon; the server lists the node and
 //! shows its first report. `scripts/demo.sh` builds everything and runs this.
+//! With `--keep`, the server and the machine stay until Enter is pressed, and
+//! a sign-in link to the server's web dashboard is printed.
 
 use std::time::{Duration, Instant};
 
@@ -91,5 +93,16 @@ fn main() {
         "\n== curl http://127.0.0.1:8080/   (inside the machine: role {ROLE} version {version})"
     );
     print!("{}", vm.sh_ok("curl -fsS http://127.0.0.1:8080/"));
+    if std::env::args().any(|a| a == "--keep") {
+        let credentials = dir.path().join("demo.toml");
+        println!(
+            "\n== cairn ui login   (the web dashboard at {}; another link: cairn --credentials {} ui login)",
+            server.ui_url(),
+            credentials.display()
+        );
+        print!("{}", ops.cairn(&["ui", "login"]));
+        println!("\npress Enter to stop the server and remove the machine");
+        let _ = std::io::stdin().read_line(&mut String::new());
+    }
     println!("\n== the machine is halted and removed, and the server stopped, now");
 }
