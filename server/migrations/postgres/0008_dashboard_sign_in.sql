@@ -32,4 +32,4 @@ CREATE INDEX ui_sessions_by_expiry ON ui_sessions (expires_at);
 -- The overview's last failures, newest first, without walking every report;
 -- its runs per hour by outcome, from the index alone.
 CREATE INDEX reports_by_status ON reports (status, id);
-CREATE INDEX reports_by_received_status ON reports (received_at, status);
+CREATE INDEX reports_by_status_received ON reports (status, received_at);

@@ -1342,10 +1342,41 @@ pub(crate) mod tests {
         };
         assert!(find(wrong_channel, "").await.is_empty());
 
-        let hours = store.runs_by_hour(now - 3_600_000_000).await.unwrap();
-        let failed: u64 = hours.iter().map(|h| h.failed).sum();
-        assert!(failed >= 1, "{hours:?}");
-        assert!(hours.windows(2).all(|w| w[0].hour < w[1].hour), "{hours:?}");
+        // Runs per hour are the reports listed since then, counted by hour
+        // and status.
+        for since in [now - dashboard::HOUR, now - 50 * dashboard::HOUR, 0] {
+            let hours = store.runs_by_hour(since).await.unwrap();
+            let listed = store
+                .reports(&ReportQuery {
+                    since: Some(since),
+                    limit: 10_000,
+                    ..ReportQuery::default()
+                })
+                .await
+                .unwrap();
+            let mut counted = std::collections::BTreeMap::<Micros, HourOfRuns>::new();
+            for r in &listed {
+                let hour = r.received_at.div_euclid(dashboard::HOUR) * dashboard::HOUR;
+                let h = counted.entry(hour).or_insert(HourOfRuns {
+                    hour,
+                    ..HourOfRuns::default()
+                });
+                match r.status {
+                    RunStatus::Failed => h.failed += 1,
+                    RunStatus::Changed => h.changed += 1,
+                    RunStatus::Unchanged => h.unchanged += 1,
+                }
+            }
+            assert_eq!(
+                hours,
+                counted.into_values().collect::<Vec<_>>(),
+                "since {since}"
+            );
+            assert!(
+                hours.iter().map(|h| h.failed).sum::<u64>() >= 1,
+                "{hours:?}"
+            );
+        }
     }
 
     async fn shared_ca_and_jobs(store: Arc<dyn Store>) {

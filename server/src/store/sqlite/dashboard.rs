@@ -221,12 +221,31 @@ impl SqliteStore {
     }
 
     pub(super) async fn runs_by_hour_in_sqlite(&self, since: Micros) -> Result<Vec<HourOfRuns>> {
+        use crate::store::dashboard::HOUR;
+        // One range count per hour and status on `reports_by_status_received`,
+        // which reads only index entries: grouping by `received_at / HOUR`
+        // instead sorts every report of the day (0.4 s for 500,000).
         let rows: Vec<(i64, String, i64)> = sqlx::query_as(
-            "SELECT received_at / ? AS hour, status, COUNT(*) FROM reports
-             WHERE received_at >= ? GROUP BY hour, status ORDER BY hour",
+            "WITH RECURSIVE hours(start) AS (
+                 SELECT (? / ?) * ? UNION ALL
+                 SELECT start + ? FROM hours WHERE start + ? <= ?),
+             statuses(status) AS (VALUES ('failed'), ('changed'), ('unchanged'))
+             SELECT start / ?, status, runs FROM (
+                 SELECT h.start, s.status, (SELECT COUNT(*) FROM reports r
+                     WHERE r.status = s.status AND r.received_at >= max(h.start, ?)
+                       AND r.received_at < h.start + ?) AS runs
+                 FROM hours h, statuses s)
+             WHERE runs > 0 ORDER BY start",
         )
-        .bind(crate::store::dashboard::HOUR)
         .bind(since)
+        .bind(HOUR)
+        .bind(HOUR)
+        .bind(HOUR)
+        .bind(HOUR)
+        .bind(now_micros())
+        .bind(HOUR)
+        .bind(since)
+        .bind(HOUR)
         .fetch_all(&self.pool)
         .await
         .map_err(db("count runs by hour"))?;
