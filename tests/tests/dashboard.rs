@@ -1,7 +1,7 @@
 //! The web dashboard in a real headless browser: Debian's `chromium`, driven
 //! over WebDriver (`chromedriver`, from `chromium-driver`) with fantoccini,
 //! against the real `cairn-server` on loopback and the real agent converging
-//! files in a temporary directory on this host.
+//! a booted machine (systemd-nspawn, the test image).
 //!
 //! - Without a session every page goes to the page that says how to sign in;
 //!   a link from `cairn ui login` signs in once; used again, or after its two
@@ -23,14 +23,15 @@
 //!
 //! With `CAIRN_SCREENSHOTS=DIR`, a screenshot of each page is written there
 //! (what `docs/dashboard/` holds). Needs the debug binaries (`cargo build
-//! --bins`) and the `chromium` and `chromium-driver` packages.
+//! --bins`), the test image, and the `chromium` and `chromium-driver`
+//! packages.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_e2e::{Operator, Server, succeeded, workspace_binary};
+use cairn_e2e::{Machine, Operator, Server, succeeded};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -240,42 +241,23 @@ fn push(ops: &Operator, dir: &Path, managed: &Path, motd: &str, hostile: bool) -
     ops.push(&role, &format!("motd {:?}", motd.trim()), CHANNEL)
 }
 
-/// Enrolls a node for the role with the agent's configuration at `config`.
-fn enroll(server: &Server, ops: &Operator, dir: &Path, name: &str) -> PathBuf {
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
+/// Enrolls the machine `vm` as node `name` for the role.
+fn enroll(vm: &Machine, server: &Server, ops: &Operator, name: &str) {
+    vm.write_file(
+        "/etc/cairn/agent.toml",
         format!(
-            "servers = [{:?}]\nca_pin = \"{}\"\nstate_dir = \"{}\"\nname = \"{name}\"\n",
+            "servers = [{:?}]\nca_pin = \"{}\"\nname = \"{name}\"\n",
             server.url(),
             server.ca_pin(),
-            dir.join("state").display()
         ),
-    )
-    .unwrap();
-    let token = dir.join("token");
-    std::fs::write(&token, ops.token(ROLE, CHANNEL)).unwrap();
-    let out = Command::new(workspace_binary("cairn-agent"))
-        .arg("enroll")
-        .arg("--config")
-        .arg(&config)
-        .arg("--token-file")
-        .arg(&token)
-        .output()
-        .unwrap();
-    succeeded(&out, "cairn-agent enroll");
-    config
+    );
+    vm.write_file("/root/token", ops.token(ROLE, CHANNEL));
+    vm.sh_ok("cairn-agent enroll --token-file /root/token");
 }
 
-/// `cairn-agent run`: one run, reported.
-fn run(config: &Path) {
-    let out = Command::new(workspace_binary("cairn-agent"))
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    succeeded(&out, "cairn-agent run");
+/// `cairn-agent run` in `vm`: one run, reported.
+fn run(vm: &Machine) {
+    vm.sh_ok("cairn-agent run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,13 +271,15 @@ async fn an_operator_signs_in_with_a_link_and_follows_a_converged_node_live() {
     let expiring = sign_in_link(&ops);
     let expiring_issued = Instant::now();
 
-    let managed = dir.join("managed");
-    std::fs::create_dir_all(&managed).unwrap();
-    assert_eq!(push(&ops, dir, &managed, "hello\n", false), 1);
+    // The files the role manages, in the machine.
+    let managed = Path::new("/srv/site");
+    assert_eq!(push(&ops, dir, managed, "hello\n", false), 1);
+    let vm = Machine::boot("dashboard");
+    vm.sh_ok(&format!("mkdir -p {}", managed.display()));
     let node = format!("web-{}", std::process::id());
-    let config = enroll(&server, &ops, dir, &node);
-    run(&config);
-    run(&config);
+    enroll(&vm, &server, &ops, &node);
+    run(&vm);
+    run(&vm);
 
     let b = Browser::start(dir).await;
     // No session: every page goes to the explanation.
@@ -330,10 +314,10 @@ async fn an_operator_signs_in_with_a_link_and_follows_a_converged_node_live() {
     // node's run moves it back, and the page was never reloaded.
     b.goto(&format!("{ui}/")).await;
     b.eval("window.cairnNotReloaded = true;").await;
-    assert_eq!(push(&ops, dir, &managed, "hello\nworld\n", true), 2);
+    assert_eq!(push(&ops, dir, managed, "hello\nworld\n", true), 2);
     b.wait_text(&format!("{row} .on-older"), "1").await;
     assert_eq!(b.text(&format!("{row} .on-promoted")).await, "0");
-    run(&config);
+    run(&vm);
     b.wait_text(&format!("{row} .on-promoted"), "1").await;
     b.wait_text("#state-changed", "1").await;
     assert_eq!(
@@ -514,9 +498,9 @@ async fn an_auditor_changes_nothing_and_a_write_needs_the_csrf_token() {
     let ops = server.add_operator("ada", &dir.join("ada.toml"));
     let auditor = server.add_operator_as("audrey", "auditor", &dir.join("audrey.toml"));
     let ui = server.ui_url();
-    let managed = dir.join("managed");
-    push(&ops, dir, &managed, "one\n", false);
-    push(&ops, dir, &managed, "two\n", false);
+    let managed = Path::new("/srv/site");
+    push(&ops, dir, managed, "one\n", false);
+    push(&ops, dir, managed, "two\n", false);
     assert_eq!(channel_version(&ops), 2);
 
     let b = Browser::start(dir).await;
