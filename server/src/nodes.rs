@@ -576,8 +576,13 @@ impl ChannelMoves {
                 None => return,
                 Some(Change::ChannelMoved { role, channel }) => self.moved(&role, &channel).await,
                 Some(Change::NodeRevoked { name }) => self.revoked(&name),
+                Some(Change::ReportsStored) => self.fleet_changed(),
                 Some(Change::Resync) => match self.resync().await {
-                    Ok(()) => resync_owed = false,
+                    Ok(()) => {
+                        resync_owed = false;
+                        // Reports stored meanwhile were not told either.
+                        self.fleet_changed();
+                    }
                     Err(e) => {
                         resync_owed = true;
                         warn!(
@@ -1032,6 +1037,15 @@ mod tests {
         assert_eq!(version(&mut rx), Some(3));
         assert_eq!(moves.resyncs(), before + 1);
         assert!(revocations.try_recv().is_err(), "web-1 stands");
+
+        // Reports stored by any server: the dashboards' live pages are told.
+        let mut fleet = moves.fleet_changes();
+        fleet.mark_unchanged();
+        feed.send(Change::ReportsStored).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), fleet.changed())
+            .await
+            .expect("told within 10 s")
+            .unwrap();
 
         // A stream's node is counted while it is open.
         drop(_web_2);

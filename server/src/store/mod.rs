@@ -771,6 +771,8 @@ pub enum Change {
     ChannelMoved { role: String, channel: String },
     /// The node called this was revoked.
     NodeRevoked { name: String },
+    /// Reports were stored: what shows the fleet is out of date.
+    ReportsStored,
     /// Changes may have been missed: read again what depends on them.
     Resync,
 }

@@ -1208,6 +1208,13 @@ mod tests {
                 name: "web-1".into()
             }
         );
+        // Reports stored: told once per batch that stored any.
+        let report = |run: &str| crate::store::tests::plain_report("web-1", run, 1, now_micros());
+        b.store_reports(&[report("r1"), report("r2")])
+            .await
+            .unwrap();
+        assert_eq!(next(&mut feed).await, Change::ReportsStored);
+        b.store_reports(&[report("r1")]).await.unwrap();
         assert!(feed.try_recv().is_err(), "nothing else was told");
 
         // Its connection cut: it connects again, and says to read again.

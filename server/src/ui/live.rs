@@ -1,7 +1,7 @@
 //! Live pages: `GET /events` is a server-sent event stream that says
-//! `changed` when the fleet changed as this server sees it (a channel moved,
-//! here or through the store's change feed from another server; reports
-//! stored here), at most once per [`QUIET`]. `assets/live.js` then fetches
+//! `changed` when the fleet changed as this server sees it (a channel moved
+//! or reports were stored, here or, through the store's change feed, by
+//! another server), at most once per [`QUIET`]. `assets/live.js` then fetches
 //! its page again and swaps its main part in: no page needs JavaScript to
 //! work, only to follow.
 

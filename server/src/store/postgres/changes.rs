@@ -1,7 +1,8 @@
 //! The change feed between servers on one database ([`Store::changes`]).
 //!
-//! A channel move and a node revocation each send a `NOTIFY` in their own
-//! transaction ([`channel_moved`], [`node_revoked`]): PostgreSQL delivers it
+//! A channel move, a node revocation and a batch of new reports each send a
+//! `NOTIFY` in their own transaction ([`channel_moved`], [`node_revoked`],
+//! [`reports_stored`]): PostgreSQL delivers it
 //! only once that transaction committed, so a server told of a change reads
 //! it. Each server holds one connection that `LISTEN`s for them ([`start`])
 //! and forwards them to its receiver.
@@ -30,6 +31,9 @@ use crate::store::{CHANGE_FEED_BUFFER, Change, Result};
 const CHANNEL_MOVED: &str = "cairn_channel_moved";
 /// The notification channel of node revocations; payload the node's name.
 const NODE_REVOKED: &str = "cairn_node_revoked";
+/// The notification channel of new reports; no payload (PostgreSQL sends
+/// one notification for all the batches of a transaction).
+const REPORTS_STORED: &str = "cairn_reports_stored";
 /// Quiet this long, the listening connection is probed.
 const PROBE_AFTER: Duration = Duration::from_secs(30);
 /// A probe not back within this means the connection is gone.
@@ -51,6 +55,11 @@ pub(super) async fn channel_moved(tx: &mut Tx, role: &str, channel: &str) -> Res
 /// Tells listening servers that node `name` was revoked, once `tx` commits.
 pub(super) async fn node_revoked(tx: &mut Tx, name: &str) -> Result<()> {
     notify(tx, NODE_REVOKED, name).await
+}
+
+/// Tells listening servers that reports were stored, once `tx` commits.
+pub(super) async fn reports_stored(tx: &mut Tx) -> Result<()> {
+    notify(tx, REPORTS_STORED, "").await
 }
 
 async fn notify(tx: &mut Tx, channel: &str, payload: &str) -> Result<()> {
@@ -164,7 +173,12 @@ impl Feed<'_> {
         // the listener's to mend quietly.
         listener.eager_reconnect(false);
         listener
-            .listen_all([CHANNEL_MOVED, NODE_REVOKED, self.probe.as_str()])
+            .listen_all([
+                CHANNEL_MOVED,
+                NODE_REVOKED,
+                REPORTS_STORED,
+                self.probe.as_str(),
+            ])
             .await
             .map_err(db(op()))?;
         Ok(listener)
@@ -243,6 +257,7 @@ impl Feed<'_> {
             NODE_REVOKED => Change::NodeRevoked {
                 name: payload.into(),
             },
+            REPORTS_STORED => Change::ReportsStored,
             // An old probe, come back late.
             _ => return,
         };

@@ -148,6 +148,10 @@ impl PgStore {
                     chunk.len()
                 )))?;
         }
+        if !created.is_empty() {
+            // The dashboards of the other servers show the fleet anew.
+            changes::reports_stored(&mut tx).await?;
+        }
         tx.commit().await.map_err(db("commit reports"))?;
         let created: HashSet<usize> = created.into_iter().map(|(i, _)| i).collect();
         Ok((0..reports.len()).map(|i| created.contains(&i)).collect())
