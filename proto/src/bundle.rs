@@ -277,7 +277,8 @@ fn shown(path: &str) -> String {
     crate::role::clip_to(path, 255).into_owned()
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// `bytes` as lowercase hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()

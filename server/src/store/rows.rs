@@ -190,6 +190,37 @@ pub(super) struct ReportRow {
 pub(super) const REPORT_COLUMNS: &str = "id, node, run_id, role, channel, role_version, role_digest, status, \
      noop, from_cache, resources, changed, failed, finished_at, received_at";
 
+/// The reports `q` asks for, newest first, naming only the filters given,
+/// so that the planner picks the index of the one there is (`node = ? OR ?
+/// IS NULL` would walk every report; a prepared one gets a generic plan
+/// that does the same in PostgreSQL).
+pub(super) fn select_reports<'a, DB>(q: &'a ReportQuery) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    DB::Arguments<'a>: Default,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut sql =
+        sqlx::QueryBuilder::new(format!("SELECT {REPORT_COLUMNS} FROM reports WHERE id < "));
+    sql.push_bind(q.before_id.map_or(i64::MAX, |id| id as i64));
+    if let Some(node) = &q.node {
+        sql.push(" AND node = ").push_bind(node.as_str());
+    }
+    if let Some(role) = &q.role {
+        sql.push(" AND role = ").push_bind(role.as_str());
+    }
+    if let Some(status) = q.status {
+        sql.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(since) = q.since {
+        sql.push(" AND received_at >= ").push_bind(since);
+    }
+    sql.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(q.limit));
+    sql
+}
+
 impl TryFrom<ReportRow> for ReportMeta {
     type Error = StoreError;
     fn try_from(r: ReportRow) -> Result<Self> {

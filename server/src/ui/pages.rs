@@ -952,15 +952,23 @@ pub async fn audit_log(
     })
 }
 
+/// What [`urlencode`] leaves as it is: RFC 3986's unreserved characters.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// `s` percent-encoded for a URL's path segment or query value.
 pub fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urlencode_keeps_only_unreserved_characters() {
+        assert_eq!(super::urlencode("web-1._~"), "web-1._~");
+        assert_eq!(super::urlencode("a b/<é>?&"), "a%20b%2F%3C%C3%A9%3E%3F%26");
     }
-    out
 }

@@ -17,6 +17,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
+use cairn_proto::bundle::hex;
 use sha2::{Digest, Sha256};
 use tonic::Status;
 use tracing::error;
@@ -41,10 +42,6 @@ pub fn new_secret() -> std::io::Result<String> {
     let mut bytes = [0u8; SECRET_BYTES];
     getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
     Ok(hex(&bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What is stored of a secret.

@@ -138,26 +138,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn reports_in_sqlite(&self, q: &ReportQuery) -> Result<Vec<ReportMeta>> {
-        // Only the filters given, so that the planner picks the index of the
-        // one there is (`node = ? OR ? IS NULL` would walk every report).
-        let mut sql = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {REPORT_COLUMNS} FROM reports WHERE id < "
-        ));
-        sql.push_bind(q.before_id.map_or(i64::MAX, |id| id as i64));
-        if let Some(node) = &q.node {
-            sql.push(" AND node = ").push_bind(node);
-        }
-        if let Some(role) = &q.role {
-            sql.push(" AND role = ").push_bind(role);
-        }
-        if let Some(status) = q.status {
-            sql.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(since) = q.since {
-            sql.push(" AND received_at >= ").push_bind(since);
-        }
-        sql.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(q.limit));
+        let mut sql = select_reports::<Sqlite>(q);
         let rows: Vec<ReportRow> = sql
             .build_query_as()
             .fetch_all(&self.pool)
