@@ -1100,6 +1100,54 @@ fn timer_checks_name_their_line_and_field() {
     assert!(d.message.contains("on_calendar"), "{d}");
 }
 
+#[test]
+fn an_absent_timer_takes_its_name_alone() {
+    let role = load(&[(
+        "role.toml",
+        &format!(
+            "{HEAD}\n[[directory]]\npath = \"/etc/systemd/system\"\n\n\
+             [[timer]]\nname = \"old\"\nstate = \"absent\"\n"
+        ),
+    )])
+    .unwrap();
+    let timer = role.get(&"timer:old".parse().unwrap()).unwrap();
+    let Spec::Timer(t) = &timer.spec else {
+        panic!("{timer:?}")
+    };
+    assert_eq!(t.state, cairn_proto::role::Presence::Absent);
+    assert_eq!(t.timer_path(), "/etc/systemd/system/old.timer");
+    let reqs: Vec<String> = timer.requires.iter().map(ToString::to_string).collect();
+    assert_eq!(reqs, ["directory:/etc/systemd/system"]);
+
+    for (line, field) in [
+        ("on_calendar = \"daily\"", "on_calendar"),
+        ("command = \"true\"", "command"),
+        ("user = \"nobody\"", "user"),
+        ("description = \"d\"", "description"),
+    ] {
+        let body = format!("name = \"t\"\nstate = \"absent\"\n{line}");
+        assert_eq!(
+            kind_error("timer", &body),
+            at(
+                7,
+                field,
+                &format!("`{field}` cannot be set on a timer with state = \"absent\""),
+            ),
+            "{body}"
+        );
+    }
+    let (line, field, message) = kind_error("timer", "name = \"t\"\non_calendar = \"daily\"");
+    assert_eq!(
+        (line, field, message.as_str()),
+        (4, None, "a timer needs `command`, or state = \"absent\"")
+    );
+    let (_, _, message) = kind_error("timer", "name = \"t\"");
+    assert_eq!(
+        message,
+        "a timer needs `on_calendar` and `command`, or state = \"absent\""
+    );
+}
+
 // [[package]] install_recommends and state = "purged".
 
 #[test]
