@@ -14,8 +14,6 @@ use crate::role::rules::Table;
 /// The longest name taken, leaving room for `.service` within a unit name's
 /// 255 bytes.
 const MAX_TIMER_NAME_BYTES: usize = 200;
-/// The longest command taken: one line of a unit file, kept readable.
-const MAX_TIMER_COMMAND_BYTES: usize = 4096;
 /// The longest `on_calendar` or `description`.
 const MAX_TIMER_TEXT_BYTES: usize = 255;
 /// Where the unit files go: the administrator's units, which override the
@@ -163,27 +161,6 @@ fn check_calendar(on_calendar: &Spanned<String>, t: &mut Table<'_, '_>) {
     }
 }
 
-fn check_command(command: &Spanned<String>, t: &mut Table<'_, '_>) {
-    let text = command.get_ref();
-    let why = if text.trim().is_empty() {
-        Some("is empty".to_string())
-    } else if text.len() > MAX_TIMER_COMMAND_BYTES {
-        Some(format!("is longer than {MAX_TIMER_COMMAND_BYTES} bytes"))
-    } else if text.contains(|c: char| c.is_control() && c != '\n' && c != '\t') {
-        Some("contains a control character other than a line break or a tab".into())
-    } else {
-        None
-    };
-    if let Some(why) = why {
-        t.error(
-            command.span(),
-            Some("command"),
-            format!("the command {why}"),
-            None,
-        );
-    }
-}
-
 impl ResourceKind for Timer {
     type Raw = RawTimer;
 
@@ -240,7 +217,7 @@ impl ResourceKind for Timer {
             check_calendar(on_calendar, t);
         }
         if let Some(command) = &r.command {
-            check_command(command, t);
+            t.check_command(command, "command");
         }
         if let Some(d) = &r.description
             && (d.get_ref().len() > MAX_TIMER_TEXT_BYTES || d.get_ref().contains(char::is_control))
