@@ -32,20 +32,37 @@ fn units(t: &role::Timer) -> [(&'static str, String, String); 2] {
     ]
 }
 
-/// What is at the unit file `path`, when anything is: its content (`None`
-/// for a link, which is replaced), how a report shows it, and whether it is
-/// root's alone (a unit file others may write runs their commands as root).
-fn current(files: &dyn FileSystem, path: &str) -> Result<Option<(Option<Vec<u8>>, String, bool)>> {
+/// What is at a unit file's path.
+struct UnitFile {
+    /// Its content; `None` for a link, which is replaced.
+    content: Option<Vec<u8>>,
+    /// How a report shows it.
+    label: String,
+    /// Root's alone: a unit file others may write runs their commands as root.
+    root_only: bool,
+}
+
+/// What is at the unit file `path`, when anything is.
+fn current(files: &dyn FileSystem, path: &str) -> Result<Option<UnitFile>> {
     Ok(match files.stat_read(Path::new(path))? {
         None => None,
         Some((m, Some(content))) => {
             let label = digest_label(&content);
-            Some(match unlike_root_0644(files, &m) {
-                None => (Some(content), label, true),
-                Some(perms) => (Some(content), format!("{label}, {perms}"), false),
+            let (label, root_only) = match unlike_root_0644(files, &m) {
+                None => (label, true),
+                Some(perms) => (format!("{label}, {perms}"), false),
+            };
+            Some(UnitFile {
+                content: Some(content),
+                label,
+                root_only,
             })
         }
-        Some((m, None)) if m.kind == FileKind::Symlink => Some((None, "link".into(), true)),
+        Some((m, None)) if m.kind == FileKind::Symlink => Some(UnitFile {
+            content: None,
+            label: "link".into(),
+            root_only: true,
+        }),
         Some((m, None)) => bail!("{path} is a {}, not a unit file", m.kind.as_str()),
     })
 }
@@ -59,15 +76,23 @@ impl Resource for TimerResource<'_> {
         let mut drift = Drift::default();
         let mut diffs = Vec::new();
         for (property, path, want) in units(t) {
-            let (have, before, root_only) =
-                current(host.files(), &path)?.unwrap_or((None, "absent".into(), true));
-            if have.as_deref() == Some(want.as_bytes()) && root_only {
+            let have = current(host.files(), &path)?.unwrap_or(UnitFile {
+                content: None,
+                label: "absent".into(),
+                root_only: true,
+            });
+            if have.content.as_deref() == Some(want.as_bytes()) && have.root_only {
                 continue;
             }
-            drift.push(property, before, digest_label(want.as_bytes()));
+            drift.push(property, have.label, digest_label(want.as_bytes()));
             diffs.extend(
-                diff::file(&path, have.as_deref(), Some(want.as_bytes()), Labels::Path)
-                    .map(|d| d.text()),
+                diff::file(
+                    &path,
+                    have.content.as_deref(),
+                    Some(want.as_bytes()),
+                    Labels::Path,
+                )
+                .map(|d| d.text()),
             );
         }
         if !diffs.is_empty() {
@@ -140,11 +165,12 @@ fn check_absent(t: &role::Timer, host: &Host) -> Result<Drift> {
     let mut drift = Drift::default();
     let mut diffs = Vec::new();
     for (property, path, _) in units(t) {
-        let Some((have, before, _)) = current(host.files(), &path)? else {
+        let Some(have) = current(host.files(), &path)? else {
             continue;
         };
-        drift.push(property, before, "absent");
-        diffs.extend(diff::file(&path, have.as_deref(), None, Labels::Path).map(|d| d.text()));
+        drift.push(property, have.label, "absent");
+        let removed = diff::file(&path, have.content.as_deref(), None, Labels::Path);
+        diffs.extend(removed.map(|d| d.text()));
     }
     if !diffs.is_empty() {
         drift.diff = Some(diffs.concat());
