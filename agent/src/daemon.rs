@@ -29,7 +29,6 @@ use crate::progress::Silent;
 use crate::providers::Providers;
 use crate::remote::{self, Node};
 use crate::run::{self, RunInput};
-use crate::spool::{Bounds, Spool};
 use crate::state::StateDir;
 
 /// Runs the daemon until SIGTERM or SIGINT; returns once it stopped cleanly.
@@ -184,12 +183,13 @@ impl Daemon {
         let state = StateDir::new(&self.node.state_dir);
         let facts = facts::gather()?;
         let known = self.memo.digest().unwrap_or_default();
-        let (bundle, answered) = match self.node.ask(self.conn.take(), known).await? {
+        let answered = self
+            .node
+            .fetch_role(&state, self.conn.take(), known)
+            .await?;
+        let (bundle, answered) = match answered {
             Ok((conn, answer)) => {
                 self.conn = Some(conn);
-                if let Some(new) = &answer.bundle {
-                    cache::save(&state, new)?;
-                }
                 let named = (answer.channel, answer.version, answer.digest);
                 (answer.bundle, Some(named))
             }
@@ -225,16 +225,15 @@ impl Daemon {
         })
         .await
         .context("the run panicked")??;
-        remote::place(
+        let spooled = self.node.spool_report(
+            &state,
             &mut report,
-            &self.node.identity.name,
-            &channel,
-            version,
+            &facts,
+            (&channel, version),
             answered.is_none(),
         );
         print!("{}", report.human());
-        let request = remote::report_request(report, &facts, self.node.interval);
-        Spool::new(&state, Bounds::default()).push(&request)?;
+        spooled?;
         self.deliver().await;
         Ok(())
     }

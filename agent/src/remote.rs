@@ -1,8 +1,9 @@
 //! The agent against its servers: the first of the configured servers that
 //! answers, in order; the node's role fetched from it and verified by digest
 //! (or, when none answers, the last good bundle cached on disk); its reports
-//! spooled and delivered. `cairn-agent run` is [`run`]; the daemon uses the
-//! same pieces.
+//! spooled and delivered. `cairn-agent run` is [`run`]; the daemon makes its
+//! runs with the same steps ([`Node::fetch_role`], [`Node::spool_report`],
+//! [`deliver`]), keeping its connection and the role in memory between them.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -123,10 +124,26 @@ impl Node {
 
     /// Fetches the node's role from the first server that answers: `open`
     /// first when given (the daemon's connection), then the configured
-    /// servers in order. `known` is the digest of the bundle the node holds.
-    /// `Ok(Err(_))` when none answered; `Err(_)` when one refused, as every
-    /// server would.
-    pub async fn ask(
+    /// servers in order. `known` is the digest of the bundle the node holds;
+    /// a new bundle the server sends is cached in `state`. `Ok(Err(_))` when
+    /// none answered; `Err(_)` when one refused, as every server would.
+    pub async fn fetch_role(
+        &self,
+        state: &StateDir,
+        open: Option<Connection>,
+        known: &str,
+    ) -> Result<Result<(Connection, Answer), NoServer>> {
+        let answered = self.ask(open, known).await?;
+        if let Ok((_, answer)) = &answered
+            && let Some(new) = &answer.bundle
+        {
+            cache::save(state, new)?;
+        }
+        Ok(answered)
+    }
+
+    /// [`Node::fetch_role`] without caching what arrives.
+    async fn ask(
         &self,
         open: Option<Connection>,
         known: &str,
@@ -164,17 +181,12 @@ impl Node {
         let cached = cache::load(state);
         let held = cached.as_ref().ok().and_then(Option::as_ref);
         let known = held.map_or("", |h| h.digest.as_str());
-        match self.ask(None, known).await? {
+        match self.fetch_role(state, None, known).await? {
             Ok((conn, answer)) => {
                 if let Err(e) = &cached {
                     eprintln!("cairn-agent: warning: {e:#}; the fetched role replaces it");
                 }
-                let new = answer.bundle.is_some();
-                let fetched = answer.into_fetched(held)?;
-                if new {
-                    cache::save(state, &fetched)?;
-                }
-                Ok((fetched, Source::Server(conn)))
+                Ok((answer.into_fetched(held)?, Source::Server(conn)))
             }
             Err(none) => match cached {
                 Ok(Some(fetched)) => Ok((fetched, Source::Cache(none))),
@@ -182,6 +194,23 @@ impl Node {
                 Err(e) => Err(e.context(none.to_string())),
             },
         }
+    }
+
+    /// Spools the report of a run of version `version` of the role at
+    /// `channel` (`from_cache`: the cached role, no server answered), once
+    /// [`place`] filled in what the engine leaves empty, with the node's
+    /// `facts` at the run and its interval. [`deliver`] sends it.
+    pub fn spool_report(
+        &self,
+        state: &StateDir,
+        report: &mut RunReport,
+        facts: &Facts,
+        (channel, version): (&str, u64),
+        from_cache: bool,
+    ) -> Result<()> {
+        place(report, &self.identity.name, channel, version, from_cache);
+        let request = report_request(report.clone(), facts, self.interval);
+        Spool::new(state, Bounds::default()).push(&request)
     }
 
     /// Connects to the first server that answers, in order.
@@ -272,7 +301,7 @@ pub async fn fetch(conn: &Connection, assignment: pb::Assignment, known: &str) -
 /// Fills in what the engine leaves empty: the node's name as the server
 /// knows it, the channel and version of its role, and whether that came from
 /// the cache.
-pub fn place(report: &mut RunReport, node: &str, channel: &str, version: u64, from_cache: bool) {
+fn place(report: &mut RunReport, node: &str, channel: &str, version: u64, from_cache: bool) {
     report.node = node.to_string();
     report.channel = channel.to_string();
     report.role_version = version;
@@ -281,7 +310,7 @@ pub fn place(report: &mut RunReport, node: &str, channel: &str, version: u64, fr
 
 /// A report to spool, with the node's facts at the run and its run
 /// interval (the server shows a node stale after two).
-pub fn report_request(report: RunReport, facts: &Facts, interval: Duration) -> pb::ReportRequest {
+fn report_request(report: RunReport, facts: &Facts, interval: Duration) -> pb::ReportRequest {
     let mut facts_json = serde_json::to_string(facts).unwrap_or_default();
     if facts_json.len() > MAX_FACTS_JSON {
         eprintln!(
@@ -391,14 +420,12 @@ pub fn run(node: &Node, noop: bool, observer: &mut dyn Observer) -> Result<Ran> 
         Source::Cache(none) => (None, Some(none)),
     };
     let cached = from_cache.is_some();
-    place(&mut report, &node.identity.name, &channel, version, cached);
-    let spool = Spool::new(&state, Bounds::default());
-    spool.push(&report_request(report.clone(), &facts, node.interval))?;
+    node.spool_report(&state, &mut report, &facts, (&channel, version), cached)?;
     let delivered = match &conn {
         Some(conn) => runtime.block_on(deliver(conn, &state, &node.identity.name)),
         None => Ok(0),
     };
-    let waiting = spool.pending()?.len();
+    let waiting = Spool::new(&state, Bounds::default()).pending()?.len();
     Ok(Ran {
         report,
         from_cache,

@@ -51,6 +51,8 @@ struct World {
     prepared: Vec<String>,
     /// Services that cannot reload: a reload restarts them.
     cannot_reload: BTreeSet<String>,
+    /// Every service whose state was read (`status`, `stale`), in order.
+    read: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +200,7 @@ impl ServiceProvider for Fake {
     }
 
     fn status(&self, service: &str) -> Result<ServiceStatus> {
+        self.world().read.push(service.into());
         Ok(self
             .0
             .borrow()
@@ -212,6 +215,7 @@ impl ServiceProvider for Fake {
     }
 
     fn stale(&self, service: &str) -> Result<bool> {
+        self.world().read.push(service.into());
         Ok(self.0.borrow().stale.contains(service))
     }
 
@@ -929,18 +933,72 @@ fn a_changed_unit_is_reloaded_once_before_its_service_is_started_or_restarted() 
     assert_eq!(report.summary.unchanged, 5);
 
     // Changed by hand: noop says a reload is due and does nothing.
-    case.world.world().stale.insert("idle".into());
+    case.world.world().stale.insert("worker".into());
     let report = case.noop();
-    let idle = report.resources.last().unwrap();
+    let worker = &report.resources[3];
     assert_eq!(
-        (idle.id.as_str(), idle.status),
-        ("service:idle", WouldChange)
+        (worker.id.as_str(), worker.status),
+        ("service:worker", WouldChange)
     );
-    assert_eq!(idle.changes[0].after, "reloaded");
+    assert_eq!(worker.changes[0].after, "reloaded");
     assert_eq!(case.world.changes().len(), 5, "noop changed something");
-    // A service the role only notifies is reloaded too.
     let (_, changes) = case.apply_changes();
     assert_eq!(changes, ["daemon-reload"]);
+}
+
+/// A service only notified (neither `running` nor `enabled`) is not read in
+/// a run that does not notify it, so a converged run costs it nothing; when
+/// notified, its unit changed on disk is reloaded before it restarts, and the
+/// report says so.
+#[test]
+fn a_service_only_notified_is_read_only_when_notified() {
+    let case = Case::new(
+        "[[file]]\npath = \"/etc/systemd/system/idle.service\"\ncontent = \"v1\"\n\
+         notify = [\"service:idle\"]\n\n\
+         [[service]]\nname = \"idle\"\n",
+    );
+    case.world.service("idle", true, true);
+    let (report, changes) = case.apply_changes();
+    assert_eq!(
+        changes,
+        [
+            "write /etc/systemd/system/idle.service",
+            "daemon-reload",
+            "restart idle"
+        ]
+    );
+    let idle: Vec<_> = report.resources[1]
+        .changes
+        .iter()
+        .map(|c| (c.property.as_str(), c.before.as_str(), c.after.as_str()))
+        .collect();
+    assert_eq!(
+        idle,
+        [
+            ("systemd", "unit changed on disk", "reloaded"),
+            ("refresh", "", "restarted")
+        ]
+    );
+
+    // Converged, and even changed by hand: nothing asks about it.
+    case.world.world().read.clear();
+    case.world.world().stale.insert("idle".into());
+    let (report, changes) = case.apply_changes();
+    assert!(changes.is_empty(), "{changes:?}");
+    assert_eq!(
+        statuses(&report),
+        [
+            ("file:/etc/systemd/system/idle.service", Unchanged),
+            ("service:idle", Unchanged)
+        ]
+    );
+    let report = case.noop();
+    assert_eq!(report.summary.unchanged, 2);
+    assert!(
+        case.world.world().read.is_empty(),
+        "{:?}",
+        case.world.world().read
+    );
 }
 
 #[test]

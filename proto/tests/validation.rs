@@ -1088,16 +1088,123 @@ fn timer_checks_name_their_line_and_field() {
     }
     let (_, field, message) = kind_error(
         "timer",
-        &with(2, &format!("command = \"{}\"", "x".repeat(4097))),
+        &with(2, &format!("command = \"{}\"", "x".repeat(131_072))),
     );
     assert_eq!(
         (field.as_deref(), message.as_str()),
-        (Some("command"), "the command is longer than 4096 bytes")
+        (Some("command"), "the command is longer than 131071 bytes")
     );
     let d = only_error(&format!(
         "{HEAD}\n[[timer]]\nname = \"t\"\ncommand = \"true\"\n"
     ));
     assert!(d.message.contains("on_calendar"), "{d}");
+}
+
+/// Every command a role writes (an exec's `command`, `unless` and `onlyif`,
+/// a file's `validate`, a timer's `command`) is held to one rule.
+#[test]
+fn every_command_is_held_to_one_rule() {
+    let tables = [
+        ("exec", "name = \"e\"\ncommand = ", "command", "the command"),
+        (
+            "exec",
+            "name = \"e\"\ncommand = \"true\"\nunless = ",
+            "unless",
+            "the `unless` command",
+        ),
+        (
+            "exec",
+            "name = \"e\"\ncommand = \"true\"\nonlyif = ",
+            "onlyif",
+            "the `onlyif` command",
+        ),
+        (
+            "file",
+            "path = \"/etc/x\"\ncontent = \"\"\nvalidate = ",
+            "validate",
+            "the `validate` command",
+        ),
+        (
+            "timer",
+            "name = \"t\"\non_calendar = \"daily\"\ncommand = ",
+            "command",
+            "the command",
+        ),
+    ];
+    let long = format!("\"{} %\"", "x".repeat(131_070));
+    for (kind, head, field, what) in tables {
+        for (value, why) in [
+            ("\" \"", "is empty".to_string()),
+            (long.as_str(), "is longer than 131071 bytes".to_string()),
+            (
+                "\"true % \\r\"",
+                "contains a control character other than a line break or a tab".to_string(),
+            ),
+        ] {
+            let (_, got_field, message) = kind_error(kind, &format!("{head}{value}"));
+            assert_eq!(
+                (got_field.as_deref(), message),
+                (Some(field), format!("{what} {why}")),
+                "[[{kind}]] {field}"
+            );
+        }
+        // A line break and a tab are commands' own; 131,071 bytes is the most.
+        let ok = format!("{HEAD}\n[[{kind}]]\n{head}\"true %\\n\\ttrue\"\n");
+        assert!(load(&[("role.toml", &ok)]).is_ok(), "{ok}");
+        let longest = format!("{HEAD}\n[[{kind}]]\n{head}\"{} %\"\n", "x".repeat(131_069));
+        assert!(
+            load(&[("role.toml", &longest)]).is_ok(),
+            "[[{kind}]] {field}"
+        );
+    }
+}
+
+#[test]
+fn an_absent_timer_takes_its_name_alone() {
+    let role = load(&[(
+        "role.toml",
+        &format!(
+            "{HEAD}\n[[directory]]\npath = \"/etc/systemd/system\"\n\n\
+             [[timer]]\nname = \"old\"\nstate = \"absent\"\n"
+        ),
+    )])
+    .unwrap();
+    let timer = role.get(&"timer:old".parse().unwrap()).unwrap();
+    let Spec::Timer(t) = &timer.spec else {
+        panic!("{timer:?}")
+    };
+    assert_eq!(t.state, cairn_proto::role::Presence::Absent);
+    assert_eq!(t.timer_path(), "/etc/systemd/system/old.timer");
+    let reqs: Vec<String> = timer.requires.iter().map(ToString::to_string).collect();
+    assert_eq!(reqs, ["directory:/etc/systemd/system"]);
+
+    for (line, field) in [
+        ("on_calendar = \"daily\"", "on_calendar"),
+        ("command = \"true\"", "command"),
+        ("user = \"nobody\"", "user"),
+        ("description = \"d\"", "description"),
+    ] {
+        let body = format!("name = \"t\"\nstate = \"absent\"\n{line}");
+        assert_eq!(
+            kind_error("timer", &body),
+            at(
+                7,
+                field,
+                &format!("`{field}` cannot be set on a timer with state = \"absent\""),
+            ),
+            "{body}"
+        );
+    }
+    let (line, field, message) = kind_error("timer", "name = \"t\"\non_calendar = \"daily\"");
+    assert_eq!(
+        (line, field, message.as_str()),
+        (4, None, "a timer needs `command`, or state = \"absent\"")
+    );
+    let (_, _, message) = kind_error("timer", "name = \"t\"");
+    assert_eq!(
+        message,
+        "a timer needs `on_calendar` and `command`, or state = \"absent\""
+    );
 }
 
 // [[package]] install_recommends and state = "purged".

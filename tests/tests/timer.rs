@@ -1,8 +1,8 @@
 //! `[[timer]]` against a real systemd: the timeline (unit files written,
 //! systemd reloaded, the timer enabled and started; then nothing to do),
 //! the command run as its user exactly as written, a new schedule and a new
-//! command taking effect, a calendar systemd refuses, and a converged run
-//! that spawns no process.
+//! command taking effect, the timer removed (state = "absent"), a calendar
+//! systemd refuses, and a converged run that spawns no process.
 
 use cairn_e2e::{Change, Machine, Timeline};
 use cairn_proto::report::ResourceStatus::Failed;
@@ -120,6 +120,37 @@ fn timer_timeline_against_systemd() {
     t.converges(
         &third,
         &[("enabled", "false", "true"), ("running", "false", "true")],
+    );
+
+    // Absent: stopped and disabled while its file is there, both files
+    // removed, systemd reloaded once; then nothing to do, and no process.
+    calls();
+    let absent = "[[timer]]\nname = \"cairn-tick\"\nstate = \"absent\"\n";
+    let (timer, service) = (label_of(&m, TIMER), label_of(&m, SERVICE));
+    let after = t.converges(
+        absent,
+        &[
+            ("timer", &timer, "absent"),
+            ("service", &service, "absent"),
+            ("enabled", "true", "false"),
+            ("running", "true", "false"),
+        ],
+    );
+    assert!(after.ends_with("\ninactive\n"), "{after}");
+    assert!(
+        !after.lines().any(|l| l == "enabled" || l == "yes"),
+        "{after}"
+    );
+    assert_eq!(
+        calls(),
+        "stop cairn-tick.timer\ndisable cairn-tick.timer\ndaemon-reload\n"
+    );
+    assert_eq!(
+        m.sh_ok(&format!(
+            "ls {TIMER} {SERVICE} /etc/systemd/system/timers.target.wants/cairn-tick.timer \
+             2>/dev/null; systemctl show -P LoadState cairn-tick.timer"
+        )),
+        "not-found\n"
     );
 }
 

@@ -78,6 +78,9 @@ pub struct Apt {
     /// The dpkg database as last read; `None` until first asked and after every
     /// change, so a read after install or remove sees the new state.
     db: RefCell<Option<Installed>>,
+    /// What an interrupted dpkg left ([`Apt::unfinished`]), kept like `db`:
+    /// asked before every package change, it is read once until one is made.
+    unfinished: RefCell<Option<Unfinished>>,
     /// `apt-get update` already ran for this provider (one per run at most).
     updated: Cell<bool>,
     /// The lists were stale before one repository's lists were refreshed
@@ -99,13 +102,16 @@ impl Apt {
             updates_dir: PathBuf::from(DPKG_UPDATES),
             lists_dir: PathBuf::from(APT_LISTS),
             db: RefCell::new(None),
+            unfinished: RefCell::new(None),
             updated: Cell::new(false),
             stale_before_source: Cell::new(false),
         }
     }
 
+    /// Forgets what was read of dpkg's database, after apt or dpkg ran.
     fn invalidate(&self) {
         self.db.replace(None);
+        self.unfinished.replace(None);
     }
 
     /// Answers `question` from the dpkg database, read on the first question
@@ -213,8 +219,12 @@ impl Apt {
     }
 
     /// Whether dpkg's journal holds entries, and the packages left half done
-    /// by the status file and the journal.
-    fn unfinished(&self) -> Result<(bool, Vec<HalfDone>)> {
+    /// by the status file and the journal: read on the first question and
+    /// after each change only.
+    fn unfinished(&self) -> Result<Unfinished> {
+        if let Some(known) = self.unfinished.borrow().as_ref() {
+            return Ok(known.clone());
+        }
         let journal = self.journal()?;
         let mut texts = Vec::with_capacity(journal.len() + 1);
         let read =
@@ -225,10 +235,12 @@ impl Apt {
                 .with_context(|| format!("could not read {}", path.display()))?;
             texts.push(String::from_utf8_lossy(&raw).into_owned());
         }
-        Ok((
-            !journal.is_empty(),
-            half_done(texts.iter().map(String::as_str)),
-        ))
+        let known = Unfinished {
+            journal: !journal.is_empty(),
+            half_done: half_done(texts.iter().map(String::as_str)),
+        };
+        self.unfinished.replace(Some(known.clone()));
+        Ok(known)
     }
 
     /// A package whose unpacking dpkg was killed in is left half installed
@@ -236,7 +248,7 @@ impl Apt {
     /// again here, from the lists, when it was being installed. None may be
     /// left half done after.
     fn reinstall_half_done(&self) -> Result<()> {
-        let (_, left) = self.unfinished()?;
+        let left = self.unfinished()?.half_done;
         let mut args = vec!["install", "--reinstall"];
         args.extend(left.iter().filter(|h| h.wanted).map(|h| h.name.as_str()));
         if args.len() > 2 {
@@ -245,7 +257,7 @@ impl Apt {
                 return Err(failed(&args, &ran));
             }
         }
-        let (_, left) = self.unfinished()?;
+        let left = self.unfinished()?.half_done;
         if !left.is_empty() {
             bail!("{} still half done after `apt-get -f install`", list(&left));
         }
@@ -330,7 +342,7 @@ impl super::PackageProvider for Apt {
     /// with "dpkg was interrupted") or a package is left half done; read only
     /// when a package is about to change.
     fn interrupted(&self) -> Result<Option<String>> {
-        let (journal, half_done) = self
+        let Unfinished { journal, half_done } = self
             .unfinished()
             .context("could not tell whether dpkg was interrupted")?;
         if !journal && half_done.is_empty() {
@@ -491,7 +503,17 @@ fn half_done<'t>(texts: impl IntoIterator<Item = &'t str>) -> Vec<HalfDone> {
         .collect()
 }
 
+/// What an interrupted dpkg left.
+#[derive(Clone)]
+struct Unfinished {
+    /// dpkg's journal holds entries.
+    journal: bool,
+    /// Packages left half done by the status file and the journal.
+    half_done: Vec<HalfDone>,
+}
+
 /// A package an interrupted dpkg left half done.
+#[derive(Clone)]
 struct HalfDone {
     name: String,
     /// dpkg's state of it: `half-installed`, `unpacked`, …
@@ -793,7 +815,7 @@ Version: 1.0-1
         let (status, updates) = (dir.path().join("status"), dir.path().join("updates"));
         std::fs::write(&status, "Package: dpkg\nStatus: install ok installed\n\n").unwrap();
         let apt = Apt {
-            status_path: status,
+            status_path: status.clone(),
             updates_dir: updates.clone(),
             ..Apt::new()
         };
@@ -801,6 +823,7 @@ Version: 1.0-1
         std::fs::create_dir(&updates).unwrap();
         // dpkg's temporary file is not an entry.
         std::fs::write(updates.join("tmp.i"), "").unwrap();
+        apt.invalidate();
         assert_eq!(apt.interrupted().unwrap(), None);
         std::fs::write(
             updates.join("0001"),
@@ -812,10 +835,25 @@ Version: 1.0-1
             "Package: figlet\nStatus: install ok not-installed\n",
         )
         .unwrap();
+        // Until apt or dpkg runs, the answer is the one read.
+        assert_eq!(apt.interrupted().unwrap(), None);
+        apt.invalidate();
         assert_eq!(
             apt.interrupted().unwrap().as_deref(),
             Some("dpkg was interrupted: figlet half-installed")
         );
+        // Asked again for every package about to change, it is not read
+        // again: the files could be gone.
+        std::fs::remove_dir_all(&updates).unwrap();
+        std::fs::remove_file(&status).unwrap();
+        for _ in 0..100 {
+            assert_eq!(
+                apt.interrupted().unwrap().as_deref(),
+                Some("dpkg was interrupted: figlet half-installed")
+            );
+        }
+        apt.invalidate();
+        assert!(apt.interrupted().is_err(), "read again after a change");
     }
 
     #[test]

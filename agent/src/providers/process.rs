@@ -92,22 +92,49 @@ where
     Ok(out.into())
 }
 
-/// Runs a command that must succeed; the error carries its exit status and stderr.
+/// Options whose value is a secret, shown as `(sensitive)` wherever a
+/// command is: `useradd` and `usermod` take a password hash in `--password`.
+const SECRET_OPTIONS: &[&str] = &["--password"];
+
+/// `args` as an error shows them, one space apart, each value of a
+/// [`SECRET_OPTIONS`] option (`--password HASH`, `--password=HASH`) left out.
+fn shown<S: AsRef<OsStr>>(args: &[S]) -> String {
+    let mut after_secret = false;
+    let mut out = Vec::with_capacity(args.len());
+    for a in args {
+        let a = a.as_ref().to_string_lossy();
+        if after_secret {
+            out.push("(sensitive)".to_string());
+            after_secret = false;
+            continue;
+        }
+        match SECRET_OPTIONS
+            .iter()
+            .find(|o| a.strip_prefix(**o).is_some_and(|r| r.starts_with('=')))
+        {
+            Some(option) => out.push(format!("{option}=(sensitive)")),
+            None => {
+                after_secret = SECRET_OPTIONS.contains(&a.as_ref());
+                out.push(a.into_owned());
+            }
+        }
+    }
+    out.join(" ")
+}
+
+/// Runs a command that must succeed; the error carries the command (secrets
+/// left out), its exit status and stderr.
 pub fn run_ok<I, S>(program: &str, args: I, env: &[(&str, &str)]) -> Result<Ran>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
     let args: Vec<S> = args.into_iter().collect();
-    let shown: Vec<String> = args
-        .iter()
-        .map(|a| a.as_ref().to_string_lossy().into_owned())
-        .collect();
     let ran = run(program, &args, env)?;
     if !ran.success {
         bail!(
             "`{program} {}` failed with {}",
-            shown.join(" "),
+            shown(&args),
             ran.describe()
         );
     }
@@ -150,6 +177,33 @@ mod tests {
         let ran = SystemShell.run("pwd", Some(Path::new("/tmp"))).unwrap();
         assert_eq!(ran.stdout.trim(), "/tmp");
         assert!(find_program("sh").is_some());
+    }
+
+    #[test]
+    fn a_failed_command_never_shows_a_secret() {
+        let hash = "$y$j9T$cairn-secret-hash";
+        let err = run_ok(
+            "/bin/sh",
+            [
+                "-c",
+                "exit 1",
+                "--password",
+                hash,
+                &format!("--password={hash}"),
+                "x",
+            ],
+            &[],
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(!msg.contains("cairn-secret"), "{msg}");
+        assert!(
+            msg.starts_with(
+                "`/bin/sh -c exit 1 --password (sensitive) --password=(sensitive) x` failed with \
+                 exit status 1"
+            ),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! after every change made here.
 //!
 //! Password hashes are read from `/etc/shadow` only when a role declares one,
-//! afresh each time (few users have one), and never kept or shown.
+//! once for the run into the same cache, trusted while the file keeps its
+//! [`Stamp`], and never shown.
 //!
 //! Homes are made, filled from `/etc/skel` and moved here, through the
 //! host's [`FileSystem`], never by the tools: they work by path as root, so a
@@ -19,6 +20,7 @@
 //! (through NSS) reads as absent here, and creating it makes a local one.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -27,7 +29,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use cairn_proto::role;
 
 use super::fs::{FileKind, Ownership, Stamp, stamp_path};
-use super::process::run;
+use super::process::run_ok;
 use super::{FileSystem, GroupEntry, Needs, UserChanges, UserEntry};
 
 /// Where the shadow tools fit: wherever they are installed.
@@ -70,6 +72,9 @@ struct Db {
     stamps: [Stamp; 2],
     users: Vec<PasswdLine>,
     groups: Vec<GroupLine>,
+    /// `/etc/shadow`'s stamp and each user's hash, read on the first question
+    /// about a password.
+    passwords: Option<(Stamp, HashMap<String, String>)>,
 }
 
 impl Default for Shadow {
@@ -102,7 +107,7 @@ impl Shadow {
 
     /// Runs `f` on the parsed account files, reading them again only when they
     /// changed since the last read.
-    fn with_db<T>(&self, f: impl FnOnce(&Db) -> T) -> Result<T> {
+    fn with_db<T>(&self, f: impl FnOnce(&mut Db) -> T) -> Result<T> {
         let (passwd, group) = (self.passwd_path(), self.group_path());
         let stamps = [stamp(&passwd)?, stamp(&group)?];
         let mut cache = self.cache.borrow_mut();
@@ -113,9 +118,10 @@ impl Shadow {
                 stamps,
                 users,
                 groups,
+                passwords: None,
             });
         }
-        Ok(f(cache.as_ref().expect("filled above")))
+        Ok(f(cache.as_mut().expect("filled above")))
     }
 
     fn passwd_line(&self, name: &str) -> Result<Option<PasswdLine>> {
@@ -130,30 +136,9 @@ impl Shadow {
             full.push(self.root.clone().into_os_string());
         }
         full.extend(args);
-        let result = run(program, &full, &[]);
+        let result = run_ok(program, &full, &[]);
         *self.cache.borrow_mut() = None;
-        let ran = result?;
-        if !ran.success {
-            // The command as shown, with the password hash left out.
-            let shown: Vec<String> = full
-                .iter()
-                .scan(false, |after_password, a| {
-                    let shown = if *after_password {
-                        "(sensitive)".to_string()
-                    } else {
-                        a.to_string_lossy().into_owned()
-                    };
-                    *after_password = a == "--password";
-                    Some(shown)
-                })
-                .collect();
-            bail!(
-                "`{program} {}` failed with {}",
-                shown.join(" "),
-                ran.describe()
-            );
-        }
-        Ok(())
+        result.map(drop)
     }
 
     /// `home` as a path on this system (under `root` when there is one).
@@ -315,6 +300,20 @@ fn read(path: &Path) -> Result<String> {
     }
 }
 
+/// Each user's hash in `/etc/shadow` (the first line of a name, as the C
+/// library reads it).
+fn parse_shadow(text: &str) -> HashMap<String, String> {
+    let mut hashes = HashMap::new();
+    for line in text.lines() {
+        let mut fields = line.split(':');
+        if let Some(name) = fields.next().filter(|n| !n.is_empty()) {
+            let hash = fields.next().unwrap_or("").to_string();
+            hashes.entry(name.to_string()).or_insert(hash);
+        }
+    }
+    hashes
+}
+
 /// Parses `/etc/passwd`. Lines the C library would also skip (comments, NIS
 /// `+`/`-` entries, too few fields, non-numeric ids) are skipped, so this sees
 /// the same local users `getpwnam` does.
@@ -411,12 +410,21 @@ impl super::AccountProvider for Shadow {
 
     fn password(&self, name: &str) -> Result<Option<String>> {
         let path = self.root.join("etc/shadow");
-        let text = read(&path)
-            .with_context(|| format!("could not look up the password of user {name}"))?;
-        Ok(text.lines().find_map(|line| {
-            let mut fields = line.split(':');
-            (fields.next() == Some(name)).then(|| fields.next().unwrap_or("").to_string())
-        }))
+        let look_up = || -> Result<Option<String>> {
+            let now = stamp(&path)?;
+            self.with_db(|db| {
+                if let Some((known, hashes)) = &db.passwords
+                    && *known == now
+                {
+                    return Ok(hashes.get(name).cloned());
+                }
+                let hashes = parse_shadow(&read(&path)?);
+                let hash = hashes.get(name).cloned();
+                db.passwords = Some((now, hashes));
+                Ok(hash)
+            })?
+        };
+        look_up().with_context(|| format!("could not look up the password of user {name}"))
     }
 
     fn create_group(&self, group: &role::Group) -> Result<()> {
@@ -644,6 +652,42 @@ bad:x:
         std::fs::write(dir.path().join("etc/passwd"), PASSWD).unwrap();
         std::fs::write(dir.path().join("etc/group"), GROUP).unwrap();
         dir
+    }
+
+    #[test]
+    fn password_hashes_are_cached_with_the_accounts_and_follow_outside_changes() {
+        let dir = sample_root();
+        let path = dir.path().join("etc/shadow");
+        std::fs::write(
+            &path,
+            "root:*:19000:0:99999:7:::\nalice:$y$old:19000::::::\n",
+        )
+        .unwrap();
+        let shadow = Shadow::with_root(dir.path());
+        assert_eq!(shadow.password("alice").unwrap().as_deref(), Some("$y$old"));
+        assert_eq!(shadow.password("root").unwrap().as_deref(), Some("*"));
+        assert_eq!(shadow.password("bob").unwrap(), None);
+        // Read with the account files: a question about a user is answered
+        // from the same cache.
+        assert!(shadow.user("alice").unwrap().is_some());
+        assert!(
+            shadow
+                .cache
+                .borrow()
+                .as_ref()
+                .is_some_and(|db| db.passwords.is_some())
+        );
+        // Replaced as `usermod` and `chpasswd` replace it: read again.
+        let tmp = dir.path().join("etc/shadow+");
+        std::fs::write(&tmp, "alice:$y$new:19000::::::\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert_eq!(shadow.password("alice").unwrap().as_deref(), Some("$y$new"));
+        std::fs::remove_file(&path).unwrap();
+        let err = format!("{:#}", shadow.password("alice").unwrap_err());
+        assert!(
+            err.starts_with("could not look up the password of user alice"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -78,13 +78,13 @@ impl Resource for ExecResource<'_> {
     }
 
     /// An exec is only ever asked for the full refresh: it runs.
-    fn refresh(&self, host: &Host, applied: &Drift, _: Refresh) -> Result<Option<PropertyChange>> {
+    fn refresh(&self, host: &Host, applied: &Drift, _: Refresh) -> Result<Vec<PropertyChange>> {
         // It already ran in this run; running it twice is never what was meant.
         if !applied.is_empty() || !self.guards_allow(host)? {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         self.execute(host)?;
-        Ok(Some(PropertyChange::new("refresh", "", "executed")))
+        Ok(vec![PropertyChange::new("refresh", "", "executed")])
     }
 
     fn refresh_preview(&self, drift: &Drift, _: Refresh) -> Option<PropertyChange> {

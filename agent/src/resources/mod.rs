@@ -88,17 +88,13 @@ pub trait Resource {
     /// Reacts to a notification: restart or reload a service, run an exec,
     /// as `how` asks. `applied` is what this run already changed on the
     /// resource itself (a service that was just started needs no restart).
-    /// Returns the change made, if any. Only kinds that
+    /// Returns the changes made, if any (a service only notified may have
+    /// systemd reload its unit first). Only kinds that
     /// [`Kind::refreshable`](cairn_proto::role::Kind::refreshable) are ever
     /// notified, and only services asked to reload; validation guarantees it.
-    fn refresh(
-        &self,
-        host: &Host,
-        applied: &Drift,
-        how: Refresh,
-    ) -> Result<Option<PropertyChange>> {
+    fn refresh(&self, host: &Host, applied: &Drift, how: Refresh) -> Result<Vec<PropertyChange>> {
         let _ = (host, applied, how);
-        Ok(None)
+        Ok(Vec::new())
     }
 
     /// What `refresh` would do after the changes in `drift`, for noop

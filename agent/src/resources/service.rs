@@ -2,7 +2,10 @@
 //! reloads, when only asked to reload), unless this run just started it. A
 //! unit whose file or drop-in changed since the service manager loaded it is
 //! reloaded first (the `systemd` property), so what starts, restarts, reloads
-//! or is enabled is the definition on disk.
+//! or is enabled is the definition on disk. A service declared with neither
+//! `running` nor `enabled` is only notified: nothing is read of it until a
+//! notification comes, so a converged run costs it nothing (not even a
+//! `systemctl show` on a host without a system bus).
 
 use anyhow::{Result, bail};
 use cairn_proto::report::PropertyChange;
@@ -20,22 +23,23 @@ fn on_off(b: bool, on: &str, off: &str) -> String {
     if b { on } else { off }.to_string()
 }
 
+/// Declared with neither `running` nor `enabled`: it only reacts to
+/// notifications.
+fn only_notified(s: &role::Service) -> bool {
+    s.running.is_none() && s.enabled.is_none()
+}
+
 impl Resource for ServiceResource<'_> {
     fn check(&self, host: &Host) -> Result<Drift> {
         let s = self.0;
         let mut drift = Drift::default();
-        let only_notified = s.running.is_none() && s.enabled.is_none();
-        let services = match host.services() {
-            Ok(services) => services,
-            // Nothing to compare, and no manager to reload for a refresh.
-            Err(_) if only_notified => return Ok(drift),
-            Err(e) => return Err(e),
-        };
+        if only_notified(s) {
+            // Nothing to compare; a stale unit is reloaded by `refresh`.
+            return Ok(drift);
+        }
+        let services = host.services()?;
         let status = services.status(&s.name)?;
         if !status.exists {
-            if only_notified {
-                return Ok(drift);
-            }
             bail!(
                 "service {} is not known to the service manager (is its package installed?)",
                 s.name
@@ -95,21 +99,27 @@ impl Resource for ServiceResource<'_> {
         Ok(())
     }
 
-    fn refresh(
-        &self,
-        host: &Host,
-        applied: &Drift,
-        how: Refresh,
-    ) -> Result<Option<PropertyChange>> {
+    fn refresh(&self, host: &Host, applied: &Drift, how: Refresh) -> Result<Vec<PropertyChange>> {
         let s = self.0;
         // A service declared stopped stays stopped; one just started already
         // runs the new configuration.
         if s.running == Some(false) || applied.has("running") {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let services = host.services()?;
         if s.running.is_none() && !services.status(&s.name)?.running {
-            return Ok(None);
+            return Ok(Vec::new());
+        }
+        let mut changes = Vec::new();
+        // `check` read nothing of a service only notified: its unit is
+        // reloaded here when it changed on disk, before it acts.
+        if only_notified(s) && services.stale(&s.name)? {
+            services.reload_units()?;
+            changes.push(PropertyChange::new(
+                RELOAD,
+                "unit changed on disk",
+                "reloaded",
+            ));
         }
         let done = match how {
             Refresh::Restart => {
@@ -121,7 +131,8 @@ impl Resource for ServiceResource<'_> {
                 Reloaded::Restarted => "restarted (the unit cannot reload)",
             },
         };
-        Ok(Some(PropertyChange::new("refresh", "", done)))
+        changes.push(PropertyChange::new("refresh", "", done));
+        Ok(changes)
     }
 
     fn refresh_preview(&self, drift: &Drift, how: Refresh) -> Option<PropertyChange> {

@@ -3,12 +3,17 @@
 //! of the service manager; a running timer whose schedule changed is
 //! restarted. A converged timer costs two file reads and its state, which
 //! the service provider reads with the role's services (no process).
+//!
+//! An absent timer is stopped and disabled, then both unit files are
+//! removed and the service manager reloaded once; converged, it costs two
+//! stats and its state.
 
 use std::path::Path;
 
 use anyhow::{Result, bail};
 use cairn_proto::diff::{self, Labels};
 use cairn_proto::role;
+use cairn_proto::role::Presence;
 
 use super::file::digest_label;
 use super::perms::{ROOT_0644, unlike_root_0644};
@@ -27,20 +32,37 @@ fn units(t: &role::Timer) -> [(&'static str, String, String); 2] {
     ]
 }
 
-/// What is at the unit file `path`: its content (`None` when nothing, or a
-/// link, which is replaced, is there), how a report shows it, and whether it
-/// is root's alone (a unit file others may write runs their commands as root).
-fn current(files: &dyn FileSystem, path: &str) -> Result<(Option<Vec<u8>>, String, bool)> {
+/// What is at a unit file's path.
+struct UnitFile {
+    /// Its content; `None` for a link, which is replaced.
+    content: Option<Vec<u8>>,
+    /// How a report shows it.
+    label: String,
+    /// Root's alone: a unit file others may write runs their commands as root.
+    root_only: bool,
+}
+
+/// What is at the unit file `path`, when anything is.
+fn current(files: &dyn FileSystem, path: &str) -> Result<Option<UnitFile>> {
     Ok(match files.stat_read(Path::new(path))? {
-        None => (None, "absent".into(), true),
+        None => None,
         Some((m, Some(content))) => {
             let label = digest_label(&content);
-            match unlike_root_0644(files, &m) {
-                None => (Some(content), label, true),
-                Some(perms) => (Some(content), format!("{label}, {perms}"), false),
-            }
+            let (label, root_only) = match unlike_root_0644(files, &m) {
+                None => (label, true),
+                Some(perms) => (format!("{label}, {perms}"), false),
+            };
+            Some(UnitFile {
+                content: Some(content),
+                label,
+                root_only,
+            })
         }
-        Some((m, None)) if m.kind == FileKind::Symlink => (None, "link".into(), true),
+        Some((m, None)) if m.kind == FileKind::Symlink => Some(UnitFile {
+            content: None,
+            label: "link".into(),
+            root_only: true,
+        }),
         Some((m, None)) => bail!("{path} is a {}, not a unit file", m.kind.as_str()),
     })
 }
@@ -48,17 +70,29 @@ fn current(files: &dyn FileSystem, path: &str) -> Result<(Option<Vec<u8>>, Strin
 impl Resource for TimerResource<'_> {
     fn check(&self, host: &Host) -> Result<Drift> {
         let t = self.0;
+        if t.state == Presence::Absent {
+            return check_absent(t, host);
+        }
         let mut drift = Drift::default();
         let mut diffs = Vec::new();
         for (property, path, want) in units(t) {
-            let (have, before, root_only) = current(host.files(), &path)?;
-            if have.as_deref() == Some(want.as_bytes()) && root_only {
+            let have = current(host.files(), &path)?.unwrap_or(UnitFile {
+                content: None,
+                label: "absent".into(),
+                root_only: true,
+            });
+            if have.content.as_deref() == Some(want.as_bytes()) && have.root_only {
                 continue;
             }
-            drift.push(property, before, digest_label(want.as_bytes()));
+            drift.push(property, have.label, digest_label(want.as_bytes()));
             diffs.extend(
-                diff::file(&path, have.as_deref(), Some(want.as_bytes()), Labels::Path)
-                    .map(|d| d.text()),
+                diff::file(
+                    &path,
+                    have.content.as_deref(),
+                    Some(want.as_bytes()),
+                    Labels::Path,
+                )
+                .map(|d| d.text()),
             );
         }
         if !diffs.is_empty() {
@@ -89,6 +123,9 @@ impl Resource for TimerResource<'_> {
 
     fn apply(&self, host: &Host, drift: &Drift) -> Result<()> {
         let t = self.0;
+        if t.state == Presence::Absent {
+            return apply_absent(t, host, drift);
+        }
         let files = host.files();
         let services = host.services()?;
         let mut reload = drift.has("loaded");
@@ -120,4 +157,56 @@ impl Resource for TimerResource<'_> {
         }
         Ok(())
     }
+}
+
+/// What is left of a timer that must be absent: a unit file (`timer`,
+/// `service`: its digest, or `link`), the timer enabled, or running.
+fn check_absent(t: &role::Timer, host: &Host) -> Result<Drift> {
+    let mut drift = Drift::default();
+    let mut diffs = Vec::new();
+    for (property, path, _) in units(t) {
+        let Some(have) = current(host.files(), &path)? else {
+            continue;
+        };
+        drift.push(property, have.label, "absent");
+        let removed = diff::file(&path, have.content.as_deref(), None, Labels::Path);
+        diffs.extend(removed.map(|d| d.text()));
+    }
+    if !diffs.is_empty() {
+        drift.diff = Some(diffs.concat());
+    }
+    let status = host.services()?.status(&t.timer_unit())?;
+    // A timer whose file is gone may still run until it is stopped.
+    if status.exists && status.enabled == Some(true) {
+        drift.push("enabled", "true", "false");
+    }
+    if status.running {
+        drift.push("running", "true", "false");
+    }
+    Ok(drift)
+}
+
+/// Stops and disables the timer while its file is there for systemd to
+/// read, then removes the unit files and reloads systemd once. A run of the
+/// command already started finishes.
+fn apply_absent(t: &role::Timer, host: &Host, drift: &Drift) -> Result<()> {
+    let services = host.services()?;
+    let unit = t.timer_unit();
+    if drift.has("running") {
+        services.stop(&unit)?;
+    }
+    if drift.has("enabled") {
+        services.disable(&unit)?;
+    }
+    let mut removed = false;
+    for (property, path, _) in units(t) {
+        if drift.has(property) {
+            host.files().remove_file(Path::new(&path))?;
+            removed = true;
+        }
+    }
+    if removed {
+        services.reload_units()?;
+    }
+    Ok(())
 }

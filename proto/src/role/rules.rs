@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::content::{PendingContent, PendingText};
+use super::content::{MAX_COMMAND_BYTES, PendingContent, PendingText};
 use super::diagnostic::{Diags, clip};
 
 /// The longest path the kernel takes (`PATH_MAX`, counting the final NUL).
@@ -166,6 +166,29 @@ impl<'t, 'a> Table<'t, 'a> {
             format!("`{field}` cannot be set on {kind} with state = \"absent\""),
             None,
         );
+    }
+
+    /// Checks `text`, the shell command of `field` as written (an exec's
+    /// `command`, `unless` and `onlyif`, a file's `validate`, a timer's
+    /// `command`): not empty, at most [`MAX_COMMAND_BYTES`], and no control
+    /// character other than a line break or a tab. Returns whether it passed.
+    pub(super) fn check_command(&mut self, text: &Spanned<String>, field: &str) -> bool {
+        let command = text.get_ref();
+        let why = if command.trim().is_empty() {
+            "is empty".to_string()
+        } else if command.len() > MAX_COMMAND_BYTES {
+            format!("is longer than {MAX_COMMAND_BYTES} bytes")
+        } else if command.contains(|c: char| c.is_control() && c != '\n' && c != '\t') {
+            "contains a control character other than a line break or a tab".into()
+        } else {
+            return true;
+        };
+        let what = match field {
+            "command" => "the command".to_string(),
+            _ => format!("the `{field}` command"),
+        };
+        self.error(text.span(), Some(field), format!("{what} {why}"), None);
+        false
     }
 
     /// Checks a name against `valid`; `rule` says what a valid one looks like.

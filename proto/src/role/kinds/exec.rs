@@ -55,13 +55,11 @@ impl ResourceKind for Exec {
             |n| !n.is_empty() && !n.contains(char::is_control),
             "an exec name is one non-empty line without control characters",
         );
-        if r.command.get_ref().trim().is_empty() {
-            t.error(
-                r.command.span(),
-                Some("command"),
-                "the command is empty",
-                None,
-            );
+        t.check_command(&r.command, "command");
+        for (field, guard) in [("unless", &r.unless), ("onlyif", &r.onlyif)] {
+            if let Some(guard) = guard {
+                t.check_command(guard, field);
+            }
         }
         if let Some(c) = &r.creates {
             t.check_abs_path(c, "creates");

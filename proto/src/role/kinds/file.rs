@@ -103,7 +103,7 @@ impl ResourceKind for File {
         if let Some(v) = &r.validate {
             if absent {
                 t.set_when_absent("a file", "validate", v.span());
-            } else if !v.get_ref().contains('%') {
+            } else if t.check_command(v, "validate") && !v.get_ref().contains('%') {
                 t.error(
                     v.span(),
                     Some("validate"),

@@ -1,11 +1,12 @@
 //! `[[timer]]`: a systemd timer and the oneshot service it starts, written as
-//! unit files under `/etc/systemd/system`, enabled and started. It follows
-//! the user the command runs as.
+//! unit files under `/etc/systemd/system`, enabled and started; or, with
+//! state = "absent", stopped, disabled and both files removed. It follows the
+//! user the command runs as.
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{ResourceKind, path_requires};
+use super::{Presence, ResourceKind, path_requires};
 use crate::role::diagnostic::clip;
 use crate::role::id::ResourceId;
 use crate::role::rules::Table;
@@ -13,8 +14,6 @@ use crate::role::rules::Table;
 /// The longest name taken, leaving room for `.service` within a unit name's
 /// 255 bytes.
 const MAX_TIMER_NAME_BYTES: usize = 200;
-/// The longest command taken: one line of a unit file, kept readable.
-const MAX_TIMER_COMMAND_BYTES: usize = 4096;
 /// The longest `on_calendar` or `description`.
 const MAX_TIMER_TEXT_BYTES: usize = 255;
 /// Where the unit files go: the administrator's units, which override the
@@ -25,6 +24,9 @@ const UNIT_DIR: &str = "/etc/systemd/system";
 pub struct Timer {
     /// The units are `NAME.timer` and `NAME.service`.
     pub name: String,
+    /// Absent: the timer stopped and disabled, its two unit files removed;
+    /// the other fields are then empty.
+    pub state: Presence,
     /// When it fires, in systemd's calendar syntax (`daily`, `*-*-* 04:00:00`).
     pub on_calendar: String,
     /// Run with `/bin/sh -c`, as an exec's command.
@@ -115,10 +117,11 @@ fn exec_quote(arg: &str) -> String {
 #[serde(deny_unknown_fields)]
 pub(in crate::role) struct RawTimer {
     name: Spanned<String>,
-    on_calendar: Spanned<String>,
-    command: Spanned<String>,
+    on_calendar: Option<Spanned<String>>,
+    command: Option<Spanned<String>>,
     user: Option<Spanned<String>>,
     description: Option<Spanned<String>>,
+    state: Option<Spanned<Presence>>,
 }
 
 /// A unit name without its suffix: letters, digits, `_`, `-`, `.`, not
@@ -139,6 +142,25 @@ fn is_calendar_text(s: &str) -> bool {
         .all(|c| c.is_ascii_alphanumeric() || " *-:.,/~+_".contains(c))
 }
 
+fn check_calendar(on_calendar: &Spanned<String>, t: &mut Table<'_, '_>) {
+    let calendar = on_calendar.get_ref();
+    if calendar.trim().is_empty()
+        || calendar.len() > MAX_TIMER_TEXT_BYTES
+        || !is_calendar_text(calendar)
+    {
+        t.error(
+            on_calendar.span(),
+            Some("on_calendar"),
+            format!("invalid calendar expression {:?}", clip(calendar)),
+            Some(
+                "write it as systemd.time(7) does, like \"daily\" or \"Mon..Fri *-*-* 04:00:00\" \
+                 (letters, digits, spaces and * - : . , / ~ + _)"
+                    .into(),
+            ),
+        );
+    }
+}
+
 impl ResourceKind for Timer {
     type Raw = RawTimer;
 
@@ -153,39 +175,49 @@ impl ResourceKind for Timer {
             is_timer_name,
             "a timer name is letters, digits, _ . and - (the units are NAME.timer and NAME.service)",
         );
-        let calendar = r.on_calendar.get_ref();
-        if calendar.trim().is_empty()
-            || calendar.len() > MAX_TIMER_TEXT_BYTES
-            || !is_calendar_text(calendar)
-        {
-            t.error(
-                r.on_calendar.span(),
-                Some("on_calendar"),
-                format!("invalid calendar expression {:?}", clip(calendar)),
-                Some(
-                    "write it as systemd.time(7) does, like \"daily\" or \"Mon..Fri *-*-* 04:00:00\" \
-                     (letters, digits, spaces and * - : . , / ~ + _)"
-                        .into(),
-                ),
-            );
+        let state = r.state.map_or(Presence::Present, Spanned::into_inner);
+        if state == Presence::Absent {
+            // Only the name says which timer to remove; anything else would
+            // be ignored, so it is an error rather than a surprise.
+            let set = [
+                ("on_calendar", r.on_calendar.as_ref().map(Spanned::span)),
+                ("command", r.command.as_ref().map(Spanned::span)),
+                ("user", r.user.as_ref().map(Spanned::span)),
+                ("description", r.description.as_ref().map(Spanned::span)),
+            ];
+            if let Some((field, Some(span))) = set.into_iter().find(|(_, s)| s.is_some()) {
+                t.set_when_absent("a timer", field, span);
+            }
+            return Timer {
+                name: r.name.into_inner(),
+                state,
+                on_calendar: String::new(),
+                command: String::new(),
+                user: None,
+                description: None,
+            };
         }
-        let command = r.command.get_ref();
-        let why = if command.trim().is_empty() {
-            Some("is empty".to_string())
-        } else if command.len() > MAX_TIMER_COMMAND_BYTES {
-            Some(format!("is longer than {MAX_TIMER_COMMAND_BYTES} bytes"))
-        } else if command.contains(|c: char| c.is_control() && c != '\n' && c != '\t') {
-            Some("contains a control character other than a line break or a tab".into())
-        } else {
-            None
-        };
-        if let Some(why) = why {
+        let missing: Vec<String> = [("on_calendar", &r.on_calendar), ("command", &r.command)]
+            .into_iter()
+            .filter(|(f, v)| v.is_none() && !t.dropped.iter().any(|d| d == f))
+            .map(|(f, _)| format!("`{f}`"))
+            .collect();
+        if !missing.is_empty() {
             t.error(
-                r.command.span(),
-                Some("command"),
-                format!("the command {why}"),
+                t.span.start..t.span.start,
+                None,
+                format!(
+                    "a timer needs {}, or state = \"absent\"",
+                    missing.join(" and ")
+                ),
                 None,
             );
+        }
+        if let Some(on_calendar) = &r.on_calendar {
+            check_calendar(on_calendar, t);
+        }
+        if let Some(command) = &r.command {
+            t.check_command(command, "command");
         }
         if let Some(d) = &r.description
             && (d.get_ref().len() > MAX_TIMER_TEXT_BYTES || d.get_ref().contains(char::is_control))
@@ -202,8 +234,9 @@ impl ResourceKind for Timer {
         }
         Timer {
             name: r.name.into_inner(),
-            on_calendar: r.on_calendar.into_inner(),
-            command: r.command.into_inner(),
+            state,
+            on_calendar: r.on_calendar.map(Spanned::into_inner).unwrap_or_default(),
+            command: r.command.map(Spanned::into_inner).unwrap_or_default(),
             user: t.account(r.user, "user"),
             description: r.description.map(Spanned::into_inner),
         }
