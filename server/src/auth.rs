@@ -135,6 +135,8 @@ pub enum Principal {
 pub struct Authenticated {
     pub actor: Actor,
     pub principal: Principal,
+    /// The [`fingerprint`] of the certificate the caller presented.
+    pub fingerprint: String,
 }
 
 /// Identifies the caller and checks its certificate is still valid (already
@@ -208,29 +210,39 @@ pub async fn authenticate<T>(
         },
         Holder::Node => match store.node_standing(name, &fingerprint).await {
             Ok(NodeStanding::Current(assignment)) => Principal::Node(assignment),
-            Ok(NodeStanding::Revoked) => {
-                return revoked(format!(
-                    "node {name} was revoked; enroll it again with a new join token"
-                ));
-            }
-            Ok(NodeStanding::Replaced) => {
-                return revoked(format!(
-                    "node {name} enrolled again since; this certificate no longer counts"
-                ));
-            }
-            Ok(NodeStanding::Unknown) => {
-                return revoked(format!("no node {name} is enrolled on this server"));
-            }
+            Ok(standing) => return revoked(node_refusal(name, &standing)),
             Err(e) => return failed(e),
         },
     };
-    Ok(Authenticated { actor, principal })
+    Ok(Authenticated {
+        actor,
+        principal,
+        fingerprint,
+    })
+}
+
+/// Why a node certificate of this standing no longer counts (after
+/// "credential revoked: "); empty for a current one.
+pub fn node_refusal(name: &str, standing: &NodeStanding) -> String {
+    match standing {
+        NodeStanding::Current(_) => String::new(),
+        NodeStanding::Revoked => {
+            format!("node {name} was revoked; enroll it again with a new join token")
+        }
+        NodeStanding::Replaced => format!(
+            "node {name} enrolled again since, or renewed its certificate; \
+             this certificate no longer counts"
+        ),
+        NodeStanding::Unknown => format!("no node {name} is enrolled on this server"),
+    }
 }
 
 /// Checks an authenticated operator may do `what` (for messages, e.g. "push
 /// roles"), which needs `need`.
 pub fn permit(who: Authenticated, need: Permission, what: &str) -> Result<Actor, Box<Denied>> {
-    let Authenticated { actor, principal } = who;
+    let Authenticated {
+        actor, principal, ..
+    } = who;
     let role = match principal {
         Principal::Operator(role) => role,
         Principal::Node(_) => {
@@ -275,6 +287,8 @@ pub struct NodeCaller {
     pub actor: Actor,
     /// Its assignment as the store has it now.
     pub assignment: Assignment,
+    /// The [`fingerprint`] of the certificate it called with.
+    pub fingerprint: String,
 }
 
 impl NodeCaller {
@@ -290,9 +304,17 @@ pub async fn node_caller<T>(
     req: &Request<T>,
     store: &dyn Store,
 ) -> Result<NodeCaller, Box<Denied>> {
-    let Authenticated { actor, principal } = authenticate(req, store).await?;
+    let Authenticated {
+        actor,
+        principal,
+        fingerprint,
+    } = authenticate(req, store).await?;
     match principal {
-        Principal::Node(assignment) => Ok(NodeCaller { actor, assignment }),
+        Principal::Node(assignment) => Ok(NodeCaller {
+            actor,
+            assignment,
+            fingerprint,
+        }),
         Principal::Operator(role) => {
             let status = Status::permission_denied(format!(
                 "operator {} ({role}) may not use the node API; only an enrolled node's certificate may",
