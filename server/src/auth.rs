@@ -92,8 +92,16 @@ pub enum Holder {
 /// role, or a node (whose name must be one [`cairn_proto::node::check_name`]
 /// accepts).
 pub fn subject_of(der: &[u8]) -> Result<(String, Holder), String> {
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| format!("unreadable client certificate: {e}"))?;
+    subject(&read(der)?)
+}
+
+fn read(der: &[u8]) -> Result<X509Certificate<'_>, String> {
+    X509Certificate::from_der(der)
+        .map(|(_, cert)| cert)
+        .map_err(|e| format!("unreadable client certificate: {e}"))
+}
+
+fn subject(cert: &X509Certificate<'_>) -> Result<(String, Holder), String> {
     let subject = cert.subject();
     let first = |attrs: Option<&AttributeTypeAndValue>| {
         attrs.and_then(|a| a.as_str().ok()).map(str::to_string)
@@ -170,8 +178,8 @@ pub async fn authenticate<T>(
     let Some(cert) = certs.first() else {
         return Err(anonymous(Status::unauthenticated("no client certificate")));
     };
-    let (name, holder) =
-        subject_of(cert.as_ref()).map_err(|e| anonymous(Status::unauthenticated(e)))?;
+    let parsed = read(cert.as_ref()).map_err(|e| anonymous(Status::unauthenticated(e)))?;
+    let (name, holder) = subject(&parsed).map_err(|e| anonymous(Status::unauthenticated(e)))?;
     let actor = Actor {
         name,
         role: match holder {
@@ -180,6 +188,24 @@ pub async fn authenticate<T>(
         },
         peer,
     };
+    // The handshake checked the validity when the connection opened; a
+    // connection may outlive it (an agent holds one for good).
+    let validity = parsed.validity();
+    if !validity.is_valid() {
+        let help = match holder {
+            Holder::Node => {
+                "a node renews its certificate before then (see its log); enroll it again"
+            }
+            Holder::Operator(_) => {
+                "ask an admin for a new credential (`cairn-server operator add`)"
+            }
+        };
+        let status = Status::unauthenticated(format!(
+            "credential expired: the certificate of {} {} is valid from {} to {}; {help}",
+            actor.role, actor.name, validity.not_before, validity.not_after
+        ));
+        return Err(Box::new(Denied { actor, status }));
+    }
     let revoked = |why: String| {
         Err(Box::new(Denied {
             status: Status::unauthenticated(format!("credential revoked: {why}")),

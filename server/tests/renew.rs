@@ -3,7 +3,8 @@
 //! enrollment signs it; the old certificate stops counting at once. A request
 //! naming another node, a request that is no request, a revoked node, a
 //! replaced certificate, an operator and a caller without a certificate are
-//! each refused, and the refusals are audited.
+//! each refused, and the refusals are audited. A certificate that expired is
+//! refused on a connection opened while it was valid.
 
 mod common;
 
@@ -34,12 +35,12 @@ struct Fleet {
 }
 
 impl Fleet {
-    /// A server signing node certificates for [`LIFETIME`], with the `web`
+    /// A server signing node certificates for `lifetime`, with the `web`
     /// recipe pushed and promoted to `stable`.
-    async fn start() -> Fleet {
+    async fn start(lifetime: Duration) -> Fleet {
         let tmp = tempfile::tempdir().unwrap();
         let server = Server::start_configured(&tmp.path().join("data"), |c| {
-            c.node_cert_lifetime = LIFETIME;
+            c.node_cert_lifetime = lifetime;
         });
         let creds = Credentials::load(&server.operator("ada", "admin")).unwrap();
         let admin = creds.connect().await.unwrap();
@@ -178,7 +179,7 @@ fn read_cert(pem: &str) -> (String, String, Vec<u8>, i64) {
 
 #[tokio::test]
 async fn a_node_renews_its_certificate_and_the_old_one_stops_counting() {
-    let fleet = Fleet::start().await;
+    let fleet = Fleet::start(LIFETIME).await;
     let first = fleet.enroll("web-1").await;
     // Valid for the configured lifetime, from a tenth of it before signing.
     let (_, _, _, validity) = read_cert(&first.cert_pem);
@@ -241,7 +242,7 @@ async fn a_node_renews_its_certificate_and_the_old_one_stops_counting() {
 
 #[tokio::test]
 async fn renewal_is_refused_for_another_name_a_bad_request_a_revoked_node_and_no_certificate() {
-    let fleet = Fleet::start().await;
+    let fleet = Fleet::start(LIFETIME).await;
     let node = fleet.enroll("web-1").await;
     fleet.enroll("web-2").await;
     let conn = fleet.connect(&node).await;
@@ -313,6 +314,33 @@ async fn renewal_is_refused_for_another_name_a_bad_request_a_revoked_node_and_no
         err.message()
     );
     assert!(fleet.audited("node renew").await.is_empty());
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused_on_a_connection_opened_while_it_was_valid() {
+    let lifetime = Duration::from_secs(60);
+    let fleet = Fleet::start(lifetime).await;
+    let node = fleet.enroll("web-1").await;
+    let signed = std::time::Instant::now();
+    let conn = fleet.connect(&node).await;
+    assert_eq!(node_api(&conn).await, Code::Ok);
+    // The handshake is over: only the gate can tell the certificate ended.
+    tokio::time::sleep((signed + lifetime + Duration::from_secs(2)) - std::time::Instant::now())
+        .await;
+    let err = conn
+        .nodes()
+        .fetch(pb::FetchRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message()
+            .starts_with("credential expired: the certificate of node web-1 is valid from"),
+        "{}",
+        err.message()
+    );
+    let err = renew(&conn, request(Some("web-1")).1).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
 }
 
 /// The server refuses to start with a lifetime out of bounds.
