@@ -222,9 +222,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             format,
             detailed_exitcodes,
         } => {
-            let node = node(load_config(config.as_deref())?)?;
-            let ran = remote::run(&node, noop, &mut *observer(format))?;
+            let mut node = node(load_config(config.as_deref())?)?;
+            let ran = remote::run(&mut node, noop, &mut *observer(format))?;
             let mut notes = Vec::new();
+            if let Some(renewal) = &ran.renewal {
+                notes.push(format!("Certificate renewal: {renewal}."));
+            }
             if let Some(none) = &ran.from_cache {
                 notes.push(format!(
                     "Used the cached role (version {} at channel {}): {none}",

@@ -27,7 +27,7 @@ use crate::cache::{self, Fetched};
 use crate::facts;
 use crate::progress::Silent;
 use crate::providers::Providers;
-use crate::remote::{self, Node};
+use crate::remote::{self, Node, Renewal};
 use crate::run::{self, RunInput};
 use crate::state::StateDir;
 
@@ -96,6 +96,7 @@ impl Daemon {
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
                 _ = sleep_until(reconnect_at), if watch.is_none() => {
+                    self.renew(&mut watch).await;
                     match self.watch().await {
                         Ok(stream) => {
                             watch = Some(stream);
@@ -117,6 +118,7 @@ impl Daemon {
                                 "cairn-agent: role {} at channel {} moved to version {}",
                                 moved.role, moved.channel, moved.version
                             );
+                            self.renew(&mut watch).await;
                             self.run().await;
                             run_at = self.next_interval_run();
                         }
@@ -130,6 +132,7 @@ impl Daemon {
                     }
                 },
                 _ = sleep_until(run_at) => {
+                    self.renew(&mut watch).await;
                     self.run().await;
                     run_at = self.next_interval_run();
                 }
@@ -170,6 +173,21 @@ impl Daemon {
         println!("cairn-agent: watching for new versions at {}", conn.url());
         self.conn = Some(conn);
         Ok(stream)
+    }
+
+    /// Renews the node's certificate when due ([`Node::renew_if_due`]); once
+    /// renewed, the connection and the watch stream opened with the old
+    /// certificate are dropped, and the next ones present the new one (the
+    /// loop reconnects when it finds no stream).
+    async fn renew(&mut self, watch: &mut Option<Streaming<pb::ChannelMoved>>) {
+        let Some(renewal) = self.node.renew_if_due().await else {
+            return;
+        };
+        println!("cairn-agent: {renewal}");
+        if matches!(renewal, Renewal::Renewed { .. }) {
+            self.conn = None;
+            *watch = None;
+        }
     }
 
     /// One run; its failure is logged, and the daemon goes on.

@@ -15,9 +15,9 @@ use cairn_proto::client::{self, CaPin, Refusal};
 use cairn_proto::facts::Facts;
 use cairn_proto::node::{self, Assignment};
 use cairn_proto::pb;
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use rcgen::KeyPair;
 
-use crate::identity::NodeIdentity;
+use crate::identity::{NodeIdentity, key_and_request};
 
 /// A longer token file is refused (a token is 23 characters).
 const MAX_TOKEN_FILE_BYTES: u64 = 4 << 10;
@@ -98,17 +98,7 @@ pub async fn enroll(req: &Request, facts: &Facts) -> Result<NodeIdentity> {
         );
     }
     let token = read_token(&req.token_file)?;
-    let key = KeyPair::generate().context("could not generate the node's key")?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = {
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, req.name.as_str());
-        dn
-    };
-    let csr = params
-        .serialize_request(&key)
-        .and_then(|csr| csr.pem())
-        .context("could not make the certificate request")?;
+    let (key, csr) = key_and_request(&req.name)?;
     let request = pb::EnrollRequest {
         token,
         csr_pem: csr,

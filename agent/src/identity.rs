@@ -7,15 +7,24 @@
 //! renewed certificate) never leaves a key beside a certificate that is not
 //! its own. It is read and written only through [`StateDir`], which follows
 //! no link another user could have planted.
+//!
+//! The certificate is renewed before it expires ([`NodeIdentity::renewal_due`],
+//! [`NodeIdentity::renewed`]): once two thirds of its validity have passed,
+//! the node makes a new key and asks the server for a certificate for it
+//! (`Nodes.Renew`, with the certificate it holds), as Puppet's agents do.
 
 use std::fmt;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-use cairn_proto::client::{self, Connection};
+use anyhow::{Context, Result, anyhow, bail};
+use cairn_proto::client::{self, Connection, Refusal};
 use cairn_proto::node::{self, Assignment};
+use cairn_proto::pb;
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use tonic::transport::Identity;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::state::StateDir;
 
@@ -119,11 +128,111 @@ impl NodeIdentity {
     pub async fn connect(&self, url: &str) -> Result<Connection, client::Error> {
         client::connect(url, &self.ca, Some(self.tls_identity())).await
     }
+
+    /// When the node's certificate stops being valid.
+    pub fn valid_until(&self) -> Result<OffsetDateTime> {
+        Ok(read_cert(&self.cert)?.not_after)
+    }
+
+    /// Whether the certificate is due for renewal at `now`: two thirds of its
+    /// validity have passed.
+    pub fn renewal_due(&self, now: OffsetDateTime) -> Result<bool> {
+        let cert = read_cert(&self.cert)?;
+        let renew_at = cert.not_before + (cert.not_after - cert.not_before) * 2 / 3;
+        Ok(now >= renew_at)
+    }
+
+    /// This identity with a new key, made here, and a certificate for it
+    /// from the server on `conn` (`Nodes.Renew`, authenticated by the
+    /// current certificate), once the certificate is checked to name this
+    /// node and hold the new key. Stores nothing: the caller saves it (from
+    /// then on the server counts only the new certificate).
+    pub async fn renewed(&self, conn: &Connection) -> Result<NodeIdentity> {
+        let (key, csr_pem) = key_and_request(&self.name)?;
+        let response = conn
+            .nodes()
+            .renew(pb::RenewRequest { csr_pem })
+            .await
+            .refused_by(conn)?;
+        let refuse = |why: String| {
+            anyhow!(
+                "the server at {} answered the renewal wrongly: {why}",
+                conn.url()
+            )
+        };
+        let cert = read_cert(&response.cert_pem).map_err(|e| refuse(format!("{e:#}")))?;
+        if cert.common_name != self.name {
+            return Err(refuse(format!(
+                "the certificate names {:?}, not {:?}",
+                cairn_proto::terminal::escape(&cert.common_name),
+                self.name
+            )));
+        }
+        if cert.public_key != key.public_key_raw() {
+            return Err(refuse("the certificate is not for the new key".into()));
+        }
+        Ok(NodeIdentity {
+            cert: response.cert_pem,
+            key: key.serialize_pem(),
+            ..self.clone()
+        })
+    }
+}
+
+/// A new key, made here, and a certificate request (PKCS#10, PEM) for it
+/// naming node `name`: what enrollment and renewal send (the key never
+/// leaves the node).
+pub fn key_and_request(name: &str) -> Result<(KeyPair, String)> {
+    let key = KeyPair::generate().context("could not generate the node's key")?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = {
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn
+    };
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|csr| csr.pem())
+        .context("could not make the certificate request")?;
+    Ok((key, csr))
+}
+
+/// What the agent reads of a certificate.
+struct CertInfo {
+    common_name: String,
+    public_key: Vec<u8>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+/// Reads the first certificate of `pem`.
+fn read_cert(pem: &str) -> Result<CertInfo> {
+    let read = || -> Result<CertInfo> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes())?;
+        let (_, cert) = X509Certificate::from_der(&pem.contents)?;
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let validity = cert.validity();
+        Ok(CertInfo {
+            common_name,
+            public_key: cert.public_key().subject_public_key.data.to_vec(),
+            not_before: validity.not_before.to_datetime(),
+            not_after: validity.not_after.to_datetime(),
+        })
+    };
+    read().context("unreadable node certificate")
 }
 
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+
+    use rcgen::PublicKeyData;
 
     use super::*;
 
@@ -160,6 +269,36 @@ mod tests {
             debug.contains("web-1") && !debug.contains("secret"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn renewal_is_due_once_two_thirds_of_the_validity_passed() {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        let start = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        params.not_before = start;
+        params.not_after = start + time::Duration::seconds(90);
+        let identity = NodeIdentity {
+            cert: params.self_signed(&key).unwrap().pem(),
+            ..sample()
+        };
+        assert_eq!(identity.valid_until().unwrap(), params.not_after);
+        let at = |secs| identity.renewal_due(start + time::Duration::seconds(secs));
+        assert!(!at(-10).unwrap() && !at(59).unwrap());
+        assert!(at(60).unwrap() && at(120).unwrap());
+        let err = format!("{:#}", sample().renewal_due(start).unwrap_err());
+        assert!(err.contains("unreadable node certificate"), "{err}");
+
+        // What renewal and enrollment send: a request naming the node, for a
+        // new key each time.
+        let (key, csr) = key_and_request("web-1").unwrap();
+        let asked = rcgen::CertificateSigningRequestParams::from_pem(&csr).unwrap();
+        assert_eq!(
+            asked.params.distinguished_name.get(&DnType::CommonName),
+            Some(&rcgen::DnValue::Utf8String("web-1".into()))
+        );
+        assert_eq!(asked.public_key.der_bytes(), key.der_bytes());
+        assert_ne!(key_and_request("web-1").unwrap().1, csr);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The agent against its servers: the first of the configured servers that
 //! answers, in order; the node's role fetched from it and verified by digest
 //! (or, when none answers, the last good bundle cached on disk); its reports
-//! spooled and delivered. `cairn-agent run` is [`run`]; the daemon makes its
-//! runs with the same steps ([`Node::fetch_role`], [`Node::spool_report`],
-//! [`deliver`]), keeping its connection and the role in memory between them.
+//! spooled and delivered; its certificate renewed before a run when due
+//! ([`Node::renew_if_due`]). `cairn-agent run` is [`run`]; the daemon makes
+//! its runs with the same steps ([`Node::renew_if_due`], [`Node::fetch_role`],
+//! [`Node::spool_report`], [`deliver`]), keeping its connection and the role
+//! in memory between them.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -15,6 +17,8 @@ use cairn_proto::client::{self, Connection, Refusal};
 use cairn_proto::facts::Facts;
 use cairn_proto::pb;
 use cairn_proto::report::RunReport;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tonic::Code;
 
 use crate::cache::{self, Fetched};
@@ -227,6 +231,78 @@ impl Node {
     }
 }
 
+/// What a renewal of the node's certificate before a run did.
+pub enum Renewal {
+    /// The server at `url` issued a new certificate, valid until `until`,
+    /// for a new key; both are stored.
+    Renewed { url: String, until: OffsetDateTime },
+    /// It was due and failed: the certificate held stays in use while it is
+    /// valid, and renewal is tried again at the next run.
+    Failed(anyhow::Error),
+}
+
+impl fmt::Display for Renewal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Renewal::Renewed { url, until } => write!(
+                f,
+                "renewed the node's certificate at {url}: a new key, and a certificate valid until {}",
+                until.format(&Rfc3339).unwrap_or_default()
+            ),
+            Renewal::Failed(e) => write!(
+                f,
+                "{e:#}; the node keeps using its certificate and tries again at the next run"
+            ),
+        }
+    }
+}
+
+impl Node {
+    /// Renews the node's certificate when two thirds of its validity have
+    /// passed ([`NodeIdentity::renewal_due`]): with a new key made here, from
+    /// the first server that answers; the new key and certificate are stored
+    /// together, atomically, and used from then on. `None` when not due.
+    pub async fn renew_if_due(&mut self) -> Option<Renewal> {
+        match self.identity.renewal_due(OffsetDateTime::now_utc()) {
+            Ok(false) => return None,
+            Ok(true) => {}
+            Err(e) => return Some(Renewal::Failed(e)),
+        }
+        let until = match self.identity.valid_until() {
+            Ok(t) => t.format(&Rfc3339).unwrap_or_default(),
+            Err(e) => return Some(Renewal::Failed(e)),
+        };
+        let failed = |e: anyhow::Error| {
+            Some(Renewal::Failed(e.context(format!(
+                "could not renew the node's certificate (valid until {until})"
+            ))))
+        };
+        let conn = match self.connect().await {
+            Ok(conn) => conn,
+            Err(none) => return failed(none.into()),
+        };
+        let renewed = match self.identity.renewed(&conn).await {
+            Ok(renewed) => renewed,
+            Err(e) => return failed(e),
+        };
+        // From here on the server counts only the new certificate: it is
+        // used even if it cannot be stored.
+        let stored = renewed.save(&self.state_dir);
+        let until = renewed.valid_until();
+        self.identity = renewed;
+        match (stored, until) {
+            (Ok(()), Ok(until)) => Some(Renewal::Renewed {
+                url: conn.url().to_string(),
+                until,
+            }),
+            (Err(e), _) | (_, Err(e)) => Some(Renewal::Failed(e.context(
+                "the server renewed the node's certificate, but it could not be stored; \
+                 if the node is refused after this process ends, enroll it again",
+            ))),
+        }
+    }
+}
+
 /// One server's attempt: it did not answer (try the next), or it answered
 /// with an error that another server would answer alike.
 enum Attempt {
@@ -384,6 +460,8 @@ pub async fn deliver(conn: &Connection, state: &StateDir, node: &str) -> Result<
 
 /// What one `cairn-agent run` did.
 pub struct Ran {
+    /// The renewal of the node's certificate before the run, when it was due.
+    pub renewal: Option<Renewal>,
     /// The report as sent: node, channel, version and `from_cache` filled.
     pub report: RunReport,
     /// Why the cached role was used: no server answered.
@@ -394,14 +472,16 @@ pub struct Ran {
     pub waiting: usize,
 }
 
-/// `cairn-agent run`: the role from the first server that answers (else the
-/// cache), converged with [`run::run_once_observed`] as `apply` does, its report
-/// spooled, then the spool delivered to that server.
-pub fn run(node: &Node, noop: bool, observer: &mut dyn Observer) -> Result<Ran> {
+/// `cairn-agent run`: the node's certificate renewed when due, the role from
+/// the first server that answers (else the cache), converged with
+/// [`run::run_once_observed`] as `apply` does, its report spooled, then the
+/// spool delivered to that server.
+pub fn run(node: &mut Node, noop: bool, observer: &mut dyn Observer) -> Result<Ran> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("could not start the agent's runtime")?;
+    let renewal = runtime.block_on(node.renew_if_due());
     let state = StateDir::new(&node.state_dir);
     let (fetched, source) = runtime.block_on(node.role(&state))?;
     let facts = crate::facts::gather()?;
@@ -427,6 +507,7 @@ pub fn run(node: &Node, noop: bool, observer: &mut dyn Observer) -> Result<Ran> 
     };
     let waiting = Spool::new(&state, Bounds::default()).pending()?.len();
     Ok(Ran {
+        renewal,
         report,
         from_cache,
         delivered,

@@ -92,8 +92,16 @@ pub enum Holder {
 /// role, or a node (whose name must be one [`cairn_proto::node::check_name`]
 /// accepts).
 pub fn subject_of(der: &[u8]) -> Result<(String, Holder), String> {
-    let (_, cert) = X509Certificate::from_der(der)
-        .map_err(|e| format!("unreadable client certificate: {e}"))?;
+    subject(&read(der)?)
+}
+
+fn read(der: &[u8]) -> Result<X509Certificate<'_>, String> {
+    X509Certificate::from_der(der)
+        .map(|(_, cert)| cert)
+        .map_err(|e| format!("unreadable client certificate: {e}"))
+}
+
+fn subject(cert: &X509Certificate<'_>) -> Result<(String, Holder), String> {
     let subject = cert.subject();
     let first = |attrs: Option<&AttributeTypeAndValue>| {
         attrs.and_then(|a| a.as_str().ok()).map(str::to_string)
@@ -135,6 +143,8 @@ pub enum Principal {
 pub struct Authenticated {
     pub actor: Actor,
     pub principal: Principal,
+    /// The [`fingerprint`] of the certificate the caller presented.
+    pub fingerprint: String,
 }
 
 /// Identifies the caller and checks its certificate is still valid (already
@@ -168,8 +178,8 @@ pub async fn authenticate<T>(
     let Some(cert) = certs.first() else {
         return Err(anonymous(Status::unauthenticated("no client certificate")));
     };
-    let (name, holder) =
-        subject_of(cert.as_ref()).map_err(|e| anonymous(Status::unauthenticated(e)))?;
+    let parsed = read(cert.as_ref()).map_err(|e| anonymous(Status::unauthenticated(e)))?;
+    let (name, holder) = subject(&parsed).map_err(|e| anonymous(Status::unauthenticated(e)))?;
     let actor = Actor {
         name,
         role: match holder {
@@ -178,6 +188,24 @@ pub async fn authenticate<T>(
         },
         peer,
     };
+    // The handshake checked the validity when the connection opened; a
+    // connection may outlive it (an agent holds one for good).
+    let validity = parsed.validity();
+    if !validity.is_valid() {
+        let help = match holder {
+            Holder::Node => {
+                "a node renews its certificate before then (see its log); enroll it again"
+            }
+            Holder::Operator(_) => {
+                "ask an admin for a new credential (`cairn-server operator add`)"
+            }
+        };
+        let status = Status::unauthenticated(format!(
+            "credential expired: the certificate of {} {} is valid from {} to {}; {help}",
+            actor.role, actor.name, validity.not_before, validity.not_after
+        ));
+        return Err(Box::new(Denied { actor, status }));
+    }
     let revoked = |why: String| {
         Err(Box::new(Denied {
             status: Status::unauthenticated(format!("credential revoked: {why}")),
@@ -208,29 +236,39 @@ pub async fn authenticate<T>(
         },
         Holder::Node => match store.node_standing(name, &fingerprint).await {
             Ok(NodeStanding::Current(assignment)) => Principal::Node(assignment),
-            Ok(NodeStanding::Revoked) => {
-                return revoked(format!(
-                    "node {name} was revoked; enroll it again with a new join token"
-                ));
-            }
-            Ok(NodeStanding::Replaced) => {
-                return revoked(format!(
-                    "node {name} enrolled again since; this certificate no longer counts"
-                ));
-            }
-            Ok(NodeStanding::Unknown) => {
-                return revoked(format!("no node {name} is enrolled on this server"));
-            }
+            Ok(standing) => return revoked(node_refusal(name, &standing)),
             Err(e) => return failed(e),
         },
     };
-    Ok(Authenticated { actor, principal })
+    Ok(Authenticated {
+        actor,
+        principal,
+        fingerprint,
+    })
+}
+
+/// Why a node certificate of this standing no longer counts (after
+/// "credential revoked: "); empty for a current one.
+pub fn node_refusal(name: &str, standing: &NodeStanding) -> String {
+    match standing {
+        NodeStanding::Current(_) => String::new(),
+        NodeStanding::Revoked => {
+            format!("node {name} was revoked; enroll it again with a new join token")
+        }
+        NodeStanding::Replaced => format!(
+            "node {name} enrolled again since, or renewed its certificate; \
+             this certificate no longer counts"
+        ),
+        NodeStanding::Unknown => format!("no node {name} is enrolled on this server"),
+    }
 }
 
 /// Checks an authenticated operator may do `what` (for messages, e.g. "push
 /// roles"), which needs `need`.
 pub fn permit(who: Authenticated, need: Permission, what: &str) -> Result<Actor, Box<Denied>> {
-    let Authenticated { actor, principal } = who;
+    let Authenticated {
+        actor, principal, ..
+    } = who;
     let role = match principal {
         Principal::Operator(role) => role,
         Principal::Node(_) => {
@@ -275,6 +313,8 @@ pub struct NodeCaller {
     pub actor: Actor,
     /// Its assignment as the store has it now.
     pub assignment: Assignment,
+    /// The [`fingerprint`] of the certificate it called with.
+    pub fingerprint: String,
 }
 
 impl NodeCaller {
@@ -290,9 +330,17 @@ pub async fn node_caller<T>(
     req: &Request<T>,
     store: &dyn Store,
 ) -> Result<NodeCaller, Box<Denied>> {
-    let Authenticated { actor, principal } = authenticate(req, store).await?;
+    let Authenticated {
+        actor,
+        principal,
+        fingerprint,
+    } = authenticate(req, store).await?;
     match principal {
-        Principal::Node(assignment) => Ok(NodeCaller { actor, assignment }),
+        Principal::Node(assignment) => Ok(NodeCaller {
+            actor,
+            assignment,
+            fingerprint,
+        }),
         Principal::Operator(role) => {
             let status = Status::permission_denied(format!(
                 "operator {} ({role}) may not use the node API; only an enrolled node's certificate may",

@@ -71,6 +71,12 @@ enum Command {
         #[arg(long, value_name = "DAYS", default_value_t = serve::DEFAULT_REPORT_RETENTION_DAYS,
               value_parser = clap::value_parser!(u32).range(1..=36_500))]
         report_retention: u32,
+        /// How long the node certificates this server signs are valid (at
+        /// enrollment and renewal), e.g. 365d, 90d, 12h; agents renew theirs
+        /// once two thirds of it have passed, at a run. From 60s to 1825d;
+        /// keep it well above 1.5 × the agents' run interval.
+        #[arg(long, value_name = "DURATION", default_value = "365d", value_parser = node_cert_lifetime)]
+        node_cert_lifetime: Duration,
     },
     /// Apply the database's schema migrations, and say which; needed before
     /// a new release serves a PostgreSQL database an older one migrated.
@@ -213,6 +219,7 @@ async fn run(cli: Cli) -> Result<()> {
             max_connections,
             max_connections_per_peer,
             report_retention,
+            node_cert_lifetime,
         } => {
             if names.is_empty() {
                 names = default_names();
@@ -229,6 +236,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
                 report_retention: Duration::from_secs(u64::from(report_retention) * 86_400),
                 jobs_every: serve::JOBS_EVERY,
+                node_cert_lifetime,
             })
             .await?;
             let listeners = Listeners::bind(listen, http, ui).await?;
@@ -412,6 +420,14 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A node certificate lifetime: a duration (`365d`, `12h`) within the
+/// bounds [`crate::pki`] accepts.
+fn node_cert_lifetime(s: &str) -> Result<Duration, String> {
+    let lifetime = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    crate::pki::check_node_cert_lifetime(lifetime)?;
+    Ok(lifetime)
+}
+
 fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
@@ -511,6 +527,7 @@ mod tests {
             max_connections,
             max_connections_per_peer,
             report_retention,
+            node_cert_lifetime,
             ..
         } = serve(&[]).unwrap()
         else {
@@ -520,6 +537,16 @@ mod tests {
             (max_connections, max_connections_per_peer, report_retention),
             (65_536, 1024, 30)
         );
+        assert_eq!(node_cert_lifetime, crate::pki::DEFAULT_NODE_CERT_LIFETIME);
+        for (flag, secs) in [("90s", 90), ("12h", 12 * 3600), ("90d", 90 * 86_400)] {
+            let Command::Serve {
+                node_cert_lifetime, ..
+            } = serve(&["--node-cert-lifetime", flag]).unwrap()
+            else {
+                panic!("not serve");
+            };
+            assert_eq!(node_cert_lifetime, Duration::from_secs(secs), "{flag}");
+        }
         let Command::Serve {
             max_connections,
             max_connections_per_peer,
@@ -545,6 +572,9 @@ mod tests {
             ["--max-connections", "0"],
             ["--max-connections-per-peer", "-1"],
             ["--report-retention", "0"],
+            ["--node-cert-lifetime", "59s"],
+            ["--node-cert-lifetime", "1826d"],
+            ["--node-cert-lifetime", "a year"],
         ] {
             assert!(serve(&bad).is_err(), "{bad:?}");
         }

@@ -19,6 +19,10 @@
 //!   reads every watched channel again and checks every open stream's node.
 //! - `Report` goes through [`Ingest`]: reports arriving together are stored in
 //!   one transaction (one commit for many), each answered once it committed.
+//! - `Renew` signs a new certificate for the node's request, as enrollment
+//!   does, and records it as the node's one valid certificate in the same
+//!   transaction as its audit entry, only if the certificate the call came
+//!   with is still the current one.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -40,6 +44,7 @@ use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
 
 use crate::auth::{self, NodeCaller};
+use crate::pki::{NodeRequest, Pki};
 use crate::refusals::Refusal;
 use crate::service::{Api, DEFAULT_CHANNEL, check_channel, cut, store_status};
 use crate::store::{self, Actor, Change, Micros, NewReport, ReportMeta, RunStatus, Store};
@@ -67,18 +72,19 @@ const MAX_INGEST_BATCH: usize = 256;
 const MAX_INGEST_BYTES: usize = 64 << 20;
 
 /// The Nodes service: the operator [`Api`] (store, metrics, refusals, channel
-/// moves) and the report queue.
+/// moves), the report queue, and the CA (which signs renewed certificates).
 #[derive(Clone)]
 pub struct NodeApi {
     api: Api,
     ingest: Ingest,
+    pki: Arc<Pki>,
 }
 
 impl NodeApi {
     /// Starts the report writer; it stops once every clone of this is dropped.
-    pub fn new(api: Api) -> Self {
+    pub fn new(api: Api, pki: Arc<Pki>) -> Self {
         let ingest = Ingest::start(api.store.clone(), api.moves.clone());
-        NodeApi { api, ingest }
+        NodeApi { api, ingest, pki }
     }
 
     /// Identifies the calling node; a refusal is recorded.
@@ -257,6 +263,70 @@ impl pb::nodes_server::Nodes for NodeApi {
                 let new = check_report(report, facts_json, interval_secs, store::now_micros())?;
                 let created = self.ingest.store(new, size).await?;
                 Ok(pb::ReportResponse { created })
+            })
+            .await
+    }
+
+    async fn renew(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewResponse>, Status> {
+        self.api
+            .observed("renew", async {
+                let caller = self.caller(&req, "renew").await?;
+                let name = caller.name();
+                // The message is bounded by the service's decoding limit, the
+                // request in it by MAX_CSR_BYTES before it is parsed.
+                let request = match NodeRequest::from_pem(&req.get_ref().csr_pem) {
+                    Ok(request) => request,
+                    Err(e) => {
+                        let status = Status::invalid_argument(e);
+                        return Err(self.refuse(&caller.actor, "renew", name, status).await);
+                    }
+                };
+                // A node renews its own certificate only: the request names it.
+                if request.common_name() != Some(name) {
+                    let asked = cut(request.common_name().unwrap_or(""));
+                    let status = Status::permission_denied(format!(
+                        "node {name} may renew only its own certificate; the request names {asked:?}"
+                    ));
+                    return Err(self.refuse(&caller.actor, "renew", &asked, status).await);
+                }
+                let cert = self.pki.sign_node(request, name).map_err(|e| {
+                    error!(
+                        error = format!("{e:#}"),
+                        node = name,
+                        "could not sign a node certificate"
+                    );
+                    Status::internal("the server could not sign the certificate; see its log")
+                })?;
+                let valid_until = Micros::try_from(cert.not_after.unix_timestamp_nanos() / 1000)
+                    .unwrap_or(Micros::MAX);
+                let renewed = self
+                    .api
+                    .store
+                    .renew_node(
+                        name,
+                        &caller.fingerprint,
+                        &cert.fingerprint,
+                        valid_until,
+                        &caller.actor,
+                    )
+                    .await
+                    .map_err(store_status)?;
+                if let Err(standing) = renewed {
+                    // Revoked or replaced since the call was let in.
+                    let status = Status::unauthenticated(format!(
+                        "credential revoked: {}",
+                        auth::node_refusal(name, &standing)
+                    ));
+                    return Err(self.refuse(&caller.actor, "renew", name, status).await);
+                }
+                let until = cert.not_after.format(&Rfc3339).unwrap_or_default();
+                info!(node = name, valid_until = until, peer = %caller.actor.peer, "node certificate renewed");
+                Ok(pb::RenewResponse {
+                    cert_pem: cert.cert_pem,
+                })
             })
             .await
     }

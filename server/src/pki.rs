@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -29,8 +29,20 @@ use cairn_proto::client::CaPin;
 use crate::auth::{NODE_UNIT, OperatorRole};
 use crate::store::{Actor, CaRecord, Store};
 
-/// How long a node certificate is valid; a node enrolls again for a new one.
-pub const NODE_CERT_DAYS: i64 = 365;
+/// How long a node certificate is valid unless `--node-cert-lifetime` says
+/// otherwise; the agent renews it (`Nodes.Renew`) once two thirds have passed.
+pub const DEFAULT_NODE_CERT_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(365 * 86_400);
+/// The shortest node certificate lifetime accepted: an agent renews only at
+/// its runs, so a shorter one would expire between them.
+pub const MIN_NODE_CERT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+/// The longest, 1,825 days: the CA itself is valid for ten years.
+pub const MAX_NODE_CERT_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(5 * 365 * 86_400);
+/// A node certificate is valid from this long before it is signed (clocks
+/// differ), at most a tenth of its lifetime: a short lifetime keeps most of
+/// its validity ahead of it, so renewal is not due at once.
+const NODE_CERT_BACKDATE: Duration = Duration::hours(1);
 /// The largest certificate request accepted, in bytes of PEM.
 pub const MAX_CSR_BYTES: usize = 16 << 10;
 
@@ -43,6 +55,8 @@ pub struct Pki {
     dir: PathBuf,
     pub ca_pem: String,
     ca_key_pem: String,
+    /// How long the node certificates it signs are valid.
+    node_cert_lifetime: Duration,
 }
 
 /// A certificate and its private key, PEM-encoded.
@@ -213,7 +227,16 @@ impl Pki {
             dir: dir.to_path_buf(),
             ca_pem: ca.cert_pem,
             ca_key_pem: ca.key_pem,
+            node_cert_lifetime: time_duration(DEFAULT_NODE_CERT_LIFETIME),
         })
+    }
+
+    /// Node certificates signed from now on are valid for `lifetime`
+    /// (see [`check_node_cert_lifetime`]).
+    pub fn with_node_cert_lifetime(mut self, lifetime: std::time::Duration) -> Result<Pki> {
+        check_node_cert_lifetime(lifetime).map_err(anyhow::Error::msg)?;
+        self.node_cert_lifetime = time_duration(lifetime);
+        Ok(self)
     }
 
     fn issuer(&self) -> Result<Issuer<'static, KeyPair>> {
@@ -277,6 +300,15 @@ impl Pki {
 pub struct NodeRequest(CertificateSigningRequestParams);
 
 impl NodeRequest {
+    /// The name the request asks for: its subject's common name, if it has one.
+    pub fn common_name(&self) -> Option<&str> {
+        match self.0.params.distinguished_name.get(&DnType::CommonName)? {
+            DnValue::Utf8String(s) => Some(s),
+            DnValue::PrintableString(s) => Some(s.as_str()),
+            _ => None,
+        }
+    }
+
     /// Reads a PKCS#10 request in PEM, at most [`MAX_CSR_BYTES`] long.
     pub fn from_pem(pem: &str) -> std::result::Result<NodeRequest, String> {
         if pem.len() > MAX_CSR_BYTES {
@@ -291,24 +323,29 @@ impl NodeRequest {
     }
 }
 
-/// A node's certificate, PEM, and its [`crate::auth::fingerprint`].
+/// A node's certificate, PEM, its [`crate::auth::fingerprint`] and the end
+/// of its validity.
 pub struct NodeCertificate {
     pub cert_pem: String,
     pub fingerprint: String,
+    pub not_after: OffsetDateTime,
 }
 
 impl Pki {
     /// Issues node `name` a client certificate for the request's public key.
     /// Everything else is the CA's choice: the subject (CN = the name, OU =
-    /// [`NODE_UNIT`]), the client-only key usages, the validity; the names and
-    /// extensions the request asks for are ignored.
+    /// [`NODE_UNIT`]), the client-only key usages, the validity (the node
+    /// certificate lifetime); the names and extensions the request asks for
+    /// are ignored.
     pub fn sign_node(&self, request: NodeRequest, name: &str) -> Result<NodeCertificate> {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(name, Some(NODE_UNIT));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
-        params.not_after = OffsetDateTime::now_utc() + Duration::days(NODE_CERT_DAYS);
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - NODE_CERT_BACKDATE.min(self.node_cert_lifetime / 10);
+        params.not_after = now + self.node_cert_lifetime;
+        let not_after = params.not_after;
         let csr = CertificateSigningRequestParams {
             params,
             public_key: request.0.public_key,
@@ -319,8 +356,28 @@ impl Pki {
         Ok(NodeCertificate {
             cert_pem: cert.pem(),
             fingerprint: crate::auth::fingerprint(cert.der()),
+            not_after,
         })
     }
+}
+
+/// Whether `lifetime` is between [`MIN_NODE_CERT_LIFETIME`] and
+/// [`MAX_NODE_CERT_LIFETIME`]; an error says the bounds.
+pub fn check_node_cert_lifetime(lifetime: std::time::Duration) -> Result<(), String> {
+    if (MIN_NODE_CERT_LIFETIME..=MAX_NODE_CERT_LIFETIME).contains(&lifetime) {
+        return Ok(());
+    }
+    Err(format!(
+        "a node certificate lifetime of {}s is out of range: from {}s to {} days",
+        lifetime.as_secs(),
+        MIN_NODE_CERT_LIFETIME.as_secs(),
+        MAX_NODE_CERT_LIFETIME.as_secs() / 86_400
+    ))
+}
+
+/// `d` as a [`Duration`] (a node certificate lifetime: it fits).
+fn time_duration(d: std::time::Duration) -> Duration {
+    Duration::try_from(d).unwrap_or(Duration::MAX)
 }
 
 fn dn(common_name: &str, unit: Option<&str>) -> DistinguishedName {
@@ -556,7 +613,11 @@ mod tests {
         let days = (parsed.validity().not_after.timestamp()
             - parsed.validity().not_before.timestamp())
             / 86_400;
-        assert_eq!(days, NODE_CERT_DAYS);
+        assert_eq!(days, 365);
+        assert_eq!(
+            NodeRequest::from_pem(&csr).unwrap().common_name(),
+            Some("mallory")
+        );
         // That it chains to the CA, the server's TLS handshake checks
         // (server/tests/enroll.rs).
 

@@ -70,6 +70,9 @@ pub struct ServeConfig {
     pub report_retention: Duration,
     /// How often background jobs run: [`JOBS_EVERY`] (tests shorten it).
     pub jobs_every: Duration,
+    /// How long the node certificates it signs are valid (enrollment and
+    /// renewal): [`pki::DEFAULT_NODE_CERT_LIFETIME`] unless told.
+    pub node_cert_lifetime: Duration,
 }
 
 impl ServeConfig {
@@ -82,6 +85,7 @@ impl ServeConfig {
             limits: Limits::default(),
             report_retention: DEFAULT_REPORT_RETENTION,
             jobs_every: JOBS_EVERY,
+            node_cert_lifetime: pki::DEFAULT_NODE_CERT_LIFETIME,
         }
     }
 }
@@ -123,7 +127,9 @@ impl Server {
             role: "server".into(),
             peer: "local".into(),
         };
-        let pki = Pki::open_shared(&config.data_dir, store.as_ref(), &me).await?;
+        let pki = Pki::open_shared(&config.data_dir, store.as_ref(), &me)
+            .await?
+            .with_node_cert_lifetime(config.node_cert_lifetime)?;
         let id = pki
             .issue_server(&config.names)
             .context("could not issue the server certificate")?;
@@ -259,7 +265,7 @@ pub async fn run(
         api.moves.clone(),
         stop_rx.clone(),
     ));
-    let enroller = Enroller::new(api.clone(), pki);
+    let enroller = Enroller::new(api.clone(), pki.clone());
     // Handshaken connections, from the accept loop to tonic. Each holds a
     // connection slot, so the caps bound what waits here too.
     let (streams_tx, streams_rx) = mpsc::channel(64);
@@ -288,7 +294,7 @@ pub async fn run(
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            NodesServer::new(NodeApi::new(api.clone()))
+            NodesServer::new(NodeApi::new(api.clone(), pki))
                 .max_decoding_message_size(MAX_REPORT_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )

@@ -19,6 +19,8 @@ pub struct Server {
     data: PathBuf,
     /// `--database`, when not SQLite in the data directory.
     database: Option<String>,
+    /// More arguments for `cairn-server serve`.
+    args: Vec<String>,
     grpc: SocketAddr,
     http: SocketAddr,
     /// The web dashboard's.
@@ -29,17 +31,23 @@ pub struct Server {
 impl Server {
     /// Starts a server keeping its data and log in `dir`.
     pub fn start(dir: &Path) -> Server {
-        Self::start_on(dir, None)
+        Self::start_on(dir, None, &[])
+    }
+
+    /// Starts a server keeping its data and log in `dir`, with more
+    /// arguments for `cairn-server serve` (e.g. `--node-cert-lifetime 90s`).
+    pub fn start_with(dir: &Path, args: &[&str]) -> Server {
+        Self::start_on(dir, None, args)
     }
 
     /// Starts a replica keeping its data and log in `dir`, on the database
     /// at `database` (a PostgreSQL URL that other replicas share, and with it
     /// their CA).
     pub fn start_replica(dir: &Path, database: &str) -> Server {
-        Self::start_on(dir, Some(database))
+        Self::start_on(dir, Some(database), &[])
     }
 
-    fn start_on(dir: &Path, database: Option<&str>) -> Server {
+    fn start_on(dir: &Path, database: Option<&str>, args: &[&str]) -> Server {
         let data = dir.join("server");
         std::fs::create_dir_all(&data)
             .unwrap_or_else(|e| panic!("could not create {}: {e}", data.display()));
@@ -50,6 +58,7 @@ impl Server {
             child: None,
             data,
             database: database.map(String::from),
+            args: args.iter().map(|a| a.to_string()).collect(),
             grpc,
             http,
             ui,
@@ -90,6 +99,7 @@ impl Server {
             .args(["--ui", &self.ui.to_string()])
             .args(["--name", "127.0.0.1"])
             .args(self.database.iter().flat_map(|d| ["--database", d]))
+            .args(&self.args)
             .stdout(log.try_clone().expect("could not duplicate the log handle"))
             .stderr(log)
             .spawn()

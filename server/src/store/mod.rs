@@ -300,7 +300,8 @@ pub enum NodeStanding {
     Current(Assignment),
     /// `node revoke` revoked the node.
     Revoked,
-    /// The node enrolled again since; this certificate no longer counts.
+    /// The node enrolled again, or renewed its certificate, since; this
+    /// certificate no longer counts.
     Replaced,
     /// No node of that name ever enrolled.
     Unknown,
@@ -762,6 +763,24 @@ pub trait Store: Send + Sync + 'static {
         after: &str,
         limit: u32,
     ) -> Result<Vec<FleetNode>>;
+
+    // Node certificate renewal (`Nodes.Renew`).
+
+    /// In one transaction: when node `name` is not revoked and `fingerprint`
+    /// is its current certificate's, records `new_fingerprint` (of a
+    /// certificate valid until `valid_until`) as its one valid certificate,
+    /// as an enrollment again does: the old one stops counting at once.
+    /// Audited as `node renew`. Otherwise changes nothing and returns the old
+    /// certificate's standing: a revocation or enrollment that committed
+    /// since the caller was authenticated wins.
+    async fn renew_node(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        new_fingerprint: &str,
+        valid_until: Micros,
+        actor: &Actor,
+    ) -> Result<std::result::Result<Assignment, NodeStanding>>;
 }
 
 /// A change committed to the database: [`Store::changes`].
@@ -1631,6 +1650,71 @@ pub(crate) mod tests {
             log[0].detail
         );
         assert!(!log.iter().any(|e| e.detail.contains("hash of")));
+
+        // Renewal: only the current certificate of an unrevoked node is
+        // replaced; the old one stops counting at once.
+        let node_actor = actor(won);
+        let valid_until = later;
+        let renewed = store
+            .renew_node(won, "f9", "f10", valid_until, &node_actor)
+            .await
+            .unwrap();
+        assert_eq!(renewed, Ok(again.node.assignment.clone()));
+        assert_eq!(
+            store.node_standing(won, "f9").await.unwrap(),
+            NodeStanding::Replaced
+        );
+        assert_eq!(
+            store.node_standing(won, "f10").await.unwrap(),
+            NodeStanding::Current(again.node.assignment.clone())
+        );
+        assert_eq!(store.node(won).await.unwrap().unwrap().fingerprint, "f10");
+        assert_eq!(
+            store
+                .renew_node(won, "f9", "f11", valid_until, &node_actor)
+                .await
+                .unwrap(),
+            Err(NodeStanding::Replaced)
+        );
+        assert_eq!(
+            store
+                .renew_node("nobody", "f9", "f11", valid_until, &node_actor)
+                .await
+                .unwrap(),
+            Err(NodeStanding::Unknown)
+        );
+        store.revoke_node(won, &admin).await.unwrap();
+        assert_eq!(
+            store
+                .renew_node(won, "f10", "f11", valid_until, &node_actor)
+                .await
+                .unwrap(),
+            Err(NodeStanding::Revoked)
+        );
+        assert_eq!(
+            store.node_standing(won, "f11").await.unwrap(),
+            NodeStanding::Revoked
+        );
+        let log = store
+            .audit_log(AuditQuery {
+                since: None,
+                from: AuditCursor::Before(None),
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (log[1].action.as_str(), log[1].target.as_str()),
+            ("node renew", won)
+        );
+        assert!(
+            log[1]
+                .detail
+                .contains("replaced the certificate recorded at")
+                && log[1].detail.contains("valid until"),
+            "{}",
+            log[1].detail
+        );
     }
 
     /// An unchanged run of `node` at version 1 of `web`, with no resources.

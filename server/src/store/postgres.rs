@@ -1050,6 +1050,18 @@ impl Store for PgStore {
     ) -> Result<Vec<FleetNode>> {
         self.find_nodes_in_postgres(filter, now, after, limit).await
     }
+
+    async fn renew_node(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        new_fingerprint: &str,
+        valid_until: Micros,
+        actor: &Actor,
+    ) -> Result<std::result::Result<Assignment, NodeStanding>> {
+        self.renew_node_in_postgres(name, fingerprint, new_fingerprint, valid_until, actor)
+            .await
+    }
 }
 
 /// The kind (after [`LOCK_SPACE`]) of the session-level locks of background

@@ -1313,6 +1313,18 @@ impl Store for SqliteStore {
     ) -> Result<Vec<FleetNode>> {
         self.find_nodes_in_sqlite(filter, now, after, limit).await
     }
+
+    async fn renew_node(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        new_fingerprint: &str,
+        valid_until: Micros,
+        actor: &Actor,
+    ) -> Result<std::result::Result<Assignment, NodeStanding>> {
+        self.renew_node_(name, fingerprint, new_fingerprint, valid_until, actor)
+            .await
+    }
 }
 
 /// The lease on a job of a database this process owns: never lost.

@@ -277,4 +277,47 @@ impl PgStore {
         super::changes::node_revoked(&mut tx, name).await?;
         tx.commit().await.map_err(db("commit node revoke"))
     }
+
+    pub(super) async fn renew_node_in_postgres(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        new_fingerprint: &str,
+        valid_until: Micros,
+        actor: &Actor,
+    ) -> Result<std::result::Result<Assignment, NodeStanding>> {
+        let mut tx = self.begin("begin node renew").await?;
+        lock(&mut tx, Lock::Node(name)).await?;
+        let current: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT role, channel, enrolled_at FROM nodes
+             WHERE name = $1 AND fingerprint = $2 AND revoked_at IS NULL",
+        )
+        .bind(name)
+        .bind(fingerprint)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("read node"))?;
+        let Some((role, channel, recorded_at)) = current else {
+            drop(tx);
+            return Ok(Err(self
+                .node_standing_in_postgres(name, fingerprint)
+                .await?));
+        };
+        sqlx::query("UPDATE nodes SET fingerprint = $1, enrolled_at = $2 WHERE name = $3")
+            .bind(new_fingerprint)
+            .bind(now_micros())
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("renew node certificate"))?;
+        let assignment = Assignment { role, channel };
+        let detail = format!(
+            "{assignment}; replaced the certificate recorded at {}; valid until {}",
+            crate::service::rfc3339(recorded_at),
+            crate::service::rfc3339(valid_until)
+        );
+        append_audit(&mut tx, actor, "node renew", name, &detail, "ok").await?;
+        tx.commit().await.map_err(db("commit node renew"))?;
+        Ok(Ok(assignment))
+    }
 }

@@ -313,6 +313,57 @@ impl SqliteStore {
         tx.commit().await.map_err(db("commit node revoke"))?;
         self.changes.count()
     }
+
+    pub(super) async fn renew_node_(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        new_fingerprint: &str,
+        valid_until: Micros,
+        actor: &Actor,
+    ) -> Result<std::result::Result<Assignment, NodeStanding>> {
+        let _writer = self.write.lock().await;
+        let mut tx = self.begin("begin node renew").await?;
+        let current: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT role, channel, enrolled_at FROM nodes
+             WHERE name = ? AND fingerprint = ? AND revoked_at IS NULL",
+        )
+        .bind(name)
+        .bind(fingerprint)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("read node"))?;
+        let Some((role, channel, recorded_at)) = current else {
+            drop(tx);
+            return Ok(Err(read_node_standing(&self.pool, name, fingerprint).await?));
+        };
+        sqlx::query("UPDATE nodes SET fingerprint = ?, enrolled_at = ? WHERE name = ?")
+            .bind(new_fingerprint)
+            .bind(now_micros())
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("renew node certificate"))?;
+        let assignment = Assignment { role, channel };
+        let detail = format!(
+            "{assignment}; replaced the certificate recorded at {}; valid until {}",
+            crate::service::rfc3339(recorded_at),
+            crate::service::rfc3339(valid_until)
+        );
+        append_audit(
+            &mut tx,
+            &self.head,
+            actor,
+            "node renew",
+            name,
+            &detail,
+            "ok",
+        )
+        .await?;
+        tx.commit().await.map_err(db("commit node renew"))?;
+        self.changes.count()?;
+        Ok(Ok(assignment))
+    }
 }
 
 #[cfg(test)]
