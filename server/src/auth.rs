@@ -9,8 +9,9 @@
 //! `node revoke` revokes it), and the store is asked on every call, so either
 //! counts at once. A node's certificate from before its latest renewal may
 //! still renew, and only that, until the node calls with the new one: the
-//! renewal's answer may never have reached it ([`renewal_caller`]). The gate ([`crate::gate`]) authenticates every call before its body
-//! is read; every operator handler then asks [`authorize`] whether the caller
+//! renewal's answer may never have reached it ([`admit`], [`renewal_caller`]).
+//! The gate ([`crate::gate`]) authenticates every call before its body is
+//! read; every operator handler then asks [`authorize`] whether the caller
 //! may, and every node handler asks [`node_caller`].
 
 use std::fmt;

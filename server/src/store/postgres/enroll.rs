@@ -1,4 +1,5 @@
-//! Join tokens and nodes in PostgreSQL (migration `0003_nodes_tokens.sql`).
+//! Join tokens and nodes in PostgreSQL (migrations `0003_nodes_tokens.sql`,
+//! `0010_node_previous_certificate.sql`).
 
 use super::*;
 

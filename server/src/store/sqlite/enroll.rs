@@ -1,9 +1,10 @@
-//! Join tokens and nodes in SQLite (migration `0003_nodes_tokens.sql`).
+//! Join tokens and nodes in SQLite (migrations `0003_nodes_tokens.sql`,
+//! `0010_node_previous_certificate.sql`).
 //!
 //! Every change that makes a node certificate count or stop counting (an
-//! enrollment, a revocation) is counted in [`OperatorChanges`] after it
-//! commits, as operators' are, so that every process drops the standings it
-//! kept.
+//! enrollment, a revocation, a renewal, a previous certificate forgotten) is
+//! counted in [`OperatorChanges`] after it commits, as operators' are, so
+//! that every process drops the standings it kept.
 
 use sqlx::SqlitePool;
 
