@@ -5,10 +5,13 @@
 //! node's name and its OU the operator's role, or [`NODE_UNIT`] for a node.
 //! The store then says whether that certificate is still the operator's (see
 //! [`Standing`]: `operator add` replaces it, `operator revoke` revokes it) or
-//! the node's ([`NodeStanding`]: enrolling again replaces it, `node revoke`
-//! revokes it), and the store is asked on every call, so either counts at
-//! once. The gate ([`crate::gate`]) authenticates every call before its body
-//! is read; every operator handler then asks [`authorize`] whether the caller
+//! the node's ([`NodeStanding`]: enrolling again or renewing replaces it,
+//! `node revoke` revokes it), and the store is asked on every call, so either
+//! counts at once. A node's certificate from before its latest renewal may
+//! still renew, and only that, until the node calls with the new one: the
+//! renewal's answer may never have reached it ([`admit`], [`renewal_caller`]).
+//! The gate ([`crate::gate`]) authenticates every call before its body is
+//! read; every operator handler then asks [`authorize`] whether the caller
 //! may, and every node handler asks [`node_caller`].
 
 use std::fmt;
@@ -134,6 +137,9 @@ pub enum Principal {
     Operator(OperatorRole),
     /// A node, with its assignment as the store has it now.
     Node(Assignment),
+    /// A node calling with its certificate from before its latest renewal
+    /// ([`NodeStanding::Previous`]): it may only renew.
+    PreviousNode(Assignment),
 }
 
 /// An operator or node whose certificate was checked against the store for
@@ -236,6 +242,15 @@ pub async fn authenticate<T>(
         },
         Holder::Node => match store.node_standing(name, &fingerprint).await {
             Ok(NodeStanding::Current(assignment)) => Principal::Node(assignment),
+            // The renewal's answer reached the node: the previous certificate
+            // is done (one write, then this certificate is Current).
+            Ok(NodeStanding::Renewed(assignment)) => {
+                if let Err(e) = store.forget_previous_certificate(name, &fingerprint).await {
+                    return failed(e);
+                }
+                Principal::Node(assignment)
+            }
+            Ok(NodeStanding::Previous(assignment)) => Principal::PreviousNode(assignment),
             Ok(standing) => return revoked(node_refusal(name, &standing)),
             Err(e) => return failed(e),
         },
@@ -251,7 +266,8 @@ pub async fn authenticate<T>(
 /// "credential revoked: "); empty for a current one.
 pub fn node_refusal(name: &str, standing: &NodeStanding) -> String {
     match standing {
-        NodeStanding::Current(_) => String::new(),
+        NodeStanding::Current(_) | NodeStanding::Renewed(_) => String::new(),
+        NodeStanding::Previous(_) => previous_refusal(name),
         NodeStanding::Revoked => {
             format!("node {name} was revoked; enroll it again with a new join token")
         }
@@ -263,6 +279,30 @@ pub fn node_refusal(name: &str, standing: &NodeStanding) -> String {
     }
 }
 
+fn previous_refusal(name: &str) -> String {
+    format!(
+        "node {name} renewed its certificate since; this one may only renew again \
+         (in case the node never received the new one), nothing else"
+    )
+}
+
+/// Checks that a caller of `path` (`/package.Service/Method`) may call it at
+/// all: a node's certificate from before its latest renewal may only renew
+/// ([`crate::nodes::RENEW_PATH`]).
+pub fn admit(known: Authenticated, path: &str) -> Result<Authenticated, Box<Denied>> {
+    if matches!(known.principal, Principal::PreviousNode(_)) && path != crate::nodes::RENEW_PATH {
+        let status = Status::unauthenticated(format!(
+            "credential revoked: {}",
+            previous_refusal(&known.actor.name)
+        ));
+        return Err(Box::new(Denied {
+            actor: known.actor,
+            status,
+        }));
+    }
+    Ok(known)
+}
+
 /// Checks an authenticated operator may do `what` (for messages, e.g. "push
 /// roles"), which needs `need`.
 pub fn permit(who: Authenticated, need: Permission, what: &str) -> Result<Actor, Box<Denied>> {
@@ -271,7 +311,7 @@ pub fn permit(who: Authenticated, need: Permission, what: &str) -> Result<Actor,
     } = who;
     let role = match principal {
         Principal::Operator(role) => role,
-        Principal::Node(_) => {
+        Principal::Node(_) | Principal::PreviousNode(_) => {
             let status = Status::permission_denied(format!(
                 "a node certificate may not {what}; that needs an operator credential \
                  (node {} may only use the node API)",
@@ -323,12 +363,30 @@ impl NodeCaller {
     }
 }
 
-/// [`authenticate`], then checks the caller is a node: an operator's
-/// certificate is refused (`PERMISSION_DENIED`), since operators do not run
-/// roles.
+/// [`authenticate`], then checks the caller is a node with its current
+/// certificate: an operator's certificate is refused (`PERMISSION_DENIED`),
+/// since operators do not run roles, and a node's previous one
+/// (`UNAUTHENTICATED`).
 pub async fn node_caller<T>(
     req: &Request<T>,
     store: &dyn Store,
+) -> Result<NodeCaller, Box<Denied>> {
+    caller(req, store, false).await
+}
+
+/// [`node_caller`] for `Nodes.Renew`, which a node's certificate from before
+/// its latest renewal may call too.
+pub async fn renewal_caller<T>(
+    req: &Request<T>,
+    store: &dyn Store,
+) -> Result<NodeCaller, Box<Denied>> {
+    caller(req, store, true).await
+}
+
+async fn caller<T>(
+    req: &Request<T>,
+    store: &dyn Store,
+    renewing: bool,
 ) -> Result<NodeCaller, Box<Denied>> {
     let Authenticated {
         actor,
@@ -341,6 +399,18 @@ pub async fn node_caller<T>(
             assignment,
             fingerprint,
         }),
+        Principal::PreviousNode(assignment) if renewing => Ok(NodeCaller {
+            actor,
+            assignment,
+            fingerprint,
+        }),
+        Principal::PreviousNode(_) => {
+            let status = Status::unauthenticated(format!(
+                "credential revoked: {}",
+                previous_refusal(&actor.name)
+            ));
+            Err(Box::new(Denied { actor, status }))
+        }
         Principal::Operator(role) => {
             let status = Status::permission_denied(format!(
                 "operator {} ({role}) may not use the node API; only an enrolled node's certificate may",

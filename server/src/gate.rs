@@ -1,7 +1,8 @@
 //! The certificate gate: a layer in front of every gRPC service that refuses a
 //! call whose connection presented no valid client certificate (none, unusable,
-//! or revoked: [`auth::authenticate`]), from its headers and the connection's
-//! TLS state alone. The request body is never polled, so such a caller cannot
+//! or revoked: [`auth::authenticate`]; or a node's previous certificate
+//! calling anything but a renewal: [`auth::admit`]), from its path, headers
+//! and the connection's TLS state alone. The request body is never polled, so such a caller cannot
 //! make the server read or decode a message; the refusal is recorded by
 //! [`Refusals`]. An accepted call carries its [`auth::Authenticated`] operator
 //! or node to the handler, which checks what it may do (`PERMISSION_DENIED`).
@@ -102,7 +103,11 @@ where
                 extensions.insert(tls.clone());
             }
             let probe = tonic::Request::from_parts(MetadataMap::new(), extensions, ());
-            match auth::authenticate(&probe, store.as_ref()).await {
+            let path = req.uri().path();
+            match auth::authenticate(&probe, store.as_ref())
+                .await
+                .and_then(|known| auth::admit(known, path))
+            {
                 Ok(known) => {
                     req.extensions_mut().insert(known);
                     inner.call(req).await

@@ -71,6 +71,10 @@ const MAX_INGEST_BATCH: usize = 256;
 /// At most this many bytes of reports wait to be stored at once; more wait to be queued.
 const MAX_INGEST_BYTES: usize = 64 << 20;
 
+/// The gRPC path of `Nodes.Renew`, the one call a node's certificate from
+/// before its latest renewal may make ([`auth::admit`]).
+pub const RENEW_PATH: &str = "/cairn.v1.Nodes/Renew";
+
 /// The Nodes service: the operator [`Api`] (store, metrics, refusals, channel
 /// moves), the report queue, and the CA (which signs renewed certificates).
 #[derive(Clone)]
@@ -89,7 +93,20 @@ impl NodeApi {
 
     /// Identifies the calling node; a refusal is recorded.
     async fn caller<T>(&self, req: &Request<T>, action: &str) -> Result<NodeCaller, Status> {
-        match auth::node_caller(req, self.api.store.as_ref()).await {
+        self.recorded(
+            auth::node_caller(req, self.api.store.as_ref()).await,
+            action,
+        )
+        .await
+    }
+
+    /// The caller identified, or its refusal recorded.
+    async fn recorded(
+        &self,
+        known: Result<NodeCaller, Box<auth::Denied>>,
+        action: &str,
+    ) -> Result<NodeCaller, Status> {
+        match known {
             Ok(node) => Ok(node),
             Err(denied) => Err(self.refuse(&denied.actor, action, "", denied.status).await),
         }
@@ -273,7 +290,9 @@ impl pb::nodes_server::Nodes for NodeApi {
     ) -> Result<Response<pb::RenewResponse>, Status> {
         self.api
             .observed("renew", async {
-                let caller = self.caller(&req, "renew").await?;
+                // A certificate from before the latest renewal may renew too.
+                let known = auth::renewal_caller(&req, self.api.store.as_ref()).await;
+                let caller = self.recorded(known, "renew").await?;
                 let name = caller.name();
                 // The message is bounded by the service's decoding limit, the
                 // request in it by MAX_CSR_BYTES before it is parsed.

@@ -1,6 +1,7 @@
 //! `cairn-server export` and `import`, the real binary: a SQLite server's
-//! roles, channels, nodes, tokens, operators, reports, CA and audit log moved
-//! into PostgreSQL and back, compared with what was there; the enrolled node
+//! roles, channels, nodes (a renewal's previous certificate too), tokens,
+//! operators, reports, CA and audit log moved into PostgreSQL and back,
+//! compared with what was there; the enrolled node
 //! and the operator keep working against the server on the restored database,
 //! which goes on numbering after the restored ids; a damaged archive and a
 //! database that is not empty are refused, and nothing is written.
@@ -147,6 +148,21 @@ async fn enroll(url: &str, admin: &Credentials, ops: &Connection, name: &str) ->
         key: key.serialize_pem(),
         ca: enrolled.ca_pem,
     }
+}
+
+/// Node `name` renews its certificate with `node`'s (a new key; the answer
+/// is dropped).
+async fn renew(node: &Connection, name: &str) -> Result<(), tonic::Status> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    node.nodes()
+        .renew(pb::RenewRequest { csr_pem })
+        .await
+        .map(drop)
 }
 
 /// The node fetches its role: the version it is given.
@@ -339,6 +355,12 @@ async fn sqlite_to_postgres_and_back_keeps_everything_and_nodes_stay_enrolled() 
     assert_eq!(fetched_version(&on_src).await, 2);
     assert!(report(&on_src, "web-1", "run-1", 2).await);
     assert!(report(&on_src, "web-1", "run-2", 2).await);
+    // A node whose renewal's answer it never received: its old certificate
+    // may renew again wherever the archive is restored.
+    let unrenewed = enroll(&src.url(), &admin, &ops, "web-2").await;
+    renew(&unrenewed.connect(&src.url()).await, "web-2")
+        .await
+        .unwrap();
 
     // Exported while the server runs.
     let src_place = ["--data-dir", src_dir.to_str().unwrap()];
@@ -372,6 +394,14 @@ async fn sqlite_to_postgres_and_back_keeps_everything_and_nodes_stay_enrolled() 
     let dst = Daemon::start_with(&pg_dir, grpc, http, "info", &["--database", &pg]);
     let on_dst = node.connect(&dst.url()).await;
     assert_eq!(fetched_version(&on_dst).await, 2);
+    let old_on_dst = unrenewed.connect(&dst.url()).await;
+    let refused = old_on_dst
+        .nodes()
+        .fetch(pb::FetchRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    renew(&old_on_dst, "web-2").await.unwrap();
     let mut moved = Credentials::load(&creds).unwrap();
     moved.server = dst.url();
     let ops_dst = moved.connect().await.unwrap();

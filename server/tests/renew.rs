@@ -4,7 +4,9 @@
 //! naming another node, a request that is no request, a revoked node, a
 //! replaced certificate, an operator and a caller without a certificate are
 //! each refused, and the refusals are audited. A certificate that expired is
-//! refused on a connection opened while it was valid.
+//! refused on a connection opened while it was valid. A renewal whose answer
+//! never reached the node is made again with the old certificate, which may
+//! do nothing else, until the node calls with the new one.
 
 mod common;
 
@@ -238,6 +240,116 @@ async fn a_node_renews_its_certificate_and_the_old_one_stops_counting() {
             "{detail}"
         );
     }
+}
+
+/// The codes of Fetch, Report and Watch called with `conn`'s certificate.
+async fn node_calls(conn: &Connection) -> [Code; 3] {
+    let code = |r: Result<(), tonic::Status>| r.map_or_else(|s| s.code(), |()| Code::Ok);
+    let own = || {
+        Some(pb::Assignment {
+            role: "web".into(),
+            channel: "stable".into(),
+        })
+    };
+    let reported = conn
+        .nodes()
+        .report(pb::ReportRequest::default())
+        .await
+        .map(drop);
+    let watched = conn
+        .nodes()
+        .watch(pb::WatchRequest { assignment: own() })
+        .await
+        .map(drop);
+    [node_api(conn).await, code(reported), code(watched)]
+}
+
+#[tokio::test]
+async fn a_renewal_whose_answer_was_lost_is_made_again_with_the_previous_certificate() {
+    let fleet = Fleet::start(LIFETIME).await;
+    let first = fleet.enroll("web-1").await;
+    let old = fleet.connect(&first).await;
+    assert_eq!(node_api(&old).await, Code::Ok);
+
+    // The server commits a renewal whose answer never reaches the node.
+    let (lost_key, csr) = request(Some("web-1"));
+    let lost = Node {
+        cert_pem: renew(&old, csr).await.unwrap(),
+        key: lost_key,
+    };
+    // The old certificate now may renew, and nothing else: on its open
+    // connection and on a new one, Fetch, Report and Watch are refused.
+    for conn in [&old, &fleet.connect(&first).await] {
+        assert_eq!(node_calls(conn).await, [Code::Unauthenticated; 3]);
+        let err = conn
+            .nodes()
+            .fetch(pb::FetchRequest::default())
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().contains("may only renew again"),
+            "{}",
+            err.message()
+        );
+    }
+
+    // The node, still holding only the old certificate, renews again.
+    let (key, csr) = request(Some("web-1"));
+    let second = Node {
+        cert_pem: renew(&old, csr).await.unwrap(),
+        key,
+    };
+    // The certificate it never received stops counting.
+    assert_eq!(
+        node_calls(&fleet.connect(&lost).await).await,
+        [Code::Unauthenticated; 3]
+    );
+    let new = fleet.connect(&second).await;
+    // (A report of no node is the handler's refusal, past the gate.)
+    assert_eq!(
+        node_calls(&new).await,
+        [Code::Ok, Code::PermissionDenied, Code::Ok]
+    );
+    // The node called with its current certificate: the old one may not
+    // renew any more.
+    let err = renew(&old, request(Some("web-1")).1).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().contains("no longer counts"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(node_api(&new).await, Code::Ok);
+    let renewals = fleet.audited("node renew").await;
+    assert_eq!(renewals.len(), 2, "{renewals:?}");
+    assert!(
+        renewals[1]
+            .3
+            .contains("renewed with its previous certificate, replacing the unused one"),
+        "{renewals:?}"
+    );
+
+    // Revoking the node ends the previous certificate as well.
+    let (key, csr) = request(Some("web-1"));
+    let _unused = Node {
+        cert_pem: renew(&new, csr).await.unwrap(),
+        key,
+    };
+    fleet
+        .admin
+        .access()
+        .revoke_node(pb::RevokeNodeRequest {
+            name: "web-1".into(),
+        })
+        .await
+        .unwrap();
+    let err = renew(&new, request(Some("web-1")).1).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(
+        err.message().contains("node web-1 was revoked"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]

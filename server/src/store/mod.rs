@@ -298,6 +298,15 @@ pub struct Enrolled {
 pub enum NodeStanding {
     /// The node's current certificate, and its assignment.
     Current(Assignment),
+    /// The node's current certificate, from a renewal it has not called with
+    /// yet: the certificate it replaced still renews ([`NodeStanding::Previous`])
+    /// until the node calls with this one
+    /// ([`Store::forget_previous_certificate`]).
+    Renewed(Assignment),
+    /// The certificate the node's current one replaced at its latest renewal,
+    /// which the node has not called with yet: the answer may never have
+    /// reached it, so this one may renew again, and do nothing else.
+    Previous(Assignment),
     /// `node revoke` revoked the node.
     Revoked,
     /// The node enrolled again, or renewed its certificate, since; this
@@ -767,10 +776,13 @@ pub trait Store: Send + Sync + 'static {
     // Node certificate renewal (`Nodes.Renew`).
 
     /// In one transaction: when node `name` is not revoked and `fingerprint`
-    /// is its current certificate's, records `new_fingerprint` (of a
-    /// certificate valid until `valid_until`) as its one valid certificate,
-    /// as an enrollment again does: the old one stops counting at once.
-    /// Audited as `node renew`. Otherwise changes nothing and returns the old
+    /// is its current certificate's or its [`NodeStanding::Previous`] one's,
+    /// records `new_fingerprint` (of a certificate valid until `valid_until`)
+    /// as its current certificate, and `fingerprint` as the previous one,
+    /// which may only renew until the node calls with the new one; any other
+    /// certificate stops counting at once (the current one too, when the
+    /// previous one renews: its answer never reached the node). Audited as
+    /// `node renew`. Otherwise changes nothing and returns the presented
     /// certificate's standing: a revocation or enrollment that committed
     /// since the caller was authenticated wins.
     async fn renew_node(
@@ -781,6 +793,11 @@ pub trait Store: Send + Sync + 'static {
         valid_until: Micros,
         actor: &Actor,
     ) -> Result<std::result::Result<Assignment, NodeStanding>>;
+
+    /// Node `name` called with its current certificate (`fingerprint`, of
+    /// standing [`NodeStanding::Renewed`]): the previous one stops counting.
+    /// Changes nothing if `fingerprint` is no longer the current one.
+    async fn forget_previous_certificate(&self, name: &str, fingerprint: &str) -> Result<()>;
 }
 
 /// A change committed to the database: [`Store::changes`].
@@ -1651,70 +1668,156 @@ pub(crate) mod tests {
         );
         assert!(!log.iter().any(|e| e.detail.contains("hash of")));
 
-        // Renewal: only the current certificate of an unrevoked node is
-        // replaced; the old one stops counting at once.
+        // Renewal: the presented certificate becomes the previous one, which
+        // may only renew again until the node calls with the new one.
         let node_actor = actor(won);
         let valid_until = later;
-        let renewed = store
-            .renew_node(won, "f9", "f10", valid_until, &node_actor)
-            .await
-            .unwrap();
-        assert_eq!(renewed, Ok(again.node.assignment.clone()));
+        let assignment = again.node.assignment.clone();
+        let standing = |fingerprint: &'static str| {
+            let store = store.clone();
+            async move { store.node_standing(won, fingerprint).await.unwrap() }
+        };
+        let renew = |fingerprint: &'static str, new: &'static str| {
+            let (store, node_actor) = (store.clone(), node_actor.clone());
+            async move {
+                store
+                    .renew_node(won, fingerprint, new, valid_until, &node_actor)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(renew("f9", "f10").await, Ok(assignment.clone()));
         assert_eq!(
-            store.node_standing(won, "f9").await.unwrap(),
-            NodeStanding::Replaced
+            standing("f9").await,
+            NodeStanding::Previous(assignment.clone())
         );
         assert_eq!(
-            store.node_standing(won, "f10").await.unwrap(),
-            NodeStanding::Current(again.node.assignment.clone())
+            standing("f10").await,
+            NodeStanding::Renewed(assignment.clone())
         );
         assert_eq!(store.node(won).await.unwrap().unwrap().fingerprint, "f10");
+        assert_eq!(previous_fingerprint(&store, won).await, Some("f9".into()));
+        // Its answer was lost: the previous certificate renews again, and the
+        // new one the node never received stops counting.
+        assert_eq!(renew("f9", "f11").await, Ok(assignment.clone()));
+        assert_eq!(standing("f10").await, NodeStanding::Replaced);
         assert_eq!(
-            store
-                .renew_node(won, "f9", "f11", valid_until, &node_actor)
-                .await
-                .unwrap(),
-            Err(NodeStanding::Replaced)
+            standing("f9").await,
+            NodeStanding::Previous(assignment.clone())
         );
         assert_eq!(
+            standing("f11").await,
+            NodeStanding::Renewed(assignment.clone())
+        );
+        assert_eq!(renew("f10", "f12").await, Err(NodeStanding::Replaced));
+        // Forgetting with a certificate that is not the current one does nothing.
+        store.forget_previous_certificate(won, "f9").await.unwrap();
+        assert_eq!(
+            standing("f9").await,
+            NodeStanding::Previous(assignment.clone())
+        );
+        // The node called with the new one: the previous one is done.
+        store.forget_previous_certificate(won, "f11").await.unwrap();
+        assert_eq!(
+            standing("f11").await,
+            NodeStanding::Current(assignment.clone())
+        );
+        assert_eq!(standing("f9").await, NodeStanding::Replaced);
+        assert_eq!(previous_fingerprint(&store, won).await, None);
+        assert_eq!(renew("f9", "f12").await, Err(NodeStanding::Replaced));
+        assert_eq!(
             store
-                .renew_node("nobody", "f9", "f11", valid_until, &node_actor)
+                .renew_node("nobody", "f9", "f12", valid_until, &node_actor)
                 .await
                 .unwrap(),
             Err(NodeStanding::Unknown)
         );
+        // Enrolling again forgets the previous certificate.
+        assert_eq!(renew("f11", "f12").await, Ok(assignment.clone()));
+        store
+            .create_token(token("fresh2", "s6", 1, later), &admin)
+            .await
+            .unwrap();
+        store
+            .enroll(enrollment("fresh2", "s6", won, "f20"), &nobody)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(standing("f11").await, NodeStanding::Replaced);
+        assert_eq!(standing("f12").await, NodeStanding::Replaced);
+        assert_eq!(previous_fingerprint(&store, won).await, None);
+        // So does revoking the node.
+        let assignment = store.node(won).await.unwrap().unwrap().assignment;
+        assert_eq!(renew("f20", "f21").await, Ok(assignment));
         store.revoke_node(won, &admin).await.unwrap();
-        assert_eq!(
-            store
-                .renew_node(won, "f10", "f11", valid_until, &node_actor)
-                .await
-                .unwrap(),
-            Err(NodeStanding::Revoked)
-        );
-        assert_eq!(
-            store.node_standing(won, "f11").await.unwrap(),
-            NodeStanding::Revoked
-        );
+        assert_eq!(previous_fingerprint(&store, won).await, None);
+        assert_eq!(renew("f20", "f22").await, Err(NodeStanding::Revoked));
+        assert_eq!(standing("f20").await, NodeStanding::Revoked);
+        assert_eq!(standing("f21").await, NodeStanding::Revoked);
         let log = store
             .audit_log(AuditQuery {
                 since: None,
                 from: AuditCursor::Before(None),
-                limit: 2,
+                limit: 7,
             })
             .await
             .unwrap();
+        let actions: Vec<&str> = log.iter().rev().map(|e| e.action.as_str()).collect();
         assert_eq!(
-            (log[1].action.as_str(), log[1].target.as_str()),
-            ("node renew", won)
+            actions,
+            [
+                "node renew",
+                "node renew",
+                "node renew",
+                "token create",
+                "node enroll",
+                "node renew",
+                "node revoke"
+            ]
+        );
+        assert!(log.iter().all(|e| e.target == won || e.target == "fresh2"));
+        let detail = |i: usize| log[i].detail.as_str();
+        assert!(
+            detail(6).contains("replaced the certificate recorded at")
+                && detail(6).contains("valid until"),
+            "{}",
+            detail(6)
         );
         assert!(
-            log[1]
-                .detail
-                .contains("replaced the certificate recorded at")
-                && log[1].detail.contains("valid until"),
+            detail(5).contains("renewed with its previous certificate"),
             "{}",
-            log[1].detail
+            detail(5)
         );
+    }
+
+    /// The previous certificate's fingerprint of node `name`, as an export
+    /// reads it.
+    async fn previous_fingerprint(store: &Arc<dyn Store>, name: &str) -> Option<String> {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(64);
+        let (done, rows) = tokio::join!(store.export_rows(&[&tables::NODES], sender), async {
+            let mut rows = Vec::new();
+            while let Some((_, row)) = receiver.recv().await {
+                rows.push(row);
+            }
+            rows
+        });
+        done.unwrap();
+        let column = |row: &tables::Row, column: &str| {
+            let at = tables::NODES
+                .columns
+                .iter()
+                .position(|c| c.name == column)
+                .unwrap();
+            match &row[at] {
+                tables::Value::Text(text) => text.clone(),
+                other => panic!("{column} is text, not {other:?}"),
+            }
+        };
+        let row = rows
+            .iter()
+            .find(|row| column(row, "name").as_deref() == Some(name))
+            .expect("the node is exported");
+        column(row, "previous_fingerprint")
     }
 
     /// An unchanged run of `node` at version 1 of `web`, with no resources.

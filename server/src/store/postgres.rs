@@ -1062,6 +1062,11 @@ impl Store for PgStore {
         self.renew_node_in_postgres(name, fingerprint, new_fingerprint, valid_until, actor)
             .await
     }
+
+    async fn forget_previous_certificate(&self, name: &str, fingerprint: &str) -> Result<()> {
+        self.forget_previous_certificate_in_postgres(name, fingerprint)
+            .await
+    }
 }
 
 /// The kind (after [`LOCK_SPACE`]) of the session-level locks of background

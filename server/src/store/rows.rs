@@ -151,6 +151,52 @@ impl From<NodeRow> for NodeRecord {
     }
 }
 
+/// A node's role, channel, current and previous certificates' fingerprints,
+/// and revocation: what [`standing_of`] reads.
+pub(super) type StandingRow = (String, String, String, Option<String>, Option<i64>);
+
+/// The standing of the certificate `fingerprint` of the node `row` is (if any).
+pub(super) fn standing_of(row: Option<StandingRow>, fingerprint: &str) -> NodeStanding {
+    match row {
+        None => NodeStanding::Unknown,
+        Some((_, _, _, _, Some(_))) => NodeStanding::Revoked,
+        Some((role, channel, current, previous, None)) => {
+            let assignment = Assignment { role, channel };
+            if current == fingerprint {
+                if previous.is_some() {
+                    NodeStanding::Renewed(assignment)
+                } else {
+                    NodeStanding::Current(assignment)
+                }
+            } else if previous.as_deref() == Some(fingerprint) {
+                NodeStanding::Previous(assignment)
+            } else {
+                NodeStanding::Replaced
+            }
+        }
+    }
+}
+
+/// The audit detail of a renewal: `from_previous` when the node renewed with
+/// its previous certificate (the answer to its last renewal never reached it).
+pub(super) fn renewal_detail(
+    assignment: &Assignment,
+    recorded_at: Micros,
+    from_previous: bool,
+    valid_until: Micros,
+) -> String {
+    let replaced = if from_previous {
+        "renewed with its previous certificate, replacing the unused one recorded at"
+    } else {
+        "replaced the certificate recorded at"
+    };
+    format!(
+        "{assignment}; {replaced} {}; valid until {}",
+        crate::service::rfc3339(recorded_at),
+        crate::service::rfc3339(valid_until)
+    )
+}
+
 /// Why the token (already read) admits no enrollment at `now`, if it does not.
 pub(super) fn refusal(token: &TokenRecord, now: Micros) -> Option<TokenRefusal> {
     if let Some(at) = token.revoked_at {

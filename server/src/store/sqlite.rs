@@ -1325,6 +1325,10 @@ impl Store for SqliteStore {
         self.renew_node_(name, fingerprint, new_fingerprint, valid_until, actor)
             .await
     }
+
+    async fn forget_previous_certificate(&self, name: &str, fingerprint: &str) -> Result<()> {
+        self.forget_previous_certificate_(name, fingerprint).await
+    }
 }
 
 /// The lease on a job of a database this process owns: never lost.

@@ -227,6 +227,8 @@ pub const NODES: Table = Table {
         null("revoked_at", Int),
         col("token_id", Text),
         null("facts", Text),
+        // A renewal's answer the node may not have received (migration 0010).
+        null("previous_fingerprint", Text),
     ],
     key: "name",
     id_sequence: false,

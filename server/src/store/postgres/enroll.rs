@@ -1,4 +1,5 @@
-//! Join tokens and nodes in PostgreSQL (migration `0003_nodes_tokens.sql`).
+//! Join tokens and nodes in PostgreSQL (migrations `0003_nodes_tokens.sql`,
+//! `0010_node_previous_certificate.sql`).
 
 use super::*;
 
@@ -60,21 +61,15 @@ impl PgStore {
         name: &str,
         fingerprint: &str,
     ) -> Result<NodeStanding> {
-        let row: Option<(String, String, String, Option<i64>)> = sqlx::query_as(
-            "SELECT role, channel, fingerprint, revoked_at FROM nodes WHERE name = $1",
+        let row: Option<StandingRow> = sqlx::query_as(
+            "SELECT role, channel, fingerprint, previous_fingerprint, revoked_at
+             FROM nodes WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
         .await
         .map_err(db("read node"))?;
-        Ok(match row {
-            None => NodeStanding::Unknown,
-            Some((_, _, _, Some(_))) => NodeStanding::Revoked,
-            Some((role, channel, current, None)) if current == fingerprint => {
-                NodeStanding::Current(Assignment { role, channel })
-            }
-            Some(_) => NodeStanding::Replaced,
-        })
+        Ok(standing_of(row, fingerprint))
     }
 
     pub(super) async fn create_token_in_postgres(
@@ -215,7 +210,8 @@ impl PgStore {
              VALUES ($1, $2, $3, $4, $5, NULL, $6, $7)
              ON CONFLICT (name) DO UPDATE SET role = excluded.role, channel = excluded.channel,
                  fingerprint = excluded.fingerprint, enrolled_at = excluded.enrolled_at,
-                 revoked_at = NULL, token_id = excluded.token_id, facts = excluded.facts",
+                 revoked_at = NULL, token_id = excluded.token_id, facts = excluded.facts,
+                 previous_fingerprint = NULL",
         )
         .bind(&node.name)
         .bind(&node.assignment.role)
@@ -266,12 +262,14 @@ impl PgStore {
             }
             Some((role, channel, None)) => Assignment { role, channel },
         };
-        sqlx::query("UPDATE nodes SET revoked_at = $1 WHERE name = $2")
-            .bind(now_micros())
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("revoke node"))?;
+        sqlx::query(
+            "UPDATE nodes SET revoked_at = $1, previous_fingerprint = NULL WHERE name = $2",
+        )
+        .bind(now_micros())
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("revoke node"))?;
         let detail = format!("{assignment}; its certificate revoked");
         append_audit(&mut tx, actor, "node revoke", name, &detail, "ok").await?;
         super::changes::node_revoked(&mut tx, name).await?;
@@ -288,36 +286,53 @@ impl PgStore {
     ) -> Result<std::result::Result<Assignment, NodeStanding>> {
         let mut tx = self.begin("begin node renew").await?;
         lock(&mut tx, Lock::Node(name)).await?;
-        let current: Option<(String, String, i64)> = sqlx::query_as(
-            "SELECT role, channel, enrolled_at FROM nodes
-             WHERE name = $1 AND fingerprint = $2 AND revoked_at IS NULL",
+        let current: Option<(String, String, i64, bool)> = sqlx::query_as(
+            "SELECT role, channel, enrolled_at, fingerprint <> $2 FROM nodes
+             WHERE name = $1 AND $2 IN (fingerprint, previous_fingerprint) AND revoked_at IS NULL",
         )
         .bind(name)
         .bind(fingerprint)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db("read node"))?;
-        let Some((role, channel, recorded_at)) = current else {
+        let Some((role, channel, recorded_at, from_previous)) = current else {
             drop(tx);
             return Ok(Err(self
                 .node_standing_in_postgres(name, fingerprint)
                 .await?));
         };
-        sqlx::query("UPDATE nodes SET fingerprint = $1, enrolled_at = $2 WHERE name = $3")
-            .bind(new_fingerprint)
-            .bind(now_micros())
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("renew node certificate"))?;
+        sqlx::query(
+            "UPDATE nodes SET fingerprint = $1, previous_fingerprint = $2, enrolled_at = $3
+             WHERE name = $4",
+        )
+        .bind(new_fingerprint)
+        .bind(fingerprint)
+        .bind(now_micros())
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("renew node certificate"))?;
         let assignment = Assignment { role, channel };
-        let detail = format!(
-            "{assignment}; replaced the certificate recorded at {}; valid until {}",
-            crate::service::rfc3339(recorded_at),
-            crate::service::rfc3339(valid_until)
-        );
+        let detail = renewal_detail(&assignment, recorded_at, from_previous, valid_until);
         append_audit(&mut tx, actor, "node renew", name, &detail, "ok").await?;
         tx.commit().await.map_err(db("commit node renew"))?;
         Ok(Ok(assignment))
+    }
+
+    pub(super) async fn forget_previous_certificate_in_postgres(
+        &self,
+        name: &str,
+        fingerprint: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE nodes SET previous_fingerprint = NULL
+             WHERE name = $1 AND fingerprint = $2 AND previous_fingerprint IS NOT NULL",
+        )
+        .bind(name)
+        .bind(fingerprint)
+        .execute(&self.pool)
+        .await
+        .map_err(db("forget the node's previous certificate"))?;
+        Ok(())
     }
 }

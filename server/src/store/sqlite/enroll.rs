@@ -1,9 +1,10 @@
-//! Join tokens and nodes in SQLite (migration `0003_nodes_tokens.sql`).
+//! Join tokens and nodes in SQLite (migrations `0003_nodes_tokens.sql`,
+//! `0010_node_previous_certificate.sql`).
 //!
 //! Every change that makes a node certificate count or stop counting (an
-//! enrollment, a revocation) is counted in [`OperatorChanges`] after it
-//! commits, as operators' are, so that every process drops the standings it
-//! kept.
+//! enrollment, a revocation, a renewal, a previous certificate forgotten) is
+//! counted in [`OperatorChanges`] after it commits, as operators' are, so
+//! that every process drops the standings it kept.
 
 use sqlx::SqlitePool;
 
@@ -69,20 +70,15 @@ pub(super) async fn read_node_standing(
     name: &str,
     fingerprint: &str,
 ) -> Result<NodeStanding> {
-    let row: Option<(String, String, String, Option<i64>)> =
-        sqlx::query_as("SELECT role, channel, fingerprint, revoked_at FROM nodes WHERE name = ?")
-            .bind(name)
-            .fetch_optional(pool)
-            .await
-            .map_err(db("read node"))?;
-    Ok(match row {
-        None => NodeStanding::Unknown,
-        Some((_, _, _, Some(_))) => NodeStanding::Revoked,
-        Some((role, channel, current, None)) if current == fingerprint => {
-            NodeStanding::Current(Assignment { role, channel })
-        }
-        Some(_) => NodeStanding::Replaced,
-    })
+    let row: Option<StandingRow> = sqlx::query_as(
+        "SELECT role, channel, fingerprint, previous_fingerprint, revoked_at
+         FROM nodes WHERE name = ?",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .map_err(db("read node"))?;
+    Ok(standing_of(row, fingerprint))
 }
 
 impl SqliteStore {
@@ -232,7 +228,8 @@ impl SqliteStore {
              VALUES (?, ?, ?, ?, ?, NULL, ?, ?)
              ON CONFLICT (name) DO UPDATE SET role = excluded.role, channel = excluded.channel,
                  fingerprint = excluded.fingerprint, enrolled_at = excluded.enrolled_at,
-                 revoked_at = NULL, token_id = excluded.token_id, facts = excluded.facts",
+                 revoked_at = NULL, token_id = excluded.token_id, facts = excluded.facts,
+                 previous_fingerprint = NULL",
         )
         .bind(&node.name)
         .bind(&node.assignment.role)
@@ -293,7 +290,7 @@ impl SqliteStore {
             }
             Some((role, channel, None)) => Assignment { role, channel },
         };
-        sqlx::query("UPDATE nodes SET revoked_at = ? WHERE name = ?")
+        sqlx::query("UPDATE nodes SET revoked_at = ?, previous_fingerprint = NULL WHERE name = ?")
             .bind(now_micros())
             .bind(name)
             .execute(&mut *tx)
@@ -324,32 +321,33 @@ impl SqliteStore {
     ) -> Result<std::result::Result<Assignment, NodeStanding>> {
         let _writer = self.write.lock().await;
         let mut tx = self.begin("begin node renew").await?;
-        let current: Option<(String, String, i64)> = sqlx::query_as(
-            "SELECT role, channel, enrolled_at FROM nodes
-             WHERE name = ? AND fingerprint = ? AND revoked_at IS NULL",
+        let current: Option<(String, String, i64, bool)> = sqlx::query_as(
+            "SELECT role, channel, enrolled_at, fingerprint <> ? FROM nodes
+             WHERE name = ? AND ? IN (fingerprint, previous_fingerprint) AND revoked_at IS NULL",
         )
+        .bind(fingerprint)
         .bind(name)
         .bind(fingerprint)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db("read node"))?;
-        let Some((role, channel, recorded_at)) = current else {
+        let Some((role, channel, recorded_at, from_previous)) = current else {
             drop(tx);
             return Ok(Err(read_node_standing(&self.pool, name, fingerprint).await?));
         };
-        sqlx::query("UPDATE nodes SET fingerprint = ?, enrolled_at = ? WHERE name = ?")
-            .bind(new_fingerprint)
-            .bind(now_micros())
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("renew node certificate"))?;
+        sqlx::query(
+            "UPDATE nodes SET fingerprint = ?, previous_fingerprint = ?, enrolled_at = ?
+             WHERE name = ?",
+        )
+        .bind(new_fingerprint)
+        .bind(fingerprint)
+        .bind(now_micros())
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("renew node certificate"))?;
         let assignment = Assignment { role, channel };
-        let detail = format!(
-            "{assignment}; replaced the certificate recorded at {}; valid until {}",
-            crate::service::rfc3339(recorded_at),
-            crate::service::rfc3339(valid_until)
-        );
+        let detail = renewal_detail(&assignment, recorded_at, from_previous, valid_until);
         append_audit(
             &mut tx,
             &self.head,
@@ -363,6 +361,28 @@ impl SqliteStore {
         tx.commit().await.map_err(db("commit node renew"))?;
         self.changes.count()?;
         Ok(Ok(assignment))
+    }
+
+    pub(super) async fn forget_previous_certificate_(
+        &self,
+        name: &str,
+        fingerprint: &str,
+    ) -> Result<()> {
+        let _writer = self.write.lock().await;
+        let forgotten = sqlx::query(
+            "UPDATE nodes SET previous_fingerprint = NULL
+             WHERE name = ? AND fingerprint = ? AND previous_fingerprint IS NOT NULL",
+        )
+        .bind(name)
+        .bind(fingerprint)
+        .execute(&self.pool)
+        .await
+        .map_err(db("forget the node's previous certificate"))?
+        .rows_affected();
+        if forgotten > 0 {
+            self.changes.count()?;
+        }
+        Ok(())
     }
 }
 
