@@ -3,6 +3,8 @@
 
 use sqlx::QueryBuilder;
 
+use crate::store::dashboard::FactValue;
+
 use super::*;
 
 /// How long expired links and sessions are kept (a used link is told apart
@@ -206,15 +208,11 @@ impl PgStore {
     }
 
     pub(super) async fn runs_by_hour_in_postgres(&self, since: Micros) -> Result<Vec<HourOfRuns>> {
-        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
-            "SELECT received_at / $1 AS hour, status, COUNT(*) FROM reports
-             WHERE received_at >= $2 GROUP BY hour, status ORDER BY hour",
-        )
-        .bind(crate::store::dashboard::HOUR)
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("count runs by hour"))?;
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(RUNS_BY_HOUR.1)
+            .bind(since.div_euclid(crate::store::dashboard::HOUR))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("count runs by hour"))?;
         Ok(crate::store::dashboard::fold_hours(rows))
     }
 
@@ -245,11 +243,20 @@ impl PgStore {
             q.push(" AND r.role_version = ").push_bind(version as i64);
         }
         if let Some((keys, value)) = &filter.fact {
-            // Facts are checked to be a JSON object when stored.
-            q.push(" AND (COALESCE(r.facts, n.facts)::jsonb #>> ")
+            // Facts are checked to be a JSON object when stored. The JSON
+            // values the filter matches (see FactValue), compared as jsonb:
+            // numbers by value (12 equals 12.0), a boolean only a boolean.
+            let mut matches = vec![serde_json::Value::from(value.as_str()).to_string()];
+            match FactValue::of(value) {
+                FactValue::Bool(b) => matches.push(b.to_string()),
+                FactValue::Number(n) => matches.push(n.to_string()),
+                FactValue::Text => {}
+            }
+            q.push(" AND (COALESCE(r.facts, n.facts)::jsonb #> ")
                 .push_bind(keys)
-                .push(") = ")
-                .push_bind(value);
+                .push(") = ANY(CAST(")
+                .push_bind(matches)
+                .push(" AS jsonb[]))");
         }
         q.push(" ORDER BY n.name LIMIT ").push_bind(limit as i64);
         let rows: Vec<FleetRow> = q

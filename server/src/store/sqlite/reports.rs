@@ -132,6 +132,20 @@ impl SqliteStore {
                     chunk.len()
                 )))?;
         }
+        let hours = count_by_hour(
+            created
+                .iter()
+                .map(|&(i, _)| (reports[i].meta.received_at, reports[i].meta.status.as_str())),
+            1,
+        );
+        for chunk in hours.chunks(ROWS_PER_STATEMENT) {
+            add_to_hours::<Sqlite>(chunk)
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("count the reports per hour"))?;
+        }
         tx.commit().await.map_err(db("commit reports"))?;
         let created: HashSet<usize> = created.into_iter().map(|(i, _)| i).collect();
         Ok((0..reports.len()).map(|i| created.contains(&i)).collect())
@@ -170,20 +184,33 @@ impl SqliteStore {
     pub(super) async fn delete_reports_in_sqlite(&self, before: Micros, limit: u32) -> Result<u64> {
         let _writer = self.write.lock().await;
         let mut tx = self.begin("begin deleting old reports").await?;
-        let deleted = sqlx::query(
+        let deleted: Vec<(i64, String)> = sqlx::query_as(
             "DELETE FROM reports WHERE id IN
-                 (SELECT id FROM reports WHERE received_at < ? ORDER BY received_at LIMIT ?)",
+                 (SELECT id FROM reports WHERE received_at < ? ORDER BY received_at LIMIT ?)
+             RETURNING received_at, status",
         )
         .bind(before)
         .bind(limit as i64)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
-        .map_err(db("delete old reports"))?
-        .rows_affected();
+        .map_err(db("delete old reports"))?;
+        let hours = count_by_hour(deleted.iter().map(|(at, s)| (*at, s.as_str())), -1);
+        for chunk in hours.chunks(ROWS_PER_STATEMENT) {
+            add_to_hours::<Sqlite>(chunk)
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("count the reports per hour"))?;
+        }
+        sqlx::query(DELETE_EMPTY_HOURS)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("count the reports per hour"))?;
         tx.commit()
             .await
             .map_err(db("commit deleting old reports"))?;
-        Ok(deleted)
+        Ok(deleted.len() as u64)
     }
 
     pub(super) async fn channel_version_in_sqlite(
