@@ -218,6 +218,41 @@ async fn run() -> Result<()> {
             ms(*times.last().expect("at least one round"))
         );
     }
+    overview_reads(store.as_ref(), rounds).await
+}
+
+/// Each of the overview's store reads on its own (the page makes them at
+/// once, so it takes as long as the slowest): median and slowest.
+async fn overview_reads(store: &dyn Store, rounds: u64) -> Result<()> {
+    println!("the overview's reads, each alone:");
+    for what in ["nodes by state", "rollout", "runs per hour", "last failures"] {
+        let mut times = Vec::with_capacity(rounds as usize);
+        for _ in 0..rounds {
+            let now = now_micros();
+            let started = Instant::now();
+            match what {
+                "nodes by state" => drop(store.state_counts(now).await?),
+                "rollout" => drop(store.fleet_status(now).await?),
+                "runs per hour" => drop(store.runs_by_hour(now - 24 * HOUR).await?),
+                _ => drop(
+                    store
+                        .reports(&store::ReportQuery {
+                            status: Some(RunStatus::Failed),
+                            limit: 10,
+                            ..Default::default()
+                        })
+                        .await?,
+                ),
+            }
+            times.push(started.elapsed());
+        }
+        times.sort();
+        println!(
+            "  {what:<20} {:>12} {:>12}",
+            ms(times[times.len() / 2]),
+            ms(*times.last().expect("at least one round"))
+        );
+    }
     Ok(())
 }
 

@@ -743,9 +743,13 @@ pub trait Store: Send + Sync + 'static {
     async fn restore(&self) -> Result<Box<dyn tables::Restore + '_>>;
     // The web dashboard: sign-in links, sessions, the fleet as its pages read it.
 
-    /// Stores a one-time sign-in link, and deletes links and sessions that
-    /// expired more than a day ago. Audited as `ui link`.
+    /// Stores a one-time sign-in link. Audited as `ui link`.
     async fn create_sign_in_link(&self, link: NewSignInLink, actor: &Actor) -> Result<()>;
+
+    /// Deletes the sign-in links and sessions that expired before `before`
+    /// (a background job: see `crate::ui::session::expire_sign_ins`);
+    /// returns how many. Not audited: nothing they allowed is lost.
+    async fn delete_expired_sign_ins(&self, before: Micros) -> Result<u64>;
 
     /// In one transaction: takes the link (by the SHA-256 of its secret) if
     /// it is unused and unexpired at `now` (of two concurrent uses exactly
@@ -1334,6 +1338,54 @@ pub(crate) mod tests {
                 ("ui link", "127.0.0.1:1")
             ]
         );
+
+        // Links and sessions that expired before a time are deleted; a link
+        // deleted is then unknown, one kept still says it expired.
+        let day = 86_400_000_000;
+        store
+            .create_sign_in_link(link("old", now - 2 * day), &ada)
+            .await
+            .unwrap();
+        let old = NewSession {
+            secret_sha256: "session old".into(),
+            expires_at: now - 2 * day,
+        };
+        let then = now - 3 * day;
+        store
+            .sign_in("link old", old, then, "10.0.0.9:1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.session("session old", then).await.unwrap().is_some());
+        assert_eq!(
+            store.delete_expired_sign_ins(now - day).await.unwrap(),
+            2,
+            "the old link and its session"
+        );
+        assert_eq!(
+            store
+                .sign_in("link old", session("s5"), then, "10.0.0.9:1")
+                .await
+                .unwrap(),
+            Err(LinkRefusal::Unknown)
+        );
+        assert_eq!(store.session("session old", then).await.unwrap(), None);
+        assert_eq!(
+            store
+                .sign_in("link l2", session("s6"), now, "10.0.0.9:1")
+                .await
+                .unwrap(),
+            Err(LinkRefusal::Expired { at: now - 1 }),
+            "expired since less than the time given: kept"
+        );
+        assert_eq!(
+            store
+                .sign_in("link l1", session("s7"), now, "10.0.0.9:1")
+                .await
+                .unwrap(),
+            Err(LinkRefusal::Used { at: now })
+        );
+        assert_eq!(store.delete_expired_sign_ins(now - day).await.unwrap(), 0);
 
         // Three nodes of role `dash`: one converged on version 2 (Debian
         // 12), one failing on version 1 (Debian 11), one never reported.

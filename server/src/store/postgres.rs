@@ -1032,6 +1032,10 @@ impl Store for PgStore {
         self.create_sign_in_link_in_postgres(link, actor).await
     }
 
+    async fn delete_expired_sign_ins(&self, before: Micros) -> Result<u64> {
+        self.delete_expired_sign_ins_in_postgres(before).await
+    }
+
     async fn sign_in(
         &self,
         link_sha256: &str,

@@ -1296,6 +1296,10 @@ impl Store for SqliteStore {
         self.create_sign_in_link_in_sqlite(link, actor).await
     }
 
+    async fn delete_expired_sign_ins(&self, before: Micros) -> Result<u64> {
+        self.delete_expired_sign_ins_in_sqlite(before).await
+    }
+
     async fn sign_in(
         &self,
         link_sha256: &str,

@@ -7,10 +7,6 @@ use crate::store::dashboard::FactValue;
 
 use super::*;
 
-/// How long expired links and sessions are kept (a used link is told apart
-/// from an unknown one meanwhile).
-const KEEP_EXPIRED: Micros = 86_400_000_000;
-
 /// Pushes the [`NodeState`] of the row `n` (nodes) / `r` (node_runs) at `now`.
 fn push_state(q: &mut QueryBuilder<'_, Postgres>, now: Micros) {
     q.push("(CASE WHEN r.node IS NULL THEN 'never' WHEN r.seen_at < ")
@@ -32,13 +28,6 @@ impl PgStore {
     ) -> Result<()> {
         let now = now_micros();
         let mut tx = self.begin("begin sign-in link").await?;
-        for table in ["ui_links", "ui_sessions"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < $1"))
-                .bind(now - KEEP_EXPIRED)
-                .execute(&mut *tx)
-                .await
-                .map_err(db(format!("delete expired rows of {table}")))?;
-        }
         sqlx::query(
             "INSERT INTO ui_links (secret_sha256, operator, role, fingerprint, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -186,6 +175,23 @@ impl PgStore {
         }
         tx.commit().await.map_err(db("commit sign-out"))?;
         Ok(ended)
+    }
+
+    pub(super) async fn delete_expired_sign_ins_in_postgres(&self, before: Micros) -> Result<u64> {
+        let mut tx = self.begin("begin deleting expired sign-ins").await?;
+        let mut deleted = 0;
+        for table in ["ui_links", "ui_sessions"] {
+            deleted += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < $1"))
+                .bind(before)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(format!("delete expired rows of {table}")))?
+                .rows_affected();
+        }
+        tx.commit()
+            .await
+            .map_err(db("commit deleting expired sign-ins"))?;
+        Ok(deleted)
     }
 
     pub(super) async fn state_counts_in_postgres(&self, now: Micros) -> Result<StateCounts> {
