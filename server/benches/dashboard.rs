@@ -225,7 +225,12 @@ async fn run() -> Result<()> {
 /// once, so it takes as long as the slowest): median and slowest.
 async fn overview_reads(store: &dyn Store, rounds: u64) -> Result<()> {
     println!("the overview's reads, each alone:");
-    for what in ["nodes by state", "rollout", "runs per hour", "last failures"] {
+    for what in [
+        "nodes by state",
+        "rollout",
+        "runs per hour",
+        "last failures",
+    ] {
         let mut times = Vec::with_capacity(rounds as usize);
         for _ in 0..rounds {
             let now = now_micros();

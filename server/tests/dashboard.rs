@@ -13,9 +13,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use cairn_server::nodes::ChannelMoves;
 use cairn_server::refusals::Refusals;
-use cairn_server::store::{
-    self, Actor, LinkRefusal, NewSession, NewSignInLink, Store, now_micros,
-};
+use cairn_server::store::{self, Actor, LinkRefusal, NewSession, NewSignInLink, Store, now_micros};
 use cairn_server::ui::{UiState, router, session};
 use common::postgres::PgCluster;
 use common::*;
@@ -39,7 +37,10 @@ async fn sign_in(store: &dyn Store) -> String {
         .add_operator("ada", "auditor", "fp", &admin)
         .await
         .unwrap();
-    let (link, secret) = (session::new_secret().unwrap(), session::new_secret().unwrap());
+    let (link, secret) = (
+        session::new_secret().unwrap(),
+        session::new_secret().unwrap(),
+    );
     store
         .create_sign_in_link(
             NewSignInLink {
@@ -132,12 +133,17 @@ async fn the_audit_page_filters_in_the_store_and_pages_through_every_match() {
     let first = page(&mut app, &cookie, "/audit?actor=eve&action=push").await;
     let shown = entries(&first);
     assert_eq!(shown.len(), 50);
-    assert!(shown.iter().all(|(_, who)| who == "eve (admin)"), "{shown:?}");
+    assert!(
+        shown.iter().all(|(_, who)| who == "eve (admin)"),
+        "{shown:?}"
+    );
     assert!(shown.windows(2).all(|w| w[0].0 > w[1].0), "newest first");
     // A filtered page's entries do not follow from each other: not checked,
     // and the whole chain offered, with the filter kept.
     assert!(first.contains("not checked"), "{first}");
-    assert!(first.contains("id=\"verify\" href=\"/audit?verify=all&amp;actor=eve&amp;action=push\""));
+    assert!(
+        first.contains("id=\"verify\" href=\"/audit?verify=all&amp;actor=eve&amp;action=push\"")
+    );
     let before = older(&first).expect("a link to older entries");
     assert_eq!(before, shown.last().unwrap().0);
     let second = page(
@@ -164,7 +170,12 @@ async fn the_audit_page_filters_in_the_store_and_pages_through_every_match() {
     // Nothing matches: an empty page, not an error.
     let nobody = page(&mut app, &cookie, "/audit?actor=nobody").await;
     assert!(entries(&nobody).is_empty() && older(&nobody).is_none());
-    let long = page(&mut app, &cookie, &format!("/audit?actor={}", "a".repeat(200))).await;
+    let long = page(
+        &mut app,
+        &cookie,
+        &format!("/audit?actor={}", "a".repeat(200)),
+    )
+    .await;
     assert!(long.contains("the actor is too long"), "{long}");
 }
 
