@@ -1434,6 +1434,26 @@ pub(crate) mod tests {
             [1, 0, 1, 0, 1],
             "converged, changed, failed, stale, never"
         );
+        // Ten days on, every node that reported is stale.
+        let much_later = store
+            .state_counts(now_micros() + 10 * 86_400_000_000)
+            .await
+            .unwrap();
+        let reported = |c: &StateCounts| {
+            [
+                NodeState::Converged,
+                NodeState::Changed,
+                NodeState::Failed,
+                NodeState::Stale,
+            ]
+            .map(|s| c.get(s))
+            .iter()
+            .sum::<u64>()
+        };
+        assert_eq!(
+            NodeState::ALL.map(|s| much_later.get(s)),
+            [0, 0, 0, reported(&after), after.get(NodeState::Never)]
+        );
         let find = |filter: NodeFilter, after: &'static str| {
             let store = store.clone();
             async move {
