@@ -7,7 +7,8 @@
 //! dashboard's router with a signed-in session: the overview, the first and a
 //! later page of nodes, nodes filtered by state and by a fact, a node, and a
 //! report. Prints per page the median and the slowest server time and the
-//! size of the page sent. TLS and the network are not included.
+//! size of the page sent, then each of the overview's store reads timed
+//! alone. TLS and the network are not included.
 //!
 //! Run with `scripts/bench-dashboard.sh`.
 
