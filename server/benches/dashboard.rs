@@ -7,7 +7,8 @@
 //! dashboard's router with a signed-in session: the overview, the first and a
 //! later page of nodes, nodes filtered by state and by a fact, a node, and a
 //! report. Prints per page the median and the slowest server time and the
-//! size of the page sent. TLS and the network are not included.
+//! size of the page sent, then each of the overview's store reads timed
+//! alone. TLS and the network are not included.
 //!
 //! Run with `scripts/bench-dashboard.sh`.
 
@@ -214,6 +215,46 @@ async fn run() -> Result<()> {
         times.sort();
         println!(
             "{what:<22} {:>12} {:>12} {size:>10}",
+            ms(times[times.len() / 2]),
+            ms(*times.last().expect("at least one round"))
+        );
+    }
+    overview_reads(store.as_ref(), rounds).await
+}
+
+/// Each of the overview's store reads on its own (the page makes them at
+/// once, so it takes as long as the slowest): median and slowest.
+async fn overview_reads(store: &dyn Store, rounds: u64) -> Result<()> {
+    println!("the overview's reads, each alone:");
+    for what in [
+        "nodes by state",
+        "rollout",
+        "runs per hour",
+        "last failures",
+    ] {
+        let mut times = Vec::with_capacity(rounds as usize);
+        for _ in 0..rounds {
+            let now = now_micros();
+            let started = Instant::now();
+            match what {
+                "nodes by state" => drop(store.state_counts(now).await?),
+                "rollout" => drop(store.fleet_status(now).await?),
+                "runs per hour" => drop(store.runs_by_hour(now - 24 * HOUR).await?),
+                _ => drop(
+                    store
+                        .reports(&store::ReportQuery {
+                            status: Some(RunStatus::Failed),
+                            limit: 10,
+                            ..Default::default()
+                        })
+                        .await?,
+                ),
+            }
+            times.push(started.elapsed());
+        }
+        times.sort();
+        println!(
+            "  {what:<20} {:>12} {:>12}",
             ms(times[times.len() / 2]),
             ms(*times.last().expect("at least one round"))
         );

@@ -46,7 +46,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often background jobs run (and once at start): reports past their
-/// retention are deleted; a server that does not hold the jobs' lease tries
+/// retention are deleted, and the dashboard's expired sign-in links and
+/// sessions; a server that does not hold the jobs' lease tries
 /// to take it.
 pub const JOBS_EVERY: Duration = Duration::from_secs(3600);
 /// The lease on background jobs: one server on a database runs them.
@@ -340,6 +341,8 @@ pub async fn run(
                         }
                         let deleted = fleet::expire_reports(store.as_ref(), report_retention).await;
                         debug!(deleted, "report retention ran");
+                        let deleted = crate::ui::session::expire_sign_ins(store.as_ref()).await;
+                        debug!(deleted, "expired sign-ins deleted");
                     }
                 }
             }
@@ -429,7 +432,7 @@ async fn hold_jobs_lease(
     }
     match store.job_lease(JOBS_LEASE).await {
         Ok(Some(taken)) => {
-            info!("this server runs the background jobs (report retention)");
+            info!("this server runs the background jobs (report retention, expired sign-ins)");
             (*lease, *waiting) = (Some(taken), false);
             true
         }

@@ -17,7 +17,8 @@ use cairn_proto::report::{RunReport, RunSummary};
 use cairn_server::store::tables::{self, Row};
 use cairn_server::store::{
     self, AuditCursor, AuditQuery, AuditRecord, CaRecord, Channel, ChannelEvent, FleetNode,
-    NodeRecord, ReportMeta, ReportQuery, Store, TokenRecord, VersionMeta, audit,
+    HourOfRuns, NodeRecord, ReportMeta, ReportQuery, RunStatus, Store, TokenRecord, VersionMeta,
+    audit, dashboard::HOUR,
 };
 use common::postgres::PgCluster;
 use common::*;
@@ -223,6 +224,9 @@ struct Contents {
     fleet: Vec<FleetNode>,
     tokens: Vec<TokenRecord>,
     reports: Vec<(ReportMeta, Vec<u8>)>,
+    /// The reports counted per hour and status: derived, not archived, and
+    /// rebuilt by an import.
+    runs: Vec<HourOfRuns>,
     ca: Option<CaRecord>,
     /// Every row of every table, as stored (operators included).
     rows: Vec<Vec<Row>>,
@@ -263,6 +267,22 @@ async fn contents(url: &str) -> Contents {
     {
         reports.push(store.report(meta.id).await.unwrap());
     }
+    let runs = store.runs_by_hour(0).await.unwrap();
+    // They are the stored reports, counted.
+    let mut counted = std::collections::BTreeMap::<i64, HourOfRuns>::new();
+    for (meta, _) in &reports {
+        let hour = meta.received_at / HOUR * HOUR;
+        let h = counted.entry(hour).or_insert(HourOfRuns {
+            hour,
+            ..HourOfRuns::default()
+        });
+        match meta.status {
+            RunStatus::Failed => h.failed += 1,
+            RunStatus::Changed => h.changed += 1,
+            RunStatus::Unchanged => h.unchanged += 1,
+        }
+    }
+    assert_eq!(runs, counted.into_values().collect::<Vec<_>>(), "{url}");
     Contents {
         versions,
         channels,
@@ -271,6 +291,7 @@ async fn contents(url: &str) -> Contents {
         fleet,
         tokens: store.tokens(1000).await.unwrap(),
         reports,
+        runs,
         ca: store.ca().await.unwrap(),
         rows: all_rows(store.as_ref()).await,
     }
@@ -371,6 +392,7 @@ async fn sqlite_to_postgres_and_back_keeps_everything_and_nodes_stay_enrolled() 
     let before = contents(&sqlite_url(&src_dir)).await;
     assert_eq!(audit::first_break(&before.audit), None);
     assert!(before.audit.len() > 10 && before.reports.len() == 2);
+    assert!(!before.runs.is_empty());
     assert_eq!(before.versions.len(), 4);
 
     // Into PostgreSQL: the same, entry for entry.
@@ -464,7 +486,7 @@ async fn sqlite_to_postgres_and_back_keeps_everything_and_nodes_stay_enrolled() 
         text(&o.stdout)
     );
     let restored = contents(&pg_lean).await;
-    assert!(restored.reports.is_empty());
+    assert!(restored.reports.is_empty() && restored.runs.is_empty());
     assert!(restored.fleet.iter().all(|n| n.last.is_none()));
     assert_eq!(
         (

@@ -112,10 +112,35 @@ pub struct NodeFilter {
     /// The role version its newest run applied.
     pub version: Option<u64>,
     /// A fact (path of object keys, e.g. `["os", "release"]`, each of
-    /// letters, digits, `_` and `-`: the caller checks) and the value
-    /// it must have, as text: the facts of its newest run, or those it sent
-    /// when it enrolled.
+    /// letters, digits, `_` and `-`: the caller checks) and the value it
+    /// must have, as typed: see [`FactValue`]. The facts of its newest run,
+    /// or those it sent when it enrolled.
     pub fact: Option<(Vec<String>, String)>,
+}
+
+/// What a fact filter's value matches, the same on every backend: the text
+/// always matches a JSON string equal to it; `true` and `false` also match
+/// that JSON boolean, and a JSON number (`12`, `12.0`, `-1e3`) also matches
+/// a JSON number equal to it as a number (`12` matches `12` and `12.0`).
+/// Nothing matches a key that is missing, `null`, an object or an array.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum FactValue {
+    Bool(bool),
+    Number(serde_json::Number),
+    Text,
+}
+
+impl FactValue {
+    pub(crate) fn of(text: &str) -> FactValue {
+        match text {
+            "true" => FactValue::Bool(true),
+            "false" => FactValue::Bool(false),
+            _ => match serde_json::from_str::<serde_json::Number>(text) {
+                Ok(n) => FactValue::Number(n),
+                Err(_) => FactValue::Text,
+            },
+        }
+    }
 }
 
 /// Runs reported in one hour, by how they went.

@@ -190,6 +190,14 @@ pub struct AuditQuery {
     pub limit: u32,
 }
 
+/// Which audit entries a page holds: every field set narrows it to entries
+/// with exactly that value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+}
+
 /// Where a page of the audit log starts, and which way it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditCursor {
@@ -567,7 +575,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// One page of audit entries, in the cursor's direction. Entries stored
     /// before the bounds existed come back cut, with their full digest.
-    async fn audit_log(&self, query: AuditQuery) -> Result<Vec<AuditRecord>>;
+    async fn audit_log(&self, query: AuditQuery) -> Result<Vec<AuditRecord>> {
+        self.audit_log_filtered(query, &AuditFilter::default())
+            .await
+    }
+
+    /// As [`Store::audit_log`], only the entries `filter` admits: the page
+    /// holds up to `query.limit` of them, read from an index of the field
+    /// filtered on (migration 0009), not by walking the log.
+    async fn audit_log_filtered(
+        &self,
+        query: AuditQuery,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditRecord>>;
 
     /// Records `fingerprint` as the one valid certificate of operator `name`,
     /// replacing (so revoking) any earlier one. Audited as `operator add`.
@@ -733,9 +753,13 @@ pub trait Store: Send + Sync + 'static {
     async fn restore(&self) -> Result<Box<dyn tables::Restore + '_>>;
     // The web dashboard: sign-in links, sessions, the fleet as its pages read it.
 
-    /// Stores a one-time sign-in link, and deletes links and sessions that
-    /// expired more than a day ago. Audited as `ui link`.
+    /// Stores a one-time sign-in link. Audited as `ui link`.
     async fn create_sign_in_link(&self, link: NewSignInLink, actor: &Actor) -> Result<()>;
+
+    /// Deletes the sign-in links and sessions that expired before `before`
+    /// (a background job: see `crate::ui::session::expire_sign_ins`);
+    /// returns how many. Not audited: nothing they allowed is lost.
+    async fn delete_expired_sign_ins(&self, before: Micros) -> Result<u64>;
 
     /// In one transaction: takes the link (by the SHA-256 of its secret) if
     /// it is unused and unexpired at `now` (of two concurrent uses exactly
@@ -760,7 +784,9 @@ pub trait Store: Send + Sync + 'static {
     /// Unrevoked nodes per [`NodeState`] at `now`.
     async fn state_counts(&self, now: Micros) -> Result<StateCounts>;
 
-    /// Reports received at or after `since`, per hour and status, oldest first.
+    /// Reports stored now, per hour (by `received_at`) and status, for every
+    /// hour from the one holding `since` on, oldest first: read from counters
+    /// kept as reports are stored and deleted, not by counting reports.
     async fn runs_by_hour(&self, since: Micros) -> Result<Vec<HourOfRuns>>;
 
     /// Nodes by name after `after`, at most `limit`, with their newest run,
@@ -1045,6 +1071,65 @@ pub(crate) mod tests {
         );
         assert!(page(AuditCursor::After(all[n - 1]), 10).await.is_empty());
 
+        // Filtered in the store: pages of only the entries admitted, newest
+        // first, each page as full as the limit allows, through the whole log.
+        let filters = [
+            (Some("bob"), None, 16),
+            (None, Some("promote"), 4),
+            (Some("alice"), Some("push"), 5),
+            (Some("eve"), Some("push"), 1),
+            (Some("nobody"), None, 0),
+        ];
+        for (actor, action, expected) in filters {
+            let filter = AuditFilter {
+                actor: actor.map(String::from),
+                action: action.map(String::from),
+            };
+            let wanted: Vec<u64> = log
+                .iter()
+                .rev()
+                .filter(|e| actor.is_none_or(|a| e.actor == a))
+                .filter(|e| action.is_none_or(|a| e.action == a))
+                .map(|e| e.id)
+                .collect();
+            assert_eq!(wanted.len(), expected, "{filter:?}");
+            let (mut found, mut cursor) = (Vec::new(), None);
+            loop {
+                let entries = store
+                    .audit_log_filtered(
+                        AuditQuery {
+                            since: None,
+                            from: AuditCursor::Before(cursor),
+                            limit: 3,
+                        },
+                        &filter,
+                    )
+                    .await
+                    .unwrap();
+                assert!(entries.len() <= 3);
+                let Some(last) = entries.last() else { break };
+                cursor = Some(last.id);
+                found.extend(entries.iter().map(|e| e.id));
+                if entries.len() < 3 {
+                    break;
+                }
+            }
+            assert_eq!(found, wanted, "{filter:?}");
+            let oldest_first = store
+                .audit_log_filtered(
+                    AuditQuery {
+                        since: None,
+                        from: AuditCursor::After(0),
+                        limit: 1000,
+                    },
+                    &filter,
+                )
+                .await
+                .unwrap();
+            let oldest_first: Vec<u64> = oldest_first.iter().rev().map(|e| e.id).collect();
+            assert_eq!(oldest_first, wanted, "{filter:?}");
+        }
+
         // Whatever a caller sends, a stored entry is bounded.
         let huge = "r".repeat(1 << 20);
         let hostile = Actor {
@@ -1290,6 +1375,54 @@ pub(crate) mod tests {
             ]
         );
 
+        // Links and sessions that expired before a time are deleted; a link
+        // deleted is then unknown, one kept still says it expired.
+        let day = 86_400_000_000;
+        store
+            .create_sign_in_link(link("old", now - 2 * day), &ada)
+            .await
+            .unwrap();
+        let old = NewSession {
+            secret_sha256: "session old".into(),
+            expires_at: now - 2 * day,
+        };
+        let then = now - 3 * day;
+        store
+            .sign_in("link old", old, then, "10.0.0.9:1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.session("session old", then).await.unwrap().is_some());
+        assert_eq!(
+            store.delete_expired_sign_ins(now - day).await.unwrap(),
+            2,
+            "the old link and its session"
+        );
+        assert_eq!(
+            store
+                .sign_in("link old", session("s5"), then, "10.0.0.9:1")
+                .await
+                .unwrap(),
+            Err(LinkRefusal::Unknown)
+        );
+        assert_eq!(store.session("session old", then).await.unwrap(), None);
+        assert_eq!(
+            store
+                .sign_in("link l2", session("s6"), now, "10.0.0.9:1")
+                .await
+                .unwrap(),
+            Err(LinkRefusal::Expired { at: now - 1 }),
+            "expired since less than the time given: kept"
+        );
+        assert_eq!(
+            store
+                .sign_in("link l1", session("s7"), now, "10.0.0.9:1")
+                .await
+                .unwrap(),
+            Err(LinkRefusal::Used { at: now })
+        );
+        assert_eq!(store.delete_expired_sign_ins(now - day).await.unwrap(), 0);
+
         // Three nodes of role `dash`: one converged on version 2 (Debian
         // 12), one failing on version 1 (Debian 11), one never reported.
         let before = store.state_counts(now_micros()).await.unwrap();
@@ -1304,17 +1437,29 @@ pub(crate) mod tests {
                 .unwrap()
                 .unwrap();
         }
-        let report = |node: &str, version: u64, status, release: &str| {
+        let report = |node: &str, version: u64, status, facts: &str| {
             let mut r = new_report(node, &format!("{node}-run"), now_micros(), status);
             r.meta.role = "dash".into();
             r.meta.role_version = version;
-            r.facts_json = format!("{{\"os\":{{\"release\":\"{release}\"}}}}");
+            r.facts_json = facts.into();
             r
         };
         store
             .store_reports(&[
-                report("dash-a", 2, RunStatus::Unchanged, "12"),
-                report("dash-b", 1, RunStatus::Failed, "11"),
+                report(
+                    "dash-a",
+                    2,
+                    RunStatus::Unchanged,
+                    r#"{"os": {"release": "12", "major": 12}, "cpus": 4, "load": 1.5,
+                        "virtual": true, "tag": "true", "zone": "eu", "none": null}"#,
+                ),
+                report(
+                    "dash-b",
+                    1,
+                    RunStatus::Failed,
+                    r#"{"os": {"release": 11, "major": 11.0}, "cpus": 4.0, "load": 1.25,
+                        "virtual": false, "zone": 12, "list": [1, 2]}"#,
+                ),
             ])
             .await
             .unwrap();
@@ -1324,6 +1469,26 @@ pub(crate) mod tests {
             NodeState::ALL.map(delta),
             [1, 0, 1, 0, 1],
             "converged, changed, failed, stale, never"
+        );
+        // Ten days on, every node that reported is stale.
+        let much_later = store
+            .state_counts(now_micros() + 10 * 86_400_000_000)
+            .await
+            .unwrap();
+        let reported = |c: &StateCounts| {
+            [
+                NodeState::Converged,
+                NodeState::Changed,
+                NodeState::Failed,
+                NodeState::Stale,
+            ]
+            .map(|s| c.get(s))
+            .iter()
+            .sum::<u64>()
+        };
+        assert_eq!(
+            NodeState::ALL.map(|s| much_later.get(s)),
+            [0, 0, 0, reported(&after), after.get(NodeState::Never)]
         );
         let find = |filter: NodeFilter, after: &'static str| {
             let store = store.clone();
@@ -1369,52 +1534,106 @@ pub(crate) mod tests {
             )),
             ..NodeFilter::default()
         };
-        assert_eq!(
-            find(by_fact(&["os", "release"], "12"), "").await,
-            ["dash-a"]
-        );
-        assert!(find(by_fact(&["os", "release"], "13"), "").await.is_empty());
+        // Fact values compare by type, the same on every backend: text a
+        // string, `true`/`false` a boolean (or that string), a number a
+        // number equal to it (or that string).
+        let (a, b, both, none): (&[&str], &[&str], &[&str], &[&str]) =
+            (&["dash-a"], &["dash-b"], &["dash-a", "dash-b"], &[]);
+        for (key, value, expected) in [
+            ("os.release", "12", a),
+            ("os.release", "11", b),
+            ("os.release", "11.0", b),
+            ("os.release", "13", none),
+            ("os.major", "12", a),
+            ("os.major", "11", b),
+            ("os.major", "1.1e1", b),
+            ("cpus", "4", both),
+            ("cpus", "4.0", both),
+            ("cpus", "4.5", none),
+            ("cpus", "four", none),
+            ("load", "1.5", a),
+            ("load", "1.50", a),
+            ("load", "1.25", b),
+            ("virtual", "true", a),
+            ("virtual", "false", b),
+            ("virtual", "1", none),
+            ("virtual", "0", none),
+            ("tag", "true", a),
+            ("zone", "eu", a),
+            ("zone", "EU", none),
+            ("zone", "12", b),
+            ("none", "null", none),
+            ("list", "1", none),
+            ("os", "12", none),
+            ("os.release.minor", "12", none),
+            ("missing", "12", none),
+            ("os.missing", "true", none),
+        ] {
+            let keys: Vec<&str> = key.split('.').collect();
+            assert_eq!(
+                find(by_fact(&keys, value), "").await,
+                expected,
+                "{key}={value}"
+            );
+        }
         let wrong_channel = NodeFilter {
             channel: Some("production".into()),
             ..NodeFilter::default()
         };
         assert!(find(wrong_channel, "").await.is_empty());
 
-        // Runs per hour are the reports listed since then, counted by hour
-        // and status.
-        for since in [now - dashboard::HOUR, now - 50 * dashboard::HOUR, 0] {
+        // Runs per hour are the reports stored in each hour, from the hour
+        // asked on.
+        assert_runs_counted(store.as_ref(), "after the dashboard's reports").await;
+        let this_hour = now.div_euclid(dashboard::HOUR) * dashboard::HOUR;
+        for since in [this_hour, this_hour + 1, now, now - 50 * dashboard::HOUR] {
             let hours = store.runs_by_hour(since).await.unwrap();
-            let listed = store
-                .reports(&ReportQuery {
-                    since: Some(since),
-                    limit: 10_000,
-                    ..ReportQuery::default()
-                })
-                .await
-                .unwrap();
-            let mut counted = std::collections::BTreeMap::<Micros, HourOfRuns>::new();
-            for r in &listed {
-                let hour = r.received_at.div_euclid(dashboard::HOUR) * dashboard::HOUR;
-                let h = counted.entry(hour).or_insert(HourOfRuns {
-                    hour,
-                    ..HourOfRuns::default()
-                });
-                match r.status {
-                    RunStatus::Failed => h.failed += 1,
-                    RunStatus::Changed => h.changed += 1,
-                    RunStatus::Unchanged => h.unchanged += 1,
-                }
-            }
-            assert_eq!(
-                hours,
-                counted.into_values().collect::<Vec<_>>(),
-                "since {since}"
-            );
+            let all = store.runs_by_hour(0).await.unwrap();
+            let from = since.div_euclid(dashboard::HOUR) * dashboard::HOUR;
+            let expected: Vec<HourOfRuns> = all.into_iter().filter(|h| h.hour >= from).collect();
+            assert_eq!(hours, expected, "since {since}");
             assert!(
                 hours.iter().map(|h| h.failed).sum::<u64>() >= 1,
                 "{hours:?}"
             );
         }
+        assert!(
+            store
+                .runs_by_hour(this_hour + dashboard::HOUR)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// Runs per hour ([`Store::runs_by_hour`], kept as reports are stored
+    /// and deleted) equal the stored reports counted by hour and status.
+    pub(crate) async fn assert_runs_counted(store: &dyn Store, when: &str) {
+        let listed = store
+            .reports(&ReportQuery {
+                limit: 100_000,
+                ..ReportQuery::default()
+            })
+            .await
+            .unwrap();
+        let mut counted = std::collections::BTreeMap::<Micros, HourOfRuns>::new();
+        for r in &listed {
+            let hour = r.received_at.div_euclid(dashboard::HOUR) * dashboard::HOUR;
+            let h = counted.entry(hour).or_insert(HourOfRuns {
+                hour,
+                ..HourOfRuns::default()
+            });
+            match r.status {
+                RunStatus::Failed => h.failed += 1,
+                RunStatus::Changed => h.changed += 1,
+                RunStatus::Unchanged => h.unchanged += 1,
+            }
+        }
+        assert_eq!(
+            store.runs_by_hour(0).await.unwrap(),
+            counted.into_values().collect::<Vec<_>>(),
+            "{when}"
+        );
     }
 
     async fn shared_ca_and_jobs(store: Arc<dyn Store>) {
@@ -1904,16 +2123,17 @@ pub(crate) mod tests {
             store.store_reports(&first).await.unwrap(),
             [true, true, true]
         );
+        assert_runs_counted(store.as_ref(), "after a batch").await;
         // Delivered again (with another body, even): nothing stored.
+        // The same run twice in one batch is stored (and counted) once.
         let mut again = new_report("n1", "r1", t, RunStatus::Failed);
         again.report = b"other".to_vec();
+        let r3 = new_report("n1", "r3", t + 20, RunStatus::Failed);
         assert_eq!(
-            store
-                .store_reports(&[again, new_report("n1", "r3", t + 20, RunStatus::Failed)])
-                .await
-                .unwrap(),
-            [false, true]
+            store.store_reports(&[again, r3.clone(), r3]).await.unwrap(),
+            [false, true, false]
         );
+        assert_runs_counted(store.as_ref(), "after runs delivered again").await;
         let all = store
             .reports(&ReportQuery {
                 limit: 100,
@@ -2111,9 +2331,13 @@ pub(crate) mod tests {
             .await
             .unwrap();
         let cutoff = t - 30 * 86_400_000_000;
+        assert_runs_counted(store.as_ref(), "with old reports").await;
         assert_eq!(store.delete_reports_before(cutoff, 2).await.unwrap(), 2);
+        assert_runs_counted(store.as_ref(), "after retention deleted some").await;
         assert_eq!(store.delete_reports_before(cutoff, 2).await.unwrap(), 1);
         assert_eq!(store.delete_reports_before(cutoff, 2).await.unwrap(), 0);
+        assert_runs_counted(store.as_ref(), "after retention").await;
+
         assert_eq!(
             store
                 .reports(&ReportQuery {

@@ -724,24 +724,42 @@ impl Store for PgStore {
         tx.commit().await.map_err(db("commit audit entry"))
     }
 
-    async fn audit_log(&self, query: AuditQuery) -> Result<Vec<AuditRecord>> {
+    async fn audit_log_filtered(
+        &self,
+        query: AuditQuery,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditRecord>> {
         // Every entry was stored within its bounds (this backend never held
         // entries from before them), so none comes back cut.
-        let (order, bound, id) = match query.from {
-            AuditCursor::After(id) => ("ASC", ">", id as i64),
-            AuditCursor::Before(Some(id)) => ("DESC", "<", id as i64),
-            AuditCursor::Before(None) => ("DESC", "<", i64::MAX),
+        let mut q = sqlx::QueryBuilder::<Postgres>::new(format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE at >= "
+        ));
+        q.push_bind(query.since.unwrap_or(i64::MIN));
+        let order = match query.from {
+            AuditCursor::After(id) => {
+                q.push(" AND id > ").push_bind(id as i64);
+                "ASC"
+            }
+            AuditCursor::Before(Some(id)) => {
+                q.push(" AND id < ").push_bind(id as i64);
+                "DESC"
+            }
+            AuditCursor::Before(None) => "DESC",
         };
-        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_log
-             WHERE at >= $1 AND id {bound} $2 ORDER BY id {order} LIMIT $3"
-        ))
-        .bind(query.since.unwrap_or(i64::MIN))
-        .bind(id)
-        .bind(i64::from(query.limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("read audit log"))?;
+        // Only the filters given: each is then read from its index.
+        if let Some(actor) = &filter.actor {
+            q.push(" AND actor = ").push_bind(actor);
+        }
+        if let Some(action) = &filter.action {
+            q.push(" AND action = ").push_bind(action);
+        }
+        q.push(format!(" ORDER BY id {order} LIMIT "))
+            .push_bind(i64::from(query.limit));
+        let rows: Vec<AuditRow> = q
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read audit log"))?;
         Ok(rows.into_iter().map(AuditRecord::from).collect())
     }
 
@@ -1012,6 +1030,10 @@ impl Store for PgStore {
 
     async fn create_sign_in_link(&self, link: NewSignInLink, actor: &Actor) -> Result<()> {
         self.create_sign_in_link_in_postgres(link, actor).await
+    }
+
+    async fn delete_expired_sign_ins(&self, before: Micros) -> Result<u64> {
+        self.delete_expired_sign_ins_in_postgres(before).await
     }
 
     async fn sign_in(

@@ -346,3 +346,60 @@ impl TryFrom<FleetRow> for FleetNode {
         })
     }
 }
+
+/// Reports per hour and status (`report_hours`, migration 0009): `(hour
+/// number, status, reports)`, by hour then status, one row per pair, each
+/// report counting `each` (1 stored, -1 deleted).
+pub(super) fn count_by_hour<'m>(
+    reports: impl IntoIterator<Item = (Micros, &'m str)>,
+    each: i64,
+) -> Vec<(i64, &'m str, i64)> {
+    let mut counts = std::collections::BTreeMap::<(i64, &str), i64>::new();
+    for (received_at, status) in reports {
+        *counts
+            .entry((received_at / dashboard::HOUR, status))
+            .or_default() += each;
+    }
+    counts.into_iter().map(|((h, s), n)| (h, s, n)).collect()
+}
+
+/// One statement adding `counts` ([`count_by_hour`], at most a few thousand:
+/// a batch's reports span an hour or two) to `report_hours`, negative counts
+/// taking away; rows are locked in key order, so two writers never wait for
+/// each other in a cycle. Rows left at zero or below are deleted after by
+/// [`DELETE_EMPTY_HOURS`].
+pub(super) fn add_to_hours<'a, DB>(counts: &'a [(i64, &'a str, i64)]) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    DB::Arguments<'a>: Default,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut upsert = sqlx::QueryBuilder::new("INSERT INTO report_hours (hour, status, runs) ");
+    upsert.push_values(counts, |mut row, (hour, status, n)| {
+        row.push_bind(*hour).push_bind(*status).push_bind(*n);
+    });
+    upsert
+        .push(" ON CONFLICT (hour, status) DO UPDATE SET runs = report_hours.runs + excluded.runs");
+    upsert
+}
+
+/// Deletes the hours with no reports left (after retention).
+pub(super) const DELETE_EMPTY_HOURS: &str = "DELETE FROM report_hours WHERE runs <= 0";
+
+/// Rebuilds `report_hours` from `reports` (after an import).
+pub(super) const REBUILD_HOURS: [&str; 2] = [
+    "DELETE FROM report_hours",
+    "INSERT INTO report_hours (hour, status, runs) \
+     SELECT received_at / 3600000000, status, COUNT(*) FROM reports \
+     GROUP BY received_at / 3600000000, status",
+];
+
+/// The hours of `report_hours` from one (its number bound) on, oldest first:
+/// SQLite's and PostgreSQL's spelling.
+pub(super) const RUNS_BY_HOUR: (&str, &str) = (
+    "SELECT hour, status, runs FROM report_hours WHERE hour >= ? AND runs > 0 \
+     ORDER BY hour, status",
+    "SELECT hour, status, runs FROM report_hours WHERE hour >= $1 AND runs > 0 \
+     ORDER BY hour, status",
+);

@@ -953,20 +953,18 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db("commit audit entry"))
     }
 
-    async fn audit_log(&self, query: AuditQuery) -> Result<Vec<AuditRecord>> {
+    async fn audit_log_filtered(
+        &self,
+        query: AuditQuery,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditRecord>> {
         // Fields are read only up to one character past their bound: entries
         // stored before the bounds existed may be huge, and a page holds many.
         let cut =
             |column: &str, max: usize| format!("substr({column}, 1, {}) AS {column}", max + 1);
         let (name, text) = (audit::MAX_NAME_CHARS, audit::MAX_TEXT_CHARS);
-        let (order, id_bound) = match query.from {
-            AuditCursor::After(id) => ("ASC", format!("id > {id}")),
-            AuditCursor::Before(Some(id)) => ("DESC", format!("id < {id}")),
-            AuditCursor::Before(None) => ("DESC", "1".to_string()),
-        };
-        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
-            "SELECT id, at, {}, {}, {}, {}, {}, {}, {}, hash FROM audit_log
-             WHERE at >= ? AND {id_bound} ORDER BY id {order} LIMIT ?",
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(format!(
+            "SELECT id, at, {}, {}, {}, {}, {}, {}, {}, hash FROM audit_log WHERE at >= ",
             cut("actor", name),
             cut("actor_role", name),
             cut("action", name),
@@ -974,12 +972,33 @@ impl Store for SqliteStore {
             cut("detail", text),
             cut("peer", name),
             cut("outcome", text),
-        ))
-        .bind(query.since.unwrap_or(i64::MIN))
-        .bind(query.limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("read audit log"))?;
+        ));
+        q.push_bind(query.since.unwrap_or(i64::MIN));
+        let order = match query.from {
+            AuditCursor::After(id) => {
+                q.push(" AND id > ").push_bind(id as i64);
+                "ASC"
+            }
+            AuditCursor::Before(Some(id)) => {
+                q.push(" AND id < ").push_bind(id as i64);
+                "DESC"
+            }
+            AuditCursor::Before(None) => "DESC",
+        };
+        // Only the filters given: each is then read from its index.
+        if let Some(actor) = &filter.actor {
+            q.push(" AND actor = ").push_bind(actor);
+        }
+        if let Some(action) = &filter.action {
+            q.push(" AND action = ").push_bind(action);
+        }
+        q.push(format!(" ORDER BY id {order} LIMIT "))
+            .push_bind(query.limit as i64);
+        let rows: Vec<AuditRow> = q
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read audit log"))?;
         let mut records = Vec::with_capacity(rows.len());
         for row in rows {
             let record = AuditRecord::from(row);
@@ -1275,6 +1294,10 @@ impl Store for SqliteStore {
 
     async fn create_sign_in_link(&self, link: NewSignInLink, actor: &Actor) -> Result<()> {
         self.create_sign_in_link_in_sqlite(link, actor).await
+    }
+
+    async fn delete_expired_sign_ins(&self, before: Micros) -> Result<u64> {
+        self.delete_expired_sign_ins_in_sqlite(before).await
     }
 
     async fn sign_in(

@@ -63,7 +63,8 @@ pub trait Restore: Send {
     /// Inserts `rows` into `table` as they are, ids included.
     async fn insert(&mut self, table: &'static Table, rows: &[Row]) -> Result<()>;
 
-    /// Commits everything inserted. Ids the database gives from now on
+    /// Rebuilds what is derived from the rows inserted (the reports counted
+    /// per hour) and commits everything. Ids the database gives from now on
     /// follow the restored ones.
     async fn commit(self: Box<Self>) -> Result<()>;
 }
@@ -102,8 +103,10 @@ pub const ALL: [&Table; 10] = [
 
 /// Tables no archive holds: the dashboard's sign-in links and sessions,
 /// which last hours and are bound to one server's address (after a restore,
-/// operators sign in again).
-pub const LEFT_OUT: [&str; 2] = ["ui_links", "ui_sessions"];
+/// operators sign in again); and the reports counted per hour, derived from
+/// the reports and rebuilt from them when an archive is restored
+/// ([`Restore::commit`]).
+pub const LEFT_OUT: [&str; 3] = ["ui_links", "ui_sessions", "report_hours"];
 
 pub const ROLE_VERSIONS: Table = Table {
     name: "role_versions",

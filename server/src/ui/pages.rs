@@ -17,8 +17,9 @@ use tracing::error;
 use super::session::{Viewer, refused, unavailable};
 use super::{Peer, UiState, html};
 use crate::store::{
-    AuditCursor, AuditQuery, AuditRecord, ChannelStatus, FleetNode, HourOfRuns, Micros, NodeFilter,
-    NodeState, ReportMeta, ReportQuery, RunStatus, StoreError, audit, dashboard::HOUR, now_micros,
+    AuditCursor, AuditFilter, AuditQuery, AuditRecord, ChannelStatus, FleetNode, HourOfRuns,
+    Micros, NodeFilter, NodeState, ReportMeta, ReportQuery, RunStatus, StoreError, audit,
+    dashboard::HOUR, now_micros,
 };
 
 /// Nodes on one page of the nodes list.
@@ -183,8 +184,13 @@ impl Chart {
 const CHART_HEIGHT: u32 = 120;
 const BAR_WIDTH: u32 = 20;
 
+/// The start of the chart's first hour: 23 hours before the current one.
+fn chart_start(now: Micros) -> Micros {
+    (now / HOUR - 23) * HOUR
+}
+
 fn chart(hours: &[HourOfRuns], now: Micros) -> Chart {
-    let first = (now / HOUR - 23) * HOUR;
+    let first = chart_start(now);
     let max = hours
         .iter()
         .map(|h| h.failed + h.changed + h.unchanged)
@@ -235,7 +241,7 @@ pub async fn overview(State(state): State<Arc<UiState>>, viewer: Viewer) -> Page
     let now = now_micros();
     let store = &state.store;
     // Four reads of their own, at once: the page takes as long as the
-    // slowest (the day's runs), not as long as all four.
+    // slowest, not as long as all four.
     let failures_query = ReportQuery {
         status: Some(RunStatus::Failed),
         limit: LAST_FAILURES,
@@ -244,7 +250,7 @@ pub async fn overview(State(state): State<Arc<UiState>>, viewer: Viewer) -> Page
     let (counts, rollout, hours, failures) = tokio::join!(
         store.state_counts(now),
         store.fleet_status(now),
-        store.runs_by_hour(now - 24 * HOUR),
+        store.runs_by_hour(chart_start(now)),
         store.reports(&failures_query),
     );
     let counts = counts.map_err(failed("node states"))?;
@@ -807,7 +813,7 @@ const AUDIT_VERIFY_STEP: u32 = 1000;
 pub struct AuditPageQuery {
     /// The page starts below this entry (the cursor of the next page).
     before: Option<u64>,
-    /// Only entries of this actor, or with this action (exact), on the page read.
+    /// Only entries of this actor, or with this action (exact).
     #[serde(default)]
     actor: String,
     #[serde(default)]
@@ -815,6 +821,21 @@ pub struct AuditPageQuery {
     /// Check the whole chain, from the first entry.
     #[serde(default)]
     verify: String,
+}
+
+impl AuditPageQuery {
+    /// The filter, or what is wrong with it.
+    fn filter(&self) -> Result<AuditFilter, String> {
+        let exact = |s: &str, what: &str| match s.trim() {
+            "" => Ok(None),
+            s if s.len() > MAX_FILTER => Err(format!("the {what} is too long")),
+            s => Ok(Some(s.to_string())),
+        };
+        Ok(AuditFilter {
+            actor: exact(&self.actor, "actor")?,
+            action: exact(&self.action, "action")?,
+        })
+    }
 }
 
 pub struct AuditRow {
@@ -845,16 +866,26 @@ impl From<&AuditRecord> for AuditRow {
     }
 }
 
+/// What the page says of the hash chain of its entries.
+pub enum PageChain {
+    /// Each entry follows from the one before it.
+    Verified,
+    /// The chain breaks at this entry.
+    Broken(u64),
+    /// Filtered: the entries shown are not consecutive in the log, and an
+    /// entry's hash follows from the one before it in the log, so only the
+    /// whole chain can be checked.
+    Filtered,
+}
+
 #[derive(Template)]
 #[template(path = "audit.html")]
 struct AuditPage {
     viewer: Viewer,
     query: AuditPageQuery,
+    problem: Option<String>,
     entries: Vec<AuditRow>,
-    /// How many entries were read for this page (the filters narrow them).
-    read: usize,
-    /// Whether each entry of the page follows from the one before it.
-    page_chain: Result<(), u64>,
+    page_chain: PageChain,
     /// The whole chain, when asked: `Ok(entries)` or the first break.
     whole_chain: Option<Result<u64, u64>>,
     next: Option<u64>,
@@ -899,23 +930,41 @@ async fn whole_chain(state: &UiState) -> Result<Result<u64, u64>, Response> {
     }
 }
 
-/// `GET /audit`: the audit log, newest first, a page at a time; whether
-/// the page's entries follow from each other, and on request whether the
+/// `GET /audit`: the audit log, newest first, a page at a time, filtered
+/// by actor and action in the store; whether the page's entries follow
+/// from each other (unfiltered pages only), and on request whether the
 /// whole chain does (as `cairn audit verify`).
 pub async fn audit_log(
     State(state): State<Arc<UiState>>,
     viewer: Viewer,
     Query(query): Query<AuditPageQuery>,
 ) -> PageResult {
+    let filter = match query.filter() {
+        Ok(filter) => filter,
+        Err(problem) => {
+            return render(AuditPage {
+                viewer,
+                query,
+                problem: Some(problem),
+                entries: Vec::new(),
+                page_chain: PageChain::Filtered,
+                whole_chain: None,
+                next: None,
+            });
+        }
+    };
     // One more than shown: the entry before the page's oldest, which its
-    // hash follows from.
+    // hash follows from (unfiltered), and whether there is an older page.
     let mut page = state
         .store
-        .audit_log(AuditQuery {
-            since: None,
-            from: AuditCursor::Before(query.before),
-            limit: AUDIT_PER_PAGE + 1,
-        })
+        .audit_log_filtered(
+            AuditQuery {
+                since: None,
+                from: AuditCursor::Before(query.before),
+                limit: AUDIT_PER_PAGE + 1,
+            },
+            &filter,
+        )
         .await
         .map_err(failed("audit log"))?;
     page.reverse();
@@ -924,27 +973,25 @@ pub async fn audit_log(
     } else {
         None
     };
-    // The first entry follows from nothing.
-    let page_chain = page_break(before.as_ref().map_or("", |b| b.hash.as_str()), &page);
+    let page_chain = if filter != AuditFilter::default() {
+        PageChain::Filtered
+    } else {
+        // The first entry follows from nothing.
+        match page_break(before.as_ref().map_or("", |b| b.hash.as_str()), &page) {
+            Ok(()) => PageChain::Verified,
+            Err(id) => PageChain::Broken(id),
+        }
+    };
     let whole_chain = if query.verify.is_empty() {
         None
     } else {
         Some(whole_chain(&state).await?)
     };
     let next = before.as_ref().and(page.first().map(|e| e.id));
-    let read = page.len();
-    let (actor, action) = (query.actor.trim(), query.action.trim());
-    let entries = page
-        .iter()
-        .rev()
-        .filter(|e| actor.is_empty() || e.actor == actor)
-        .filter(|e| action.is_empty() || e.action == action)
-        .map(AuditRow::from)
-        .collect();
     render(AuditPage {
         viewer,
-        entries,
-        read,
+        entries: page.iter().rev().map(AuditRow::from).collect(),
+        problem: None,
         page_chain,
         whole_chain,
         next,

@@ -36,6 +36,28 @@ pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 pub const COOKIE: &str = "__Host-cairn-session";
 /// Bytes of randomness in a link's or a session's secret.
 const SECRET_BYTES: usize = 32;
+/// How long expired links and sessions are kept before the background job
+/// deletes them ([`expire_sign_ins`]): meanwhile a used or expired link is
+/// told apart from an unknown one.
+pub const KEEP_EXPIRED: Duration = Duration::from_secs(86_400);
+
+/// Deletes the links and sessions that expired more than [`KEEP_EXPIRED`]
+/// ago: one of the background jobs, run by the server that holds their
+/// lease. Returns how many; a storage failure is logged, and the next round
+/// tries again.
+pub async fn expire_sign_ins(store: &dyn store::Store) -> u64 {
+    let before = now_micros().saturating_sub(KEEP_EXPIRED.as_micros() as store::Micros);
+    match store.delete_expired_sign_ins(before).await {
+        Ok(deleted) => deleted,
+        Err(e) => {
+            error!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "could not delete expired dashboard sign-in links and sessions"
+            );
+            0
+        }
+    }
+}
 
 /// A new secret: [`SECRET_BYTES`] random bytes, hex.
 pub fn new_secret() -> std::io::Result<String> {

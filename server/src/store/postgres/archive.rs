@@ -114,6 +114,13 @@ impl Restore for PgRestore {
             .await
             .map_err(db(format!("continue the ids of the {}", table.what)))?;
         }
+        // What no archive holds is derived from what it held.
+        for sql in REBUILD_HOURS {
+            sqlx::query(sql)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db("count the restored reports per hour"))?;
+        }
         self.tx.commit().await.map_err(db("commit the import"))
     }
 }

@@ -3,11 +3,9 @@
 
 use sqlx::QueryBuilder;
 
-use super::*;
+use crate::store::dashboard::FactValue;
 
-/// How long expired links and sessions are kept (a used link is told apart
-/// from an unknown one meanwhile).
-const KEEP_EXPIRED: Micros = 86_400_000_000;
+use super::*;
 
 /// Pushes the [`NodeState`] of the row `n` (nodes) / `r` (node_runs) at `now`.
 fn push_state(q: &mut QueryBuilder<'_, Postgres>, now: Micros) {
@@ -30,13 +28,6 @@ impl PgStore {
     ) -> Result<()> {
         let now = now_micros();
         let mut tx = self.begin("begin sign-in link").await?;
-        for table in ["ui_links", "ui_sessions"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < $1"))
-                .bind(now - KEEP_EXPIRED)
-                .execute(&mut *tx)
-                .await
-                .map_err(db(format!("delete expired rows of {table}")))?;
-        }
         sqlx::query(
             "INSERT INTO ui_links (secret_sha256, operator, role, fingerprint, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -186,6 +177,23 @@ impl PgStore {
         Ok(ended)
     }
 
+    pub(super) async fn delete_expired_sign_ins_in_postgres(&self, before: Micros) -> Result<u64> {
+        let mut tx = self.begin("begin deleting expired sign-ins").await?;
+        let mut deleted = 0;
+        for table in ["ui_links", "ui_sessions"] {
+            deleted += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < $1"))
+                .bind(before)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(format!("delete expired rows of {table}")))?
+                .rows_affected();
+        }
+        tx.commit()
+            .await
+            .map_err(db("commit deleting expired sign-ins"))?;
+        Ok(deleted)
+    }
+
     pub(super) async fn state_counts_in_postgres(&self, now: Micros) -> Result<StateCounts> {
         let mut q = QueryBuilder::<Postgres>::new("SELECT state, COUNT(*) FROM (SELECT ");
         push_state(&mut q, now);
@@ -206,15 +214,11 @@ impl PgStore {
     }
 
     pub(super) async fn runs_by_hour_in_postgres(&self, since: Micros) -> Result<Vec<HourOfRuns>> {
-        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
-            "SELECT received_at / $1 AS hour, status, COUNT(*) FROM reports
-             WHERE received_at >= $2 GROUP BY hour, status ORDER BY hour",
-        )
-        .bind(crate::store::dashboard::HOUR)
-        .bind(since)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("count runs by hour"))?;
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(RUNS_BY_HOUR.1)
+            .bind(since.div_euclid(crate::store::dashboard::HOUR))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("count runs by hour"))?;
         Ok(crate::store::dashboard::fold_hours(rows))
     }
 
@@ -245,11 +249,20 @@ impl PgStore {
             q.push(" AND r.role_version = ").push_bind(version as i64);
         }
         if let Some((keys, value)) = &filter.fact {
-            // Facts are checked to be a JSON object when stored.
-            q.push(" AND (COALESCE(r.facts, n.facts)::jsonb #>> ")
+            // Facts are checked to be a JSON object when stored. The JSON
+            // values the filter matches (see FactValue), compared as jsonb:
+            // numbers by value (12 equals 12.0), a boolean only a boolean.
+            let mut matches = vec![serde_json::Value::from(value.as_str()).to_string()];
+            match FactValue::of(value) {
+                FactValue::Bool(b) => matches.push(b.to_string()),
+                FactValue::Number(n) => matches.push(n.to_string()),
+                FactValue::Text => {}
+            }
+            q.push(" AND (COALESCE(r.facts, n.facts)::jsonb #> ")
                 .push_bind(keys)
-                .push(") = ")
-                .push_bind(value);
+                .push(") = ANY(CAST(")
+                .push_bind(matches)
+                .push(" AS jsonb[]))");
         }
         q.push(" ORDER BY n.name LIMIT ").push_bind(limit as i64);
         let rows: Vec<FleetRow> = q

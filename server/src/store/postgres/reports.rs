@@ -148,6 +148,20 @@ impl PgStore {
                     chunk.len()
                 )))?;
         }
+        let hours = count_by_hour(
+            created
+                .iter()
+                .map(|&(i, _)| (reports[i].meta.received_at, reports[i].meta.status.as_str())),
+            1,
+        );
+        for chunk in hours.chunks(ROWS_PER_STATEMENT) {
+            add_to_hours::<Postgres>(chunk)
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("count the reports per hour"))?;
+        }
         if !created.is_empty() {
             // The dashboards of the other servers show the fleet anew.
             changes::reports_stored(&mut tx).await?;
@@ -192,17 +206,34 @@ impl PgStore {
         before: Micros,
         limit: u32,
     ) -> Result<u64> {
-        let deleted = sqlx::query(
+        let mut tx = self.begin("begin deleting old reports").await?;
+        let deleted: Vec<(i64, String)> = sqlx::query_as(
             "DELETE FROM reports WHERE id IN
-                 (SELECT id FROM reports WHERE received_at < $1 ORDER BY received_at LIMIT $2)",
+                 (SELECT id FROM reports WHERE received_at < $1 ORDER BY received_at LIMIT $2)
+             RETURNING received_at, status",
         )
         .bind(before)
         .bind(i64::from(limit))
-        .execute(&self.pool)
+        .fetch_all(&mut *tx)
         .await
-        .map_err(db("delete old reports"))?
-        .rows_affected();
-        Ok(deleted)
+        .map_err(db("delete old reports"))?;
+        let hours = count_by_hour(deleted.iter().map(|(at, s)| (*at, s.as_str())), -1);
+        for chunk in hours.chunks(ROWS_PER_STATEMENT) {
+            add_to_hours::<Postgres>(chunk)
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("count the reports per hour"))?;
+        }
+        sqlx::query(DELETE_EMPTY_HOURS)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("count the reports per hour"))?;
+        tx.commit()
+            .await
+            .map_err(db("commit deleting old reports"))?;
+        Ok(deleted.len() as u64)
     }
 
     pub(super) async fn channel_version_in_postgres(

@@ -81,7 +81,14 @@ impl Restore for SqliteRestore<'_> {
         Ok(())
     }
 
-    async fn commit(self: Box<Self>) -> Result<()> {
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        // What no archive holds is derived from what it held.
+        for sql in REBUILD_HOURS {
+            sqlx::query(sql)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db("count the restored reports per hour"))?;
+        }
         // AUTOINCREMENT goes on from the largest id inserted by itself.
         self.tx.commit().await.map_err(db("commit the import"))
     }

@@ -3,11 +3,9 @@
 
 use sqlx::QueryBuilder;
 
-use super::*;
+use crate::store::dashboard::FactValue;
 
-/// How long expired links and sessions are kept (a used link is told apart
-/// from an unknown one meanwhile).
-const KEEP_EXPIRED: Micros = 86_400_000_000;
+use super::*;
 
 /// Pushes the [`NodeState`] of the row `n` (nodes) / `r` (node_runs) at `now`.
 fn push_state(q: &mut QueryBuilder<'_, Sqlite>, now: Micros) {
@@ -32,6 +30,45 @@ fn json_path(keys: &[String]) -> String {
     path
 }
 
+/// Pushes whether the fact at `path` of the row's facts matches `value`, as
+/// [`FactValue`] says. `json_extract` alone reads `true` as 1 and `12.0` as
+/// 12.0: `json_type` tells a boolean from a number from a string.
+fn push_fact(q: &mut QueryBuilder<'_, Sqlite>, path: &str, value: &str) {
+    const FACTS: &str = "COALESCE(r.facts, n.facts)";
+    let type_is = |q: &mut QueryBuilder<'_, Sqlite>, types: &str| {
+        q.push(format!("json_type({FACTS}, "))
+            .push_bind(path.to_string())
+            .push(format!(") IN ({types})"));
+    };
+    q.push(" AND (");
+    match FactValue::of(value) {
+        FactValue::Bool(b) => {
+            type_is(q, if b { "'true'" } else { "'false'" });
+            q.push(" OR ");
+        }
+        FactValue::Number(n) => {
+            type_is(q, "'integer', 'real'");
+            q.push(format!(" AND json_extract({FACTS}, "))
+                .push_bind(path.to_string())
+                .push(") = ");
+            // Compared as numbers: an integer with an integer (exact), else
+            // as doubles (12 equals 12.0).
+            match n.as_i64() {
+                Some(i) => q.push_bind(i),
+                None => q.push_bind(n.as_f64().unwrap_or(f64::NAN)),
+            };
+            q.push(" OR ");
+        }
+        FactValue::Text => {}
+    }
+    type_is(q, "'text'");
+    q.push(format!(" AND json_extract({FACTS}, "))
+        .push_bind(path.to_string())
+        .push(") = ")
+        .push_bind(value.to_string())
+        .push(")");
+}
+
 impl SqliteStore {
     pub(super) async fn create_sign_in_link_in_sqlite(
         &self,
@@ -41,13 +78,6 @@ impl SqliteStore {
         let now = now_micros();
         let _writer = self.write.lock().await;
         let mut tx = self.begin("begin sign-in link").await?;
-        for table in ["ui_links", "ui_sessions"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < ?"))
-                .bind(now - KEEP_EXPIRED)
-                .execute(&mut *tx)
-                .await
-                .map_err(db(format!("delete expired rows of {table}")))?;
-        }
         sqlx::query(
             "INSERT INTO ui_links (secret_sha256, operator, role, fingerprint, created_at, expires_at)
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -201,54 +231,69 @@ impl SqliteStore {
         Ok(ended)
     }
 
+    pub(super) async fn delete_expired_sign_ins_in_sqlite(&self, before: Micros) -> Result<u64> {
+        let _writer = self.write.lock().await;
+        let mut tx = self.begin("begin deleting expired sign-ins").await?;
+        let mut deleted = 0;
+        for table in ["ui_links", "ui_sessions"] {
+            deleted += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at < ?"))
+                .bind(before)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(format!("delete expired rows of {table}")))?
+                .rows_affected();
+        }
+        tx.commit()
+            .await
+            .map_err(db("commit deleting expired sign-ins"))?;
+        Ok(deleted)
+    }
+
     pub(super) async fn state_counts_in_sqlite(&self, now: Micros) -> Result<StateCounts> {
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT state, COUNT(*) FROM (SELECT ");
-        push_state(&mut q, now);
+        // Sums over one pass, not `GROUP BY` a computed state, which sorts
+        // every node (30 → 20 ms for 10,000 in SQLite's shell). The rule is
+        // `push_state`'s: never, stale, failed, changed, converged.
+        let stale = |q: &mut QueryBuilder<'_, Sqlite>| {
+            q.push("r.seen_at < ")
+                .push_bind(now)
+                .push(" - ")
+                .push_bind(STALE_AFTER_INTERVALS)
+                .push(" * r.interval_secs * 1000000");
+        };
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) - COUNT(r.node), COALESCE(SUM(");
+        stale(&mut q);
+        q.push("), 0), COALESCE(SUM(NOT (");
+        stale(&mut q);
+        q.push(") AND r.status = 'failed'), 0), COALESCE(SUM(NOT (");
+        stale(&mut q);
         q.push(
-            " AS state FROM nodes n LEFT JOIN node_runs r ON r.node = n.name \
-             WHERE n.revoked_at IS NULL) GROUP BY state",
+            ") AND r.status = 'changed'), 0), COUNT(r.node) \
+             FROM nodes n LEFT JOIN node_runs r ON r.node = n.name WHERE n.revoked_at IS NULL",
         );
-        let rows: Vec<(String, i64)> = q
+        let (never, stale, failed, changed, reported): (i64, i64, i64, i64, i64) = q
             .build_query_as()
-            .fetch_all(&self.pool)
+            .fetch_one(&self.pool)
             .await
             .map_err(db("count nodes by state"))?;
         let mut counts = StateCounts::default();
-        for (state, n) in rows {
-            counts.add(&state, n.max(0) as u64);
+        for (state, n) in [
+            (NodeState::Never, never),
+            (NodeState::Stale, stale),
+            (NodeState::Failed, failed),
+            (NodeState::Changed, changed),
+            (NodeState::Converged, reported - stale - failed - changed),
+        ] {
+            counts.add(state.as_str(), n.max(0) as u64);
         }
         Ok(counts)
     }
 
     pub(super) async fn runs_by_hour_in_sqlite(&self, since: Micros) -> Result<Vec<HourOfRuns>> {
-        use crate::store::dashboard::HOUR;
-        // One range count per hour and status on `reports_by_status_received`,
-        // which reads only index entries: grouping by `received_at / HOUR`
-        // instead sorts every report of the day (0.4 s for 500,000).
-        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
-            "WITH RECURSIVE hours(start) AS (
-                 SELECT (? / ?) * ? UNION ALL
-                 SELECT start + ? FROM hours WHERE start + ? <= ?),
-             statuses(status) AS (VALUES ('failed'), ('changed'), ('unchanged'))
-             SELECT start / ?, status, runs FROM (
-                 SELECT h.start, s.status, (SELECT COUNT(*) FROM reports r
-                     WHERE r.status = s.status AND r.received_at >= max(h.start, ?)
-                       AND r.received_at < h.start + ?) AS runs
-                 FROM hours h, statuses s)
-             WHERE runs > 0 ORDER BY start",
-        )
-        .bind(since)
-        .bind(HOUR)
-        .bind(HOUR)
-        .bind(HOUR)
-        .bind(HOUR)
-        .bind(now_micros())
-        .bind(HOUR)
-        .bind(since)
-        .bind(HOUR)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("count runs by hour"))?;
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(RUNS_BY_HOUR.0)
+            .bind(since.div_euclid(crate::store::dashboard::HOUR))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("count runs by hour"))?;
         Ok(crate::store::dashboard::fold_hours(rows))
     }
 
@@ -279,10 +324,7 @@ impl SqliteStore {
             q.push(" AND r.role_version = ").push_bind(version as i64);
         }
         if let Some((keys, value)) = &filter.fact {
-            q.push(" AND CAST(json_extract(COALESCE(r.facts, n.facts), ")
-                .push_bind(json_path(keys))
-                .push(") AS TEXT) = ")
-                .push_bind(value);
+            push_fact(&mut q, &json_path(keys), value);
         }
         q.push(" ORDER BY n.name LIMIT ").push_bind(limit as i64);
         let rows: Vec<FleetRow> = q

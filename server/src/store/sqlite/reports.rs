@@ -132,6 +132,20 @@ impl SqliteStore {
                     chunk.len()
                 )))?;
         }
+        let hours = count_by_hour(
+            created
+                .iter()
+                .map(|&(i, _)| (reports[i].meta.received_at, reports[i].meta.status.as_str())),
+            1,
+        );
+        for chunk in hours.chunks(ROWS_PER_STATEMENT) {
+            add_to_hours::<Sqlite>(chunk)
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("count the reports per hour"))?;
+        }
         tx.commit().await.map_err(db("commit reports"))?;
         let created: HashSet<usize> = created.into_iter().map(|(i, _)| i).collect();
         Ok((0..reports.len()).map(|i| created.contains(&i)).collect())
@@ -170,20 +184,33 @@ impl SqliteStore {
     pub(super) async fn delete_reports_in_sqlite(&self, before: Micros, limit: u32) -> Result<u64> {
         let _writer = self.write.lock().await;
         let mut tx = self.begin("begin deleting old reports").await?;
-        let deleted = sqlx::query(
+        let deleted: Vec<(i64, String)> = sqlx::query_as(
             "DELETE FROM reports WHERE id IN
-                 (SELECT id FROM reports WHERE received_at < ? ORDER BY received_at LIMIT ?)",
+                 (SELECT id FROM reports WHERE received_at < ? ORDER BY received_at LIMIT ?)
+             RETURNING received_at, status",
         )
         .bind(before)
         .bind(limit as i64)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await
-        .map_err(db("delete old reports"))?
-        .rows_affected();
+        .map_err(db("delete old reports"))?;
+        let hours = count_by_hour(deleted.iter().map(|(at, s)| (*at, s.as_str())), -1);
+        for chunk in hours.chunks(ROWS_PER_STATEMENT) {
+            add_to_hours::<Sqlite>(chunk)
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("count the reports per hour"))?;
+        }
+        sqlx::query(DELETE_EMPTY_HOURS)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("count the reports per hour"))?;
         tx.commit()
             .await
             .map_err(db("commit deleting old reports"))?;
-        Ok(deleted)
+        Ok(deleted.len() as u64)
     }
 
     pub(super) async fn channel_version_in_sqlite(
@@ -247,8 +274,11 @@ impl SqliteStore {
         type Row = (String, String, Option<i64>, i64, i64, i64, i64, i64, i64);
         // Each node that reported is on the promoted version, on another, or
         // failing (by its newest run); stale counts apart.
+        // Grouped by role and channel alone (a channel has one version), so
+        // the nodes are read in the order of `nodes_by_assignment` and never
+        // sorted (50 → 30 ms for 10,000 in SQLite's shell).
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT n.role, n.channel, c.version,
+            "SELECT n.role, n.channel, MAX(c.version),
                  COUNT(*),
                  SUM(CASE WHEN r.status <> 'failed' AND r.role = n.role
                           AND r.role_version = c.version THEN 1 ELSE 0 END),
@@ -261,7 +291,7 @@ impl SqliteStore {
              LEFT JOIN node_runs r ON r.node = n.name
              LEFT JOIN channels c ON c.role = n.role AND c.channel = n.channel
              WHERE n.revoked_at IS NULL
-             GROUP BY n.role, n.channel, c.version
+             GROUP BY n.role, n.channel
              ORDER BY n.role, n.channel",
         )
         .bind(now)
