@@ -877,7 +877,11 @@ Version: 1.0-1
         std::fs::remove_file(updates.join("0000")).unwrap();
         std::fs::remove_file(updates.join("0001")).unwrap();
         let replaced = dir.path().join("status.new");
-        std::fs::write(&replaced, "Package: figlet\nStatus: install ok installed\n\n").unwrap();
+        std::fs::write(
+            &replaced,
+            "Package: figlet\nStatus: install ok installed\n\n",
+        )
+        .unwrap();
         std::fs::rename(&replaced, &status).unwrap();
         assert_eq!(apt.interrupted().unwrap(), None);
         std::fs::remove_file(&status).unwrap();
