@@ -1201,6 +1201,34 @@ fn an_absent_timer_takes_its_name_alone() {
             "{body}"
         );
     }
+    // Every field set where none is read is named at once, in each kind
+    // that can be absent.
+    for (kind, body, fields) in [
+        (
+            "timer",
+            "name = \"t\"\nstate = \"absent\"\non_calendar = \"daily\"\ncommand = \"true\"\nuser = \"u\"",
+            &["on_calendar", "command", "user"][..],
+        ),
+        (
+            "link",
+            "path = \"/x\"\nstate = \"absent\"\ntarget = \"/y\"\nforce = true",
+            &["target", "force"][..],
+        ),
+        (
+            "file",
+            "path = \"/x\"\nstate = \"absent\"\ncontent = \"a\"\nsource = \"b\"\nvalidate = \"v %\"",
+            &["content", "source", "validate"][..],
+        ),
+    ] {
+        let d = errors(&[("role.toml", &format!("{HEAD}\n[[{kind}]]\n{body}\n"))]);
+        let got: Vec<_> = d.iter().map(|d| d.field.as_deref().unwrap_or("")).collect();
+        assert_eq!(got, fields, "[[{kind}]]: {d:#?}");
+        assert!(
+            d.iter()
+                .all(|d| d.message.contains("with state = \"absent\"")),
+            "{d:#?}"
+        );
+    }
     let (line, field, message) = kind_error("timer", "name = \"t\"\non_calendar = \"daily\"");
     assert_eq!(
         (line, field, message.as_str()),

@@ -172,15 +172,26 @@ impl<'t, 'a> Table<'t, 'a> {
             .error(span, Some(&self.context), field, message, help);
     }
 
-    /// `field` of a `kind` ("a file") was set with state = "absent", where
-    /// nothing reads it: an error rather than a surprise.
-    pub(super) fn set_when_absent(&mut self, kind: &str, field: &str, span: Range<usize>) {
-        self.error(
-            span,
-            Some(field),
-            format!("`{field}` cannot be set on {kind} with state = \"absent\""),
-            None,
-        );
+    /// Fields of a `kind` ("a file") with state = "absent", where only its
+    /// `key` (its name or path) says what to remove and nothing reads them:
+    /// each one set (its span given) is an error rather than a surprise, all
+    /// reported at once.
+    pub(super) fn set_when_absent(
+        &mut self,
+        (kind, key): (&str, &str),
+        fields: &[(&str, Option<Range<usize>>)],
+    ) {
+        let noun = kind.split_once(' ').map_or(kind, |(_, noun)| noun);
+        for (field, span) in fields {
+            if let Some(span) = span {
+                self.error(
+                    span.clone(),
+                    Some(field),
+                    format!("`{field}` cannot be set on {kind} with state = \"absent\""),
+                    Some(format!("an absent {noun} needs only its {key}")),
+                );
+            }
+        }
     }
 
     /// Checks `text`, the shell command of `field` as written (an exec's

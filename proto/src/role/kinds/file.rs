@@ -78,9 +78,15 @@ impl ResourceKind for File {
             .filter_map(|(n, s)| s.as_ref().map(|s| (n, s.span())))
             .collect();
         if absent {
-            if let Some((field, span)) = given.first() {
-                t.set_when_absent("a file", field, span.clone());
-            }
+            t.set_when_absent(
+                ("a file", "path"),
+                &[
+                    ("content", r.content.as_ref().map(Spanned::span)),
+                    ("template", r.template.as_ref().map(Spanned::span)),
+                    ("source", r.source.as_ref().map(Spanned::span)),
+                    ("validate", r.validate.as_ref().map(Spanned::span)),
+                ],
+            );
         } else if given.is_empty()
             && !t
                 .dropped
@@ -105,10 +111,10 @@ impl ResourceKind for File {
                 Some("keep one of them".into()),
             );
         }
-        if let Some(v) = &r.validate {
-            if absent {
-                t.set_when_absent("a file", "validate", v.span());
-            } else if t.check_command(v, "validate") {
+        if let Some(v) = &r.validate
+            && !absent
+        {
+            if t.check_command(v, "validate") {
                 let places = v.get_ref().matches('%').count();
                 if places == 0 {
                     t.error(
