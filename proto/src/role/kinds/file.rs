@@ -113,36 +113,34 @@ impl ResourceKind for File {
         }
         if let Some(v) = &r.validate
             && !absent
+            && t.check_command(v, "validate")
         {
-            if t.check_command(v, "validate") {
-                let places = v.get_ref().matches('%').count();
-                if places == 0 {
+            let places = v.get_ref().matches('%').count();
+            if places == 0 {
+                t.error(
+                    v.span(),
+                    Some("validate"),
+                    "the `validate` command does not name the new content: `%` is missing",
+                    Some(
+                        "write `%` where the path of the new content goes, as in \"visudo -cf %\""
+                            .into(),
+                    ),
+                );
+            } else {
+                // Each `%` becomes the quoted path of the new content: the
+                // command run must still fit the rule.
+                let quoted = crate::template::sh_quote(r.path.get_ref()).len();
+                let run = v.get_ref().len() - places + places * (quoted + NEW_CONTENT_EXTRA_BYTES);
+                if run > MAX_COMMAND_BYTES {
                     t.error(
                         v.span(),
                         Some("validate"),
-                        "the `validate` command does not name the new content: `%` is missing",
-                        Some(
-                            "write `%` where the path of the new content goes, as in \"visudo -cf %\""
-                                .into(),
+                        format!(
+                            "the `validate` command with each `%` replaced by the quoted path \
+                             of the new content is longer than {MAX_COMMAND_BYTES} bytes"
                         ),
+                        None,
                     );
-                } else {
-                    // Each `%` becomes the quoted path of the new content: the
-                    // command run must still fit the rule.
-                    let quoted = crate::template::sh_quote(r.path.get_ref()).len();
-                    let run =
-                        v.get_ref().len() - places + places * (quoted + NEW_CONTENT_EXTRA_BYTES);
-                    if run > MAX_COMMAND_BYTES {
-                        t.error(
-                            v.span(),
-                            Some("validate"),
-                            format!(
-                                "the `validate` command with each `%` replaced by the quoted path \
-                                 of the new content is longer than {MAX_COMMAND_BYTES} bytes"
-                            ),
-                            None,
-                        );
-                    }
                 }
             }
         }
