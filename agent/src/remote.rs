@@ -129,8 +129,10 @@ impl Node {
     /// Fetches the node's role from the first server that answers: `open`
     /// first when given (the daemon's connection), then the configured
     /// servers in order. `known` is the digest of the bundle the node holds;
-    /// a new bundle the server sends is cached in `state`. `Ok(Err(_))` when
-    /// none answered; `Err(_)` when one refused, as every server would.
+    /// a new bundle the server sends is cached in `state` (a failure to cache
+    /// it is logged: the run goes on with it, the connection kept).
+    /// `Ok(Err(_))` when none answered; `Err(_)` when one refused, as every
+    /// server would.
     pub async fn fetch_role(
         &self,
         state: &StateDir,
@@ -140,8 +142,11 @@ impl Node {
         let answered = self.ask(open, known).await?;
         if let Ok((_, answer)) = &answered
             && let Some(new) = &answer.bundle
+            && let Err(e) = cache::save(state, new)
         {
-            cache::save(state, new)?;
+            // The bundle is in memory and verified: losing the cache costs
+            // only the fallback when no server answers later.
+            eprintln!("cairn-agent: warning: {e:#}; this run goes on with the fetched role");
         }
         Ok(answered)
     }

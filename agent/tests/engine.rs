@@ -53,6 +53,10 @@ struct World {
     cannot_reload: BTreeSet<String>,
     /// Every service whose state was read (`status`, `stale`), in order.
     read: Vec<String>,
+    /// What `stale` answered, kept until forgotten or reloaded: the first
+    /// read of a run answers for every service of the role at once, as
+    /// systemd's provider does.
+    stale_read: Option<BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -197,6 +201,7 @@ impl ServiceProvider for Fake {
             _ => None,
         });
         self.world().prepared.extend(names);
+        self.world().stale_read = None;
     }
 
     fn status(&self, service: &str) -> Result<ServiceStatus> {
@@ -215,13 +220,31 @@ impl ServiceProvider for Fake {
     }
 
     fn stale(&self, service: &str) -> Result<bool> {
-        self.world().read.push(service.into());
-        Ok(self.0.borrow().stale.contains(service))
+        let mut w = self.world();
+        w.read.push(service.into());
+        if w.stale_read.is_none() {
+            w.stale_read = Some(w.stale.clone());
+        }
+        Ok(w.stale_read.as_ref().is_some_and(|s| s.contains(service)))
+    }
+
+    fn forget(&self, service: &str) {
+        let mut w = self.world();
+        let now = w.stale.contains(service);
+        if let Some(read) = &mut w.stale_read {
+            if now {
+                read.insert(service.into());
+            } else {
+                read.remove(service);
+            }
+        }
     }
 
     fn reload_units(&self) -> Result<()> {
         self.change("daemon-reload".into());
-        self.world().stale.clear();
+        let mut w = self.world();
+        w.stale.clear();
+        w.stale_read = None;
         Ok(())
     }
 
@@ -999,6 +1022,37 @@ fn a_service_only_notified_is_read_only_when_notified() {
         "{:?}",
         case.world.world().read
     );
+}
+
+/// What the service manager said early in the run (every service of the
+/// role read at once) predates a unit file written later in the run: the
+/// notified service asks again before it restarts, so it never restarts on
+/// its old definition.
+#[test]
+fn a_unit_file_written_after_its_state_was_read_is_reloaded_before_the_restart() {
+    let case = Case::new(
+        "[[service]]\nname = \"first\"\nrunning = true\n\n\
+         [[file]]\npath = \"/etc/systemd/system/app.service\"\ncontent = \"v2\"\n\
+         notify = [\"service:app\"]\nrequires = [\"service:first\"]\n\n\
+         [[service]]\nname = \"app\"\nrunning = true\n",
+    );
+    case.world.service("first", true, true);
+    case.world.service("app", true, true);
+    let (report, changes) = case.apply_changes();
+    assert_eq!(
+        changes,
+        [
+            "write /etc/systemd/system/app.service",
+            "daemon-reload",
+            "restart app"
+        ]
+    );
+    let app: Vec<_> = report.resources[2]
+        .changes
+        .iter()
+        .map(|c| (c.property.as_str(), c.after.as_str()))
+        .collect();
+    assert_eq!(app, [("systemd", "reloaded"), ("refresh", "restarted")]);
 }
 
 #[test]

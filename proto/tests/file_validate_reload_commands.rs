@@ -260,3 +260,63 @@ fn commands_count_toward_what_a_role_renders_in_all() {
         "{first}"
     );
 }
+
+/// A value brought into a command is held to the rule the command as written
+/// is: a NUL or an escape character fails at load, before anything runs.
+#[test]
+fn a_rendered_command_with_a_control_character_fails_at_load() {
+    for (value, field) in [
+        ("a\\u0000b", "command"),
+        ("a\\u001bb", "unless"),
+        ("a\\rb", "onlyif"),
+    ] {
+        let guard = if field == "command" {
+            String::new()
+        } else {
+            format!("{field} = \"test {{{{sh vars.v}}}}\"\n")
+        };
+        let command = if field == "command" {
+            "echo {{sh vars.v}}"
+        } else {
+            "true"
+        };
+        let d = only_error(&format!(
+            "\n[vars]\nv = \"{value}\"\n\n[[exec]]\nname = \"x\"\ncommand = \"{command}\"\n{guard}"
+        ));
+        assert_eq!(d.field.as_deref(), Some(field), "{d}");
+        assert!(
+            d.message.contains(&format!(
+                "`{field}` as rendered contains a control character other than a line break or a tab"
+            )),
+            "{d}"
+        );
+    }
+    // A line break or a tab is allowed, as in a command written out.
+    let role = load(
+        "\n[vars]\nv = \"a\\tb\\nc\"\n\n[[exec]]\nname = \"x\"\ncommand = \"echo {{sh vars.v}}\"\n",
+    )
+    .unwrap();
+    assert_eq!(exec(&role, "x").command, "echo 'a\tb\nc'");
+}
+
+/// Each `%` of `validate` becomes the quoted path of the new content: a
+/// command that would run longer than the kernel takes fails at load.
+#[test]
+fn validate_is_bounded_with_each_placeholder_replaced() {
+    let path = format!("/etc/{}", "p".repeat(200));
+    // 600 placeholders of a 230-byte path: short as written, 140 KB run.
+    let validate = format!("check {}", "% ".repeat(600));
+    let d = only_error(&format!(
+        "\n[[file]]\npath = \"{path}\"\ncontent = \"x\"\nvalidate = \"{validate}\"\n"
+    ));
+    assert_eq!(d.field.as_deref(), Some("validate"), "{d}");
+    assert!(
+        d.message.contains("replaced by the quoted path") && d.message.contains("131071 bytes"),
+        "{d}"
+    );
+    let validate = format!("check {}", "% ".repeat(400));
+    load(&format!(
+        "\n[[file]]\npath = \"{path}\"\ncontent = \"x\"\nvalidate = \"{validate}\"\n"
+    ))
+    .unwrap();
+}

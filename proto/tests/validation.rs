@@ -1151,7 +1151,13 @@ fn every_command_is_held_to_one_rule() {
         // A line break and a tab are commands' own; 131,071 bytes is the most.
         let ok = format!("{HEAD}\n[[{kind}]]\n{head}\"true %\\n\\ttrue\"\n");
         assert!(load(&[("role.toml", &ok)]).is_ok(), "{ok}");
-        let longest = format!("{HEAD}\n[[{kind}]]\n{head}\"{} %\"\n", "x".repeat(131_069));
+        // `validate` is held to it with `%` replaced by the new content's
+        // quoted path: `'/etc/x'` and the 28 bytes of its temporary name.
+        let spare = if kind == "file" { 8 + 28 - 1 } else { 0 };
+        let longest = format!(
+            "{HEAD}\n[[{kind}]]\n{head}\"{} %\"\n",
+            "x".repeat(131_069 - spare)
+        );
         assert!(
             load(&[("role.toml", &longest)]).is_ok(),
             "[[{kind}]] {field}"
@@ -1193,6 +1199,34 @@ fn an_absent_timer_takes_its_name_alone() {
                 &format!("`{field}` cannot be set on a timer with state = \"absent\""),
             ),
             "{body}"
+        );
+    }
+    // Every field set where none is read is named at once, in each kind
+    // that can be absent.
+    for (kind, body, fields) in [
+        (
+            "timer",
+            "name = \"t\"\nstate = \"absent\"\non_calendar = \"daily\"\ncommand = \"true\"\nuser = \"u\"",
+            &["on_calendar", "command", "user"][..],
+        ),
+        (
+            "link",
+            "path = \"/x\"\nstate = \"absent\"\ntarget = \"/y\"\nforce = true",
+            &["target", "force"][..],
+        ),
+        (
+            "file",
+            "path = \"/x\"\nstate = \"absent\"\ncontent = \"a\"\nsource = \"b\"\nvalidate = \"v %\"",
+            &["content", "source", "validate"][..],
+        ),
+    ] {
+        let d = errors(&[("role.toml", &format!("{HEAD}\n[[{kind}]]\n{body}\n"))]);
+        let got: Vec<_> = d.iter().map(|d| d.field.as_deref().unwrap_or("")).collect();
+        assert_eq!(got, fields, "[[{kind}]]: {d:#?}");
+        assert!(
+            d.iter()
+                .all(|d| d.message.contains("with state = \"absent\"")),
+            "{d:#?}"
         );
     }
     let (line, field, message) = kind_error("timer", "name = \"t\"\non_calendar = \"daily\"");

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::fs::Posix;
+use super::fs::{Posix, Stamp, stamp_path};
 use super::process::{self, Ran};
 use super::{FileSystem, Needs, ToInstall};
 
@@ -78,9 +78,11 @@ pub struct Apt {
     /// The dpkg database as last read; `None` until first asked and after every
     /// change, so a read after install or remove sees the new state.
     db: RefCell<Option<Installed>>,
-    /// What an interrupted dpkg left ([`Apt::unfinished`]), kept like `db`:
-    /// asked before every package change, it is read once until one is made.
-    unfinished: RefCell<Option<Unfinished>>,
+    /// What an interrupted dpkg left ([`Apt::unfinished`]), with the stamps
+    /// of the status file and the journal directory it was read at: asked
+    /// before every package change, it is read again only when dpkg (run by
+    /// apt here or by anything else, an `[[exec]]`) changed either.
+    unfinished: RefCell<Option<(DpkgStamps, Unfinished)>>,
     /// `apt-get update` already ran for this provider (one per run at most).
     updated: Cell<bool>,
     /// The lists were stale before one repository's lists were refreshed
@@ -222,7 +224,13 @@ impl Apt {
     /// by the status file and the journal: read on the first question and
     /// after each change only.
     fn unfinished(&self) -> Result<Unfinished> {
-        if let Some(known) = self.unfinished.borrow().as_ref() {
+        let stamps = DpkgStamps {
+            status: stamp_if_any(&self.status_path)?,
+            updates: stamp_if_any(&self.updates_dir)?,
+        };
+        if let Some((known_at, known)) = self.unfinished.borrow().as_ref()
+            && *known_at == stamps
+        {
             return Ok(known.clone());
         }
         let journal = self.journal()?;
@@ -239,7 +247,7 @@ impl Apt {
             journal: !journal.is_empty(),
             half_done: half_done(texts.iter().map(String::as_str)),
         };
-        self.unfinished.replace(Some(known.clone()));
+        self.unfinished.replace(Some((stamps, known.clone())));
         Ok(known)
     }
 
@@ -501,6 +509,23 @@ fn half_done<'t>(texts: impl IntoIterator<Item = &'t str>) -> Vec<HalfDone> {
             })
         })
         .collect()
+}
+
+/// What dpkg's status file and journal directory were when read: dpkg
+/// replaces the status file by rename and adds each journal entry as a new
+/// file, so any run of dpkg moves one of them. `None`: missing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct DpkgStamps {
+    status: Option<Stamp>,
+    updates: Option<Stamp>,
+}
+
+fn stamp_if_any(path: &Path) -> Result<Option<Stamp>> {
+    match stamp_path(path) {
+        Ok(stamp) => Ok(Some(stamp)),
+        Err(nix::errno::Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("could not stat {}", path.display())),
+    }
 }
 
 /// What an interrupted dpkg left.
@@ -835,25 +860,32 @@ Version: 1.0-1
             "Package: figlet\nStatus: install ok not-installed\n",
         )
         .unwrap();
-        // Until apt or dpkg runs, the answer is the one read.
-        assert_eq!(apt.interrupted().unwrap(), None);
-        apt.invalidate();
+        // Written by a dpkg run outside the provider (an exec), the journal
+        // is read again without being told.
         assert_eq!(
             apt.interrupted().unwrap().as_deref(),
             Some("dpkg was interrupted: figlet half-installed")
         );
-        // Asked again for every package about to change, it is not read
-        // again: the files could be gone.
-        std::fs::remove_dir_all(&updates).unwrap();
-        std::fs::remove_file(&status).unwrap();
         for _ in 0..100 {
             assert_eq!(
                 apt.interrupted().unwrap().as_deref(),
                 Some("dpkg was interrupted: figlet half-installed")
             );
         }
-        apt.invalidate();
-        assert!(apt.interrupted().is_err(), "read again after a change");
+        // dpkg finished the work: the journal is emptied and the status
+        // file replaced.
+        std::fs::remove_file(updates.join("0000")).unwrap();
+        std::fs::remove_file(updates.join("0001")).unwrap();
+        let replaced = dir.path().join("status.new");
+        std::fs::write(
+            &replaced,
+            "Package: figlet\nStatus: install ok installed\n\n",
+        )
+        .unwrap();
+        std::fs::rename(&replaced, &status).unwrap();
+        assert_eq!(apt.interrupted().unwrap(), None);
+        std::fs::remove_file(&status).unwrap();
+        assert!(apt.interrupted().is_err(), "a missing status file is read");
     }
 
     #[test]

@@ -607,7 +607,9 @@ fn is_temp_name(name: &OsStr) -> bool {
             .any(|w| w == TEMP_MARK.as_bytes())
 }
 
-/// A new name for a temporary entry for `name`: `.NAME.cairn-tmp.RANDOM`.
+/// A new name for a temporary entry for `name`: `.NAME.cairn-tmp.RANDOM`
+/// (at most 28 bytes longer than `name`, as a file's `validate` is bounded
+/// at load).
 fn temp_name(name: &OsStr) -> OsString {
     // Room for the mark and the random part within NAME_MAX (255 bytes).
     let stem = &name.as_bytes()[..name.len().min(200)];

@@ -126,6 +126,11 @@ pub trait ServiceProvider {
         let _ = service;
         Ok(false)
     }
+    /// Drops what is known of `service`, so the next read asks the manager
+    /// again: a unit file may have been written since it was read.
+    fn forget(&self, service: &str) {
+        let _ = service;
+    }
     /// Makes the manager read every changed unit file again (`systemctl
     /// daemon-reload`); every cached state is dropped.
     fn reload_units(&self) -> Result<()> {

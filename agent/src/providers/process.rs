@@ -94,32 +94,25 @@ where
 
 /// Options whose value is a secret, shown as `(sensitive)` wherever a
 /// command is: `useradd` and `usermod` take a password hash in `--password`.
-const SECRET_OPTIONS: &[&str] = &["--password"];
+/// Callers pass such a value joined to its option (`--password=HASH`), one
+/// argument: a value in the next argument could not be told from an ordinary
+/// argument that happens to follow a hostile one (a comment `--password`).
+const SECRET_OPTIONS: &[&str] = &["--password="];
 
-/// `args` as an error shows them, one space apart, each value of a
-/// [`SECRET_OPTIONS`] option (`--password HASH`, `--password=HASH`) left out.
+/// `args` as an error shows them, one space apart, the value of every
+/// [`SECRET_OPTIONS`] argument left out.
 fn shown<S: AsRef<OsStr>>(args: &[S]) -> String {
-    let mut after_secret = false;
-    let mut out = Vec::with_capacity(args.len());
-    for a in args {
-        let a = a.as_ref().to_string_lossy();
-        if after_secret {
-            out.push("(sensitive)".to_string());
-            after_secret = false;
-            continue;
-        }
-        match SECRET_OPTIONS
-            .iter()
-            .find(|o| a.strip_prefix(**o).is_some_and(|r| r.starts_with('=')))
-        {
-            Some(option) => out.push(format!("{option}=(sensitive)")),
-            None => {
-                after_secret = SECRET_OPTIONS.contains(&a.as_ref());
-                out.push(a.into_owned());
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| {
+            let a = a.as_ref().to_string_lossy();
+            match SECRET_OPTIONS.iter().find(|o| a.starts_with(**o)) {
+                Some(option) => format!("{option}(sensitive)"),
+                None => a.into_owned(),
             }
-        }
-    }
-    out.join(" ")
+        })
+        .collect();
+    shown.join(" ")
 }
 
 /// Runs a command that must succeed; the error carries the command (secrets
@@ -187,8 +180,9 @@ mod tests {
             [
                 "-c",
                 "exit 1",
+                // A hostile value before the secret changes nothing.
+                "--comment",
                 "--password",
-                hash,
                 &format!("--password={hash}"),
                 "x",
             ],
@@ -199,8 +193,8 @@ mod tests {
         assert!(!msg.contains("cairn-secret"), "{msg}");
         assert!(
             msg.starts_with(
-                "`/bin/sh -c exit 1 --password (sensitive) --password=(sensitive) x` failed with \
-                 exit status 1"
+                "`/bin/sh -c exit 1 --comment --password --password=(sensitive) x` failed \
+                 with exit status 1"
             ),
             "{msg}"
         );

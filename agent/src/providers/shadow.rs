@@ -485,7 +485,8 @@ impl super::AccountProvider for Shadow {
             a.extend(args(["--groups", &user.groups.join(",")]));
         }
         if let Some(hash) = &user.password {
-            a.extend(args(["--password", hash]));
+            // One argument, so that errors can mask it (see process.rs).
+            a.push(format!("--password={hash}").into());
         }
         if let Some(shell) = &user.shell {
             a.extend(args(["--shell", shell]));
@@ -573,7 +574,8 @@ impl super::AccountProvider for Shadow {
                 ]));
             }
             if let Some(hash) = &changes.password {
-                a.extend(args(["--password", hash]));
+                // One argument, so that errors can mask it (see process.rs).
+                a.push(format!("--password={hash}").into());
             }
             a.push(name.into());
             if let Some((from, to)) = &moved {
@@ -803,9 +805,11 @@ bad:x:
         shadow.modify_user("svc", &changes, &files).unwrap();
         assert_eq!(shadow.password("svc").unwrap().as_deref(), Some(hash));
         assert!(shadow.user("svc").unwrap().unwrap().groups.is_empty());
-        // A failing tool's error shows the command without the hash.
+        // A failing tool's error shows the command without the hash, even
+        // when a comment (never validated) looks like the option itself.
         let changes = UserChanges {
             password: Some(hash.into()),
+            comment: Some("--password".into()),
             group: Some("no-such-group".into()),
             ..Default::default()
         };
@@ -814,7 +818,19 @@ bad:x:
             shadow.modify_user("svc", &changes, &files).unwrap_err()
         );
         assert!(
-            err.contains("--password (sensitive)") && !err.contains(hash),
+            err.contains("--password=(sensitive)") && !err.contains("0123456789abcdef"),
+            "{err}"
+        );
+        let hostile = role::User {
+            name: "svc2".into(),
+            comment: Some("--password".into()),
+            password: Some(hash.into()),
+            group: Some("no-such-group".into()),
+            ..user.clone()
+        };
+        let err = format!("{:#}", shadow.create_user(&hostile, &files).unwrap_err());
+        assert!(
+            err.contains("--password=(sensitive)") && !err.contains("0123456789abcdef"),
             "{err}"
         );
 

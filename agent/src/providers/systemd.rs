@@ -157,6 +157,10 @@ impl ServiceProvider for Systemd {
         Ok(self.unit(service)?.stale)
     }
 
+    fn forget(&self, service: &str) {
+        self.cache.borrow_mut().remove(&unit_name(service));
+    }
+
     /// Every cached state may change with the definitions: all are dropped.
     fn reload_units(&self) -> Result<()> {
         self.cache.borrow_mut().clear();

@@ -111,9 +111,12 @@ impl Resource for ServiceResource<'_> {
             return Ok(Vec::new());
         }
         let mut changes = Vec::new();
-        // `check` read nothing of a service only notified: its unit is
-        // reloaded here when it changed on disk, before it acts.
-        if only_notified(s) && services.stale(&s.name)? {
+        // Its unit is reloaded here when it changed on disk, before it acts:
+        // `check` read nothing of a service only notified, and what the
+        // manager said earlier in the run (read in one go with the role's
+        // other services) may predate a unit file this run wrote since.
+        services.forget(&s.name);
+        if services.stale(&s.name)? {
             services.reload_units()?;
             changes.push(PropertyChange::new(
                 RELOAD,

@@ -172,10 +172,18 @@ fn check_absent(t: &role::Timer, host: &Host) -> Result<Drift> {
         let removed = diff::file(&path, have.content.as_deref(), None, Labels::Path);
         diffs.extend(removed.map(|d| d.text()));
     }
-    if !diffs.is_empty() {
+    let services = if diffs.is_empty() {
+        // Both files gone and no service manager to ask: nothing is left of
+        // it (as a service only notified asks for none).
+        match host.services() {
+            Ok(services) => services,
+            Err(_) => return Ok(drift),
+        }
+    } else {
         drift.diff = Some(diffs.concat());
-    }
-    let status = host.services()?.status(&t.timer_unit())?;
+        host.services()?
+    };
+    let status = services.status(&t.timer_unit())?;
     // A timer whose file is gone may still run until it is stopped.
     if status.exists && status.enabled == Some(true) {
         drift.push("enabled", "true", "false");
@@ -209,4 +217,37 @@ fn apply_absent(t: &role::Timer, host: &Host, drift: &Drift) -> Result<()> {
         services.reload_units()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_proto::facts::Facts;
+
+    use super::*;
+    use crate::providers::Providers;
+
+    /// A host without a service manager (its facts fit no provider).
+    fn host_without_services() -> Host {
+        let mut facts = Facts::placeholder();
+        facts.os.id = "alpine".into();
+        facts.os.family = "alpine".into();
+        let host = Host::with_providers(facts, Providers::default());
+        assert!(host.services().is_err(), "this host has a service provider");
+        host
+    }
+
+    #[test]
+    fn a_removed_timer_without_its_files_needs_no_service_manager() {
+        let host = host_without_services();
+        let timer = role::Timer {
+            name: "cairn-t-never-installed".into(),
+            state: Presence::Absent,
+            on_calendar: String::new(),
+            command: String::new(),
+            user: None,
+            description: None,
+        };
+        let drift = TimerResource(&timer).check(&host).unwrap();
+        assert!(drift.is_empty(), "{drift:?}");
+    }
 }

@@ -9,7 +9,7 @@ use toml::Spanned;
 use super::Spec;
 use super::diagnostic::{Diagnostic, Diags, clip};
 use super::manifest::{Decl, Meta};
-use super::rules::{check_abs_path, check_rel_path};
+use super::rules::{check_abs_path, check_command, check_rel_path};
 use crate::bundle::RoleBundle;
 use crate::facts::Facts;
 use crate::template::{MAX_RENDERED_BYTES, TemplateError, Templates};
@@ -219,6 +219,14 @@ fn render_text(
         }
         Err(e) => return report(diags, format!("{}{}", e.message, at(&e)), help),
     };
+    // What a value brought in is held to the rule the text as written was:
+    // a fact with a NUL or an escape fails here, before the host is touched.
+    if field.is_command()
+        && let Err(why) = check_command(&rendered)
+    {
+        let message = format!("`{}` as rendered {why}", field.name());
+        return report(diags, message, help);
+    }
     if field == TextField::Cwd
         && let Err(why) = check_abs_path(&rendered)
     {

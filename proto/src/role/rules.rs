@@ -60,6 +60,21 @@ pub fn check_abs_path(p: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The rule for a shell command, as written or as rendered: not empty, at
+/// most [`MAX_COMMAND_BYTES`], and no control character other than a line
+/// break or a tab.
+pub fn check_command(command: &str) -> Result<(), String> {
+    if command.trim().is_empty() {
+        Err("is empty".into())
+    } else if command.len() > MAX_COMMAND_BYTES {
+        Err(format!("is longer than {MAX_COMMAND_BYTES} bytes"))
+    } else if command.contains(|c: char| c.is_control() && c != '\n' && c != '\t') {
+        Err("contains a control character other than a line break or a tab".into())
+    } else {
+        Ok(())
+    }
+}
+
 /// A path inside the role (a bundle's file, a `template` or `source` name):
 /// relative, `/`-separated, without `.`, `..` or empty components, no
 /// backslash, and within the limits of [`check_path_text`]. The one rule for
@@ -157,15 +172,26 @@ impl<'t, 'a> Table<'t, 'a> {
             .error(span, Some(&self.context), field, message, help);
     }
 
-    /// `field` of a `kind` ("a file") was set with state = "absent", where
-    /// nothing reads it: an error rather than a surprise.
-    pub(super) fn set_when_absent(&mut self, kind: &str, field: &str, span: Range<usize>) {
-        self.error(
-            span,
-            Some(field),
-            format!("`{field}` cannot be set on {kind} with state = \"absent\""),
-            None,
-        );
+    /// Fields of a `kind` ("a file") with state = "absent", where only its
+    /// `key` (its name or path) says what to remove and nothing reads them:
+    /// each one set (its span given) is an error rather than a surprise, all
+    /// reported at once.
+    pub(super) fn set_when_absent(
+        &mut self,
+        (kind, key): (&str, &str),
+        fields: &[(&str, Option<Range<usize>>)],
+    ) {
+        let noun = kind.split_once(' ').map_or(kind, |(_, noun)| noun);
+        for (field, span) in fields {
+            if let Some(span) = span {
+                self.error(
+                    span.clone(),
+                    Some(field),
+                    format!("`{field}` cannot be set on {kind} with state = \"absent\""),
+                    Some(format!("an absent {noun} needs only its {key}")),
+                );
+            }
+        }
     }
 
     /// Checks `text`, the shell command of `field` as written (an exec's
@@ -173,14 +199,7 @@ impl<'t, 'a> Table<'t, 'a> {
     /// `command`): not empty, at most [`MAX_COMMAND_BYTES`], and no control
     /// character other than a line break or a tab. Returns whether it passed.
     pub(super) fn check_command(&mut self, text: &Spanned<String>, field: &str) -> bool {
-        let command = text.get_ref();
-        let why = if command.trim().is_empty() {
-            "is empty".to_string()
-        } else if command.len() > MAX_COMMAND_BYTES {
-            format!("is longer than {MAX_COMMAND_BYTES} bytes")
-        } else if command.contains(|c: char| c.is_control() && c != '\n' && c != '\t') {
-            "contains a control character other than a line break or a tab".into()
-        } else {
+        let Err(why) = check_command(text.get_ref()) else {
             return true;
         };
         let what = match field {

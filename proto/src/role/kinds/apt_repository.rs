@@ -279,23 +279,18 @@ impl ResourceKind for AptRepository {
         );
         let absent = r.state.as_ref().map(|s| *s.get_ref()) == Some(Presence::Absent);
         if absent {
-            let set = [
-                ("types", r.types.as_ref().map(Spanned::span)),
-                ("uris", r.uris.as_ref().map(Spanned::span)),
-                ("suites", r.suites.as_ref().map(Spanned::span)),
-                ("components", r.components.as_ref().map(Spanned::span)),
-                ("architectures", r.architectures.as_ref().map(Spanned::span)),
-                ("key", r.key.as_ref().map(Spanned::span)),
-                ("fingerprint", r.fingerprint.as_ref().map(Spanned::span)),
-            ];
-            if let Some((field, Some(span))) = set.into_iter().find(|(_, s)| s.is_some()) {
-                t.error(
-                    span,
-                    Some(field),
-                    format!("`{field}` cannot be set on an apt_repository with state = \"absent\""),
-                    Some("an absent repository needs only its name".into()),
-                );
-            }
+            t.set_when_absent(
+                ("an apt_repository", "name"),
+                &[
+                    ("types", r.types.as_ref().map(Spanned::span)),
+                    ("uris", r.uris.as_ref().map(Spanned::span)),
+                    ("suites", r.suites.as_ref().map(Spanned::span)),
+                    ("components", r.components.as_ref().map(Spanned::span)),
+                    ("architectures", r.architectures.as_ref().map(Spanned::span)),
+                    ("key", r.key.as_ref().map(Spanned::span)),
+                    ("fingerprint", r.fingerprint.as_ref().map(Spanned::span)),
+                ],
+            );
             return AptRepository {
                 name: r.name.into_inner(),
                 source: None,

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Presence, ResourceKind, path_requires};
-use crate::role::content::{ContentFrom, PendingContent};
+use crate::role::content::{ContentFrom, MAX_COMMAND_BYTES, PendingContent};
 use crate::role::id::ResourceId;
 use crate::role::rules::Table;
 
@@ -29,6 +29,11 @@ pub struct File {
     /// content (see [`File::validate_command`]).
     pub validate: Option<String>,
 }
+
+/// How many bytes longer than the file's path the path of its new content
+/// is at most: the agent writes it next to the file as
+/// `.NAME.cairn-tmp.` and 16 hex digits.
+const NEW_CONTENT_EXTRA_BYTES: usize = ".".len() + ".cairn-tmp.".len() + 16;
 
 impl File {
     /// The `validate` command for new content at `path`: each `%` replaced
@@ -73,9 +78,15 @@ impl ResourceKind for File {
             .filter_map(|(n, s)| s.as_ref().map(|s| (n, s.span())))
             .collect();
         if absent {
-            if let Some((field, span)) = given.first() {
-                t.set_when_absent("a file", field, span.clone());
-            }
+            t.set_when_absent(
+                ("a file", "path"),
+                &[
+                    ("content", r.content.as_ref().map(Spanned::span)),
+                    ("template", r.template.as_ref().map(Spanned::span)),
+                    ("source", r.source.as_ref().map(Spanned::span)),
+                    ("validate", r.validate.as_ref().map(Spanned::span)),
+                ],
+            );
         } else if given.is_empty()
             && !t
                 .dropped
@@ -100,10 +111,12 @@ impl ResourceKind for File {
                 Some("keep one of them".into()),
             );
         }
-        if let Some(v) = &r.validate {
-            if absent {
-                t.set_when_absent("a file", "validate", v.span());
-            } else if t.check_command(v, "validate") && !v.get_ref().contains('%') {
+        if let Some(v) = &r.validate
+            && !absent
+            && t.check_command(v, "validate")
+        {
+            let places = v.get_ref().matches('%').count();
+            if places == 0 {
                 t.error(
                     v.span(),
                     Some("validate"),
@@ -113,6 +126,22 @@ impl ResourceKind for File {
                             .into(),
                     ),
                 );
+            } else {
+                // Each `%` becomes the quoted path of the new content: the
+                // command run must still fit the rule.
+                let quoted = crate::template::sh_quote(r.path.get_ref()).len();
+                let run = v.get_ref().len() - places + places * (quoted + NEW_CONTENT_EXTRA_BYTES);
+                if run > MAX_COMMAND_BYTES {
+                    t.error(
+                        v.span(),
+                        Some("validate"),
+                        format!(
+                            "the `validate` command with each `%` replaced by the quoted path \
+                             of the new content is longer than {MAX_COMMAND_BYTES} bytes"
+                        ),
+                        None,
+                    );
+                }
             }
         }
         let content = if absent {

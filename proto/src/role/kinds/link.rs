@@ -45,17 +45,15 @@ impl ResourceKind for Link {
         t.check_abs_path(&r.path, "path");
         let absent = r.state.as_ref().map(|s| *s.get_ref()) == Some(Presence::Absent);
         if absent {
-            // Only the path says which link to remove; anything else would be
-            // ignored, so it is an error rather than a surprise.
-            let set = [
-                ("target", r.target.as_ref().map(Spanned::span)),
-                ("owner", r.owner.as_ref().map(Spanned::span)),
-                ("group", r.group.as_ref().map(Spanned::span)),
-                ("force", r.force.as_ref().map(Spanned::span)),
-            ];
-            if let Some((field, Some(span))) = set.into_iter().find(|(_, s)| s.is_some()) {
-                t.set_when_absent("a link", field, span);
-            }
+            t.set_when_absent(
+                ("a link", "path"),
+                &[
+                    ("target", r.target.as_ref().map(Spanned::span)),
+                    ("owner", r.owner.as_ref().map(Spanned::span)),
+                    ("group", r.group.as_ref().map(Spanned::span)),
+                    ("force", r.force.as_ref().map(Spanned::span)),
+                ],
+            );
         } else {
             match &r.target {
                 None if !t.dropped.iter().any(|f| f == "target") => t.error(

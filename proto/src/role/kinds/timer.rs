@@ -177,17 +177,15 @@ impl ResourceKind for Timer {
         );
         let state = r.state.map_or(Presence::Present, Spanned::into_inner);
         if state == Presence::Absent {
-            // Only the name says which timer to remove; anything else would
-            // be ignored, so it is an error rather than a surprise.
-            let set = [
-                ("on_calendar", r.on_calendar.as_ref().map(Spanned::span)),
-                ("command", r.command.as_ref().map(Spanned::span)),
-                ("user", r.user.as_ref().map(Spanned::span)),
-                ("description", r.description.as_ref().map(Spanned::span)),
-            ];
-            if let Some((field, Some(span))) = set.into_iter().find(|(_, s)| s.is_some()) {
-                t.set_when_absent("a timer", field, span);
-            }
+            t.set_when_absent(
+                ("a timer", "name"),
+                &[
+                    ("on_calendar", r.on_calendar.as_ref().map(Spanned::span)),
+                    ("command", r.command.as_ref().map(Spanned::span)),
+                    ("user", r.user.as_ref().map(Spanned::span)),
+                    ("description", r.description.as_ref().map(Spanned::span)),
+                ],
+            );
             return Timer {
                 name: r.name.into_inner(),
                 state,
