@@ -452,9 +452,9 @@ fn read_manifest(text: &[u8]) -> Result<(Manifest, i64)> {
         bail!(
             "the archive was written at schema version {schema}; this cairn-server knows schema \
              versions up to {}, and cannot tell what the newer migrations hold\n  help: import \
-             it with the cairn-server release that exported it ({}), or a newer one",
-            tables::SCHEMA_VERSION,
-            cairn_proto::terminal::escape(&manifest.cairn_version)
+             it with a cairn-server release of schema version {schema} or newer (the one that \
+             exported it, or a later one)",
+            tables::SCHEMA_VERSION
         );
     }
     if schema < tables::FIRST_ARCHIVE_SCHEMA {
@@ -490,8 +490,9 @@ fn read_manifest(text: &[u8]) -> Result<(Manifest, i64)> {
         if member.columns != columns {
             bail!(
                 "member {} has the columns {:?}; at schema version {schema}, the archive's, this \
-                 cairn-server's table {} has {:?}\n  help: import it with the cairn-server \
-                 release that exported it (archive of version {})",
+                 cairn-server's table {} has {:?}: only columns added by a later migration may \
+                 be missing\n  help: import it with the cairn-server release that exported it \
+                 (of schema version {schema}, cairn {})",
                 member.name,
                 member.columns,
                 table.name,
