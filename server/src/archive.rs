@@ -6,13 +6,20 @@
 //! that reading it never costs more than its size) holding, in this order,
 //!
 //! - `manifest.json`: `format` ([`FORMAT`]), `format_version`, the
-//!   `cairn_version` that wrote it, `created_at` (microseconds since the Unix
-//!   epoch), `with_reports`, and `members`: for each table, its member's
+//!   `cairn_version` that wrote it, the `schema_version` it was written at
+//!   (the newest migration applied), `created_at` (microseconds since the
+//!   Unix epoch), `with_reports`, and `members`: for each table, its member's
 //!   `name`, `table`, `columns`, `rows`, `bytes` and `sha256` (hex);
 //! - one member per table of [`tables::ALL`] (the run reports and each node's
 //!   last run only with `--with-reports`), `TABLE.jsonl`: one JSON object a
 //!   row, keyed by column, as stored: integers as numbers, text as strings,
 //!   bytes as base64 (standard alphabet, padded), `NULL` as `null`.
+//!
+//! Format version 1 is the same without `schema_version`: its archives were
+//! written at schema version [`tables::FIRST_ARCHIVE_SCHEMA`]. An archive
+//! from an older schema than this build's is imported when its members lack
+//! only columns a later migration added ([`tables::Added`]): their rows get
+//! what that migration gave the rows already there.
 //!
 //! The archive holds secrets (the CA's private key), so it is written mode
 //! 0600, to a temporary file renamed into place once complete.
@@ -40,8 +47,9 @@ use crate::store::{CaRecord, Micros, Store};
 
 /// What `manifest.json` says the file is.
 pub const FORMAT: &str = "cairn-archive";
-/// The version of the layout above this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the layout above this build writes; it reads this one and
+/// version 1.
+pub const FORMAT_VERSION: u32 = 2;
 const MANIFEST: &str = "manifest.json";
 /// The largest manifest read.
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
@@ -57,6 +65,9 @@ struct Manifest {
     format: String,
     format_version: u32,
     cairn_version: String,
+    /// Missing in format version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schema_version: Option<i64>,
     created_at: Micros,
     with_reports: bool,
     members: Vec<Member>,
@@ -181,6 +192,7 @@ pub async fn export(store: &dyn Store, out: &Path, with_reports: bool) -> Result
         format: FORMAT.into(),
         format_version: FORMAT_VERSION,
         cairn_version: env!("CARGO_PKG_VERSION").into(),
+        schema_version: Some(tables::SCHEMA_VERSION),
         created_at: crate::store::now_micros(),
         with_reports,
         members,
@@ -310,6 +322,8 @@ fn write_tar(out: &Path, dir: &Path, manifest: &Manifest, spools: Vec<Spool>) ->
 struct Checked {
     member: Member,
     table: &'static Table,
+    /// The schema version the archive was written at.
+    schema: i64,
     offset: u64,
 }
 
@@ -344,7 +358,7 @@ fn check(path: &Path) -> Result<Vec<Checked>> {
     if text.len() as u64 > MAX_MANIFEST_BYTES {
         bail!("{MANIFEST} is over {MAX_MANIFEST_BYTES} bytes long; refused");
     }
-    let manifest = read_manifest(&text)?;
+    let (manifest, schema) = read_manifest(&text)?;
     let mut expected = manifest.members.iter();
     let mut checked = Vec::with_capacity(manifest.members.len());
     let mut last = MANIFEST.to_string();
@@ -393,6 +407,7 @@ fn check(path: &Path) -> Result<Vec<Checked>> {
         checked.push(Checked {
             member: member.clone(),
             table,
+            schema,
             offset,
         });
         last = name;
@@ -406,25 +421,49 @@ fn check(path: &Path) -> Result<Vec<Checked>> {
     Ok(checked)
 }
 
-/// The manifest, its format and version first, then its members against the
-/// tables this build has.
-fn read_manifest(text: &[u8]) -> Result<Manifest> {
+/// The manifest and the schema version it was written at: its format and
+/// version first, then its schema version and members against the tables
+/// this build has.
+fn read_manifest(text: &[u8]) -> Result<(Manifest, i64)> {
     let json: serde_json::Value = serde_json::from_slice(text)
         .with_context(|| format!("{MANIFEST} is not valid JSON; refused"))?;
     if json.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
         bail!("{MANIFEST} does not name the format {FORMAT:?}: not an archive of cairn-server");
     }
     let version = json.get("format_version").and_then(|v| v.as_u64());
-    if version != Some(u64::from(FORMAT_VERSION)) {
+    let Some(version) = version.filter(|v| (1..=u64::from(FORMAT_VERSION)).contains(v)) else {
         bail!(
-            "the archive's format version is {}; this cairn-server reads version \
-             {FORMAT_VERSION}\n  help: import it with the cairn-server release that exported it",
+            "the archive's format version is {}; this cairn-server reads versions 1 to \
+             {FORMAT_VERSION}\n  help: import it with the cairn-server release that exported it, \
+             or a newer one",
             version.map_or("missing".to_string(), |v| v.to_string())
         );
-    }
+    };
     let manifest: Manifest = serde_json::from_value(json).with_context(|| {
-        format!("{MANIFEST} does not have the fields of format version {FORMAT_VERSION}")
+        format!("{MANIFEST} does not have the fields of format version {version}")
     })?;
+    let schema = match (version, manifest.schema_version) {
+        (1, None) => tables::FIRST_ARCHIVE_SCHEMA,
+        (1, Some(_)) => bail!("{MANIFEST} of format version 1 has a schema_version; refused"),
+        (_, None) => bail!("{MANIFEST} has no schema_version; refused"),
+        (_, Some(schema)) => schema,
+    };
+    if schema > tables::SCHEMA_VERSION {
+        bail!(
+            "the archive was written at schema version {schema}; this cairn-server knows schema \
+             versions up to {}, and cannot tell what the newer migrations hold\n  help: import \
+             it with a cairn-server release of schema version {schema} or newer (the one that \
+             exported it, or a later one)",
+            tables::SCHEMA_VERSION
+        );
+    }
+    if schema < tables::FIRST_ARCHIVE_SCHEMA {
+        bail!(
+            "{MANIFEST} says schema version {schema}, but archives began at schema version {}: \
+             the archive was altered",
+            tables::FIRST_ARCHIVE_SCHEMA
+        );
+    }
     let wanted = tables_for(manifest.with_reports);
     if manifest.members.len() != wanted.len() {
         bail!(
@@ -447,11 +486,13 @@ fn read_manifest(text: &[u8]) -> Result<Manifest> {
                 member_name(table)
             );
         }
-        let columns: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+        let columns: Vec<&str> = table.columns_at(schema).map(|c| c.name).collect();
         if member.columns != columns {
             bail!(
-                "member {} has the columns {:?}; this cairn-server's table {} has {:?}\n  help: \
-                 import it with the cairn-server release that exported it (archive of version {})",
+                "member {} has the columns {:?}; at schema version {schema}, the archive's, this \
+                 cairn-server's table {} has {:?}: only columns added by a later migration may \
+                 be missing\n  help: import it with the cairn-server release that exported it \
+                 (of schema version {schema}, cairn {})",
                 member.name,
                 member.columns,
                 table.name,
@@ -460,7 +501,7 @@ fn read_manifest(text: &[u8]) -> Result<Manifest> {
             );
         }
     }
-    Ok(manifest)
+    Ok((manifest, schema))
 }
 
 /// The SHA-256 (hex) of `content` and its number of lines, each at most
@@ -505,6 +546,7 @@ struct MemberRows {
     checked_sha256: String,
     name: String,
     table: &'static Table,
+    schema: i64,
     line: u64,
     buf: Vec<u8>,
 }
@@ -526,6 +568,7 @@ impl MemberRows {
             checked_sha256: c.member.sha256.clone(),
             name: c.member.name.clone(),
             table: c.table,
+            schema: c.schema,
             line: 0,
             buf: Vec::new(),
         })
@@ -550,7 +593,7 @@ impl MemberRows {
                 self.line
             );
         }
-        let row = parse_row(self.table, &self.buf)
+        let row = parse_row(self.table, self.schema, &self.buf)
             .with_context(|| format!("member {}, line {}", self.name, self.line))?;
         Ok(Some((row, n)))
     }
@@ -585,15 +628,21 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// One line of a member: a JSON object with exactly the table's columns,
-/// each of its kind.
-fn parse_row(table: &Table, line: &[u8]) -> Result<Row> {
+/// One line of a member written at schema version `schema`: a JSON object
+/// with exactly the table's columns at that schema, each of its kind. The
+/// row has every column of the table: those added since get what their
+/// migration gave older rows.
+fn parse_row(table: &Table, schema: i64, line: &[u8]) -> Result<Row> {
     use serde_json::Value as J;
     let mut object: serde_json::Map<String, J> =
         serde_json::from_slice(line).context("not a JSON object")?;
     let base64 = base64::engine::general_purpose::STANDARD;
     let mut row = Vec::with_capacity(table.columns.len());
     for column in table.columns {
+        if let Some(added) = column.added.as_ref().filter(|a| a.migration > schema) {
+            row.push(added.older_rows.clone());
+            continue;
+        }
         let json = object
             .remove(column.name)
             .ok_or_else(|| anyhow!("column {} is missing", column.name))?;
@@ -626,7 +675,7 @@ fn parse_row(table: &Table, line: &[u8]) -> Result<Row> {
     }
     if let Some(extra) = object.keys().next() {
         bail!(
-            "column {} is not one of table {}",
+            "column {} is not one of table {} at schema version {schema}",
             cairn_proto::terminal::escape(extra),
             table.name
         );
@@ -740,9 +789,10 @@ mod tests {
 
     #[test]
     fn the_format_and_its_version_are_checked_before_the_rest() {
-        let err = read_manifest(&manifest_json(FORMAT, 2)).unwrap_err();
+        let err = read_manifest(&manifest_json(FORMAT, FORMAT_VERSION + 1)).unwrap_err();
         assert!(
-            err.to_string().contains("format version is 2")
+            err.to_string()
+                .contains(&format!("format version is {}", FORMAT_VERSION + 1))
                 && err
                     .to_string()
                     .contains("help: import it with the cairn-server release"),
@@ -753,13 +803,39 @@ mod tests {
             err.to_string().contains("does not name the format"),
             "{err:#}"
         );
-        let err = read_manifest(&manifest_json(FORMAT, 1)).unwrap_err();
-        assert!(format!("{err:#}").contains("from_the_future"), "{err:#}");
+        for version in 1..=FORMAT_VERSION {
+            let err = read_manifest(&manifest_json(FORMAT, version)).unwrap_err();
+            assert!(format!("{err:#}").contains("from_the_future"), "{err:#}");
+        }
+    }
+
+    #[test]
+    fn a_row_of_an_older_schema_gets_the_columns_added_since() {
+        let line = br#"{"name":"n","role":"r","channel":"c","fingerprint":"f","enrolled_at":1,"revoked_at":null,"token_id":"t","facts":null}"#;
+        let row = parse_row(&tables::NODES, tables::FIRST_ARCHIVE_SCHEMA, line).unwrap();
+        assert_eq!(row.len(), tables::NODES.columns.len());
+        assert_eq!(row.last(), Some(&Value::Text(None)));
+        // At the schema that has it, it must be there, and not before.
+        let err = parse_row(&tables::NODES, 10, line).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("column previous_fingerprint is missing"),
+            "{err:#}"
+        );
+        let mut newer = line[..line.len() - 1].to_vec();
+        newer.extend_from_slice(br#","previous_fingerprint":"p"}"#);
+        let err = parse_row(&tables::NODES, tables::FIRST_ARCHIVE_SCHEMA, &newer).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "column previous_fingerprint is not one of table nodes at schema version 8"
+            ),
+            "{err:#}"
+        );
     }
 
     #[test]
     fn a_row_holds_exactly_its_columns_each_of_its_kind() {
-        let line = |s: &str| parse_row(&tables::CA, s.as_bytes());
+        let line = |s: &str| parse_row(&tables::CA, tables::SCHEMA_VERSION, s.as_bytes());
         let row = line(r#"{"id":1,"cert_pem":"c","key_pem":"k","created_at":5}"#).unwrap();
         assert_eq!(
             row,
@@ -799,6 +875,7 @@ mod tests {
         let bytes = |b: &str| {
             parse_row(
                 &tables::ROLE_VERSIONS,
+                tables::SCHEMA_VERSION,
                 format!(
                     r#"{{"role":"r","version":1,"digest":"d","author":"a","message":"","created_at":0,"bundle":{b}}}"#
                 )
@@ -848,23 +925,28 @@ mod tests {
         file
     }
 
-    /// A manifest for an archive without reports whose members are all
-    /// empty but the CA's, which holds `ca`.
-    fn manifest_with_ca(ca: &[u8]) -> Manifest {
+    /// A manifest of `format_version` at `schema` (unsaid in format 1) for
+    /// an archive without reports whose members hold `data` (table, lines),
+    /// the others nothing.
+    fn manifest_of(format_version: u32, schema: i64, data: &[(&str, &[u8])]) -> Manifest {
         Manifest {
             format: FORMAT.into(),
-            format_version: FORMAT_VERSION,
+            format_version,
             cairn_version: "0".into(),
+            schema_version: (format_version > 1).then_some(schema),
             created_at: 0,
             with_reports: false,
             members: tables_for(false)
                 .into_iter()
                 .map(|t| {
-                    let data: &[u8] = if t.name == "ca" { ca } else { b"" };
+                    let data = data
+                        .iter()
+                        .find(|(n, _)| *n == t.name)
+                        .map_or(&b""[..], |d| d.1);
                     Member {
                         name: member_name(t),
                         table: t.name.into(),
-                        columns: t.columns.iter().map(|c| c.name.into()).collect(),
+                        columns: t.columns_at(schema).map(|c| c.name.into()).collect(),
                         rows: data.iter().filter(|&&b| b == b'\n').count() as u64,
                         bytes: data.len() as u64,
                         sha256: format!("{:x}", Sha256::digest(data)),
@@ -872,6 +954,120 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// A manifest for an archive of this build without reports whose members
+    /// are all empty but the CA's, which holds `ca`.
+    fn manifest_with_ca(ca: &[u8]) -> Manifest {
+        manifest_of(FORMAT_VERSION, tables::SCHEMA_VERSION, &[("ca", ca)])
+    }
+
+    /// The archive `manifest` describes, its members holding `data`.
+    fn archive_of(manifest: &Manifest, data: &[(&str, &[u8])]) -> tempfile::NamedTempFile {
+        let members: Vec<(String, &[u8])> = manifest
+            .members
+            .iter()
+            .map(|m| {
+                let content = data
+                    .iter()
+                    .find(|(n, _)| *n == m.table)
+                    .map_or(&b""[..], |d| d.1);
+                (m.name.clone(), content)
+            })
+            .collect();
+        let refs: Vec<(&str, &[u8])> = members.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+        tar_of(manifest, &refs)
+    }
+
+    const CA_LINE: &[u8] = br#"{"id":1,"cert_pem":"c","key_pem":"k","created_at":5}
+"#;
+
+    /// An archive of the first release that exported (format 1, schema 8,
+    /// whose nodes have no `previous_fingerprint`) imports into this build:
+    /// its nodes get NULL there, as migration 0010 gave the nodes it found.
+    #[tokio::test]
+    async fn an_archive_of_the_first_release_is_imported_its_nodes_without_a_previous_certificate()
+    {
+        let tokens = br#"{"id":"t1","secret_sha256":"s","role":"web","channel":"production","created_by":"admin","created_at":1,"expires_at":2,"uses_allowed":1,"uses_used":1,"revoked_at":null}
+"#;
+        let nodes = br#"{"name":"web-1","role":"web","channel":"production","fingerprint":"f1","enrolled_at":3,"revoked_at":null,"token_id":"t1","facts":"{}"}
+"#;
+        let data: [(&str, &[u8]); 3] = [("tokens", tokens), ("nodes", nodes), ("ca", CA_LINE)];
+        let manifest = manifest_of(1, tables::FIRST_ARCHIVE_SCHEMA, &data);
+        let text = String::from_utf8(serde_json::to_vec(&manifest).unwrap()).unwrap();
+        assert!(text.contains(r#""format_version":1"#) && !text.contains("schema_version"));
+        assert!(!text.contains("previous_fingerprint"), "{text}");
+        let file = archive_of(&manifest, &data);
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(&crate::store::default_url(dir.path()).unwrap())
+            .await
+            .unwrap();
+        let summary = import(store.as_ref(), file.path(), &dir.path().join("data"))
+            .await
+            .unwrap();
+        assert!(summary.to_string().contains("1 nodes"), "{summary}");
+
+        let (sender, mut receiver) = mpsc::channel(8);
+        store.export_rows(&[&tables::NODES], sender).await.unwrap();
+        let (_, row) = receiver.recv().await.unwrap();
+        assert!(receiver.recv().await.is_none());
+        assert_eq!(row[0], Value::Text(Some("web-1".into())));
+        assert_eq!(row[3], Value::Text(Some("f1".into())));
+        assert_eq!(row[8], Value::Text(None), "previous_fingerprint");
+    }
+
+    #[test]
+    fn an_archive_of_a_newer_schema_or_an_unknown_one_is_refused() {
+        let text = |m: &Manifest| serde_json::to_vec(m).unwrap();
+        let newer = manifest_of(FORMAT_VERSION, tables::SCHEMA_VERSION + 1, &[]);
+        let err = read_manifest(&text(&newer)).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "written at schema version {}; this cairn-server knows schema versions up to {}",
+                tables::SCHEMA_VERSION + 1,
+                tables::SCHEMA_VERSION
+            )),
+            "{err}"
+        );
+        let older = manifest_of(FORMAT_VERSION, tables::FIRST_ARCHIVE_SCHEMA - 1, &[]);
+        let err = read_manifest(&text(&older)).unwrap_err().to_string();
+        assert!(err.contains("archives began at schema version 8"), "{err}");
+
+        let mut unsaid = manifest_of(FORMAT_VERSION, tables::SCHEMA_VERSION, &[]);
+        unsaid.schema_version = None;
+        let err = read_manifest(&text(&unsaid)).unwrap_err().to_string();
+        assert!(err.contains("has no schema_version"), "{err}");
+
+        // Format 1 is schema 8: its nodes may not hold the column of 0010,
+        // nor lack any other.
+        let mut current_columns = manifest_of(1, tables::FIRST_ARCHIVE_SCHEMA, &[]);
+        let nodes = current_columns
+            .members
+            .iter_mut()
+            .find(|m| m.table == "nodes")
+            .unwrap();
+        nodes.columns.push("previous_fingerprint".into());
+        let err = read_manifest(&text(&current_columns))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("member nodes.jsonl has the columns")
+                && err.contains("at schema version 8"),
+            "{err}"
+        );
+        let mut lacking = manifest_of(FORMAT_VERSION, tables::SCHEMA_VERSION, &[]);
+        lacking.members[0].columns.pop();
+        let err = read_manifest(&text(&lacking)).unwrap_err().to_string();
+        assert!(
+            err.contains("member role_versions.jsonl has the columns"),
+            "{err}"
+        );
+
+        let (_, schema) = read_manifest(&text(&manifest_of(1, 8, &[]))).unwrap();
+        assert_eq!(schema, tables::FIRST_ARCHIVE_SCHEMA);
+        let (_, schema) = read_manifest(&text(&manifest_with_ca(b""))).unwrap();
+        assert_eq!(schema, tables::SCHEMA_VERSION);
     }
 
     #[test]

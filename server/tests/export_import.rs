@@ -4,7 +4,9 @@
 //! compared with what was there; the enrolled node
 //! and the operator keep working against the server on the restored database,
 //! which goes on numbering after the restored ids; a damaged archive and a
-//! database that is not empty are refused, and nothing is written.
+//! database that is not empty are refused, and nothing is written; an
+//! archive of the first release that exported (before migration 0010) is
+//! imported into both backends.
 
 mod common;
 
@@ -505,6 +507,132 @@ async fn sqlite_to_postgres_and_back_keeps_everything_and_nodes_stay_enrolled() 
             &before.tokens,
             &before.ca
         )
+    );
+}
+
+/// Rewrites the archive at `from` into `to` as the first release that
+/// exported wrote it: format version 1, no schema version, and no
+/// `previous_fingerprint` in the nodes (migration 0010 came after it); every
+/// member's size, rows and checksum in the manifest match.
+fn as_first_release(from: &Path, to: &Path) {
+    use sha2::{Digest, Sha256};
+    let mut archive = tar::Archive::new(std::fs::File::open(from).unwrap());
+    let mut members: Vec<(String, Vec<u8>)> = archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            let name = e.path().unwrap().to_str().unwrap().to_string();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+            (name, data)
+        })
+        .collect();
+    let nodes = members
+        .iter_mut()
+        .find(|(n, _)| n == "nodes.jsonl")
+        .unwrap();
+    let mut lines = Vec::new();
+    for line in nodes.1.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let mut row: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(line).unwrap();
+        row.remove("previous_fingerprint").unwrap();
+        lines.extend(serde_json::to_vec(&row).unwrap());
+        lines.push(b'\n');
+    }
+    nodes.1 = lines;
+
+    let mut manifest: serde_json::Value = serde_json::from_slice(&members[0].1).unwrap();
+    assert_eq!(manifest["schema_version"], tables::SCHEMA_VERSION);
+    manifest["format_version"] = 1.into();
+    manifest.as_object_mut().unwrap().remove("schema_version");
+    for member in manifest["members"].as_array_mut().unwrap() {
+        let data = &members
+            .iter()
+            .find(|(n, _)| member["name"] == n.as_str())
+            .unwrap()
+            .1;
+        member["bytes"] = data.len().into();
+        member["rows"] = data.iter().filter(|&&b| b == b'\n').count().into();
+        member["sha256"] = format!("{:x}", Sha256::digest(data)).into();
+        if member["table"] == "nodes" {
+            let columns = member["columns"].as_array_mut().unwrap();
+            assert_eq!(columns.pop().unwrap(), "previous_fingerprint");
+        }
+    }
+    members[0].1 = serde_json::to_vec_pretty(&manifest).unwrap();
+
+    let mut tar = tar::Builder::new(std::fs::File::create(to).unwrap());
+    for (name, data) in &members {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        tar.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    tar.finish().unwrap();
+}
+
+/// An operator restoring a backup of the release before migration 0010
+/// into this one: every row comes back, and the nodes, which had no
+/// previous certificate then, have none (as the migration left them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_of_the_first_release_is_imported_into_both_backends() {
+    let cluster = PgCluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let src_dir = tmp.path().join("src/data");
+    let (grpc, http) = free_ports();
+    let mut src = Daemon::start_in(&src_dir, grpc, http);
+    let creds = src.operator("ada", "admin");
+    let admin = Credentials::load(&creds).unwrap();
+    let ops = connect(&creds).await;
+    push(&ops, role("web", "one"), "production").await;
+    let node = enroll(&src.url(), &admin, &ops, "web-1").await;
+    let renewed = enroll(&src.url(), &admin, &ops, "web-2").await;
+    renew(&renewed.connect(&src.url()).await, "web-2")
+        .await
+        .unwrap();
+    src.terminate();
+    let archive = tmp.path().join("now.tar");
+    export(&archive, true, &["--data-dir", src_dir.to_str().unwrap()]);
+    let old = tmp.path().join("old.tar");
+    as_first_release(&archive, &old);
+
+    let before = contents(&sqlite_url(&src_dir)).await;
+    let nodes = tables::ALL
+        .iter()
+        .position(|t| t.name == tables::NODES.name)
+        .unwrap();
+    let previous = tables::NODES.columns.len() - 1;
+    assert_eq!(tables::NODES.columns[previous].name, "previous_fingerprint");
+    assert!(
+        before.rows[nodes]
+            .iter()
+            .any(|row| row[previous] != tables::Value::Text(None)),
+        "web-2's renewal left its previous certificate: {:?}",
+        before.rows[nodes]
+    );
+    let mut expected = before.rows.clone();
+    for row in &mut expected[nodes] {
+        row[previous] = tables::Value::Text(None);
+    }
+
+    let sqlite_dir = tmp.path().join("sqlite/data");
+    for (database, data_dir) in [
+        (sqlite_url(&sqlite_dir), sqlite_dir.clone()),
+        (cluster.database(), tmp.path().join("pg/data")),
+    ] {
+        let o = import(&old, &data_dir, &database);
+        assert!(o.status.success(), "{database}: {}", text(&o.stderr));
+        let restored = contents(&database).await;
+        assert_eq!(restored.rows, expected, "{database}");
+        assert_eq!(audit::first_break(&restored.audit), None);
+    }
+    // Served from there, the enrolled node keeps working.
+    let (grpc, http) = free_ports();
+    let restored = Daemon::start_in(&sqlite_dir, grpc, http);
+    assert_eq!(
+        fetched_version(&node.connect(&restored.url()).await).await,
+        1
     );
 }
 

@@ -20,11 +20,53 @@ pub enum Kind {
     Bool,
 }
 
+impl Kind {
+    /// This kind's `NULL`.
+    pub const fn null(self) -> Value {
+        match self {
+            Kind::Int => Value::Int(None),
+            Kind::Text => Value::Text(None),
+            Kind::Bytes => Value::Bytes(None),
+            Kind::Bool => Value::Bool(None),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Column {
     pub name: &'static str,
     pub kind: Kind,
     pub nullable: bool,
+    /// Set on a column a migration added to an existing table: rows of an
+    /// archive written at an older schema lack it.
+    pub added: Option<Added>,
+}
+
+/// The migration that added a column, and what it gave the rows already
+/// there: what an import gives the rows of an older archive.
+#[derive(Debug)]
+pub struct Added {
+    pub migration: i64,
+    pub older_rows: Value,
+}
+
+/// The schema version of this build: its newest migration. An archive
+/// records the one it was written at.
+pub const SCHEMA_VERSION: i64 = 10;
+
+/// The schema version of the first release that exported (archive format 1,
+/// whose manifest does not say): no archive is older, so the columns added
+/// by migrations up to it are in every archive.
+pub const FIRST_ARCHIVE_SCHEMA: i64 = 8;
+
+impl Table {
+    /// The columns this table had at schema version `schema` (at most
+    /// [`SCHEMA_VERSION`]), in order.
+    pub fn columns_at(&self, schema: i64) -> impl Iterator<Item = &Column> {
+        self.columns
+            .iter()
+            .filter(move |c| c.added.as_ref().is_none_or(|a| a.migration <= schema))
+    }
 }
 
 #[derive(Debug)]
@@ -74,6 +116,7 @@ const fn col(name: &'static str, kind: Kind) -> Column {
         name,
         kind,
         nullable: false,
+        added: None,
     }
 }
 
@@ -82,6 +125,21 @@ const fn null(name: &'static str, kind: Kind) -> Column {
         name,
         kind,
         nullable: true,
+        added: None,
+    }
+}
+
+/// A nullable column `migration` added (`ALTER TABLE … ADD COLUMN`), `NULL`
+/// in the rows already there.
+const fn null_since(migration: i64, name: &'static str, kind: Kind) -> Column {
+    Column {
+        name,
+        kind,
+        nullable: true,
+        added: Some(Added {
+            migration,
+            older_rows: kind.null(),
+        }),
     }
 }
 
@@ -230,8 +288,8 @@ pub const NODES: Table = Table {
         null("revoked_at", Int),
         col("token_id", Text),
         null("facts", Text),
-        // A renewal's answer the node may not have received (migration 0010).
-        null("previous_fingerprint", Text),
+        // A renewal's answer the node may not have received.
+        null_since(10, "previous_fingerprint", Text),
     ],
     key: "name",
     id_sequence: false,
@@ -392,6 +450,116 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each migration of `backend` (`sqlite`, `postgres`): its number and SQL.
+    fn migrations(backend: &str) -> Vec<(i64, String)> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join(backend);
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_str().unwrap().to_string();
+                let number = name.split('_').next().unwrap().parse().unwrap();
+                (number, std::fs::read_to_string(&path).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_schema_version_is_the_newest_migration_of_both_backends() {
+        for backend in ["sqlite", "postgres"] {
+            let newest = migrations(backend).iter().map(|(n, _)| *n).max();
+            assert_eq!(newest, Some(SCHEMA_VERSION), "{backend}");
+        }
+    }
+
+    /// An archive written before a column was added can be imported only if
+    /// the column says which migration added it (and what older rows get):
+    /// every `ALTER TABLE t ADD [COLUMN] c` after the first archive's schema
+    /// is marked, and nothing else is.
+    #[test]
+    fn every_column_a_migration_added_since_the_first_archive_says_so() {
+        for backend in ["sqlite", "postgres"] {
+            let mut added = Vec::new();
+            for (number, sql) in migrations(backend) {
+                let words: Vec<&str> = sql.split_whitespace().collect();
+                for w in words.windows(6) {
+                    if !(w[0].eq_ignore_ascii_case("alter")
+                        && w[1].eq_ignore_ascii_case("table")
+                        && w[3].eq_ignore_ascii_case("add"))
+                    {
+                        continue;
+                    }
+                    let column = if w[4].eq_ignore_ascii_case("column") {
+                        w[5]
+                    } else {
+                        w[4]
+                    };
+                    assert!(
+                        !column.eq_ignore_ascii_case("constraint"),
+                        "{backend} {number}: extend this test to constraints"
+                    );
+                    added.push((number, w[2].to_string(), column.to_string()));
+                }
+            }
+            assert!(
+                added.iter().any(|(_, _, c)| c == "previous_fingerprint"),
+                "{backend}: {added:?}"
+            );
+            for (number, table, column) in &added {
+                if LEFT_OUT.contains(&table.as_str()) || *number <= FIRST_ARCHIVE_SCHEMA {
+                    continue;
+                }
+                let table = ALL.iter().find(|t| t.name == table).unwrap();
+                let column = table.columns.iter().find(|c| c.name == column).unwrap();
+                assert_eq!(
+                    column.added.as_ref().map(|a| a.migration),
+                    Some(*number),
+                    "{backend}: column {}.{} was added by migration {number}",
+                    table.name,
+                    column.name
+                );
+            }
+            for table in ALL {
+                for column in table.columns {
+                    if let Some(a) = &column.added {
+                        assert!(
+                            added.iter().any(|(n, t, c)| {
+                                *n == a.migration && t == table.name && c == column.name
+                            }),
+                            "{backend}: no migration {} adds {}.{}",
+                            a.migration,
+                            table.name,
+                            column.name
+                        );
+                        assert!(
+                            a.migration > FIRST_ARCHIVE_SCHEMA && a.migration <= SCHEMA_VERSION
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_older_schema_lacks_the_columns_added_after_it() {
+        let names = |schema| NODES.columns_at(schema).map(|c| c.name).collect::<Vec<_>>();
+        assert!(!names(FIRST_ARCHIVE_SCHEMA).contains(&"previous_fingerprint"));
+        assert_eq!(names(SCHEMA_VERSION).len(), NODES.columns.len());
+        assert_eq!(
+            NODES
+                .columns
+                .last()
+                .unwrap()
+                .added
+                .as_ref()
+                .unwrap()
+                .older_rows,
+            Value::Text(None)
+        );
+    }
 
     /// A table a migration creates is either in every archive or left out on
     /// purpose: a new table is never silently missing from backups.
