@@ -117,24 +117,6 @@ async fn audit(admin: &Connection) -> Vec<pb::AuditEntry> {
         .entries
 }
 
-/// The code of a call a node makes to the node API (a Fetch of its own role).
-async fn node_api(conn: &Connection) -> Code {
-    let fetched = conn
-        .nodes()
-        .fetch(pb::FetchRequest {
-            assignment: Some(pb::Assignment {
-                role: "web".into(),
-                channel: "stable".into(),
-            }),
-            known_digest: String::new(),
-        })
-        .await;
-    match fetched {
-        Ok(_) => Code::Ok,
-        Err(status) => status.code(),
-    }
-}
-
 #[tokio::test]
 async fn a_token_enrolls_a_node_whose_certificate_counts_only_as_that_node() {
     let server = Server::start();

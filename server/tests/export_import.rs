@@ -156,12 +156,7 @@ async fn enroll(url: &str, admin: &Credentials, ops: &Connection, name: &str) ->
 /// Node `name` renews its certificate with `node`'s (a new key; the answer
 /// is dropped).
 async fn renew(node: &Connection, name: &str) -> Result<(), tonic::Status> {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let (_key, csr_pem) = node_request(Some(name));
     node.nodes()
         .renew(pb::RenewRequest { csr_pem })
         .await

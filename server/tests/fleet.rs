@@ -39,12 +39,7 @@ async fn enroll(server: &Server, name: &str, role: &str, channel: &str) -> Conne
         .unwrap()
         .into_inner()
         .token;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let (key, csr_pem) = node_request(Some(name));
     let anonymous = client::connect(&server.url(), &admin.ca, None)
         .await
         .unwrap();

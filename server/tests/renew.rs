@@ -16,7 +16,7 @@ use std::time::Duration;
 use cairn_proto::client::{self, Connection, Credentials};
 use cairn_proto::pb;
 use common::*;
-use rcgen::{CertificateParams, DnType, KeyPair};
+use rcgen::KeyPair;
 use tonic::Code;
 use tonic::transport::Identity;
 
@@ -78,7 +78,7 @@ impl Fleet {
             .unwrap()
             .into_inner()
             .token;
-        let (key, csr_pem) = request(Some(name));
+        let (key, csr_pem) = node_request(Some(name));
         let anonymous = client::connect(&self.server.url(), &self.ca_pem, None)
             .await
             .unwrap();
@@ -123,40 +123,11 @@ impl Fleet {
     }
 }
 
-/// A new key and a certificate request for it, naming `name` (CN) if given.
-fn request(name: Option<&str>) -> (KeyPair, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    if let Some(name) = name {
-        params.distinguished_name.push(DnType::CommonName, name);
-    }
-    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-    (key, csr)
-}
-
 async fn renew(conn: &Connection, csr_pem: String) -> Result<String, tonic::Status> {
     conn.nodes()
         .renew(pb::RenewRequest { csr_pem })
         .await
         .map(|r| r.into_inner().cert_pem)
-}
-
-/// The code of a Fetch of the node's own role.
-async fn node_api(conn: &Connection) -> Code {
-    let fetched = conn
-        .nodes()
-        .fetch(pb::FetchRequest {
-            assignment: Some(pb::Assignment {
-                role: "web".into(),
-                channel: "stable".into(),
-            }),
-            known_digest: String::new(),
-        })
-        .await;
-    match fetched {
-        Ok(_) => Code::Ok,
-        Err(status) => status.code(),
-    }
 }
 
 /// A certificate's subject (CN, OU), raw public key and validity in seconds.
@@ -189,7 +160,7 @@ async fn a_node_renews_its_certificate_and_the_old_one_stops_counting() {
     let old = fleet.connect(&first).await;
     assert_eq!(node_api(&old).await, Code::Ok);
 
-    let (key, csr) = request(Some("web-1"));
+    let (key, csr) = node_request(Some("web-1"));
     let cert_pem = renew(&old, csr).await.unwrap();
     let (cn, ou, public_key, validity) = read_cert(&cert_pem);
     assert_eq!((cn.as_str(), ou.as_str(), validity), ("web-1", "node", 99));
@@ -214,11 +185,13 @@ async fn a_node_renews_its_certificate_and_the_old_one_stops_counting() {
         );
     }
     // Nor may it renew again.
-    let err = renew(&old, request(Some("web-1")).1).await.unwrap_err();
+    let err = renew(&old, node_request(Some("web-1")).1)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
     // The new certificate renews in turn.
-    let (key, csr) = request(Some("web-1"));
+    let (key, csr) = node_request(Some("web-1"));
     let third = Node {
         cert_pem: renew(&new, csr).await.unwrap(),
         key,
@@ -272,7 +245,7 @@ async fn a_renewal_whose_answer_was_lost_is_made_again_with_the_previous_certifi
     assert_eq!(node_api(&old).await, Code::Ok);
 
     // The server commits a renewal whose answer never reaches the node.
-    let (lost_key, csr) = request(Some("web-1"));
+    let (lost_key, csr) = node_request(Some("web-1"));
     let lost = Node {
         cert_pem: renew(&old, csr).await.unwrap(),
         key: lost_key,
@@ -294,7 +267,7 @@ async fn a_renewal_whose_answer_was_lost_is_made_again_with_the_previous_certifi
     }
 
     // The node, still holding only the old certificate, renews again.
-    let (key, csr) = request(Some("web-1"));
+    let (key, csr) = node_request(Some("web-1"));
     let second = Node {
         cert_pem: renew(&old, csr).await.unwrap(),
         key,
@@ -312,7 +285,9 @@ async fn a_renewal_whose_answer_was_lost_is_made_again_with_the_previous_certifi
     );
     // The node called with its current certificate: the old one may not
     // renew any more.
-    let err = renew(&old, request(Some("web-1")).1).await.unwrap_err();
+    let err = renew(&old, node_request(Some("web-1")).1)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(
         err.message().contains("no longer counts"),
@@ -330,7 +305,7 @@ async fn a_renewal_whose_answer_was_lost_is_made_again_with_the_previous_certifi
     );
 
     // Revoking the node ends the previous certificate as well.
-    let (key, csr) = request(Some("web-1"));
+    let (key, csr) = node_request(Some("web-1"));
     let _unused = Node {
         cert_pem: renew(&new, csr).await.unwrap(),
         key,
@@ -343,7 +318,9 @@ async fn a_renewal_whose_answer_was_lost_is_made_again_with_the_previous_certifi
         })
         .await
         .unwrap();
-    let err = renew(&new, request(Some("web-1")).1).await.unwrap_err();
+    let err = renew(&new, node_request(Some("web-1")).1)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(
         err.message().contains("node web-1 was revoked"),
@@ -361,7 +338,7 @@ async fn renewal_is_refused_for_another_name_a_bad_request_a_revoked_node_and_no
 
     // A request for another node's name, or for no name.
     for asked in [Some("web-2"), None] {
-        let err = renew(&conn, request(asked).1).await.unwrap_err();
+        let err = renew(&conn, node_request(asked).1).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
         assert!(
             err.message()
@@ -395,7 +372,7 @@ async fn renewal_is_refused_for_another_name_a_bad_request_a_revoked_node_and_no
     }
 
     // An operator has no node certificate to renew.
-    let err = renew(&fleet.admin, request(Some("ada")).1)
+    let err = renew(&fleet.admin, node_request(Some("ada")).1)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
@@ -404,7 +381,7 @@ async fn renewal_is_refused_for_another_name_a_bad_request_a_revoked_node_and_no
     let anonymous = client::connect(&fleet.server.url(), &fleet.ca_pem, None)
         .await
         .unwrap();
-    let err = renew(&anonymous, request(Some("web-1")).1)
+    let err = renew(&anonymous, node_request(Some("web-1")).1)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
@@ -418,7 +395,9 @@ async fn renewal_is_refused_for_another_name_a_bad_request_a_revoked_node_and_no
         })
         .await
         .unwrap();
-    let err = renew(&conn, request(Some("web-1")).1).await.unwrap_err();
+    let err = renew(&conn, node_request(Some("web-1")).1)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(
         err.message().contains("node web-1 was revoked"),
@@ -451,7 +430,9 @@ async fn an_expired_certificate_is_refused_on_a_connection_opened_while_it_was_v
         "{}",
         err.message()
     );
-    let err = renew(&conn, request(Some("web-1")).1).await.unwrap_err();
+    let err = renew(&conn, node_request(Some("web-1")).1)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 }
 

@@ -34,7 +34,9 @@
 mod server;
 mod user_data;
 
-pub use server::{Operator, Server, down_server_url, succeeded, terminate, wait_for};
+pub use server::{
+    Operator, Server, down_server_url, succeeded, terminate, terminate_and_read, wait_for,
+};
 pub use user_data::{AgentDownloads, Enrollment, FirstBoot, first_boot_user_data};
 
 use std::fmt;

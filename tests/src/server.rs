@@ -281,6 +281,29 @@ pub fn terminate(child: &Child) {
     .unwrap_or_else(|e| panic!("could not signal process {}: {e}", child.id()));
 }
 
+/// SIGTERM to `child`, then waits for it: its exit status and all it
+/// printed (standard output, then standard error; both must be piped).
+pub fn terminate_and_read(mut child: Child) -> (std::process::ExitStatus, String) {
+    terminate(&child);
+    let status = child.wait().unwrap();
+    let mut log = String::new();
+    for out in [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn std::io::Read>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn std::io::Read>),
+    ] {
+        out.expect("the child's output is piped")
+            .read_to_string(&mut log)
+            .unwrap();
+    }
+    (status, log)
+}
+
 /// The standard output of `out`; panics with all of it unless `what`
 /// succeeded.
 pub fn succeeded(out: &Output, what: &str) -> String {

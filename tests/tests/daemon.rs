@@ -12,13 +12,12 @@
 //!
 //! Needs the debug binaries (`cargo build --bins`).
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_e2e::{
-    Operator, Server, down_server_url, succeeded, terminate, wait_for, workspace_binary,
+    Operator, Server, down_server_url, succeeded, terminate_and_read, wait_for, workspace_binary,
 };
 use serde_json::Value;
 
@@ -306,22 +305,8 @@ impl Fleet {
 }
 
 /// SIGTERM; the daemon must exit 0, saying so last. Returns its output.
-fn stop_daemon(mut daemon: Child) -> String {
-    terminate(&daemon);
-    let status = daemon.wait().unwrap();
-    let mut log = String::new();
-    daemon
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    daemon
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+fn stop_daemon(daemon: Child) -> String {
+    let (status, log) = terminate_and_read(daemon);
     assert!(
         status.success(),
         "the daemon exited {status}; its log:\n{log}"

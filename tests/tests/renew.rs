@@ -9,13 +9,12 @@
 //!
 //! Needs the debug binaries (`cargo build --bins`).
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_e2e::{Server, succeeded, terminate, wait_for, workspace_binary};
+use cairn_e2e::{Server, succeeded, terminate_and_read, wait_for, workspace_binary};
 
 /// The node certificates' lifetime: renewal is due after two thirds of it.
 const LIFETIME: Duration = Duration::from_secs(90);
@@ -85,7 +84,7 @@ fn the_daemon_renews_its_certificate_and_reports_past_the_first_ones_expiry() {
         let v = ops.cairn_json(&["report", "list", "--node", &node]);
         v["reports"].as_array().map_or(0, Vec::len)
     };
-    let mut daemon = agent(&["daemon"])
+    let daemon = agent(&["daemon"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -101,21 +100,7 @@ fn the_daemon_renews_its_certificate_and_reports_past_the_first_ones_expiry() {
         Duration::from_secs(60),
         || reports() > before,
     );
-    terminate(&daemon);
-    let status = daemon.wait().unwrap();
-    let mut log = String::new();
-    daemon
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
-    daemon
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let (status, log) = terminate_and_read(daemon);
     assert!(status.success(), "the daemon exited {status}:\n{log}");
     // Renewed once two thirds had passed, not at every run (a run every 5 s).
     let renewals = log.matches("renewed the node's certificate at").count();

@@ -347,3 +347,36 @@ pub fn file(path: &[u8], content: &[u8]) -> pb::BundleFile {
         content: content.to_vec(),
     }
 }
+
+/// A new node key and a certificate request for it, naming `name` (CN) if
+/// given, as the agent makes one to enroll or renew.
+pub fn node_request(name: Option<&str>) -> (rcgen::KeyPair, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    if let Some(name) = name {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+    }
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    (key, csr)
+}
+
+/// The code of a call a node makes to the node API (a Fetch of its own role,
+/// `web` at `stable`).
+pub async fn node_api(conn: &Connection) -> tonic::Code {
+    let fetched = conn
+        .nodes()
+        .fetch(pb::FetchRequest {
+            assignment: Some(pb::Assignment {
+                role: "web".into(),
+                channel: "stable".into(),
+            }),
+            known_digest: String::new(),
+        })
+        .await;
+    match fetched {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
