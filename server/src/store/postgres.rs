@@ -731,30 +731,7 @@ impl Store for PgStore {
     ) -> Result<Vec<AuditRecord>> {
         // Every entry was stored within its bounds (this backend never held
         // entries from before them), so none comes back cut.
-        let mut q = sqlx::QueryBuilder::<Postgres>::new(format!(
-            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE at >= "
-        ));
-        q.push_bind(query.since.unwrap_or(i64::MIN));
-        let order = match query.from {
-            AuditCursor::After(id) => {
-                q.push(" AND id > ").push_bind(id as i64);
-                "ASC"
-            }
-            AuditCursor::Before(Some(id)) => {
-                q.push(" AND id < ").push_bind(id as i64);
-                "DESC"
-            }
-            AuditCursor::Before(None) => "DESC",
-        };
-        // Only the filters given: each is then read from its index.
-        if let Some(actor) = &filter.actor {
-            q.push(" AND actor = ").push_bind(actor);
-        }
-        if let Some(action) = &filter.action {
-            q.push(" AND action = ").push_bind(action);
-        }
-        q.push(format!(" ORDER BY id {order} LIMIT "))
-            .push_bind(i64::from(query.limit));
+        let mut q = select_audit::<Postgres>(AUDIT_COLUMNS, &query, filter);
         let rows: Vec<AuditRow> = q
             .build_query_as()
             .fetch_all(&self.pool)

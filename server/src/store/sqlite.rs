@@ -963,8 +963,8 @@ impl Store for SqliteStore {
         let cut =
             |column: &str, max: usize| format!("substr({column}, 1, {}) AS {column}", max + 1);
         let (name, text) = (audit::MAX_NAME_CHARS, audit::MAX_TEXT_CHARS);
-        let mut q = sqlx::QueryBuilder::<Sqlite>::new(format!(
-            "SELECT id, at, {}, {}, {}, {}, {}, {}, {}, hash FROM audit_log WHERE at >= ",
+        let columns = format!(
+            "id, at, {}, {}, {}, {}, {}, {}, {}, hash",
             cut("actor", name),
             cut("actor_role", name),
             cut("action", name),
@@ -972,28 +972,8 @@ impl Store for SqliteStore {
             cut("detail", text),
             cut("peer", name),
             cut("outcome", text),
-        ));
-        q.push_bind(query.since.unwrap_or(i64::MIN));
-        let order = match query.from {
-            AuditCursor::After(id) => {
-                q.push(" AND id > ").push_bind(id as i64);
-                "ASC"
-            }
-            AuditCursor::Before(Some(id)) => {
-                q.push(" AND id < ").push_bind(id as i64);
-                "DESC"
-            }
-            AuditCursor::Before(None) => "DESC",
-        };
-        // Only the filters given: each is then read from its index.
-        if let Some(actor) = &filter.actor {
-            q.push(" AND actor = ").push_bind(actor);
-        }
-        if let Some(action) = &filter.action {
-            q.push(" AND action = ").push_bind(action);
-        }
-        q.push(format!(" ORDER BY id {order} LIMIT "))
-            .push_bind(query.limit as i64);
+        );
+        let mut q = select_audit::<Sqlite>(&columns, &query, filter);
         let rows: Vec<AuditRow> = q
             .build_query_as()
             .fetch_all(&self.pool)
